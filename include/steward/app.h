@@ -1,0 +1,52 @@
+/* The application context: everything the process owns, created by app_serve and
+ * passed down explicitly. There is no other process-wide mutable state. */
+#ifndef STEWARD_APP_H
+#define STEWARD_APP_H
+
+#include <stdint.h>
+
+#include "steward/auth.h"
+#include "steward/config.h"
+#include "steward/http_server.h"
+#include "steward/log.h"
+#include "steward/metrics.h"
+#include "steward/ops.h"
+#include "steward/pool.h"
+#include "steward/router.h"
+#include "steward/workq.h"
+#include "steward/ws.h"
+
+struct lessons;
+struct planner;
+struct bonds;
+struct scouts;
+struct healer;
+
+struct app {
+    struct config cfg;
+    struct logger log;
+    int64_t started_us;
+    struct pool *pool;
+    struct auth *auth;
+    struct metrics *metrics;
+    struct router router;
+    struct workq *workq;
+    struct http_server *http;
+    struct ws_server *ws;
+    struct ops_ctx ops;
+    struct metrics_sources msrc;
+    struct lessons *lessons;
+    struct planner *planner;
+    struct bonds *bonds;
+    struct scouts *scouts;
+    struct healer *healer;
+};
+
+/* The commands of SPEC 7. Each returns the process exit status. */
+int app_serve(void);
+int app_migrate(void);
+int app_keys_create(const char *name, const char *scope);
+int app_keys_revoke(const char *name);
+int app_healthcheck(void);
+
+#endif

@@ -1,0 +1,58 @@
+/* API keys: random secrets shown once, stored as SHA-256, scoped read/service/admin.
+ *
+ * Checking a key reads an in-memory snapshot of the active keys that a background
+ * thread reloads every STEWARD_AUTH_CACHE_REFRESH_MS, so requests do not hit the
+ * database and revocation reaches every instance within that period. A key missing
+ * from the snapshot (created a moment ago, maybe on another instance) is looked up in
+ * the database. */
+#ifndef STEWARD_AUTH_H
+#define STEWARD_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "steward/log.h"
+#include "steward/pool.h"
+
+enum auth_scope { AUTH_NONE = 0, AUTH_READ = 1, AUTH_SERVICE = 2, AUTH_ADMIN = 3 };
+
+#define AUTH_NAME_MAX 64
+#define AUTH_SECRET_CAP 64 /* buffer size for a generated secret */
+
+struct auth_principal {
+    enum auth_scope scope;
+    long long key_id;
+    char name[AUTH_NAME_MAX * 4 + 1];
+};
+
+struct auth;
+
+/* Creates the cache; call auth_start to load it and start the refresher. */
+struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms);
+/* Loads the snapshot once and starts the refresher thread. Returns ST_*. */
+int auth_start(struct auth *a);
+/* Stops the refresher and frees everything. */
+void auth_free(struct auth *a);
+
+/* Checks a presented secret. ST_OK fills who; ST_ENOTFOUND for an unknown or revoked
+ * key; ST_EUNAVAIL when the database was needed and could not answer. */
+int auth_check(struct auth *a, const char *secret, struct auth_principal *who);
+
+int auth_scope_parse(const char *s, enum auth_scope *out);
+const char *auth_scope_name(enum auth_scope s);
+
+/* Creates a key named name; writes the secret (shown once) into secret[cap >=
+ * AUTH_SECRET_CAP]. ST_ECONFLICT when an active key has that name. */
+int auth_key_create(struct pool *pool, const char *name, enum auth_scope scope, char *secret,
+                    size_t cap);
+/* Revokes the active key named name; ST_ENOTFOUND when there is none. */
+int auth_key_revoke(struct pool *pool, const char *name);
+/* Makes sure a key with this secret exists with the given name and scope (for
+ * STEWARD_ADMIN_KEY). Idempotent and safe when several instances start together. */
+int auth_key_ensure(struct pool *pool, const char *name, const char *secret,
+                    enum auth_scope scope);
+
+/* True when name is a valid key name: 1..64 of [A-Za-z0-9._-]. */
+bool auth_name_valid(const char *name);
+
+#endif

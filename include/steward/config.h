@@ -1,0 +1,70 @@
+/* Settings from STEWARD_* environment variables, validated once at start-up. */
+#ifndef STEWARD_CONFIG_H
+#define STEWARD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "steward/log.h"
+
+struct config {
+    char *database_url;        /* STEWARD_DATABASE_URL; "" = libpq defaults (PG* vars) */
+    char *database_listen_url; /* STEWARD_DATABASE_LISTEN_URL; defaults to database_url */
+    char *bind;                /* STEWARD_BIND */
+    char *admin_key;           /* STEWARD_ADMIN_KEY, NULL when unset; never logged */
+    enum log_level log_level;  /* STEWARD_LOG_LEVEL */
+    bool access_log;           /* STEWARD_ACCESS_LOG */
+    int http_port;
+    int ws_port;
+    int db_pool_size;
+    int db_acquire_timeout_ms;
+    int db_statement_timeout_ms;
+    int http_threads;
+    int worker_threads;
+    int shutdown_timeout_s;
+    /* lessons */
+    bool lessons_enabled;
+    int lessons_dedup_window_s;
+    /* scouts and delivery */
+    int proposal_ttl_days;
+    int ack_timeout_s;
+    int max_delivery_attempts;
+    int max_inflight;
+    int ws_max_queue_bytes;
+    int ws_heartbeat_s;
+    int ws_hello_timeout_s;
+    int ws_max_connections;
+    /* healer */
+    int heal_interval_s;
+    int perf_interval_s;
+    int stuck_after_s;
+    int archive_after_days;
+    int degraded_db_latency_ms;
+    int degraded_pool_waiting;
+    int perf_pool_wait_p95_ms;
+    int perf_error_rate_pct;
+    int perf_route_p99_ms;
+    /* auth cache */
+    int auth_cache_refresh_ms;
+};
+
+/* Reads one variable; returns NULL when unset. Lets tests feed values. */
+typedef const char *(*config_getenv_fn)(const char *name, void *arg);
+
+/* Fills cfg from the environment through get (getenv when get is NULL). On error
+ * returns -1 and writes a message naming the variable into err; cfg is released.
+ * On success the strings in cfg are owned by cfg: free them with config_release. */
+int config_load(struct config *cfg, config_getenv_fn get, void *arg, char *err, size_t errlen);
+
+void config_release(struct config *cfg);
+
+/* Describes every setting (name, default, meaning) for `steward help`/README. */
+struct config_doc {
+    const char *name;
+    const char *def;
+    const char *help;
+};
+/* Fills out with setting number i; returns -1 past the last one. */
+int config_doc_at(size_t i, struct config_doc *out);
+
+#endif

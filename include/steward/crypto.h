@@ -1,0 +1,26 @@
+/* Hashing, secure random bytes and constant-time comparison (OpenSSL libcrypto). */
+#ifndef STEWARD_CRYPTO_H
+#define STEWARD_CRYPTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Fills buf with len cryptographically secure random bytes. Returns 0 or -1. */
+int crypto_random(void *buf, size_t len);
+
+/* SHA-256 of data into out[32]. */
+void crypto_sha256(const void *data, size_t len, unsigned char *out);
+/* Lowercase hex SHA-256 of data into out (65 bytes with the NUL). */
+void crypto_sha256_hex(const void *data, size_t len, char *out);
+
+/* Compares len bytes in time independent of their content. */
+bool crypto_equal(const void *a, const void *b, size_t len);
+
+/* Writes prefix followed by nbytes random bytes as lowercase hex into out.
+ * Returns 0, or -1 when out is too small or randomness failed. */
+int crypto_token(char *out, size_t cap, const char *prefix, size_t nbytes);
+
+/* Lowercase hex of len bytes into out (2 * len + 1 bytes). */
+void crypto_hex(const unsigned char *in, size_t len, char *out);
+
+#endif

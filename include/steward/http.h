@@ -1,0 +1,81 @@
+/* What a capability's HTTP adapter sees: a parsed request and a response to fill.
+ * The transport (libmicrohttpd) stays inside src/http. */
+#ifndef STEWARD_HTTP_H
+#define STEWARD_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "steward/auth.h"
+#include "steward/log.h"
+#include "steward/router.h"
+
+#define HTTP_MAX_QUERY 16
+#define HTTP_MAX_HEADERS 8
+
+struct http_req {
+    const char *method;
+    const char *path;
+    const char *route; /* the matched template */
+    const struct route_match *match;
+    size_t nquery;
+    struct {
+        const char *key;
+        const char *value;
+    } query[HTTP_MAX_QUERY];
+    json_t *body; /* parsed JSON body, NULL when the request had none (borrowed) */
+    const char *request_id;
+    const struct auth_principal *who; /* the caller; scope AUTH_NONE on open routes */
+};
+
+struct http_resp {
+    int status;
+    json_t *body; /* owned; serialised as JSON (problem+json when status >= 400) */
+    char *text;   /* owned; used instead of body when set */
+    size_t text_len;
+    const char *content_type; /* static string; default application/json */
+    int nheaders;
+    struct {
+        char name[32];
+        char value[160];
+    } headers[HTTP_MAX_HEADERS];
+};
+
+typedef void (*http_handler_fn)(void *ctx, const struct http_req *req, struct http_resp *resp);
+
+/* A path parameter by name ("user_id"), or NULL. */
+const char *http_param(const struct http_req *req, const char *name);
+/* A query parameter by name, or NULL. */
+const char *http_query(const struct http_req *req, const char *name);
+
+/* Sets status and a JSON body (stolen). */
+void http_json(struct http_resp *resp, int status, json_t *body);
+/* Sets a problem+json response with the default slug for status. */
+void http_problem(struct http_resp *resp, int status, const char *detail);
+/* Same with an explicit type slug ("quota-exceeded"). */
+void http_problem_slug(struct http_resp *resp, int status, const char *slug, const char *detail);
+/* 422 listing errs (stolen; an array of {"field","message"}). */
+void http_invalid(struct http_resp *resp, json_t *errs);
+/* Maps a ST_* failure to its response: 404, 409, 422, 503 with Retry-After, 500. */
+void http_error(struct http_resp *resp, int st_err, const char *detail);
+/* Adds a response header (name and value are copied, truncated if overlong). */
+void http_header(struct http_resp *resp, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Checks the request body is a JSON object: answers 422 and returns false otherwise
+ * (also when it is required and missing). */
+bool http_body_object(const struct http_req *req, struct http_resp *resp, bool required);
+
+/* Reads limit (1..500, default 50) and cursor from the query string; on a bad value
+ * answers 422 and returns false. *cursor is NULL when absent. */
+bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,
+                      const char **cursor);
+
+/* Route registration for capabilities: scope is an enum auth_scope. */
+/* Registers a route for a capability; scope is an enum auth_scope (AUTH_NONE = open).
+ * Returns 0, or -1 when the table is full (a programming error: checked at start-up). */
+int http_route(struct router *rt, const char *method, const char *pattern, int scope,
+               http_handler_fn fn, void *ctx);
+
+#endif

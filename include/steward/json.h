@@ -1,0 +1,65 @@
+/* JSON helpers on top of jansson: parsing with positions, schema checks that collect
+ * every offending field, and RFC 3339 time conversion.
+ *
+ * Validation functions append {"field", "message"} objects to an errors array owned by
+ * the caller and never stop at the first problem, so a 422 can list them all. */
+#ifndef STEWARD_JSON_H
+#define STEWARD_JSON_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Parses a request body. Rejects duplicate keys, NUL bytes, invalid UTF-8 and
+ * nesting deeper than jansson's limit. On failure returns NULL and writes
+ * "<reason> at line L, column C" into err. The result is owned by the caller. */
+json_t *jv_parse(const char *buf, size_t len, char *err, size_t errlen);
+
+/* Appends {"field": field, "message": printf(fmt, ...)} to errs. */
+void jv_error(json_t *errs, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes prefix + "." + key (or just key when prefix is empty) into buf. */
+const char *jv_path(char *buf, size_t cap, const char *prefix, const char *key);
+
+/* Adds "unknown field" for every key of obj not in the NULL-terminated allowed list. */
+void jv_unknown_fields(const json_t *obj, const char *const *allowed, const char *prefix,
+                       json_t *errs);
+
+/* Field readers. Each returns 1 when the field is present and valid (out is set),
+ * 0 when absent or JSON null (an error is added only when required), -1 when invalid
+ * (an error naming the field is added). Borrowed strings live as long as obj. */
+int jv_string(const json_t *obj, const char *key, const char *prefix, bool required,
+              size_t min_chars, size_t max_chars, const char **out, json_t *errs);
+int jv_slug(const json_t *obj, const char *key, const char *prefix, bool required,
+            const char **out, json_t *errs);
+int jv_int(const json_t *obj, const char *key, const char *prefix, bool required, long long min,
+           long long max, long long *out, json_t *errs);
+int jv_number(const json_t *obj, const char *key, const char *prefix, bool required,
+              double *out, json_t *errs);
+int jv_bool(const json_t *obj, const char *key, const char *prefix, bool required, bool *out,
+            json_t *errs);
+int jv_object(const json_t *obj, const char *key, const char *prefix, bool required,
+              json_t **out, json_t *errs);
+int jv_time(const json_t *obj, const char *key, const char *prefix, bool required, int64_t *us,
+            json_t *errs);
+
+/* True when s matches ^[a-z0-9_]{1,64}$. */
+bool jv_is_slug(const char *s);
+/* Number of UTF-8 code points in s (s is valid UTF-8, as jansson guarantees). */
+size_t jv_utf8_len(const char *s);
+/* True when s is 1..max characters, all printable (no control characters). */
+bool jv_is_printable_id(const char *s, size_t max_chars);
+
+/* RFC 3339 date-time to microseconds since the epoch. Returns 0 or -1. */
+int jtime_parse(const char *s, int64_t *us);
+/* Microseconds since the epoch to "YYYY-MM-DDTHH:MM:SSZ", with ".ffffff" only when the
+ * fraction is not zero. out must hold 32 bytes. */
+void jtime_format(int64_t us, char *out);
+/* A JSON string of jtime_format(us); new reference. */
+json_t *jtime_json(int64_t us);
+/* Current time in microseconds since the epoch. */
+int64_t jtime_now_us(void);
+
+#endif

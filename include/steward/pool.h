@@ -1,0 +1,85 @@
+/* A fixed-size pool of libpq connections shared by the HTTP and WebSocket layers.
+ *
+ * Connections open lazily on first use and carry statement_timeout. A statement is
+ * prepared once per connection (by its struct db_stmt address) and reused. A
+ * connection found broken is reset on its next checkout, so the service heals by
+ * itself when PostgreSQL comes back. Acquire waits at most the configured time. */
+#ifndef STEWARD_POOL_H
+#define STEWARD_POOL_H
+
+#include <libpq-fe.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "steward/log.h"
+
+/* A statement with a stable address (declare it static const). */
+struct db_stmt {
+    const char *name; /* unique among statements: the prepared statement name */
+    const char *sql;
+    int nparams;
+};
+
+struct pool;
+struct pool_conn;
+
+#define POOL_WAIT_BUCKETS 12
+/* Upper bounds in microseconds of the pool wait histogram; the last bucket is +Inf. */
+extern const int64_t pool_wait_bounds_us[POOL_WAIT_BUCKETS - 1];
+
+struct pool_stats {
+    int size;
+    int open;    /* connections currently established */
+    int busy;    /* checked out */
+    int waiting; /* callers waiting for a connection */
+    uint64_t acquired_total;
+    uint64_t timeouts_total;
+    uint64_t wait_buckets[POOL_WAIT_BUCKETS]; /* cumulative counts per bucket (not summed) */
+    uint64_t wait_count;
+    double wait_sum_s;
+};
+
+/* Creates a pool; nothing connects yet. The conninfo string is copied. Returns NULL
+ * when out of memory. Free with pool_free once no connection is checked out. */
+struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
+                      int statement_timeout_ms, const struct logger *lg);
+void pool_free(struct pool *p);
+
+/* Checks a connection out, waiting up to the acquire timeout. Opens or resets it as
+ * needed. Returns ST_OK, or ST_EUNAVAIL when the wait timed out or the database could
+ * not be reached. Every successful acquire is paired with pool_release. */
+int pool_acquire(struct pool *p, struct pool_conn **out);
+/* Returns a connection. A connection left inside a transaction is rolled back. */
+void pool_release(struct pool *p, struct pool_conn *c);
+
+/* Runs a prepared statement with text parameters (NULL = SQL NULL); prepares it on this
+ * connection first if needed. The first statement after a checkout is retried once on
+ * a fresh connection when the old one turns out to be dead. Returns a PGresult the
+ * caller clears (never NULL), and classifies failures with pool_result_err. */
+PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *const *params);
+/* Runs a plain command without parameters (BEGIN, COMMIT, ROLLBACK). Returns ST_* */
+int pool_cmd(struct pool_conn *c, const char *sql);
+
+/* Maps a result to ST_OK (tuples or command ok), ST_EUNAVAIL (connection lost,
+ * statement timeout, server shutting down, serialization failure), ST_ECONFLICT
+ * (unique violation) or ST_EINTERNAL (logged at error). */
+int pool_result_err(struct pool_conn *c, const PGresult *r);
+
+/* The SQLSTATE of a failed result, or "" */
+const char *pool_sqlstate(const PGresult *r);
+
+PGconn *pool_conn_pg(struct pool_conn *c);
+
+void pool_stats(struct pool *p, struct pool_stats *out);
+
+/* Runs fn(conn, arg) on a checked-out connection inside BEGIN/COMMIT. fn returns ST_*;
+ * anything but ST_OK rolls back. When the transaction fails because the connection was
+ * lost before anything committed, it is retried once on a fresh connection. */
+typedef int (*pool_tx_fn)(struct pool_conn *c, void *arg);
+int pool_tx(struct pool *p, pool_tx_fn fn, void *arg);
+
+/* Like pool_tx without the transaction: fn decides. */
+int pool_with(struct pool *p, pool_tx_fn fn, void *arg);
+
+#endif

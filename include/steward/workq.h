@@ -1,0 +1,19 @@
+/* A fixed pool of worker threads running submitted jobs in FIFO order. Used so that
+ * database work never runs on the WebSocket event loop. */
+#ifndef STEWARD_WORKQ_H
+#define STEWARD_WORKQ_H
+
+typedef void (*workq_fn)(void *arg);
+
+struct workq;
+
+struct workq *workq_new(int threads);
+/* Queues fn(arg). The job owns arg. Returns 0, or -1 when the queue is stopping or out
+ * of memory (the caller still owns arg then). */
+int workq_submit(struct workq *q, workq_fn fn, void *arg);
+/* Number of jobs waiting. */
+int workq_pending(struct workq *q);
+/* Runs the jobs already queued, joins the threads and frees the queue. */
+void workq_free(struct workq *q);
+
+#endif

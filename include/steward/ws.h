@@ -1,0 +1,93 @@
+/* The device WebSocket server (libwebsockets, one service thread).
+ *
+ * Frames are JSON objects dispatched by "type" to handlers that capabilities register.
+ * Handlers run on the service thread and must not block: database work goes to a
+ * workq, and results come back through ws_send / ws_close, which any thread may call
+ * (they queue per session and wake the loop with lws_cancel_service). Sessions are
+ * named by a 64-bit id that is never reused while the process lives. */
+#ifndef STEWARD_WS_H
+#define STEWARD_WS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "steward/log.h"
+#include "steward/metrics.h"
+
+#define WS_MAX_FRAME (64 * 1024)
+#define WS_PATH "/v1/devices/ws"
+
+struct ws_server;
+
+struct ws_server_opts {
+    const char *bind;
+    int port; /* 0 picks a free port */
+    int hello_timeout_s;
+    int heartbeat_s;
+    int max_queue_bytes;
+    int max_connections;
+    const struct logger *lg;
+    struct metrics *metrics;
+};
+
+/* Called on the service thread for a frame of the registered type. frame is borrowed.
+ * authed tells whether the session completed device_hello. */
+typedef void (*ws_frame_fn)(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
+                            json_t *frame);
+/* Called on the service thread when an authenticated session closes. */
+typedef void (*ws_closed_fn)(void *ctx, struct ws_server *ws, uint64_t sid, const char *device_id,
+                             const char *user_id);
+
+/* Creates the server and binds its port; no thread runs yet. NULL + err on failure. */
+struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_t errlen);
+/* Registers a handler (before ws_server_start). before_hello: also called for
+ * unauthenticated sessions; other types sent before hello get error + close 4401. */
+int ws_server_on(struct ws_server *ws, const char *type, bool before_hello, ws_frame_fn fn,
+                 void *ctx);
+void ws_server_on_closed(struct ws_server *ws, ws_closed_fn fn, void *ctx);
+/* Starts the service thread. Returns 0 or -1. */
+int ws_server_start(struct ws_server *ws);
+int ws_server_port(const struct ws_server *ws);
+/* Closes every session with 1001 (after flushing what is queued), stops the service
+ * thread within timeout_ms and frees the server. */
+void ws_server_stop(struct ws_server *ws, int timeout_ms);
+
+/* Thread-safe. Queues a text frame (copied) for the session. Returns 0, or -1 when the
+ * session is gone. A session whose queue would pass max_queue_bytes is closed 1008. */
+int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len);
+/* Thread-safe. Serialises frame (borrowed) and queues it. */
+int ws_send_json(struct ws_server *ws, uint64_t sid, const json_t *frame);
+/* Thread-safe. Closes the session with code after what is already queued is sent. */
+void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason);
+/* Thread-safe. Marks a session authenticated as device_id of user_id (stops the hello
+ * timer). Returns -1 when the session is gone. */
+int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id,
+                    const char *user_id);
+
+/* Thread-safe. Copies up to cap ids of authenticated sessions of a user / a device
+ * into out; returns how many there are. */
+size_t ws_sessions_of_user(struct ws_server *ws, const char *user_id, uint64_t *out, size_t cap);
+size_t ws_sessions_of_device(struct ws_server *ws, const char *device_id, uint64_t *out,
+                             size_t cap);
+/* Thread-safe. Copies up to cap distinct user ids with authenticated sessions (each a
+ * malloc'd string the caller frees) into out; returns how many were copied. */
+size_t ws_connected_users(struct ws_server *ws, char **out, size_t cap);
+/* Thread-safe: the device and user of an authenticated session (copied into the
+ * buffers); -1 when the session is gone or not authenticated. */
+int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, size_t dcap,
+                        char *user_id, size_t ucap);
+
+struct ws_stats {
+    int connections;
+    int authenticated;
+    uint64_t queued_bytes;
+};
+void ws_server_stats(struct ws_server *ws, struct ws_stats *out);
+
+/* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
+void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
+                   const char *proposal_id);
+
+#endif

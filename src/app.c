@@ -1,0 +1,318 @@
+/* Wiring: builds the application context, serves until SIGTERM/SIGINT, tears down in
+ * reverse order. Capabilities are created and their routes registered here. */
+#include "steward/app.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "steward/err.h"
+#include "steward/json.h"
+#include "steward/migrate.h"
+/* wire: capability headers */
+
+#define STARTUP_DB_WAIT_S 30
+
+static int load_config(struct app *app)
+{
+    char err[256];
+    if (config_load(&app->cfg, NULL, NULL, err, sizeof(err)) != 0) {
+        struct logger lg = {LOG_INFO, stderr};
+        log_msg(&lg, LOG_ERROR, "invalid configuration", "error", err, NULL);
+        return -1;
+    }
+    app->log.level = app->cfg.log_level;
+    app->log.out = stderr;
+    return 0;
+}
+
+/* Applies migrations, waiting a while for a database that is still starting. */
+static int migrate_with_wait(struct app *app)
+{
+    char err[512];
+    for (int waited = 0;; waited++) {
+        int rc = migrate_run(app->cfg.database_url, &app->log, err, sizeof(err));
+        if (rc == 0)
+            return 0;
+        if (rc != MIGRATE_ECONNECT || waited >= STARTUP_DB_WAIT_S) {
+            log_msg(&app->log, LOG_ERROR, "migrations failed; not starting", "error", err, NULL);
+            return -1;
+        }
+        if (waited == 0)
+            log_msg(&app->log, LOG_WARN, "database not reachable yet; retrying", "error", err,
+                    NULL);
+        sleep(1);
+    }
+}
+
+static int register_routes(struct app *app)
+{
+    int rc = 0;
+    app->ops.pool = app->pool;
+    rc |= ops_register(&app->router, &app->ops);
+    app->msrc.m = app->metrics;
+    app->msrc.router = &app->router;
+    app->msrc.pool = app->pool;
+    app->msrc.ws = app->ws;
+    rc |= metrics_http_register(&app->router, &app->msrc);
+    /* wire: capability routes */
+    return rc;
+}
+
+static int start_servers(struct app *app)
+{
+    char err[256];
+    struct ws_server_opts wo = {
+        .bind = app->cfg.bind,
+        .port = app->cfg.ws_port,
+        .hello_timeout_s = app->cfg.ws_hello_timeout_s,
+        .heartbeat_s = app->cfg.ws_heartbeat_s,
+        .max_queue_bytes = app->cfg.ws_max_queue_bytes,
+        .max_connections = app->cfg.ws_max_connections,
+        .lg = &app->log,
+        .metrics = app->metrics,
+    };
+    app->ws = ws_server_new(&wo, err, sizeof(err));
+    if (!app->ws) {
+        log_msg(&app->log, LOG_ERROR, "cannot start the WebSocket server", "error", err, NULL);
+        return -1;
+    }
+    if (register_routes(app) != 0) {
+        log_msg(&app->log, LOG_ERROR, "route table full", NULL);
+        return -1;
+    }
+    /* wire: capability websocket handlers */
+    if (ws_server_start(app->ws) != 0)
+        return -1;
+    struct http_server_opts ho = {
+        .bind = app->cfg.bind,
+        .port = app->cfg.http_port,
+        .threads = app->cfg.http_threads,
+        .access_log = app->cfg.access_log,
+        .router = &app->router,
+        .auth = app->auth,
+        .metrics = app->metrics,
+        .lg = &app->log,
+    };
+    app->http = http_server_start(&ho, err, sizeof(err));
+    if (!app->http) {
+        log_msg(&app->log, LOG_ERROR, "cannot start the HTTP server", "error", err, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static int build(struct app *app)
+{
+    app->started_us = jtime_now_us();
+    if (migrate_with_wait(app) != 0)
+        return -1;
+    app->pool = pool_new(app->cfg.database_url, app->cfg.db_pool_size,
+                         app->cfg.db_acquire_timeout_ms, app->cfg.db_statement_timeout_ms,
+                         &app->log);
+    app->metrics = metrics_new();
+    app->workq = workq_new(app->cfg.worker_threads);
+    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
+    if (!app->pool || !app->metrics || !app->workq || !app->auth)
+        return -1;
+    router_init(&app->router);
+    if (app->cfg.admin_key &&
+        auth_key_ensure(app->pool, "admin-env", app->cfg.admin_key, AUTH_ADMIN) != ST_OK) {
+        log_msg(&app->log, LOG_ERROR, "cannot ensure STEWARD_ADMIN_KEY", NULL);
+        return -1;
+    }
+    if (auth_start(app->auth) != ST_OK)
+        return -1;
+    /* wire: capability construction */
+    return start_servers(app);
+}
+
+static void teardown(struct app *app)
+{
+    int ms = app->cfg.shutdown_timeout_s * 1000;
+    if (app->http)
+        http_server_stop(app->http, ms / 2);
+    /* wire: capability shutdown (timers, listeners) */
+    if (app->ws)
+        ws_server_stop(app->ws, ms / 4);
+    workq_free(app->workq);
+    /* wire: capability free */
+    auth_free(app->auth);
+    metrics_free(app->metrics);
+    pool_free(app->pool);
+    config_release(&app->cfg);
+}
+
+static void block_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int app_serve(void)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    if (load_config(&app) != 0)
+        return 2;
+    sigset_t set;
+    block_signals(&set);
+    if (build(&app) != 0) {
+        teardown(&app);
+        return 1;
+    }
+    struct log_line l;
+    log_begin(&l, &app.log, LOG_INFO, "serving");
+    log_str(&l, "version", STEWARD_VERSION);
+    log_str(&l, "bind", app.cfg.bind);
+    log_int(&l, "http_port", http_server_port(app.http));
+    log_int(&l, "ws_port", ws_server_port(app.ws));
+    log_int(&l, "schema_version", migrate_latest());
+    log_end(&l);
+    int sig = 0;
+    sigwait(&set, &sig);
+    log_msg(&app.log, LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+            NULL);
+    teardown(&app);
+    struct logger lg = {LOG_INFO, stderr};
+    log_msg(&lg, LOG_INFO, "stopped", NULL);
+    return 0;
+}
+
+int app_migrate(void)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    if (load_config(&app) != 0)
+        return 2;
+    char err[512];
+    int rc = migrate_run(app.cfg.database_url, &app.log, err, sizeof(err));
+    if (rc != 0)
+        log_msg(&app.log, LOG_ERROR, "migrations failed", "error", err, NULL);
+    else
+        log_msg(&app.log, LOG_INFO, "schema is current", NULL);
+    config_release(&app.cfg);
+    return rc == 0 ? 0 : 1;
+}
+
+static int with_pool(struct app *app)
+{
+    if (load_config(app) != 0)
+        return 2;
+    app->pool = pool_new(app->cfg.database_url, 1, app->cfg.db_acquire_timeout_ms,
+                         app->cfg.db_statement_timeout_ms, &app->log);
+    return app->pool ? 0 : 1;
+}
+
+int app_keys_create(const char *name, const char *scope_name)
+{
+    enum auth_scope scope;
+    if (!auth_name_valid(name)) {
+        fprintf(stderr, "steward: --name must be 1 to 64 of A-Z a-z 0-9 . _ -\n");
+        return 2;
+    }
+    if (auth_scope_parse(scope_name, &scope) != 0) {
+        fprintf(stderr, "steward: --scope must be read, service or admin\n");
+        return 2;
+    }
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    int rc = with_pool(&app);
+    if (rc == 0) {
+        char secret[AUTH_SECRET_CAP];
+        int err = auth_key_create(app.pool, name, scope, secret, sizeof(secret));
+        if (err == ST_OK) {
+            printf("%s\n", secret);
+            fprintf(stderr, "created %s key '%s'; the secret above is shown only once\n",
+                    scope_name, name);
+        } else {
+            fprintf(stderr, "steward: cannot create key '%s': %s\n", name,
+                    err == ST_ECONFLICT ? "an active key has that name" : st_strerror(err));
+            rc = 1;
+        }
+    }
+    pool_free(app.pool);
+    config_release(&app.cfg);
+    return rc;
+}
+
+int app_keys_revoke(const char *name)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    int rc = with_pool(&app);
+    if (rc == 0) {
+        int err = auth_key_revoke(app.pool, name);
+        if (err == ST_OK) {
+            fprintf(stderr, "revoked key '%s'\n", name);
+        } else {
+            fprintf(stderr, "steward: cannot revoke key '%s': %s\n", name,
+                    err == ST_ENOTFOUND ? "no active key has that name" : st_strerror(err));
+            rc = 1;
+        }
+    }
+    pool_free(app.pool);
+    config_release(&app.cfg);
+    return rc;
+}
+
+/* GET /readyz over a plain socket, so container images need no curl. */
+int app_healthcheck(void)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    if (load_config(&app) != 0)
+        return 2;
+    const char *host = app.cfg.bind;
+    if (strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    struct sockaddr_storage ss = {0};
+    socklen_t slen;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)app.cfg.http_port);
+        slen = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)app.cfg.http_port);
+        slen = sizeof(*a6);
+    } else {
+        config_release(&app.cfg);
+        return 1;
+    }
+    int status = 0;
+    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    struct timeval tv = {3, 0};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&ss, slen) == 0) {
+        static const char req[] = "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        char resp[64] = {0};
+        if (write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) &&
+            read(fd, resp, sizeof(resp) - 1) > 12)
+            sscanf(resp, "HTTP/%*s %d", &status);
+    }
+    if (fd >= 0)
+        close(fd);
+    config_release(&app.cfg);
+    if (status != 200)
+        fprintf(stderr, "steward: not ready (status %d)\n", status);
+    return status == 200 ? 0 : 1;
+}

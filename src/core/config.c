@@ -1,0 +1,218 @@
+#include "steward/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum kind { K_STR, K_INT, K_BOOL, K_LEVEL };
+
+struct setting {
+    const char *name;
+    enum kind kind;
+    size_t offset;
+    const char *def; /* NULL: unset allowed (strings only) */
+    long min, max;
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct setting settings[] = {
+    {"STEWARD_DATABASE_URL", K_STR, OFF(database_url), "", 0, 0,
+     "libpq URI or conninfo; empty uses libpq's PG* defaults"},
+    {"STEWARD_DATABASE_LISTEN_URL", K_STR, OFF(database_listen_url), NULL, 0, 0,
+     "direct connection for LISTEN/NOTIFY when the main URL points at a pooler"},
+    {"STEWARD_BIND", K_STR, OFF(bind), "127.0.0.1", 0, 0, "address both servers listen on"},
+    {"STEWARD_ADMIN_KEY", K_STR, OFF(admin_key), NULL, 0, 0,
+     "ensures an admin key with this secret exists (at least 16 characters)"},
+    {"STEWARD_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error"},
+    {"STEWARD_ACCESS_LOG", K_BOOL, OFF(access_log), "true", 0, 0, "one JSON line per request"},
+    {"STEWARD_HTTP_PORT", K_INT, OFF(http_port), "8080", 0, 65535, "REST port (0 = any free)"},
+    {"STEWARD_WS_PORT", K_INT, OFF(ws_port), "8081", 0, 65535, "WebSocket port"},
+    {"STEWARD_DB_POOL_SIZE", K_INT, OFF(db_pool_size), "8", 1, 512, "database connections"},
+    {"STEWARD_DB_ACQUIRE_TIMEOUT_MS", K_INT, OFF(db_acquire_timeout_ms), "2000", 1, 600000,
+     "wait for a free connection before answering 503"},
+    {"STEWARD_DB_STATEMENT_TIMEOUT_MS", K_INT, OFF(db_statement_timeout_ms), "5000", 1, 3600000,
+     "statement_timeout of every pooled connection"},
+    {"STEWARD_HTTP_THREADS", K_INT, OFF(http_threads), "4", 1, 256, "HTTP worker threads"},
+    {"STEWARD_WORKER_THREADS", K_INT, OFF(worker_threads), "4", 1, 256,
+     "threads doing database work for the WebSocket layer and timers"},
+    {"STEWARD_SHUTDOWN_TIMEOUT_S", K_INT, OFF(shutdown_timeout_s), "8", 1, 300,
+     "bound on draining in-flight work at SIGTERM"},
+    {"STEWARD_LESSONS_ENABLED", K_BOOL, OFF(lessons_enabled), "true", 0, 0,
+     "kill switch of the lessons journal"},
+    {"STEWARD_LESSONS_DEDUP_WINDOW_S", K_INT, OFF(lessons_dedup_window_s), "3600", 0, 31536000,
+     "dedup window of auto lessons (0 disables)"},
+    {"STEWARD_PROPOSAL_TTL_DAYS", K_INT, OFF(proposal_ttl_days), "30", 1, 3650,
+     "proposals expire this long after triage"},
+    {"STEWARD_ACK_TIMEOUT_S", K_INT, OFF(ack_timeout_s), "300", 1, 86400,
+     "a delivered proposal not acked within this is sent again"},
+    {"STEWARD_MAX_DELIVERY_ATTEMPTS", K_INT, OFF(max_delivery_attempts), "10", 1, 1000,
+     "after this many deliveries an unacked proposal fails"},
+    {"STEWARD_MAX_INFLIGHT", K_INT, OFF(max_inflight), "32", 1, 10000,
+     "unacked proposals outstanding per device"},
+    {"STEWARD_WS_MAX_QUEUE_BYTES", K_INT, OFF(ws_max_queue_bytes), "1048576", 1024, 1073741824,
+     "outbound bytes queued for a device before it is dropped (1008)"},
+    {"STEWARD_WS_HEARTBEAT_S", K_INT, OFF(ws_heartbeat_s), "30", 1, 3600,
+     "server ping interval; a silent peer is dropped"},
+    {"STEWARD_WS_HELLO_TIMEOUT_S", K_INT, OFF(ws_hello_timeout_s), "10", 1, 600,
+     "close 4408 when no device_hello arrives within this"},
+    {"STEWARD_WS_MAX_CONNECTIONS", K_INT, OFF(ws_max_connections), "20000", 1, 1000000,
+     "device sockets per instance"},
+    {"STEWARD_HEAL_INTERVAL_S", K_INT, OFF(heal_interval_s), "900", 1, 604800,
+     "self-healing sweep period"},
+    {"STEWARD_PERF_INTERVAL_S", K_INT, OFF(perf_interval_s), "7200", 1, 604800,
+     "performance report period"},
+    {"STEWARD_STUCK_AFTER_S", K_INT, OFF(stuck_after_s), "1800", 1, 604800,
+     "running actions older than this are reset to failed/timeout"},
+    {"STEWARD_ARCHIVE_AFTER_DAYS", K_INT, OFF(archive_after_days), "7", 1, 3650,
+     "failed actions older than this are archived"},
+    {"STEWARD_DEGRADED_DB_LATENCY_MS", K_INT, OFF(degraded_db_latency_ms), "250", 1, 600000,
+     "a sweep measuring a slower database round trip reports degraded"},
+    {"STEWARD_DEGRADED_POOL_WAITING", K_INT, OFF(degraded_pool_waiting), "4", 1, 100000,
+     "requests waiting for a connection at which a sweep reports degraded"},
+    {"STEWARD_PERF_POOL_WAIT_P95_MS", K_INT, OFF(perf_pool_wait_p95_ms), "50", 1, 600000,
+     "pool wait p95 above which the report recommends a larger pool"},
+    {"STEWARD_PERF_ERROR_RATE_PCT", K_INT, OFF(perf_error_rate_pct), "5", 1, 100,
+     "route error rate above which the report names the route"},
+    {"STEWARD_PERF_ROUTE_P99_MS", K_INT, OFF(perf_route_p99_ms), "250", 1, 600000,
+     "route p99 latency above which the report names the route"},
+    {"STEWARD_AUTH_CACHE_REFRESH_MS", K_INT, OFF(auth_cache_refresh_ms), "2000", 100, 600000,
+     "API key cache refresh period (revocation takes effect within it)"},
+};
+
+static const char *env_get(const char *name, void *arg)
+{
+    (void)arg;
+    return getenv(name);
+}
+
+static int parse_int(const char *s, long min, long max, int *out)
+{
+    if (!*s)
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < min || v > max)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int apply(struct config *cfg, const struct setting *st, const char *val, char *err,
+                 size_t errlen)
+{
+    char *field = (char *)cfg + st->offset;
+    switch (st->kind) {
+    case K_STR: {
+        char *copy = strdup(val);
+        if (!copy) {
+            snprintf(err, errlen, "%s: out of memory", st->name);
+            return -1;
+        }
+        *(char **)field = copy;
+        return 0;
+    }
+    case K_INT:
+        if (parse_int(val, st->min, st->max, (int *)field) == 0)
+            return 0;
+        snprintf(err, errlen, "%s: expected an integer from %ld to %ld, got '%.64s'", st->name,
+                 st->min, st->max, val);
+        return -1;
+    case K_BOOL:
+        if (parse_bool(val, (bool *)field) == 0)
+            return 0;
+        snprintf(err, errlen, "%s: expected true or false, got '%.64s'", st->name, val);
+        return -1;
+    case K_LEVEL:
+        if (log_level_parse(val, (enum log_level *)field) == 0)
+            return 0;
+        snprintf(err, errlen, "%s: expected debug, info, warn or error, got '%.64s'", st->name,
+                 val);
+        return -1;
+    }
+    return -1;
+}
+
+int config_load(struct config *cfg, config_getenv_fn get, void *arg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    if (!get)
+        get = env_get;
+    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+        const struct setting *st = &settings[i];
+        const char *val = get(st->name, arg);
+        if (!val)
+            val = st->def;
+        if (!val)
+            continue;
+        if (apply(cfg, st, val, err, errlen) != 0)
+            goto fail;
+    }
+    if (!cfg->database_listen_url) {
+        cfg->database_listen_url = strdup(cfg->database_url);
+        if (!cfg->database_listen_url) {
+            snprintf(err, errlen, "STEWARD_DATABASE_LISTEN_URL: out of memory");
+            goto fail;
+        }
+    }
+    if (cfg->admin_key && strlen(cfg->admin_key) < 16) {
+        snprintf(err, errlen, "STEWARD_ADMIN_KEY: must be at least 16 characters");
+        goto fail;
+    }
+    if (!cfg->bind[0]) {
+        snprintf(err, errlen, "STEWARD_BIND: must not be empty");
+        goto fail;
+    }
+    if (cfg->http_port != 0 && cfg->http_port == cfg->ws_port) {
+        snprintf(err, errlen, "STEWARD_WS_PORT: must differ from STEWARD_HTTP_PORT");
+        goto fail;
+    }
+    return 0;
+fail:
+    config_release(cfg);
+    return -1;
+}
+
+void config_release(struct config *cfg)
+{
+    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+        if (settings[i].kind == K_STR) {
+            char **p = (char **)((char *)cfg + settings[i].offset);
+            free(*p);
+            *p = NULL;
+        }
+    }
+}
+
+int config_doc_at(size_t i, struct config_doc *out)
+{
+    if (i >= sizeof(settings) / sizeof(settings[0]))
+        return -1;
+    out->name = settings[i].name;
+    out->def = settings[i].def ? settings[i].def : "(unset)";
+    out->help = settings[i].help;
+    return 0;
+}

@@ -1,0 +1,331 @@
+#include "steward/json.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+json_t *jv_parse(const char *buf, size_t len, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    if (!v)
+        snprintf(err, errlen, "%s at line %d, column %d", je.text, je.line, je.column);
+    return v;
+}
+
+void jv_error(json_t *errs, const char *field, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_array_append_new(errs, json_pack("{s:s, s:s}", "field", field, "message", msg));
+}
+
+const char *jv_path(char *buf, size_t cap, const char *prefix, const char *key)
+{
+    if (prefix && *prefix)
+        snprintf(buf, cap, "%s.%s", prefix, key);
+    else
+        snprintf(buf, cap, "%s", key);
+    return buf;
+}
+
+void jv_unknown_fields(const json_t *obj, const char *const *allowed, const char *prefix,
+                       json_t *errs)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a; a++) {
+            if (strcmp(*a, key) == 0) {
+                ok = true;
+                break;
+            }
+        }
+        if (!ok) {
+            char path[192];
+            jv_error(errs, jv_path(path, sizeof(path), prefix, key), "unknown field");
+        }
+    }
+}
+
+/* Looks the key up; returns 0 when absent/null (adding "is required" if needed). */
+static int lookup(const json_t *obj, const char *key, const char *prefix, bool required,
+                  json_t **out, json_t *errs, char *path, size_t cap)
+{
+    jv_path(path, cap, prefix, key);
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            jv_error(errs, path, "is required");
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+size_t jv_utf8_len(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+bool jv_is_slug(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++, n++) {
+        char c = *s;
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'))
+            return false;
+    }
+    return n >= 1 && n <= 64;
+}
+
+bool jv_is_printable_id(const char *s, size_t max_chars)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return false;
+    size_t n = jv_utf8_len(s);
+    return n >= 1 && n <= max_chars;
+}
+
+int jv_string(const json_t *obj, const char *key, const char *prefix, bool required,
+              size_t min_chars, size_t max_chars, const char **out, json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_string(v)) {
+        jv_error(errs, path, "must be a string");
+        return -1;
+    }
+    const char *s = json_string_value(v);
+    if (strlen(s) != json_string_length(v)) {
+        jv_error(errs, path, "must not contain NUL characters");
+        return -1;
+    }
+    size_t n = jv_utf8_len(s);
+    if (n < min_chars || n > max_chars) {
+        jv_error(errs, path, "must be %zu to %zu characters", min_chars, max_chars);
+        return -1;
+    }
+    *out = s;
+    return 1;
+}
+
+int jv_slug(const json_t *obj, const char *key, const char *prefix, bool required,
+            const char **out, json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_string(v) || !jv_is_slug(json_string_value(v)) ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        jv_error(errs, path, "must match ^[a-z0-9_]{1,64}$");
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 1;
+}
+
+int jv_int(const json_t *obj, const char *key, const char *prefix, bool required, long long min,
+           long long max, long long *out, json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_integer(v)) {
+        jv_error(errs, path, "must be an integer");
+        return -1;
+    }
+    long long n = json_integer_value(v);
+    if (n < min) {
+        jv_error(errs, path, "must be >= %lld", min);
+        return -1;
+    }
+    if (n > max) {
+        jv_error(errs, path, "must be <= %lld", max);
+        return -1;
+    }
+    *out = n;
+    return 1;
+}
+
+int jv_number(const json_t *obj, const char *key, const char *prefix, bool required,
+              double *out, json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_number(v) || !isfinite(json_number_value(v))) {
+        jv_error(errs, path, "must be a finite number");
+        return -1;
+    }
+    *out = json_number_value(v);
+    return 1;
+}
+
+int jv_bool(const json_t *obj, const char *key, const char *prefix, bool required, bool *out,
+            json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_boolean(v)) {
+        jv_error(errs, path, "must be a boolean");
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 1;
+}
+
+int jv_object(const json_t *obj, const char *key, const char *prefix, bool required,
+              json_t **out, json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_object(v)) {
+        jv_error(errs, path, "must be an object");
+        return -1;
+    }
+    *out = v;
+    return 1;
+}
+
+int jv_time(const json_t *obj, const char *key, const char *prefix, bool required, int64_t *us,
+            json_t *errs)
+{
+    char path[192];
+    json_t *v;
+    if (!lookup(obj, key, prefix, required, &v, errs, path, sizeof(path)))
+        return 0;
+    if (!json_is_string(v) || jtime_parse(json_string_value(v), us) != 0) {
+        jv_error(errs, path, "must be an RFC 3339 date-time such as 2026-11-22T10:00:00Z");
+        return -1;
+    }
+    return 1;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : dm[m - 1];
+}
+
+int jtime_parse(const char *s, int64_t *us)
+{
+    int y, mo, d, h, mi, sec;
+    if (strlen(s) < 20 || digits(s, 4, &y) || s[4] != '-' || digits(s + 5, 2, &mo) ||
+        s[7] != '-' || digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't') ||
+        digits(s + 11, 2, &h) || s[13] != ':' || digits(s + 14, 2, &mi) || s[16] != ':' ||
+        digits(s + 17, 2, &sec))
+        return -1;
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
+        sec > 59)
+        return -1;
+    const char *p = s + 19;
+    int64_t frac = 0;
+    if (*p == '.') {
+        p++;
+        int n = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (n < 6)
+                frac = frac * 10 + (*p - '0');
+            n++;
+            p++;
+        }
+        if (n == 0)
+            return -1;
+        for (; n < 6; n++)
+            frac *= 10;
+    }
+    int64_t offset = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om) || oh > 23 || om > 59)
+            return -1;
+        offset = (int64_t)(oh * 60 + om) * 60 * (*p == '+' ? 1 : -1);
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p)
+        return -1;
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset;
+    *us = secs * 1000000 + frac;
+    return 0;
+}
+
+void jtime_format(int64_t us, char *out)
+{
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs -= 1;
+    }
+    time_t t = (time_t)secs;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    if (frac)
+        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long long)frac);
+    else
+        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+json_t *jtime_json(int64_t us)
+{
+    char buf[32];
+    jtime_format(us, buf);
+    return json_string(buf);
+}
+
+int64_t jtime_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}

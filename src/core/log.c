@@ -1,0 +1,159 @@
+#include "steward/log.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+int log_level_parse(const char *s, enum log_level *out)
+{
+    if (strcasecmp(s, "debug") == 0)
+        *out = LOG_DEBUG;
+    else if (strcasecmp(s, "info") == 0)
+        *out = LOG_INFO;
+    else if (strcasecmp(s, "warn") == 0 || strcasecmp(s, "warning") == 0)
+        *out = LOG_WARN;
+    else if (strcasecmp(s, "error") == 0)
+        *out = LOG_ERROR;
+    else
+        return -1;
+    return 0;
+}
+
+size_t log_escape(char *buf, size_t len, size_t cap, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[7];
+        size_t n = 0;
+        if (*p == '"' || *p == '\\') {
+            esc[n++] = '\\';
+            esc[n++] = (char)*p;
+        } else if (*p == '\n') {
+            esc[n++] = '\\';
+            esc[n++] = 'n';
+        } else if (*p < 0x20 || *p == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 15];
+            n = 6;
+        } else {
+            esc[n++] = (char)*p;
+        }
+        if (len + n >= cap)
+            break;
+        memcpy(buf + len, esc, n);
+        len += n;
+    }
+    buf[len < cap ? len : cap - 1] = '\0';
+    return len;
+}
+
+static void put_raw(struct log_line *l, const char *s)
+{
+    size_t n = strlen(s);
+    if (l->len + n >= sizeof(l->buf) - 2)
+        n = sizeof(l->buf) - 2 - l->len;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+    l->buf[l->len] = '\0';
+}
+
+static void put_key(struct log_line *l, const char *key)
+{
+    put_raw(l, ",\"");
+    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 2, key);
+    put_raw(l, "\":");
+}
+
+void log_begin(struct log_line *l, const struct logger *lg, enum log_level lvl, const char *msg)
+{
+    l->lg = lg;
+    l->enabled = lg && lvl >= lg->level;
+    l->len = 0;
+    if (!l->enabled)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char stamp[40];
+    snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    put_raw(l, "{\"ts\":\"");
+    put_raw(l, stamp);
+    put_raw(l, "\",\"level\":\"");
+    put_raw(l, level_names[lvl]);
+    put_raw(l, "\",\"msg\":\"");
+    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 2, msg ? msg : "");
+    put_raw(l, "\"");
+}
+
+void log_str(struct log_line *l, const char *key, const char *val)
+{
+    if (!l->enabled)
+        return;
+    put_key(l, key);
+    if (!val) {
+        put_raw(l, "null");
+        return;
+    }
+    put_raw(l, "\"");
+    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 3, val);
+    put_raw(l, "\"");
+}
+
+void log_int(struct log_line *l, const char *key, long long val)
+{
+    if (!l->enabled)
+        return;
+    char num[32];
+    snprintf(num, sizeof(num), "%lld", val);
+    put_key(l, key);
+    put_raw(l, num);
+}
+
+void log_dbl(struct log_line *l, const char *key, double val)
+{
+    if (!l->enabled)
+        return;
+    char num[40];
+    if (isfinite(val))
+        snprintf(num, sizeof(num), "%.3f", val);
+    else
+        snprintf(num, sizeof(num), "null");
+    put_key(l, key);
+    put_raw(l, num);
+}
+
+void log_end(struct log_line *l)
+{
+    if (!l->enabled)
+        return;
+    l->buf[l->len++] = '}';
+    l->buf[l->len++] = '\n';
+    fwrite(l->buf, 1, l->len, l->lg->out ? l->lg->out : stderr);
+    fflush(l->lg->out ? l->lg->out : stderr);
+}
+
+void log_msg(const struct logger *lg, enum log_level lvl, const char *msg, ...)
+{
+    struct log_line l;
+    log_begin(&l, lg, lvl, msg);
+    if (!l.enabled)
+        return;
+    va_list ap;
+    va_start(ap, msg);
+    for (;;) {
+        const char *k = va_arg(ap, const char *);
+        if (!k)
+            break;
+        const char *v = va_arg(ap, const char *);
+        log_str(&l, k, v);
+    }
+    va_end(ap);
+    log_end(&l);
+}

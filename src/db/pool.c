@@ -1,0 +1,389 @@
+#include "steward/pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "steward/err.h"
+
+#define STMT_SLOTS 256 /* power of two; more statements than this run unprepared */
+
+const int64_t pool_wait_bounds_us[POOL_WAIT_BUCKETS - 1] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000, 250000, 1000000};
+
+struct pool_conn {
+    struct pool *pool;
+    PGconn *pg;
+    const struct db_stmt *prepared[STMT_SLOTS];
+    int nprepared;
+    int execs; /* statements sent since checkout */
+};
+
+struct pool {
+    char *conninfo;
+    int size;
+    int acquire_timeout_ms;
+    int statement_timeout_ms;
+    const struct logger *lg;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct pool_conn *conns;
+    int *free_stack;
+    int nfree;
+
+    atomic_int waiting;
+    atomic_int open;
+    atomic_uint_fast64_t acquired_total;
+    atomic_uint_fast64_t timeouts_total;
+    atomic_uint_fast64_t wait_buckets[POOL_WAIT_BUCKETS];
+    atomic_uint_fast64_t wait_sum_us;
+};
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
+                      int statement_timeout_ms, const struct logger *lg)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->conninfo = strdup(conninfo ? conninfo : "");
+    p->conns = calloc((size_t)size, sizeof(*p->conns));
+    p->free_stack = calloc((size_t)size, sizeof(int));
+    if (!p->conninfo || !p->conns || !p->free_stack)
+        goto fail;
+    p->size = size;
+    p->acquire_timeout_ms = acquire_timeout_ms;
+    p->statement_timeout_ms = statement_timeout_ms;
+    p->lg = lg;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&p->mu, NULL);
+    for (int i = 0; i < size; i++) {
+        p->conns[i].pool = p;
+        p->free_stack[i] = size - 1 - i;
+    }
+    p->nfree = size;
+    return p;
+fail:
+    free(p->conninfo);
+    free(p->conns);
+    free(p->free_stack);
+    free(p);
+    return NULL;
+}
+
+static void conn_close(struct pool_conn *c)
+{
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+        atomic_fetch_sub(&c->pool->open, 1);
+    }
+    memset(c->prepared, 0, sizeof(c->prepared));
+    c->nprepared = 0;
+}
+
+void pool_free(struct pool *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->size; i++)
+        conn_close(&p->conns[i]);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->conninfo);
+    free(p->conns);
+    free(p->free_stack);
+    free(p);
+}
+
+static int conn_open(struct pool_conn *c)
+{
+    struct pool *p = c->pool;
+    conn_close(c);
+    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
+                          "keepalives_idle", NULL};
+    const char *vals[] = {p->conninfo, "steward", "3", "1", "30", NULL};
+    c->pg = PQconnectdbParams(keys, vals, 1);
+    if (!c->pg)
+        return ST_EUNAVAIL;
+    atomic_fetch_add(&p->open, 1);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c->pg));
+        msg[strcspn(msg, "\n")] = '\0';
+        log_msg(p->lg, LOG_WARN, "database connection failed", "error", msg, NULL);
+        conn_close(c);
+        return ST_EUNAVAIL;
+    }
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%d", p->statement_timeout_ms);
+    const char *params[] = {ms};
+    PGresult *r = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1,
+                               NULL, params, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    if (!ok) {
+        conn_close(c);
+        return ST_EUNAVAIL;
+    }
+    return ST_OK;
+}
+
+static void record_wait(struct pool *p, int64_t waited_us)
+{
+    int b = 0;
+    while (b < POOL_WAIT_BUCKETS - 1 && waited_us > pool_wait_bounds_us[b])
+        b++;
+    atomic_fetch_add_explicit(&p->wait_buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->wait_sum_us, (uint64_t)waited_us, memory_order_relaxed);
+}
+
+static void put_back(struct pool *p, struct pool_conn *c)
+{
+    pthread_mutex_lock(&p->mu);
+    p->free_stack[p->nfree++] = (int)(c - p->conns);
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int pool_acquire(struct pool *p, struct pool_conn **out)
+{
+    int64_t start = mono_us();
+    pthread_mutex_lock(&p->mu);
+    if (p->nfree == 0) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += p->acquire_timeout_ms / 1000;
+        deadline.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        atomic_fetch_add(&p->waiting, 1);
+        int rc = 0;
+        while (p->nfree == 0 && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
+        atomic_fetch_sub(&p->waiting, 1);
+        if (p->nfree == 0) {
+            pthread_mutex_unlock(&p->mu);
+            atomic_fetch_add(&p->timeouts_total, 1);
+            record_wait(p, mono_us() - start);
+            return ST_EUNAVAIL;
+        }
+    }
+    struct pool_conn *c = &p->conns[p->free_stack[--p->nfree]];
+    pthread_mutex_unlock(&p->mu);
+    record_wait(p, mono_us() - start);
+    atomic_fetch_add_explicit(&p->acquired_total, 1, memory_order_relaxed);
+
+    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
+        if (conn_open(c) != ST_OK) {
+            put_back(p, c);
+            return ST_EUNAVAIL;
+        }
+    }
+    c->execs = 0;
+    *out = c;
+    return ST_OK;
+}
+
+void pool_release(struct pool *p, struct pool_conn *c)
+{
+    if (c->pg) {
+        if (PQstatus(c->pg) != CONNECTION_OK) {
+            conn_close(c);
+        } else {
+            PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+            if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+                PGresult *r = PQexec(c->pg, "ROLLBACK");
+                PQclear(r);
+            } else if (ts != PQTRANS_IDLE) {
+                conn_close(c);
+            }
+        }
+    }
+    put_back(p, c);
+}
+
+PGconn *pool_conn_pg(struct pool_conn *c)
+{
+    return c->pg;
+}
+
+static size_t slot_of(const struct db_stmt *st)
+{
+    uintptr_t h = (uintptr_t)st;
+    h ^= h >> 17;
+    h *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 40) & (STMT_SLOTS - 1);
+}
+
+/* Returns 1 when st is prepared on c, 0 when it was not and there is room, -1 full. */
+static int prepared_find(struct pool_conn *c, const struct db_stmt *st, size_t *slot)
+{
+    size_t i = slot_of(st);
+    for (size_t n = 0; n < STMT_SLOTS; n++, i = (i + 1) & (STMT_SLOTS - 1)) {
+        if (c->prepared[i] == st)
+            return 1;
+        if (!c->prepared[i]) {
+            *slot = i;
+            return c->nprepared < STMT_SLOTS * 3 / 4 ? 0 : -1;
+        }
+    }
+    return -1;
+}
+
+static PGresult *exec_once(struct pool_conn *c, const struct db_stmt *st,
+                           const char *const *params)
+{
+    size_t slot = 0;
+    int found = prepared_find(c, st, &slot);
+    if (found < 0)
+        return PQexecParams(c->pg, st->sql, st->nparams, NULL, params, NULL, NULL, 0);
+    if (found == 0) {
+        PGresult *r = PQprepare(c->pg, st->name, st->sql, st->nparams, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            return r;
+        PQclear(r);
+        c->prepared[slot] = st;
+        c->nprepared++;
+    }
+    return PQexecPrepared(c->pg, st->name, st->nparams, params, NULL, NULL, 0);
+}
+
+/* A dead connection discovered by the first statement of a checkout is replaced and
+ * the statement sent again: nothing of this checkout reached the server before. */
+static bool retry_fresh(struct pool_conn *c, PGresult *r)
+{
+    if (c->execs != 0 || PQstatus(c->pg) != CONNECTION_BAD)
+        return false;
+    PQclear(r);
+    return conn_open(c) == ST_OK;
+}
+
+PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *const *params)
+{
+    if (!c->pg)
+        return PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    PGresult *r = exec_once(c, st, params);
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_FATAL_ERROR && retry_fresh(c, r))
+        r = exec_once(c, st, params);
+    c->execs++;
+    return r;
+}
+
+int pool_cmd(struct pool_conn *c, const char *sql)
+{
+    if (!c->pg)
+        return ST_EUNAVAIL;
+    PGresult *r = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR && retry_fresh(c, r))
+        r = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+    c->execs++;
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+const char *pool_sqlstate(const PGresult *r)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s ? s : "";
+}
+
+int pool_result_err(struct pool_conn *c, const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK)
+        return ST_OK;
+    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK)
+        return ST_EUNAVAIL;
+    const char *st = pool_sqlstate(r);
+    if (strncmp(st, "08", 2) == 0 || strncmp(st, "57P", 3) == 0 || strcmp(st, "57014") == 0 ||
+        strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "53300") == 0 ||
+        strcmp(st, "55P03") == 0 || strcmp(st, "53100") == 0)
+        return ST_EUNAVAIL;
+    if (strcmp(st, "23505") == 0 || strcmp(st, "23503") == 0)
+        return ST_ECONFLICT;
+    if (strncmp(st, "22", 2) == 0 || strcmp(st, "23514") == 0)
+        return ST_EINVALID;
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    msg[strcspn(msg, "\n")] = '\0';
+    log_msg(c->pool->lg, LOG_ERROR, "database error", "sqlstate", st, "error", msg, NULL);
+    return ST_EINTERNAL;
+}
+
+static bool conn_lost(struct pool_conn *c)
+{
+    return !c->pg || PQstatus(c->pg) != CONNECTION_OK;
+}
+
+int pool_tx(struct pool *p, pool_tx_fn fn, void *arg)
+{
+    for (int attempt = 0;; attempt++) {
+        struct pool_conn *c;
+        int rc = pool_acquire(p, &c);
+        if (rc != ST_OK)
+            return rc;
+        rc = pool_cmd(c, "BEGIN");
+        if (rc == ST_OK) {
+            rc = fn(c, arg);
+            if (rc == ST_OK)
+                rc = pool_cmd(c, "COMMIT");
+            else if (!conn_lost(c))
+                pool_cmd(c, "ROLLBACK");
+            else if (attempt == 0) {
+                /* lost before COMMIT was sent: nothing was committed, try once more */
+                pool_release(p, c);
+                continue;
+            }
+        }
+        pool_release(p, c);
+        return rc;
+    }
+}
+
+int pool_with(struct pool *p, pool_tx_fn fn, void *arg)
+{
+    struct pool_conn *c;
+    int rc = pool_acquire(p, &c);
+    if (rc != ST_OK)
+        return rc;
+    rc = fn(c, arg);
+    pool_release(p, c);
+    return rc;
+}
+
+void pool_stats(struct pool *p, struct pool_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&p->mu);
+    out->busy = p->size - p->nfree;
+    pthread_mutex_unlock(&p->mu);
+    out->size = p->size;
+    out->open = atomic_load(&p->open);
+    out->waiting = atomic_load(&p->waiting);
+    out->acquired_total = atomic_load(&p->acquired_total);
+    out->timeouts_total = atomic_load(&p->timeouts_total);
+    for (int i = 0; i < POOL_WAIT_BUCKETS; i++) {
+        out->wait_buckets[i] = atomic_load(&p->wait_buckets[i]);
+        out->wait_count += out->wait_buckets[i];
+    }
+    out->wait_sum_s = (double)atomic_load(&p->wait_sum_us) / 1e6;
+}

@@ -1,0 +1,77 @@
+#include "steward/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "steward/err.h"
+#include "steward/http.h"
+#include "steward/migrate.h"
+#include "steward/sql.h"
+
+static const struct db_stmt st_schema = {
+    "ops_schema", "SELECT coalesce(max(version), 0) FROM schema_migrations", 0};
+
+static void livez(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    (void)ctx;
+    (void)req;
+    http_json(resp, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static int read_schema(struct pool_conn *c, void *arg)
+{
+    PGresult *r = pool_exec(c, &st_schema, NULL);
+    int rc = pool_result_err(c, r);
+    if (rc == ST_OK)
+        *(long long *)arg = sql_ll(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    (void)req;
+    struct ops_ctx *o = ctx;
+    long long version = -1;
+    int rc = pool_with(o->pool, read_schema, &version);
+    if (rc != ST_OK) {
+        http_problem(resp, 503, "the database is unreachable");
+        http_header(resp, "Retry-After", "1");
+        return;
+    }
+    if (version != migrate_latest()) {
+        char d[128];
+        snprintf(d, sizeof(d), "schema version %lld, this binary expects %d", version,
+                 migrate_latest());
+        http_problem(resp, 503, d);
+        http_header(resp, "Retry-After", "5");
+        return;
+    }
+    http_json(resp, 200, json_pack("{s:s, s:I}", "status", "ready", "schema_version",
+                                   (json_int_t)version));
+}
+
+static void openapi(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    (void)ctx;
+    (void)req;
+    resp->status = 200;
+    resp->text = malloc(ops_openapi_len + 1);
+    if (!resp->text) {
+        http_problem(resp, 500, "out of memory");
+        return;
+    }
+    memcpy(resp->text, ops_openapi, ops_openapi_len + 1);
+    resp->text_len = ops_openapi_len;
+    resp->content_type = "application/yaml";
+}
+
+int ops_register(struct router *r, struct ops_ctx *ctx)
+{
+    int rc = 0;
+    rc |= http_route(r, "GET", "/livez", AUTH_NONE, livez, ctx);
+    rc |= http_route(r, "GET", "/readyz", AUTH_NONE, readyz, ctx);
+    rc |= http_route(r, "GET", "/openapi.yaml", AUTH_NONE, openapi, ctx);
+    return rc;
+}

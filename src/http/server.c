@@ -1,0 +1,474 @@
+/* libmicrohttpd adapter: per-request state is allocated on the first call, the body is
+ * accumulated up to HTTP_BODY_LIMIT, the handler runs on the final call, and the state
+ * is freed (and the access line written) in the completion callback. */
+#include "steward/http_server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "steward/crypto.h"
+#include "steward/err.h"
+#include "steward/http.h"
+#include "steward/json.h"
+#include "steward/problem.h"
+
+struct http_server {
+    struct MHD_Daemon *daemon;
+    struct http_server_opts o;
+    int port;
+    atomic_int inflight;
+    atomic_uint_fast64_t next_id;
+    char id_prefix[17];
+};
+
+struct reqstate {
+    struct http_server *srv;
+    int64_t start_us;
+    struct route_match match;
+    struct auth_principal who;
+    char request_id[72];
+    int early_status;
+    char early_detail[160];
+    const char *early_slug;
+    int status;
+    bool has_body;
+    char *body;
+    size_t body_len;
+    size_t nquery;
+    char *query_keys[HTTP_MAX_QUERY];
+    char *query_vals[HTTP_MAX_QUERY];
+    bool bad_query;
+    bool counted;
+    char method[12];
+};
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *uri)
+{
+    (void)cls;
+    (void)c;
+    return strlen(uri);
+}
+
+static bool sane_request_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return n >= 1 && n <= 64;
+}
+
+static void set_early(struct reqstate *rs, int status, const char *slug, const char *detail)
+{
+    if (rs->early_status)
+        return;
+    rs->early_status = status;
+    rs->early_slug = slug;
+    snprintf(rs->early_detail, sizeof(rs->early_detail), "%s", detail);
+}
+
+/* Decodes a query component: %XX and '+' as space; NUL or bad escapes fail. */
+static char *decode_query(const char *s)
+{
+    size_t n = strlen(s);
+    char *tmp = malloc(n + 1);
+    if (!tmp)
+        return NULL;
+    for (size_t i = 0; i <= n; i++)
+        tmp[i] = s[i] == '+' ? ' ' : s[i];
+    char *out = malloc(n + 1);
+    if (out && router_decode(tmp, n, out, n + 1) < 0) {
+        free(out);
+        out = NULL;
+    }
+    free(tmp);
+    return out;
+}
+
+static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    (void)kind;
+    struct reqstate *rs = cls;
+    if (rs->nquery >= HTTP_MAX_QUERY) {
+        rs->bad_query = true;
+        return MHD_NO;
+    }
+    char *k = decode_query(key);
+    char *v = decode_query(value ? value : "");
+    if (!k || !v) {
+        free(k);
+        free(v);
+        rs->bad_query = true;
+        return MHD_NO;
+    }
+    rs->query_keys[rs->nquery] = k;
+    rs->query_vals[rs->nquery] = v;
+    rs->nquery++;
+    return MHD_YES;
+}
+
+static bool method_has_body(const char *m)
+{
+    return strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
+}
+
+static bool is_json_type(const char *ct)
+{
+    if (!ct)
+        return false;
+    while (*ct == ' ')
+        ct++;
+    size_t n = strlen("application/json");
+    return strncasecmp(ct, "application/json", n) == 0 &&
+           (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    const struct route *rt = rs->match.route;
+    if (!rt || rt->scope == AUTH_NONE)
+        return;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7]) {
+        set_early(rs, 401, NULL, "missing bearer API key");
+        return;
+    }
+    int rc = auth_check(rs->srv->o.auth, h + 7, &rs->who);
+    if (rc == ST_EUNAVAIL) {
+        set_early(rs, 503, NULL, "the database is unavailable; retry shortly");
+    } else if (rc != ST_OK) {
+        set_early(rs, 401, NULL, "unknown or revoked API key");
+    } else if ((int)rs->who.scope < rt->scope) {
+        char d[128];
+        snprintf(d, sizeof(d), "this route needs the %s scope; the key has %s",
+                 auth_scope_name((enum auth_scope)rt->scope), auth_scope_name(rs->who.scope));
+        set_early(rs, 403, NULL, d);
+    }
+}
+
+static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    rs->has_body = (cl && strtoull(cl, NULL, 10) > 0) || te;
+    if (!rs->has_body)
+        return;
+    if (!method_has_body(rs->method)) {
+        set_early(rs, 400, NULL, "this method takes no request body");
+        return;
+    }
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    if (!is_json_type(ct)) {
+        set_early(rs, 415, NULL, "request bodies must be application/json");
+        return;
+    }
+    if (cl && strtoull(cl, NULL, 10) > HTTP_BODY_LIMIT)
+        set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
+}
+
+static void start_request(struct reqstate *rs, struct MHD_Connection *conn, const char *url,
+                          const char *method)
+{
+    struct http_server *srv = rs->srv;
+    rs->start_us = mono_us();
+    snprintf(rs->method, sizeof(rs->method), "%s", method);
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (rid && sane_request_id(rid))
+        snprintf(rs->request_id, sizeof(rs->request_id), "%s", rid);
+    else
+        snprintf(rs->request_id, sizeof(rs->request_id), "%s%08llx", srv->id_prefix,
+                 (unsigned long long)atomic_fetch_add(&srv->next_id, 1));
+
+    const char *match_method = strcmp(method, "HEAD") == 0 ? "GET" : method;
+    router_match(srv->o.router, match_method, url, &rs->match);
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, rs);
+    if (!rs->match.route) {
+        if (rs->match.bad_param)
+            set_early(rs, 400, NULL,
+                      "a path parameter is badly percent-encoded or longer than 512 bytes");
+        else if (rs->match.path_known)
+            set_early(rs, 405, NULL, "method not allowed on this resource");
+        else
+            set_early(rs, 404, NULL, "no such route");
+        return;
+    }
+    check_auth(rs, conn);
+    if (rs->bad_query)
+        set_early(rs, 400, NULL, "the query string is badly encoded or has too many parameters");
+    check_body_headers(rs, conn);
+}
+
+static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection *conn,
+                                     struct http_resp *resp)
+{
+    char *text = resp->text;
+    size_t len = resp->text_len;
+    const char *ctype = resp->content_type;
+    if (!text) {
+        if (!resp->body)
+            resp->body = json_object();
+        text = json_dumps(resp->body, JSON_COMPACT | JSON_ENCODE_ANY);
+        len = text ? strlen(text) : 0;
+        if (!ctype)
+            ctype = resp->status >= 400 ? "application/problem+json" : "application/json";
+    }
+    resp->text = NULL;
+    struct MHD_Response *r;
+    if (resp->status == 204) {
+        free(text);
+        r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    } else {
+        r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+        if (!r)
+            free(text);
+    }
+    if (!r)
+        return MHD_NO;
+    if (ctype && resp->status != 204)
+        MHD_add_response_header(r, "Content-Type", ctype);
+    MHD_add_response_header(r, "X-Request-Id", rs->request_id);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    for (int i = 0; i < resp->nheaders; i++)
+        MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
+    rs->status = resp->status;
+    enum MHD_Result ok = MHD_queue_response(conn, (unsigned)resp->status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static void resp_release(struct http_resp *resp)
+{
+    json_decref(resp->body);
+    free(resp->text);
+}
+
+static enum MHD_Result send_early(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    struct http_resp resp = {0};
+    http_problem_slug(&resp, rs->early_status, rs->early_slug, rs->early_detail);
+    if (rs->early_status == 405)
+        http_header(&resp, "Allow", "%s", rs->match.allow);
+    if (rs->early_status == 503)
+        http_header(&resp, "Retry-After", "1");
+    if (rs->early_status == 401)
+        http_header(&resp, "WWW-Authenticate", "Bearer");
+    enum MHD_Result ok = send_response(rs, conn, &resp);
+    resp_release(&resp);
+    return ok;
+}
+
+static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *conn,
+                                   const char *url)
+{
+    struct http_req req = {0};
+    struct http_resp resp = {0};
+    json_t *body = NULL;
+    if (rs->has_body && rs->body_len > 0) {
+        char err[200];
+        body = jv_parse(rs->body, rs->body_len, err, sizeof(err));
+        if (!body) {
+            char detail[240];
+            snprintf(detail, sizeof(detail), "malformed JSON: %s", err);
+            http_problem(&resp, 400, detail);
+            goto send;
+        }
+    }
+    req.method = rs->method;
+    req.path = url;
+    req.route = rs->match.route->pattern;
+    req.match = &rs->match;
+    req.body = body;
+    req.request_id = rs->request_id;
+    req.who = &rs->who;
+    req.nquery = rs->nquery;
+    for (size_t i = 0; i < rs->nquery; i++) {
+        req.query[i].key = rs->query_keys[i];
+        req.query[i].value = rs->query_vals[i];
+    }
+    ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &req, &resp);
+    if (resp.status == 0)
+        http_problem(&resp, 500, "the handler produced no response");
+    if (resp.status >= 500) {
+        log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id,
+                "route", req.route, NULL);
+    }
+send:;
+    enum MHD_Result ok = send_response(rs, conn, &resp);
+    resp_release(&resp);
+    json_decref(body);
+    return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    struct http_server *srv = cls;
+    struct reqstate *rs = *con_cls;
+    if (!rs) {
+        rs = calloc(1, sizeof(*rs));
+        if (!rs)
+            return MHD_NO;
+        rs->srv = srv;
+        atomic_fetch_add(&srv->inflight, 1);
+        rs->counted = true;
+        *con_cls = rs;
+        start_request(rs, conn, url, method);
+        return MHD_YES;
+    }
+    if (rs->status)
+        return MHD_YES; /* already answered: discard whatever still arrives */
+    if (rs->early_status) {
+        *upload_data_size = 0;
+        return send_early(rs, conn);
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (rs->body_len + n > HTTP_BODY_LIMIT) {
+            set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
+            return send_early(rs, conn);
+        }
+        char *nb = realloc(rs->body, rs->body_len + n + 1);
+        if (!nb)
+            return MHD_NO;
+        rs->body = nb;
+        memcpy(rs->body + rs->body_len, upload_data, n);
+        rs->body_len += n;
+        rs->body[rs->body_len] = '\0';
+        return MHD_YES;
+    }
+    return run_handler(rs, conn, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    struct http_server *srv = cls;
+    struct reqstate *rs = *con_cls;
+    if (!rs)
+        return;
+    int64_t dur = mono_us() - rs->start_us;
+    int route_index = rs->match.route ? rs->match.route->index : -1;
+    int status = rs->status ? rs->status : 499;
+    if (srv->o.metrics)
+        metrics_http_observe(srv->o.metrics, route_index, status, dur);
+    if (srv->o.access_log || status >= 500) {
+        struct log_line l;
+        log_begin(&l, srv->o.lg, status >= 500 ? LOG_ERROR : LOG_INFO, "request");
+        log_str(&l, "request_id", rs->request_id);
+        log_str(&l, "method", rs->method);
+        log_str(&l, "route", rs->match.route ? rs->match.route->pattern : "unmatched");
+        log_int(&l, "status", status);
+        log_dbl(&l, "duration_ms", (double)dur / 1000.0);
+        if (rs->who.scope != AUTH_NONE)
+            log_str(&l, "key", rs->who.name);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            log_int(&l, "terminated", (long long)toe);
+        log_end(&l);
+    }
+    for (size_t i = 0; i < rs->nquery; i++) {
+        free(rs->query_keys[i]);
+        free(rs->query_vals[i]);
+    }
+    free(rs->body);
+    if (rs->counted)
+        atomic_fetch_sub(&srv->inflight, 1);
+    free(rs);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    const struct logger *lg = cls;
+    char msg[256];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_msg(lg, LOG_DEBUG, "libmicrohttpd", "detail", msg, NULL);
+}
+
+struct http_server *http_server_start(const struct http_server_opts *o, char *err, size_t errlen)
+{
+    struct http_server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->o = *o;
+    unsigned char rnd[4];
+    crypto_random(rnd, sizeof(rnd));
+    crypto_hex(rnd, sizeof(rnd), s->id_prefix);
+
+    struct sockaddr_in6 a6 = {0};
+    struct sockaddr_in a4 = {0};
+    struct sockaddr *addr;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+                     MHD_USE_ITC;
+    if (inet_pton(AF_INET, o->bind, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)o->port);
+        addr = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, o->bind, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)o->port);
+        addr = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "STEWARD_BIND: '%s' is not an IPv4 or IPv6 address", o->bind);
+        free(s);
+        return NULL;
+    }
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, 16384u,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        (void *)o->lg, MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s:%d (STEWARD_HTTP_PORT)", o->bind, o->port);
+        free(s);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = info ? info->port : o->port;
+    return s;
+}
+
+int http_server_port(const struct http_server *s)
+{
+    return s->port;
+}
+
+void http_server_stop(struct http_server *s, int timeout_ms)
+{
+    if (!s)
+        return;
+    MHD_quiesce_daemon(s->daemon);
+    for (int waited = 0; atomic_load(&s->inflight) > 0 && waited < timeout_ms; waited += 10)
+        usleep(10000);
+    MHD_stop_daemon(s->daemon);
+    free(s);
+}

@@ -1,0 +1,191 @@
+/* Prometheus text exposition (format 0.0.4) and the /metrics route. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "steward/buf.h"
+#include "steward/http.h"
+#include "steward/metrics.h"
+#include "steward/pool.h"
+#include "steward/ws.h"
+
+static const char *status_label(int slot, char *tmp)
+{
+    if (slot == METRICS_STATUS_SLOTS - 1 || metrics_statuses[slot] == 0)
+        return "other";
+    snprintf(tmp, 8, "%d", metrics_statuses[slot]);
+    return tmp;
+}
+
+static void route_labels(const struct metrics_sources *src, int slot, const char **route,
+                         const char **method)
+{
+    if (slot < (int)src->router->count) {
+        *route = src->router->routes[slot].pattern;
+        *method = src->router->routes[slot].method;
+    } else {
+        *route = "unmatched";
+        *method = "any";
+    }
+}
+
+static void render_http(struct buf *b, const struct metrics_sources *src)
+{
+    buf_printf(b, "# HELP http_requests_total HTTP requests by route template, method and "
+                  "status.\n# TYPE http_requests_total counter\n");
+    struct metrics_route_snap snaps[METRICS_ROUTES];
+    for (int i = 0; i < METRICS_ROUTES; i++)
+        metrics_route_snapshot(src->m, i, &snaps[i]);
+    for (int i = 0; i < METRICS_ROUTES; i++) {
+        if (i >= (int)src->router->count && i != METRICS_ROUTES - 1)
+            continue;
+        const char *route, *method;
+        route_labels(src, i, &route, &method);
+        for (int st = 0; st < METRICS_STATUS_SLOTS; st++) {
+            if (!snaps[i].by_status[st])
+                continue;
+            char tmp[8];
+            buf_printf(b, "http_requests_total{route=\"%s\",method=\"%s\",code=\"%s\"} %llu\n",
+                       route, method, status_label(st, tmp),
+                       (unsigned long long)snaps[i].by_status[st]);
+        }
+    }
+    buf_printf(b, "# HELP http_request_duration_seconds Request latency by route template.\n"
+                  "# TYPE http_request_duration_seconds histogram\n");
+    for (int i = 0; i < METRICS_ROUTES; i++) {
+        if (i >= (int)src->router->count && i != METRICS_ROUTES - 1)
+            continue;
+        const char *route, *method;
+        route_labels(src, i, &route, &method);
+        uint64_t cum = 0;
+        for (int k = 0; k < METRICS_LAT_BUCKETS; k++) {
+            cum += snaps[i].buckets[k];
+            if (k < METRICS_LAT_BUCKETS - 1)
+                buf_printf(b,
+                           "http_request_duration_seconds_bucket{route=\"%s\",method=\"%s\","
+                           "le=\"%g\"} %llu\n",
+                           route, method, metrics_lat_bounds[k], (unsigned long long)cum);
+            else
+                buf_printf(b,
+                           "http_request_duration_seconds_bucket{route=\"%s\",method=\"%s\","
+                           "le=\"+Inf\"} %llu\n",
+                           route, method, (unsigned long long)cum);
+        }
+        buf_printf(b, "http_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.6f\n",
+                   route, method, (double)snaps[i].sum_us / 1e6);
+        buf_printf(b, "http_request_duration_seconds_count{route=\"%s\",method=\"%s\"} %llu\n",
+                   route, method, (unsigned long long)cum);
+    }
+}
+
+static void render_pool(struct buf *b, const struct metrics_sources *src)
+{
+    struct pool_stats ps;
+    pool_stats(src->pool, &ps);
+    buf_printf(b, "# HELP db_pool_connections Database pool connections by state.\n"
+                  "# TYPE db_pool_connections gauge\n");
+    buf_printf(b, "db_pool_connections{state=\"size\"} %d\n", ps.size);
+    buf_printf(b, "db_pool_connections{state=\"open\"} %d\n", ps.open);
+    buf_printf(b, "db_pool_connections{state=\"busy\"} %d\n", ps.busy);
+    buf_printf(b, "db_pool_connections{state=\"idle\"} %d\n", ps.size - ps.busy);
+    buf_printf(b, "db_pool_connections{state=\"waiting\"} %d\n", ps.waiting);
+    buf_printf(b, "# HELP db_pool_wait_seconds Time spent waiting for a pool connection.\n"
+                  "# TYPE db_pool_wait_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int k = 0; k < POOL_WAIT_BUCKETS; k++) {
+        cum += ps.wait_buckets[k];
+        if (k < POOL_WAIT_BUCKETS - 1)
+            buf_printf(b, "db_pool_wait_seconds_bucket{le=\"%g\"} %llu\n",
+                       (double)pool_wait_bounds_us[k] / 1e6, (unsigned long long)cum);
+        else
+            buf_printf(b, "db_pool_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
+                       (unsigned long long)cum);
+    }
+    buf_printf(b, "db_pool_wait_seconds_sum %.6f\ndb_pool_wait_seconds_count %llu\n",
+               ps.wait_sum_s, (unsigned long long)cum);
+    buf_printf(b, "# HELP db_pool_timeouts_total Acquires that gave up waiting.\n"
+                  "# TYPE db_pool_timeouts_total counter\ndb_pool_timeouts_total %llu\n",
+               (unsigned long long)ps.timeouts_total);
+}
+
+struct counter_label {
+    enum metrics_counter c;
+    const char *labels;
+};
+
+static void render_counters(struct buf *b, const struct metrics_sources *src)
+{
+    struct ws_stats ws = {0};
+    if (src->ws)
+        ws_server_stats(src->ws, &ws);
+    buf_printf(b, "# HELP ws_connections Open device WebSocket connections.\n"
+                  "# TYPE ws_connections gauge\nws_connections %d\n",
+               ws.connections);
+    buf_printf(b, "# HELP ws_authenticated_connections Connections that completed hello.\n"
+                  "# TYPE ws_authenticated_connections gauge\nws_authenticated_connections %d\n",
+               ws.authenticated);
+    static const struct counter_label frames[] = {
+        {MC_WS_FRAMES_IN_HELLO, "direction=\"in\",type=\"device_hello\""},
+        {MC_WS_FRAMES_IN_ACK, "direction=\"in\",type=\"scout_proposal_ack\""},
+        {MC_WS_FRAMES_IN_OTHER, "direction=\"in\",type=\"other\""},
+        {MC_WS_FRAMES_OUT_HELLO_OK, "direction=\"out\",type=\"hello_ok\""},
+        {MC_WS_FRAMES_OUT_PROPOSAL, "direction=\"out\",type=\"scout_proposal\""},
+        {MC_WS_FRAMES_OUT_ACK_OK, "direction=\"out\",type=\"ack_ok\""},
+        {MC_WS_FRAMES_OUT_RESOLVED, "direction=\"out\",type=\"scout_proposal_resolved\""},
+        {MC_WS_FRAMES_OUT_ERROR, "direction=\"out\",type=\"error\""},
+    };
+    buf_printf(b, "# HELP ws_frames_total WebSocket frames by direction and type.\n"
+                  "# TYPE ws_frames_total counter\n");
+    for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++)
+        buf_printf(b, "ws_frames_total{%s} %llu\n", frames[i].labels,
+                   (unsigned long long)metrics_counter_value(src->m, frames[i].c));
+    static const struct counter_label props[] = {
+        {MC_PROPOSALS_QUEUED, "event=\"queued\""},   {MC_PROPOSALS_DELIVERED, "event=\"delivered\""},
+        {MC_PROPOSALS_ACKED, "event=\"acked\""},     {MC_PROPOSALS_EXPIRED, "event=\"expired\""},
+        {MC_PROPOSALS_FAILED, "event=\"failed\""},
+    };
+    buf_printf(b, "# HELP proposals_total Proposal lifecycle events.\n"
+                  "# TYPE proposals_total counter\n");
+    for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++)
+        buf_printf(b, "proposals_total{%s} %llu\n", props[i].labels,
+                   (unsigned long long)metrics_counter_value(src->m, props[i].c));
+    buf_printf(b, "# HELP heal_runs_total Self-healing sweeps run by this instance.\n"
+                  "# TYPE heal_runs_total counter\nheal_runs_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_RUNS));
+    buf_printf(b, "# HELP lessons_recorded_total Lessons written by this instance.\n"
+                  "# TYPE lessons_recorded_total counter\nlessons_recorded_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_LESSONS_RECORDED));
+}
+
+char *metrics_render(const struct metrics_sources *src, size_t *len)
+{
+    struct buf b = {0};
+    render_http(&b, src);
+    render_pool(&b, src);
+    render_counters(&b, src);
+    if (b.oom) {
+        buf_release(&b);
+        return NULL;
+    }
+    return buf_detach(&b, len);
+}
+
+static void metrics_route(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    (void)req;
+    size_t len = 0;
+    char *text = metrics_render(ctx, &len);
+    if (!text) {
+        http_problem(resp, 500, "out of memory");
+        return;
+    }
+    resp->status = 200;
+    resp->text = text;
+    resp->text_len = len;
+    resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+int metrics_http_register(struct router *r, struct metrics_sources *src)
+{
+    return http_route(r, "GET", "/metrics", AUTH_NONE, metrics_route, src);
+}

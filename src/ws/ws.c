@@ -1,0 +1,680 @@
+/* libwebsockets adapter. Only the service thread touches struct lws; other threads
+ * reach a session through the registry (ws->mu) and wake the loop with
+ * lws_cancel_service, whose EVENT_WAIT_CANCELLED asks for writeable callbacks. */
+#include "steward/ws.h"
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "steward/json.h"
+
+#define BUCKETS 16384 /* power of two */
+#define MAX_HANDLERS 16
+
+struct frame {
+    struct frame *next;
+    size_t len;
+    unsigned char data[]; /* LWS_PRE bytes of headroom, then len bytes */
+};
+
+struct session {
+    struct lws *wsi;
+    uint64_t sid;
+    /* guarded by ws->mu */
+    struct frame *qhead, *qtail;
+    size_t qbytes;
+    int close_code;
+    bool registered;
+    bool authed;
+    bool pending;
+    struct session *pending_next;
+    struct session *sid_next;
+    struct session *user_next;
+    char *device_id;
+    char *user_id;
+    /* service thread only */
+    unsigned char *rx;
+    size_t rx_len;
+};
+
+struct handler {
+    char type[40];
+    bool before_hello;
+    ws_frame_fn fn;
+    void *ctx;
+};
+
+struct ws_server {
+    struct ws_server_opts o;
+    struct lws_context *ctx;
+    struct lws_vhost *vhost;
+    lws_retry_bo_t retry;
+    struct lws_protocols protocols[2];
+    pthread_t thread;
+    bool started;
+    atomic_bool exit;
+    atomic_bool stopping;
+    int port;
+    struct handler handlers[MAX_HANDLERS];
+    int nhandlers;
+    ws_closed_fn on_closed;
+    void *on_closed_ctx;
+
+    pthread_mutex_t mu;
+    uint64_t next_sid;
+    int connections;
+    int authenticated;
+    uint64_t queued_bytes;
+    struct session *pending_head;
+    struct session *by_sid[BUCKETS];
+    struct session *by_user[BUCKETS];
+};
+
+static size_t hash_u64(uint64_t v)
+{
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdull;
+    v ^= v >> 33;
+    return (size_t)v & (BUCKETS - 1);
+}
+
+static size_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return hash_u64(h);
+}
+
+/* Registry helpers; all with ws->mu held. */
+static struct session *find_locked(struct ws_server *ws, uint64_t sid)
+{
+    for (struct session *s = ws->by_sid[hash_u64(sid)]; s; s = s->sid_next)
+        if (s->sid == sid)
+            return s;
+    return NULL;
+}
+
+static void unlink_chain(struct session **head, struct session *s, bool user_chain)
+{
+    for (struct session **pp = head; *pp; pp = user_chain ? &(*pp)->user_next : &(*pp)->sid_next) {
+        if (*pp == s) {
+            *pp = user_chain ? s->user_next : s->sid_next;
+            return;
+        }
+    }
+}
+
+static bool on_service_thread(struct ws_server *ws)
+{
+    return ws->started && pthread_equal(pthread_self(), ws->thread);
+}
+
+static void mark_pending_locked(struct ws_server *ws, struct session *s)
+{
+    if (s->pending)
+        return;
+    s->pending = true;
+    s->pending_next = ws->pending_head;
+    ws->pending_head = s;
+}
+
+static void service_pending(struct ws_server *ws);
+
+/* Gets pending sessions serviced: directly on the service thread, else by waking it. */
+static void wake(struct ws_server *ws)
+{
+    if (on_service_thread(ws))
+        service_pending(ws);
+    else if (ws->ctx)
+        lws_cancel_service(ws->ctx);
+}
+
+static void drop_queue_locked(struct ws_server *ws, struct session *s)
+{
+    struct frame *f = s->qhead;
+    while (f) {
+        struct frame *next = f->next;
+        free(f);
+        f = next;
+    }
+    ws->queued_bytes -= s->qbytes;
+    s->qhead = s->qtail = NULL;
+    s->qbytes = 0;
+}
+
+int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
+{
+    struct frame *f = malloc(sizeof(*f) + LWS_PRE + len);
+    if (!f)
+        return -1;
+    f->next = NULL;
+    f->len = len;
+    memcpy(f->data + LWS_PRE, text, len);
+    pthread_mutex_lock(&ws->mu);
+    struct session *s = find_locked(ws, sid);
+    if (!s || s->close_code) {
+        pthread_mutex_unlock(&ws->mu);
+        free(f);
+        return -1;
+    }
+    if (s->qbytes + len > (size_t)ws->o.max_queue_bytes) {
+        /* the peer does not read: drop it; what it had not acked stays deliverable */
+        drop_queue_locked(ws, s);
+        s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+        free(f);
+        f = NULL;
+    } else {
+        if (s->qtail)
+            s->qtail->next = f;
+        else
+            s->qhead = f;
+        s->qtail = f;
+        s->qbytes += len;
+        ws->queued_bytes += len;
+    }
+    mark_pending_locked(ws, s);
+    pthread_mutex_unlock(&ws->mu);
+    wake(ws);
+    return f ? 0 : -1;
+}
+
+int ws_send_json(struct ws_server *ws, uint64_t sid, const json_t *frame)
+{
+    char *text = json_dumps(frame, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text)
+        return -1;
+    int rc = ws_send(ws, sid, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code, const char *proposal_id)
+{
+    json_t *f = json_pack("{s:s, s:s}", "type", "error", "code", code);
+    if (proposal_id)
+        json_object_set_new(f, "proposal_id", json_string(proposal_id));
+    ws_send_json(ws, sid, f);
+    json_decref(f);
+}
+
+void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason)
+{
+    (void)reason;
+    pthread_mutex_lock(&ws->mu);
+    struct session *s = find_locked(ws, sid);
+    if (s && !s->close_code) {
+        s->close_code = code;
+        mark_pending_locked(ws, s);
+    }
+    pthread_mutex_unlock(&ws->mu);
+    wake(ws);
+}
+
+int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id, const char *user_id)
+{
+    char *d = strdup(device_id), *u = strdup(user_id);
+    if (!d || !u) {
+        free(d);
+        free(u);
+        return -1;
+    }
+    pthread_mutex_lock(&ws->mu);
+    struct session *s = find_locked(ws, sid);
+    if (!s || s->authed || s->close_code) {
+        pthread_mutex_unlock(&ws->mu);
+        free(d);
+        free(u);
+        return -1;
+    }
+    s->device_id = d;
+    s->user_id = u;
+    s->authed = true;
+    ws->authenticated++;
+    size_t b = hash_str(u);
+    s->user_next = ws->by_user[b];
+    ws->by_user[b] = s;
+    pthread_mutex_unlock(&ws->mu);
+    return 0;
+}
+
+size_t ws_sessions_of_user(struct ws_server *ws, const char *user_id, uint64_t *out, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&ws->mu);
+    for (struct session *s = ws->by_user[hash_str(user_id)]; s; s = s->user_next) {
+        if (strcmp(s->user_id, user_id) != 0 || s->close_code)
+            continue;
+        if (n < cap)
+            out[n] = s->sid;
+        n++;
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+size_t ws_sessions_of_device(struct ws_server *ws, const char *device_id, uint64_t *out,
+                             size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&ws->mu);
+    for (size_t b = 0; b < BUCKETS; b++) {
+        for (struct session *s = ws->by_user[b]; s; s = s->user_next) {
+            if (strcmp(s->device_id, device_id) != 0)
+                continue;
+            if (n < cap)
+                out[n] = s->sid;
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+size_t ws_connected_users(struct ws_server *ws, char **out, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&ws->mu);
+    for (size_t b = 0; b < BUCKETS && n < cap; b++) {
+        for (struct session *s = ws->by_user[b]; s && n < cap; s = s->user_next) {
+            bool seen = false;
+            for (struct session *t = ws->by_user[b]; t != s; t = t->user_next)
+                if (strcmp(t->user_id, s->user_id) == 0)
+                    seen = true;
+            if (seen)
+                continue;
+            out[n] = strdup(s->user_id);
+            if (out[n])
+                n++;
+        }
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return n;
+}
+
+int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, size_t dcap,
+                        char *user_id, size_t ucap)
+{
+    int rc = -1;
+    pthread_mutex_lock(&ws->mu);
+    struct session *s = find_locked(ws, sid);
+    if (s && s->authed) {
+        snprintf(device_id, dcap, "%s", s->device_id);
+        snprintf(user_id, ucap, "%s", s->user_id);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&ws->mu);
+    return rc;
+}
+
+void ws_server_stats(struct ws_server *ws, struct ws_stats *out)
+{
+    pthread_mutex_lock(&ws->mu);
+    out->connections = ws->connections;
+    out->authenticated = ws->authenticated;
+    out->queued_bytes = ws->queued_bytes;
+    pthread_mutex_unlock(&ws->mu);
+}
+
+static void session_register(struct ws_server *ws, struct session *s, struct lws *wsi)
+{
+    memset(s, 0, sizeof(*s));
+    s->wsi = wsi;
+    pthread_mutex_lock(&ws->mu);
+    s->sid = ++ws->next_sid;
+    size_t b = hash_u64(s->sid);
+    s->sid_next = ws->by_sid[b];
+    ws->by_sid[b] = s;
+    s->registered = true;
+    ws->connections++;
+    if (atomic_load(&ws->stopping)) {
+        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+        mark_pending_locked(ws, s);
+    }
+    pthread_mutex_unlock(&ws->mu);
+}
+
+static void session_unregister(struct ws_server *ws, struct session *s)
+{
+    char *device = NULL, *user = NULL;
+    bool authed;
+    pthread_mutex_lock(&ws->mu);
+    if (!s->registered) {
+        pthread_mutex_unlock(&ws->mu);
+        return;
+    }
+    unlink_chain(&ws->by_sid[hash_u64(s->sid)], s, false);
+    authed = s->authed;
+    if (authed) {
+        unlink_chain(&ws->by_user[hash_str(s->user_id)], s, true);
+        ws->authenticated--;
+    }
+    if (s->pending) {
+        for (struct session **pp = &ws->pending_head; *pp; pp = &(*pp)->pending_next) {
+            if (*pp == s) {
+                *pp = s->pending_next;
+                break;
+            }
+        }
+    }
+    drop_queue_locked(ws, s);
+    s->registered = false;
+    ws->connections--;
+    device = s->device_id;
+    user = s->user_id;
+    s->device_id = s->user_id = NULL;
+    pthread_mutex_unlock(&ws->mu);
+    free(s->rx);
+    s->rx = NULL;
+    if (authed && ws->on_closed)
+        ws->on_closed(ws->on_closed_ctx, ws, s->sid, device, user);
+    free(device);
+    free(user);
+}
+
+static const struct handler *find_handler(struct ws_server *ws, const char *type)
+{
+    for (int i = 0; i < ws->nhandlers; i++)
+        if (strcmp(ws->handlers[i].type, type) == 0)
+            return &ws->handlers[i];
+    return NULL;
+}
+
+static void count_in(struct ws_server *ws, const char *type)
+{
+    enum metrics_counter c = MC_WS_FRAMES_IN_OTHER;
+    if (type && strcmp(type, "device_hello") == 0)
+        c = MC_WS_FRAMES_IN_HELLO;
+    else if (type && strcmp(type, "scout_proposal_ack") == 0)
+        c = MC_WS_FRAMES_IN_ACK;
+    metrics_count(ws->o.metrics, c, 1);
+}
+
+static void reject(struct ws_server *ws, struct session *s, const char *code, bool close4401)
+{
+    metrics_count(ws->o.metrics, MC_WS_FRAMES_OUT_ERROR, 1);
+    ws_send_error(ws, s->sid, code, NULL);
+    if (close4401)
+        ws_close(ws, s->sid, 4401, "unauthorized");
+}
+
+static void dispatch(struct ws_server *ws, struct session *s, const char *text, size_t len)
+{
+    pthread_mutex_lock(&ws->mu);
+    bool authed = s->authed;
+    pthread_mutex_unlock(&ws->mu);
+    char err[160];
+    json_t *f = jv_parse(text, len, err, sizeof(err));
+    json_t *type = f ? json_object_get(f, "type") : NULL;
+    count_in(ws, json_string_value(type));
+    if (!f || !json_is_object(f) || !json_is_string(type)) {
+        reject(ws, s, "bad_frame", !authed);
+        json_decref(f);
+        return;
+    }
+    const struct handler *h = find_handler(ws, json_string_value(type));
+    if (!authed && (!h || !h->before_hello))
+        reject(ws, s, "unauthorized", true);
+    else if (!h)
+        reject(ws, s, "unknown_type", false);
+    else
+        h->fn(h->ctx, ws, s->sid, authed, f);
+    json_decref(f);
+}
+
+static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, const void *in,
+                      size_t len)
+{
+    if (s->rx_len + len > WS_MAX_FRAME) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"too large",
+                         9);
+        return -1;
+    }
+    unsigned char *nb = realloc(s->rx, s->rx_len + len + 1);
+    if (!nb)
+        return -1;
+    s->rx = nb;
+    memcpy(s->rx + s->rx_len, in, len);
+    s->rx_len += len;
+    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
+        return 0;
+    if (lws_frame_is_binary(wsi)) {
+        reject(ws, s, "bad_frame", false);
+    } else {
+        s->rx[s->rx_len] = '\0';
+        dispatch(ws, s, (const char *)s->rx, s->rx_len);
+    }
+    free(s->rx);
+    s->rx = NULL;
+    s->rx_len = 0;
+    return 0;
+}
+
+static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi)
+{
+    pthread_mutex_lock(&ws->mu);
+    struct frame *f = s->qhead;
+    if (f) {
+        s->qhead = f->next;
+        if (!s->qhead)
+            s->qtail = NULL;
+        s->qbytes -= f->len;
+        ws->queued_bytes -= f->len;
+    }
+    bool more = s->qhead != NULL;
+    int close_code = s->close_code;
+    pthread_mutex_unlock(&ws->mu);
+    if (f) {
+        int n = lws_write(wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
+        free(f);
+        if (n < 0)
+            return -1;
+        if (more || close_code)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
+    if (close_code) {
+        lws_close_reason(wsi, (enum lws_close_status)close_code, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+static void service_pending(struct ws_server *ws)
+{
+    pthread_mutex_lock(&ws->mu);
+    struct session *s = ws->pending_head;
+    ws->pending_head = NULL;
+    while (s) {
+        struct session *next = s->pending_next;
+        s->pending = false;
+        s->pending_next = NULL;
+        lws_callback_on_writable(s->wsi);
+        s = next;
+    }
+    pthread_mutex_unlock(&ws->mu);
+}
+
+static bool path_ok(struct lws *wsi)
+{
+    char uri[128];
+    int n = lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI);
+    return n > 0 && strcmp(uri, WS_PATH) == 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    struct ws_server *ws = lws_context_user(lws_get_context(wsi));
+    struct session *s = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        pthread_mutex_lock(&ws->mu);
+        bool full = ws->connections >= ws->o.max_connections;
+        pthread_mutex_unlock(&ws->mu);
+        return full || !path_ok(wsi) || atomic_load(&ws->stopping) ? 1 : 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED:
+        session_register(ws, s, wsi);
+        lws_set_timer_usecs(wsi, (lws_usec_t)ws->o.hello_timeout_s * LWS_US_PER_SEC);
+        if (atomic_load(&ws->stopping))
+            lws_callback_on_writable(wsi);
+        return 0;
+    case LWS_CALLBACK_TIMER: {
+        pthread_mutex_lock(&ws->mu);
+        bool authed = s->authed;
+        pthread_mutex_unlock(&ws->mu);
+        if (authed)
+            return 0;
+        lws_close_reason(wsi, (enum lws_close_status)4408, (unsigned char *)"hello timeout", 13);
+        return -1;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        return on_receive(ws, s, wsi, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(ws, s, wsi);
+    case LWS_CALLBACK_CLOSED:
+        session_unregister(ws, s);
+        return 0;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        service_pending(ws);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static void lws_emit(int level, const char *line)
+{
+    /* libwebsockets' own diagnostics; its callback has no context argument, so they go
+     * straight to stderr as JSON lines. */
+    char raw[400], esc[512];
+    snprintf(raw, sizeof(raw), "%s", line);
+    raw[strcspn(raw, "\n")] = '\0';
+    log_escape(esc, 0, sizeof(esc), raw);
+    fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"libwebsockets\",\"detail\":\"%s\"}\n",
+            level == LLL_ERR ? "error" : "warn", esc);
+}
+
+struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_t errlen)
+{
+    struct ws_server *ws = calloc(1, sizeof(*ws));
+    if (!ws) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ws->o = *o;
+    pthread_mutex_init(&ws->mu, NULL);
+    lws_set_log_level(LLL_ERR, lws_emit);
+
+    ws->protocols[0].name = "steward-device";
+    ws->protocols[0].callback = callback;
+    ws->protocols[0].per_session_data_size = sizeof(struct session);
+    ws->protocols[0].rx_buffer_size = 4096;
+    ws->retry.secs_since_valid_ping = (uint16_t)o->heartbeat_s;
+    ws->retry.secs_since_valid_hangup = (uint16_t)(o->heartbeat_s * 2 + 5);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    info.port = o->port;
+    info.iface = o->bind;
+    info.protocols = ws->protocols;
+    info.user = ws;
+    info.retry_and_idle_policy = &ws->retry;
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    if (!strchr(o->bind, ':'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.fd_limit_per_thread = (unsigned)o->max_connections + 64;
+    ws->ctx = lws_create_context(&info);
+    if (!ws->ctx) {
+        snprintf(err, errlen, "cannot listen on %s:%d (STEWARD_WS_PORT)", o->bind, o->port);
+        pthread_mutex_destroy(&ws->mu);
+        free(ws);
+        return NULL;
+    }
+    ws->vhost = lws_get_vhost_by_name(ws->ctx, "default");
+    ws->port = ws->vhost ? lws_get_vhost_listen_port(ws->vhost) : o->port;
+    return ws;
+}
+
+int ws_server_on(struct ws_server *ws, const char *type, bool before_hello, ws_frame_fn fn,
+                 void *ctx)
+{
+    if (ws->nhandlers >= MAX_HANDLERS)
+        return -1;
+    struct handler *h = &ws->handlers[ws->nhandlers++];
+    snprintf(h->type, sizeof(h->type), "%s", type);
+    h->before_hello = before_hello;
+    h->fn = fn;
+    h->ctx = ctx;
+    return 0;
+}
+
+void ws_server_on_closed(struct ws_server *ws, ws_closed_fn fn, void *ctx)
+{
+    ws->on_closed = fn;
+    ws->on_closed_ctx = ctx;
+}
+
+static void *service_loop(void *arg)
+{
+    struct ws_server *ws = arg;
+    while (!atomic_load(&ws->exit))
+        if (lws_service(ws->ctx, 0) < 0)
+            break;
+    return NULL;
+}
+
+int ws_server_start(struct ws_server *ws)
+{
+    ws->started = true;
+    if (pthread_create(&ws->thread, NULL, service_loop, ws) != 0) {
+        ws->started = false;
+        return -1;
+    }
+    return 0;
+}
+
+int ws_server_port(const struct ws_server *ws)
+{
+    return ws->port;
+}
+
+void ws_server_stop(struct ws_server *ws, int timeout_ms)
+{
+    if (!ws)
+        return;
+    atomic_store(&ws->stopping, true);
+    pthread_mutex_lock(&ws->mu);
+    for (size_t b = 0; b < BUCKETS; b++) {
+        for (struct session *s = ws->by_sid[b]; s; s = s->sid_next) {
+            if (!s->close_code)
+                s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+            mark_pending_locked(ws, s);
+        }
+    }
+    pthread_mutex_unlock(&ws->mu);
+    wake(ws);
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        pthread_mutex_lock(&ws->mu);
+        int n = ws->connections;
+        pthread_mutex_unlock(&ws->mu);
+        if (n == 0)
+            break;
+        usleep(10000);
+    }
+    atomic_store(&ws->exit, true);
+    wake(ws);
+    if (ws->started)
+        pthread_join(ws->thread, NULL);
+    ws->started = false;
+    lws_context_destroy(ws->ctx);
+    pthread_mutex_destroy(&ws->mu);
+    free(ws);
+}

@@ -1,0 +1,24 @@
+#include "unit.h"
+
+#include <stdio.h>
+
+struct unit_state {
+    int run;
+    int failed;
+};
+
+static struct unit_state state; /* test-runner bookkeeping only */
+
+void unit_check(int ok, const char *expr, const char *file, int line)
+{
+    state.run++;
+    if (!ok)
+        state.failed++;
+    printf("%s %d - %s (%s:%d)\n", ok ? "ok" : "not ok", state.run, expr, file, line);
+}
+
+int unit_done(void)
+{
+    printf("1..%d\n", state.run);
+    return state.failed ? 1 : 0;
+}
