@@ -17,7 +17,15 @@
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
-/* wire: capability headers */
+/* wire: lessons headers */
+
+/* wire: planner headers */
+
+/* wire: bonds headers */
+
+/* wire: scouts headers */
+
+/* wire: healer headers */
 
 #define STARTUP_DB_WAIT_S 30
 
@@ -63,7 +71,15 @@ static int register_routes(struct app *app)
     app->msrc.pool = app->pool;
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
-    /* wire: capability routes */
+    /* wire: lessons routes */
+
+    /* wire: planner routes */
+
+    /* wire: bonds routes */
+
+    /* wire: scouts routes */
+
+    /* wire: healer routes */
     return rc;
 }
 
@@ -89,7 +105,15 @@ static int start_servers(struct app *app)
         log_msg(&app->log, LOG_ERROR, "route table full", NULL);
         return -1;
     }
-    /* wire: capability websocket handlers */
+    /* wire: lessons websocket */
+
+    /* wire: planner websocket */
+
+    /* wire: bonds websocket */
+
+    /* wire: scouts websocket */
+
+    /* wire: healer websocket */
     if (ws_server_start(app->ws) != 0)
         return -1;
     struct http_server_opts ho = {
@@ -131,7 +155,15 @@ static int build(struct app *app)
     }
     if (auth_start(app->auth) != ST_OK)
         return -1;
-    /* wire: capability construction */
+    /* wire: lessons construction */
+
+    /* wire: planner construction */
+
+    /* wire: bonds construction */
+
+    /* wire: scouts construction */
+
+    /* wire: healer construction */
     return start_servers(app);
 }
 
@@ -140,11 +172,27 @@ static void teardown(struct app *app)
     int ms = app->cfg.shutdown_timeout_s * 1000;
     if (app->http)
         http_server_stop(app->http, ms / 2);
-    /* wire: capability shutdown (timers, listeners) */
+    /* wire: lessons shutdown (timers, listeners) */
+
+    /* wire: planner shutdown (timers, listeners) */
+
+    /* wire: bonds shutdown (timers, listeners) */
+
+    /* wire: scouts shutdown (timers, listeners) */
+
+    /* wire: healer shutdown (timers, listeners) */
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
-    /* wire: capability free */
+    /* wire: lessons free */
+
+    /* wire: planner free */
+
+    /* wire: bonds free */
+
+    /* wire: scouts free */
+
+    /* wire: healer free */
     auth_free(app->auth);
     metrics_free(app->metrics);
     pool_free(app->pool);
@@ -158,6 +206,18 @@ static void block_signals(sigset_t *set)
     sigaddset(set, SIGINT);
     pthread_sigmask(SIG_BLOCK, set, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+int app_routes(void)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    router_init(&app.router);
+    if (register_routes(&app) != 0)
+        return 1;
+    for (size_t i = 0; i < app.router.count; i++)
+        printf("%s %s\n", app.router.routes[i].method, app.router.routes[i].pattern);
+    return 0;
 }
 
 int app_serve(void)

@@ -34,6 +34,8 @@ int main(int argc, char **argv)
         return app_migrate();
     if (strcmp(cmd, "healthcheck") == 0)
         return app_healthcheck();
+    if (strcmp(cmd, "routes") == 0)
+        return app_routes();
     if (strcmp(cmd, "version") == 0) {
         printf("steward %s (schema %d)\n", STEWARD_VERSION, migrate_latest());
         return 0;

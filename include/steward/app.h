@@ -48,5 +48,8 @@ int app_migrate(void);
 int app_keys_create(const char *name, const char *scope);
 int app_keys_revoke(const char *name);
 int app_healthcheck(void);
+/* Prints the route table ("METHOD /pattern" per line) without touching the database;
+ * the tests compare it with openapi.yaml. */
+int app_routes(void);
 
 #endif
