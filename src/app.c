@@ -20,6 +20,7 @@
 /* wire: lessons headers */
 
 /* wire: planner headers */
+#include "steward/planner.h"
 
 /* wire: bonds headers */
 
@@ -74,6 +75,7 @@ static int register_routes(struct app *app)
     /* wire: lessons routes */
 
     /* wire: planner routes */
+    rc |= planner_http_register(&app->router, app->planner);
 
     /* wire: bonds routes */
 
@@ -158,6 +160,9 @@ static int build(struct app *app)
     /* wire: lessons construction */
 
     /* wire: planner construction */
+    app->planner = planner_new(app->pool, &app->log, app->lessons);
+    if (!app->planner)
+        return -1;
 
     /* wire: bonds construction */
 
@@ -187,6 +192,7 @@ static void teardown(struct app *app)
     /* wire: lessons free */
 
     /* wire: planner free */
+    planner_free(app->planner);
 
     /* wire: bonds free */
 
