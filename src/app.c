@@ -18,6 +18,7 @@
 #include "steward/json.h"
 #include "steward/migrate.h"
 /* wire: lessons headers */
+#include "steward/lessons.h"
 
 /* wire: planner headers */
 #include "steward/planner.h"
@@ -73,6 +74,7 @@ static int register_routes(struct app *app)
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     /* wire: lessons routes */
+    rc |= lessons_http_register(&app->router, app->lessons);
 
     /* wire: planner routes */
     rc |= planner_http_register(&app->router, app->planner);
@@ -158,6 +160,10 @@ static int build(struct app *app)
     if (auth_start(app->auth) != ST_OK)
         return -1;
     /* wire: lessons construction */
+    app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
+                               app->cfg.lessons_dedup_window_s);
+    if (!app->lessons)
+        return -1;
 
     /* wire: planner construction */
     app->planner = planner_new(app->pool, &app->log, app->lessons);
@@ -190,6 +196,7 @@ static void teardown(struct app *app)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
     /* wire: lessons free */
+    lessons_free(app->lessons);
 
     /* wire: planner free */
     planner_free(app->planner);
