@@ -568,6 +568,8 @@ def test_actions_list_newest_first_with_cursor(server, keys):
     assert r.status_code == 422
     r = server.get(f'/v1/posts/{post}/actions?cursor=bogus', key=keys['read'])
     assert list(fields(r)) == ['cursor']
+    r = server.get(f'/v1/posts/{post}/actions?status=failed', key=keys['read'])
+    assert fields(r) == {'status': 'unknown query parameter'}
 
 
 # ---------------------------------------------------------------------------------------
