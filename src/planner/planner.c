@@ -30,6 +30,9 @@ static const struct planner_config config_defaults = {
     .max_attempts = 5,
 };
 
+/* 0001-01-01T00:00:00Z, the oldest time RFC 3339 input can name. */
+#define PLANNER_EPOCH_MIN_US (-62135596800LL * 1000000)
+
 /* Advisory lock class for "plans of one post" (two-int form: its own key space). */
 #define PLANNER_LOCK_CLASS "1347568210"
 
@@ -324,7 +327,10 @@ static int plan_fn(struct pool_conn *c, void *arg)
     int64_t now_us = sql_ll(r, 0, CC_NCOLS);
     PQclear(r);
     int64_t window_us = (int64_t)cfg.window_minutes * 60 * 1000000;
-    sql_fmt_time(frombuf, now_us - window_us);
+    /* a window reaching before 0001-01-01 starts there (timestamps cannot be older) */
+    int64_t from_us = now_us - window_us < PLANNER_EPOCH_MIN_US ? PLANNER_EPOCH_MIN_US
+                                                                 : now_us - window_us;
+    sql_fmt_time(frombuf, from_us);
 
     struct planner_eval ev;
     if (req->has_metrics) {

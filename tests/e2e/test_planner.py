@@ -37,7 +37,8 @@ def key_of(post, action):
 
 
 def rfc(t):
-    return t.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+    t = t.astimezone(UTC)
+    return f'{t.year:04d}-' + t.strftime('%m-%dT%H:%M:%S.%fZ')
 
 
 def parse(s):
@@ -334,6 +335,21 @@ def test_cooldown_and_config_changes_apply_per_request(server, keys):
             eligible(post, 'comment')
         got = plan(server, new_post(), keys, now=now, metrics=points(now, [(0, 0), (9, 0)]))
         assert got['eligible'] is True
+    finally:
+        set_config(server)
+
+
+def test_extreme_window_and_now(server, keys):
+    post = new_post()
+    early = datetime(1, 1, 1, 0, 30, tzinfo=UTC)
+    assert plan(server, post, keys, now=early)['sample_count'] == 0
+    try:
+        set_config(server, per_post_window_minutes=2 ** 31 - 1)
+        t = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+        assert plan(server, post, keys, now=t, metrics=points(t, 'thread')) == \
+            eligible(post, 'thread')
+        got = plan(server, post, keys, now=datetime(9999, 12, 31, 23, 59, tzinfo=UTC))
+        assert got['sample_count'] == 0
     finally:
         set_config(server)
 
