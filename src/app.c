@@ -21,8 +21,10 @@
 #include "steward/lessons.h"
 
 /* wire: planner headers */
+#include "steward/planner.h"
 
 /* wire: bonds headers */
+#include "steward/bonds.h"
 
 /* wire: scouts headers */
 #include "steward/scouts.h"
@@ -74,10 +76,13 @@ static int register_routes(struct app *app)
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     /* wire: lessons routes */
+    rc |= lessons_http_register(&app->router, app->lessons);
 
     /* wire: planner routes */
+    rc |= planner_http_register(&app->router, app->planner);
 
     /* wire: bonds routes */
+    rc |= bonds_http_register(&app->router, app->bonds);
 
     /* wire: scouts routes */
     rc |= scouts_http_register(&app->router, app->scouts);
@@ -169,8 +174,14 @@ static int build(struct app *app)
         return -1;
 
     /* wire: planner construction */
+    app->planner = planner_new(app->pool, &app->log, app->lessons);
+    if (!app->planner)
+        return -1;
 
     /* wire: bonds construction */
+    app->bonds = bonds_new(app->pool, &app->log, NULL);
+    if (!app->bonds)
+        return -1;
 
     /* wire: scouts construction */
     {
@@ -215,8 +226,10 @@ static void teardown(struct app *app)
     lessons_free(app->lessons);
 
     /* wire: planner free */
+    planner_free(app->planner);
 
     /* wire: bonds free */
+    bonds_free(app->bonds);
 
     /* wire: scouts free */
     scouts_free(app->scouts);
