@@ -470,6 +470,37 @@ def test_two_instances_live_resolved_and_delete(server, keys, sql, make_server, 
     run(body())
 
 
+def test_user_erasure_removes_scouts_devices_proposals_and_closes_sockets(
+        server, keys, sql, make_server, db_url):
+    other = make_server(db_url)
+    user, keep = uid(), uid()
+    s, sk = mk_scout(server, user), mk_scout(server, keep)
+    d_here, d_there, d_keep = mk_device(server, user), mk_device(server, user), mk_device(server, keep)
+    ingest(server, keys['service'], s['id'], 'e1')
+    kpid = ingest(server, keys['service'], sk['id'], 'k1').json()['proposal_id']
+
+    async def body():
+        a = await Device.hello(server, d_here)
+        b = await Device.hello(other, d_there)
+        k = await Device.hello(server, d_keep)
+        await a.proposal()
+        await b.proposal()
+        assert (await k.proposal())['id'] == kpid
+        assert server.delete(f'/v1/users/{user}').status_code == 204
+        assert (await a.closed())[0] == 4403
+        assert (await b.closed())[0] == 4403
+        await k.nothing(0.3)
+        await k.close()
+
+    run(body())
+    for table in ('scouts', 'devices', 'proposals'):
+        assert sql.execute(f'SELECT count(*) FROM {table} WHERE user_id = %s',
+                           (user,)).fetchone()[0] == 0
+        assert sql.execute(f'SELECT count(*) FROM {table} WHERE user_id = %s',
+                           (keep,)).fetchone()[0] == 1
+    assert server.get(f'/v1/scouts/{s["id"]}').status_code == 404
+
+
 def test_inflight_window_500_in_order(server, keys, sql):
     user = uid()
     s = mk_scout(server, user)
