@@ -26,6 +26,14 @@
 /* wire: scouts headers */
 
 /* wire: healer headers */
+#include "steward/healer.h"
+
+/* The healer reaches the other capabilities only through these hooks (ctx = the app). */
+static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
+{
+    (void)app;
+    (void)hk;
+}
 
 #define STARTUP_DB_WAIT_S 30
 
@@ -80,6 +88,7 @@ static int register_routes(struct app *app)
     /* wire: scouts routes */
 
     /* wire: healer routes */
+    rc |= healer_http_register(&app->router, app->healer);
     return rc;
 }
 
@@ -114,6 +123,11 @@ static int start_servers(struct app *app)
     /* wire: scouts websocket */
 
     /* wire: healer websocket */
+    healer_set_ws(app->healer, app->ws);
+    if (healer_start(app->healer) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot start the healer timers", NULL);
+        return -1;
+    }
     if (ws_server_start(app->ws) != 0)
         return -1;
     struct http_server_opts ho = {
@@ -164,6 +178,25 @@ static int build(struct app *app)
     /* wire: scouts construction */
 
     /* wire: healer construction */
+    {
+        struct healer_settings hs = {
+            .heal_interval_s = app->cfg.heal_interval_s,
+            .perf_interval_s = app->cfg.perf_interval_s,
+            .stuck_after_s = app->cfg.stuck_after_s,
+            .archive_after_days = app->cfg.archive_after_days,
+            .degraded_db_latency_ms = app->cfg.degraded_db_latency_ms,
+            .degraded_pool_waiting = app->cfg.degraded_pool_waiting,
+            .perf_pool_wait_p95_ms = app->cfg.perf_pool_wait_p95_ms,
+            .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
+            .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
+            .started_us = app->started_us,
+        };
+        struct healer_hooks hk = {.ctx = app};
+        healer_wire_hooks(app, &hk);
+        app->healer = healer_new(app->pool, &app->log, app->metrics, &app->router, NULL, &hs, &hk);
+        if (!app->healer)
+            return -1;
+    }
     return start_servers(app);
 }
 
@@ -181,6 +214,7 @@ static void teardown(struct app *app)
     /* wire: scouts shutdown (timers, listeners) */
 
     /* wire: healer shutdown (timers, listeners) */
+    healer_stop(app->healer);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
@@ -193,6 +227,7 @@ static void teardown(struct app *app)
     /* wire: scouts free */
 
     /* wire: healer free */
+    healer_free(app->healer);
     auth_free(app->auth);
     metrics_free(app->metrics);
     pool_free(app->pool);
