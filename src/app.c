@@ -30,10 +30,25 @@
 #include "steward/healer.h"
 
 /* The healer reaches the other capabilities only through these hooks (ctx = the app). */
+static int healer_hook_lessons_snapshot(void *ctx, json_t **out)
+{
+    return lessons_snapshot(((struct app *)ctx)->lessons, out);
+}
+
+static bool healer_hook_record_lesson(void *ctx, const char *lesson_type,
+                                      const char *work_item_id, const char *stage,
+                                      json_t *detail)
+{
+    return lessons_record_auto(((struct app *)ctx)->lessons, lesson_type, work_item_id, stage,
+                               detail);
+}
+
 static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
 {
-    (void)app;
-    (void)hk;
+    if (app->lessons) {
+        hk->lessons_snapshot = healer_hook_lessons_snapshot;
+        hk->record_lesson = healer_hook_record_lesson;
+    }
 }
 
 #define STARTUP_DB_WAIT_S 30

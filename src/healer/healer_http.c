@@ -1,5 +1,6 @@
 /* HTTP adapter of the healer: POST /v1/heal, GET /v1/reports, GET /v1/status. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "steward/cursor.h"
@@ -58,13 +59,22 @@ static void heal(void *ctx, const struct http_req *req, struct http_resp *resp)
 static void reports(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     struct healer *h = ctx;
-    int limit;
-    const char *cursor;
-    if (!http_list_params(req, resp, &limit, &cursor))
-        return;
     json_t *errs = json_array();
     static const char *const allowed[] = {"event_type", "limit", "cursor", NULL};
     unknown_query(req, allowed, errs);
+    int limit = 50;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end;
+        long v = strtol(l, &end, 10);
+        if (!*l || *end || v < 1 || v > 500)
+            jv_error(errs, "limit", "must be an integer from 1 to 500");
+        else
+            limit = (int)v;
+    }
+    const char *cursor = http_query(req, "cursor");
+    if (cursor && !*cursor)
+        cursor = NULL;
     const char *type = http_query(req, "event_type");
     if (type && !*type)
         type = NULL;
