@@ -25,6 +25,7 @@
 /* wire: bonds headers */
 
 /* wire: scouts headers */
+#include "steward/scouts.h"
 
 /* wire: healer headers */
 #include "steward/healer.h"
@@ -102,6 +103,7 @@ static int register_routes(struct app *app)
     /* wire: bonds routes */
 
     /* wire: scouts routes */
+    rc |= scouts_http_register(&app->router, app->scouts);
 
     /* wire: healer routes */
     rc |= healer_http_register(&app->router, app->healer);
@@ -137,6 +139,10 @@ static int start_servers(struct app *app)
     /* wire: bonds websocket */
 
     /* wire: scouts websocket */
+    if (scouts_ws_register(app->ws, app->scouts) != 0 || scouts_start(app->scouts) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
+        return -1;
+    }
 
     /* wire: healer websocket */
     healer_set_ws(app->healer, app->ws);
@@ -196,6 +202,21 @@ static int build(struct app *app)
     /* wire: bonds construction */
 
     /* wire: scouts construction */
+    {
+        /* the WebSocket server does not exist yet: scouts_ws_register binds it */
+        struct scouts_settings ss = {
+            .proposal_ttl_days = app->cfg.proposal_ttl_days,
+            .ack_timeout_s = app->cfg.ack_timeout_s,
+            .max_delivery_attempts = app->cfg.max_delivery_attempts,
+            .max_inflight = app->cfg.max_inflight,
+            .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
+            .database_listen_url = app->cfg.database_listen_url,
+        };
+        app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, NULL,
+                                 app->lessons, &ss);
+        if (!app->scouts)
+            return -1;
+    }
 
     /* wire: healer construction */
     {
@@ -232,6 +253,7 @@ static void teardown(struct app *app)
     /* wire: bonds shutdown (timers, listeners) */
 
     /* wire: scouts shutdown (timers, listeners) */
+    scouts_stop(app->scouts);
 
     /* wire: healer shutdown (timers, listeners) */
     healer_stop(app->healer);
@@ -246,6 +268,7 @@ static void teardown(struct app *app)
     /* wire: bonds free */
 
     /* wire: scouts free */
+    scouts_free(app->scouts);
 
     /* wire: healer free */
     healer_free(app->healer);
