@@ -44,8 +44,28 @@ static bool healer_hook_record_lesson(void *ctx, const char *lesson_type,
                                detail);
 }
 
+static int healer_hook_delivery_pass(void *ctx, long long *requeued, long long *failed)
+{
+    return scouts_delivery_sweep(((struct app *)ctx)->scouts, requeued, failed);
+}
+
+static int healer_hook_expire_proposals(void *ctx, long long *count)
+{
+    return scouts_expire(((struct app *)ctx)->scouts, count);
+}
+
+static int healer_hook_delivery_stats(void *ctx, int64_t since_us, json_t **out)
+{
+    return scouts_delivery_stats(((struct app *)ctx)->scouts, since_us, out);
+}
+
 static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
 {
+    if (app->scouts) {
+        hk->delivery_pass = healer_hook_delivery_pass;
+        hk->expire_proposals = healer_hook_expire_proposals;
+        hk->delivery_stats = healer_hook_delivery_stats;
+    }
     if (app->lessons) {
         hk->lessons_snapshot = healer_hook_lessons_snapshot;
         hk->record_lesson = healer_hook_record_lesson;

@@ -66,8 +66,137 @@ def sweep_rows(sql):
                        "WHERE event_type = 'self_healing_report' ORDER BY id").fetchall()
 
 
+def actions_of(rep):
+    return {a['kind']: a['count'] for a in rep['event_data']['actions']}
+
+
+# ---------------------------------------------------------------------------------------
+# arranging work for a sweep through the routes and SQL
+
+
+class Work:
+    """Proposals in every state a sweep cares about, aged through SQL."""
+
+    def __init__(self, server, sql, tag):
+        self.server, self.sql, self.tag = server, sql, tag
+        r = server.post('/v1/scouts', json={'user_id': f'u-{tag}', 'provider': 'imap'})
+        assert r.status_code == 201, r.text
+        self.scout = r.json()['id']
+        self.p = {}
+        for name in ('expired1', 'expired2', 'requeue', 'fail', 'recent', 'fresh'):
+            r = server.post(f'/v1/scouts/{self.scout}/items',
+                            json={'source_msg_ref': f'{tag}-{name}', 'verdict': 'relevant',
+                                  'subject': f'subject {name}', 'snippet': f'snippet {name}'})
+            assert r.status_code == 201, r.text
+            self.p[name] = r.json()['proposal_id']
+        ex = sql.execute
+        ex("UPDATE proposals SET expires_at = now() - interval '1 minute' "
+           "WHERE id = ANY(%s::uuid[])", ([self.p['expired1'], self.p['expired2']],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now() - interval '2 hours', "
+           "first_delivered_at = now() - interval '2 hours', delivery_attempts = 1 "
+           "WHERE id = %s", (self.p['requeue'],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now() - interval '2 hours', "
+           "first_delivered_at = now() - interval '3 hours', delivery_attempts = 10 "
+           "WHERE id = %s", (self.p['fail'],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now(), "
+           "first_delivered_at = now(), delivery_attempts = 1 WHERE id = %s", (self.p['recent'],))
+
+    expected = {'deliveries_requeued': 1, 'deliveries_failed': 1, 'proposals_expired': 2}
+
+    def status(self, name):
+        return self.sql.execute('SELECT status, raw_subject, raw_snippet FROM proposals '
+                                'WHERE id = %s', (self.p[name],)).fetchone()
+
+    def assert_done_once(self):
+        assert self.status('expired1') == ('expired', None, None)
+        assert self.status('expired2') == ('expired', None, None)
+        assert self.status('requeue')[0] == 'queued'
+        assert self.status('fail')[0] == 'failed'
+        assert self.status('recent') == ('delivered', 'subject recent', 'snippet recent')
+        assert self.status('fresh') == ('queued', 'subject fresh', 'snippet fresh')
+        lessons = self.sql.execute(
+            "SELECT count(*) FROM lessons WHERE lesson_type = 'delivery_failed' "
+            "AND work_item_id = %s", (self.p['fail'],)).fetchone()[0]
+        assert lessons == 1
+
+
 # ---------------------------------------------------------------------------------------
 # POST /v1/heal and the report
+
+
+def test_heal_does_the_arranged_work(fresh_db_url, make_server):
+    # a fresh instance: the scouts' own delivery timer (every 30 s) has not fired yet
+    s = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        w = Work(s, sql, 'a')
+        before = metrics(s)
+        r = heal(s)
+        assert r.status_code == 200, r.text
+        rep = r.json()
+        got = actions_of(rep)
+        for kind, n in Work.expected.items():
+            assert got[kind] == n, (kind, got)
+        h = rep['event_data']['system_health']
+        assert (h['requeued_deliveries'], h['failed_deliveries'], h['expired_proposals']) == \
+            (1, 1, 2)
+        assert h['degraded'] is False and rep['event_data']['errors'] == []
+        w.assert_done_once()
+        after = metrics(s)
+        assert sample(after, 'proposals', event='expired') - \
+            sample(before, 'proposals', event='expired') == 2
+        assert sample(after, 'proposals', event='failed') - \
+            sample(before, 'proposals', event='failed') == 1
+        # a second sweep finds nothing left to do
+        again = actions_of(heal(s).json())
+        assert all(again[k] == 0 for k in Work.expected)
+        w.assert_done_once()
+
+
+def test_failing_step_does_not_undo_the_others(fresh_db_url, make_server):
+    s = make_server(fresh_db_url, STEWARD_DB_STATEMENT_TIMEOUT_MS='400')
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        w = Work(s, sql, 'f')
+        # the delivery pass cannot get at proposals (statement timeout), expiry neither;
+        # the report still lists what ran and the failures, and says degraded
+        blocker = psycopg.connect(fresh_db_url)
+        blocker.execute('LOCK TABLE proposals IN ACCESS EXCLUSIVE MODE')
+        r = heal(s)
+        blocker.rollback()
+        blocker.close()
+        assert r.status_code == 200, r.text
+        ev = r.json()['event_data']
+        steps = sorted(e['step'] for e in ev['errors'])
+        assert steps == ['delivery_pass', 'expire_proposals']
+        assert all(e['error'] == 'unavailable' for e in ev['errors'])
+        assert 'deliveries_requeued' not in actions_of(r.json())
+        assert ev['system_health']['degraded'] is True
+        assert ev['system_health']['db_latency_ms'] is not None
+        assert w.status('expired1')[0] == 'queued' and w.status('requeue')[0] == 'delivered'
+        hb = heartbeat(sql, 'heal_sweep', ev['instance'])
+        assert hb[1] == 'partial' and len(hb[3]['errors']) == 2
+        lesson = sql.execute(
+            "SELECT work_item_id, stage, source, detail FROM lessons "
+            "WHERE lesson_type = 'health_degraded'").fetchall()
+        assert len(lesson) == 1
+        assert lesson[0][:3] == ('system_health', 'step_failed', 'auto')
+        assert lesson[0][3]['report_id'] == r.json()['id']
+        assert lesson[0][3]['system_health']['degraded'] is True
+        assert sample(metrics(s), 'heal_step_failures') == 2
+        # the server still serves, and the next sweep does the work
+        r = heal(s)
+        assert r.status_code == 200 and r.json()['event_data']['errors'] == []
+        for kind, n in Work.expected.items():
+            assert actions_of(r.json())[kind] == n
+        w.assert_done_once()
+        # a problem that persists is one lesson (the journal deduplicates it)
+        blocker = psycopg.connect(fresh_db_url)
+        blocker.execute('LOCK TABLE proposals IN ACCESS EXCLUSIVE MODE')
+        r = heal(s)
+        blocker.rollback()
+        blocker.close()
+        assert r.json()['event_data']['system_health']['degraded'] is True
+        assert sql.execute("SELECT count(*) FROM lessons "
+                           "WHERE lesson_type = 'health_degraded'").fetchone()[0] == 1
 
 
 def test_heal_report_matches_spec_and_is_stored(server, sql):
@@ -122,6 +251,8 @@ def test_heal_scopes_and_bad_input(server, keys, sql):
     r = heal(server, data='{"x":', headers={'Content-Type': 'application/json'})
     assert r.status_code == 400
     assert 'line 1' in r.json()['detail']
+    r = heal(server, data='x', headers={'Content-Type': 'text/plain'})
+    assert r.status_code == 415
     r = server.post('/v1/heal?now=1')
     assert r.status_code == 422 and r.json()['errors'][0]['field'] == 'now'
     # nothing was swept by the refused calls
@@ -202,6 +333,8 @@ def test_status_shape(server, keys):
     assert set(st['ws']) == {'connections', 'authenticated', 'queued_bytes'}
     assert st['database']['reachable'] is True
     assert st['lessons']['enabled'] is True and 'by_type' in st['lessons']
+    assert st['delivery']['window_s'] == 86400
+    assert {'counts', 'queued_to_delivered_ms', 'delivered_to_acked_ms'} <= set(st['delivery'])
     last = st['last_sweep']
     assert last['event_type'] == 'self_healing_report'
     newest = server.get('/v1/reports?event_type=self_healing_report&limit=1').json()['items'][0]
@@ -269,12 +402,17 @@ def test_two_instances_sweep_once(fresh_db_url, make_server):
         assert sample(skipped, 'heal_skipped') == 1
         assert sample(skipped, 'heal_runs') == 0
 
-        # a burst against both: every call sweeps or is told the turn is taken, and the
-        # sweeps that ran never overlapped in time
+        # a burst against both: every call sweeps or is told the turn is taken, the
+        # arranged work is done exactly once, and the sweeps never overlapped in time
+        w = Work(a, sql, 'two')
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             rs = list(pool.map(lambda i: heal(a if i % 2 else b), range(12)))
         codes = [r.status_code for r in rs]
         assert set(codes) <= {200, 409} and 200 in codes
+        for kind, n in Work.expected.items():
+            assert sum(actions_of(r.json()).get(kind, 0) for r in rs
+                       if r.status_code == 200) == n, kind
+        w.assert_done_once()
         assert len(sweep_rows(sql)) == 1 + codes.count(200)
         spans = sorted(sql.execute(
             "SELECT (event_data->>'timestamp')::timestamptz, "
@@ -338,6 +476,7 @@ def test_performance_report_counts_requests(fresh_db_url, make_server):
             assert {'timestamp', 'since', 'interval_s', 'routes', 'delivery', 'actions',
                     'pool', 'recommendations'} <= set(e)
             assert set(e['pool']) == {'waits', 'timeouts', 'wait_p95_ms'}
+            assert {'queued_to_delivered_ms', 'delivered_to_acked_ms'} <= set(e['delivery'])
             assert e['recommendations'] == []
             for x in e['routes']:
                 assert x['requests'] > 0
