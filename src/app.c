@@ -21,6 +21,7 @@
 #include "steward/lessons.h"
 
 /* wire: planner headers */
+#include "steward/planner.h"
 
 /* wire: bonds headers */
 
@@ -117,8 +118,10 @@ static int register_routes(struct app *app)
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     /* wire: lessons routes */
+    rc |= lessons_http_register(&app->router, app->lessons);
 
     /* wire: planner routes */
+    rc |= planner_http_register(&app->router, app->planner);
 
     /* wire: bonds routes */
 
@@ -218,6 +221,9 @@ static int build(struct app *app)
         return -1;
 
     /* wire: planner construction */
+    app->planner = planner_new(app->pool, &app->log, app->lessons);
+    if (!app->planner)
+        return -1;
 
     /* wire: bonds construction */
 
@@ -284,6 +290,7 @@ static void teardown(struct app *app)
     lessons_free(app->lessons);
 
     /* wire: planner free */
+    planner_free(app->planner);
 
     /* wire: bonds free */
 
