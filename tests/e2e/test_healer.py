@@ -2,6 +2,7 @@
 against a real PostgreSQL and the real binary."""
 import asyncio
 import concurrent.futures
+import hashlib
 import re
 import subprocess
 import time
@@ -101,7 +102,30 @@ class Work:
         ex("UPDATE proposals SET status = 'delivered', delivered_at = now(), "
            "first_delivered_at = now(), delivery_attempts = 1 WHERE id = %s", (self.p['recent'],))
 
-    expected = {'deliveries_requeued': 1, 'deliveries_failed': 1, 'proposals_expired': 2}
+        # planner actions: two stuck, one running recently, one old failure, one recent
+        self.k = {}
+        for name, status, age in (('stuck1', 'running', '2 hours'), ('stuck2', 'running', '3 hours'),
+                                  ('running', 'running', '1 minute'),
+                                  ('old_failed', 'failed', '10 days'),
+                                  ('new_failed', 'failed', '1 day')):
+            post = f'post-{tag}-{name}'
+            key = 'sheal_' + hashlib.sha256(f'{post}:comment:tier_1'.encode()).hexdigest()[:32]
+            body = {'post_id': post, 'action_type': 'comment', 'tier': 'tier_1',
+                    'status': status}
+            if status == 'failed':
+                body['error_code'] = 'network_error'
+            r = server.put(f'/v1/actions/{key}', json=body)
+            assert r.status_code == 200, r.text
+            ex('UPDATE actions SET initiated_at = now() - %s::interval '
+               'WHERE idempotency_key = %s', (age, key))
+            self.k[name] = key
+
+    expected = {'deliveries_requeued': 1, 'deliveries_failed': 1, 'proposals_expired': 2,
+                'stuck_actions_reset': 2, 'actions_archived': 1}
+
+    def action(self, name):
+        return self.sql.execute('SELECT status, error_code FROM actions '
+                                'WHERE idempotency_key = %s', (self.k[name],)).fetchone()
 
     def status(self, name):
         return self.sql.execute('SELECT status, raw_subject, raw_snippet FROM proposals '
@@ -118,6 +142,20 @@ class Work:
             "SELECT count(*) FROM lessons WHERE lesson_type = 'delivery_failed' "
             "AND work_item_id = %s", (self.p['fail'],)).fetchone()[0]
         assert lessons == 1
+        assert self.action('stuck1') == ('failed', 'timeout')
+        assert self.action('stuck2') == ('failed', 'timeout')
+        assert self.action('running') == ('running', None)
+        assert self.action('new_failed') == ('failed', 'network_error')
+        assert self.action('old_failed') is None
+        archived = self.sql.execute('SELECT count(*), min(status) FROM actions_archive '
+                                    'WHERE idempotency_key = %s',
+                                    (self.k['old_failed'],)).fetchone()
+        assert archived == (1, 'failed')
+        stuck = self.sql.execute(
+            "SELECT work_item_id, stage FROM lessons WHERE lesson_type = 'stuck_recovered' "
+            "AND work_item_id = ANY(%s) ORDER BY work_item_id",
+            ([self.k['stuck1'], self.k['stuck2']],)).fetchall()
+        assert stuck == sorted([(self.k['stuck1'], 'comment'), (self.k['stuck2'], 'comment')])
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,8 +175,11 @@ def test_heal_does_the_arranged_work(fresh_db_url, make_server):
         for kind, n in Work.expected.items():
             assert got[kind] == n, (kind, got)
         h = rep['event_data']['system_health']
-        assert (h['requeued_deliveries'], h['failed_deliveries'], h['expired_proposals']) == \
-            (1, 1, 2)
+        assert (h['requeued_deliveries'], h['failed_deliveries'], h['expired_proposals'],
+                h['stuck_actions'], h['archived_actions']) == (1, 1, 2, 2, 1)
+        assert [a['kind'] for a in rep['event_data']['actions']] == [
+            'stuck_actions_reset', 'deliveries_requeued', 'deliveries_failed',
+            'proposals_expired', 'actions_archived']
         assert h['degraded'] is False and rep['event_data']['errors'] == []
         w.assert_done_once()
         after = metrics(s)
@@ -169,6 +210,10 @@ def test_failing_step_does_not_undo_the_others(fresh_db_url, make_server):
         assert steps == ['delivery_pass', 'expire_proposals']
         assert all(e['error'] == 'unavailable' for e in ev['errors'])
         assert 'deliveries_requeued' not in actions_of(r.json())
+        # the planner steps ran and committed although the scouts steps failed
+        assert actions_of(r.json())['stuck_actions_reset'] == 2
+        assert actions_of(r.json())['actions_archived'] == 1
+        assert w.action('stuck1') == ('failed', 'timeout') and w.action('old_failed') is None
         assert ev['system_health']['degraded'] is True
         assert ev['system_health']['db_latency_ms'] is not None
         assert w.status('expired1')[0] == 'queued' and w.status('requeue')[0] == 'delivered'
@@ -185,8 +230,9 @@ def test_failing_step_does_not_undo_the_others(fresh_db_url, make_server):
         # the server still serves, and the next sweep does the work
         r = heal(s)
         assert r.status_code == 200 and r.json()['event_data']['errors'] == []
-        for kind, n in Work.expected.items():
-            assert actions_of(r.json())[kind] == n
+        for kind in ('deliveries_requeued', 'deliveries_failed', 'proposals_expired'):
+            assert actions_of(r.json())[kind] == Work.expected[kind]
+        assert actions_of(r.json())['stuck_actions_reset'] == 0
         w.assert_done_once()
         # a problem that persists is one lesson (the journal deduplicates it)
         blocker = psycopg.connect(fresh_db_url)
@@ -446,6 +492,11 @@ def test_periodic_sweep_fires(fresh_db_url, make_server):
 def test_performance_report_counts_requests(fresh_db_url, make_server):
     s = make_server(fresh_db_url, STEWARD_PERF_INTERVAL_S='1')
     inst = instance_of(s)
+    for post, status in (('perf-ok', 'success'), ('perf-bad', 'failed')):
+        key = 'sheal_' + hashlib.sha256(f'{post}:edit:tier_2'.encode()).hexdigest()[:32]
+        assert s.put(f'/v1/actions/{key}', json={'post_id': post, 'action_type': 'edit',
+                                                  'tier': 'tier_2', 'status': status}
+                     ).status_code == 200
     for _ in range(7):
         assert s.get('/livez', key=None).status_code == 200
     for i in range(3):
@@ -472,6 +523,12 @@ def test_performance_report_counts_requests(fresh_db_url, make_server):
         assert route_sum(events, 'unmatched', 'any', 'client_errors') == 3
         assert route_sum(events, '/livez', 'GET', 'server_errors') == 0
         assert route_sum(events, '/v1/status', 'GET') == 1
+        assert route_sum(events, '/v1/actions/{idempotency_key}', 'PUT') == 2
+        # action outcomes of the interval, from the planner
+        acts = [e['actions'] for e in events if e['actions']['succeeded'] or
+                e['actions']['failed']]
+        assert acts and acts[0]['succeeded'] == 1 and acts[0]['failed'] == 1
+        assert acts[0]['success_rate'] == 0.5
         for e in events:
             assert {'timestamp', 'since', 'interval_s', 'routes', 'delivery', 'actions',
                     'pool', 'recommendations'} <= set(e)
