@@ -271,8 +271,10 @@ static bool retry_fresh(struct pool_conn *c, PGresult *r)
 {
     if (c->execs != 0 || PQstatus(c->pg) != CONNECTION_BAD)
         return false;
+    if (conn_open(c) != ST_OK)
+        return false; /* the caller keeps r and reports the failure */
     PQclear(r);
-    return conn_open(c) == ST_OK;
+    return true;
 }
 
 PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *const *params)

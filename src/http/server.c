@@ -307,7 +307,7 @@ static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *c
     ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &req, &resp);
     if (resp.status == 0)
         http_problem(&resp, 500, "the handler produced no response");
-    if (resp.status >= 500) {
+    if (resp.status >= 500 && resp.status != 503) {
         log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id,
                 "route", req.route, NULL);
     }
@@ -382,7 +382,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         metrics_http_observe(srv->o.metrics, route_index, status, dur);
     if (srv->o.access_log || status >= 500) {
         struct log_line l;
-        log_begin(&l, srv->o.lg, status >= 500 ? LOG_ERROR : LOG_INFO, "request");
+        enum log_level lvl = status == 503 ? LOG_WARN : status >= 500 ? LOG_ERROR : LOG_INFO;
+        log_begin(&l, srv->o.lg, lvl, "request");
         log_str(&l, "request_id", rs->request_id);
         log_str(&l, "method", rs->method);
         log_str(&l, "route", rs->match.route ? rs->match.route->pattern : "unmatched");
