@@ -64,7 +64,6 @@ static void list_lessons(void *ctx, const struct http_req *req, struct http_resp
     if (!http_list_params(req, resp, &limit, &cursor)) {
         /* keep the helper's limit error and add ours, so every bad parameter is listed */
         json_array_extend(errs, json_object_get(resp->body, "errors"));
-        cursor = NULL;
     }
     for (size_t i = 0; i < req->nquery; i++) {
         bool known = false;
