@@ -24,6 +24,7 @@
 #include "steward/planner.h"
 
 /* wire: bonds headers */
+#include "steward/bonds.h"
 
 /* wire: scouts headers */
 #include "steward/scouts.h"
@@ -145,6 +146,7 @@ static int register_routes(struct app *app)
     rc |= planner_http_register(&app->router, app->planner);
 
     /* wire: bonds routes */
+    rc |= bonds_http_register(&app->router, app->bonds);
 
     /* wire: scouts routes */
     rc |= scouts_http_register(&app->router, app->scouts);
@@ -247,6 +249,9 @@ static int build(struct app *app)
         return -1;
 
     /* wire: bonds construction */
+    app->bonds = bonds_new(app->pool, &app->log, NULL);
+    if (!app->bonds)
+        return -1;
 
     /* wire: scouts construction */
     {
@@ -314,6 +319,7 @@ static void teardown(struct app *app)
     planner_free(app->planner);
 
     /* wire: bonds free */
+    bonds_free(app->bonds);
 
     /* wire: scouts free */
     scouts_free(app->scouts);
