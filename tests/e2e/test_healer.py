@@ -3,6 +3,7 @@ against a real PostgreSQL and the real binary."""
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import re
 import subprocess
 import time
@@ -226,7 +227,10 @@ def test_failing_step_does_not_undo_the_others(fresh_db_url, make_server):
         assert lesson[0][:3] == ('system_health', 'step_failed', 'auto')
         assert lesson[0][3]['report_id'] == r.json()['id']
         assert lesson[0][3]['system_health']['degraded'] is True
-        assert sample(metrics(s), 'heal_step_failures') == 2
+        fams = metrics(s)
+        assert sample(fams, 'heal_step_failures') == 2
+        # health_degraded and two stuck_recovered were written through this instance
+        assert sample(fams, 'lessons_recorded') >= 3
         # the server still serves, and the next sweep does the work
         r = heal(s)
         assert r.status_code == 200 and r.json()['event_data']['errors'] == []
@@ -622,6 +626,20 @@ def test_metrics_exposition(server, keys):
         server.get(raw, key=keys['admin'])
     assert server.get('/v1/nothing/here/5555').status_code == 404
     assert heal(server).status_code == 200
+    # WebSocket and proposal traffic
+    r = server.post('/v1/scouts', json={'user_id': 'u-metrics', 'provider': 'imap'})
+    scout = r.json()['id']
+    for i in range(2):
+        assert server.post(f'/v1/scouts/{scout}/items',
+                           json={'source_msg_ref': f'm-{i}', 'verdict': 'relevant'}
+                           ).status_code == 201
+
+    async def bad_hello():
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(json.dumps({'type': 'device_hello', 'device_id': 'nope',
+                                      'token': 'wrong'}))
+            return json.loads(await ws.recv())
+    assert asyncio.run(bad_hello())['code'] == 'unauthorized'
     fams = metrics(server)
 
     types = {
@@ -671,3 +689,6 @@ def test_metrics_exposition(server, keys):
     assert ('in', 'device_hello') in frames and ('out', 'scout_proposal') in frames
     events = {s.labels['event'] for s in fams['proposals'].samples}
     assert events == {'queued', 'delivered', 'acked', 'expired', 'failed'}
+    assert delta('proposals', event='queued') == 2
+    assert delta('ws_frames', direction='in', type='device_hello') == 1
+    assert delta('ws_frames', direction='out', type='error') == 1
