@@ -341,3 +341,12 @@ def test_sigterm_with_open_connections_exits_zero(fresh_db_url):
     assert elapsed < 8
     assert any(r.get('msg') == 'stopped' for r in s.log_records())
     finish(s)
+
+
+def test_every_migration_file_is_compiled_in():
+    from harness.steward import ROOT
+    files = sorted(f for f in os.listdir(os.path.join(ROOT, 'migrations')) if f.endswith('.sql'))
+    numbers = [int(f.split('_', 1)[0]) for f in files]
+    assert numbers == list(range(1, len(files) + 1)), files
+    out = subprocess.run([binary(), 'version'], text=True, stdout=subprocess.PIPE).stdout
+    assert f'(schema {len(files)})' in out
