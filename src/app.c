@@ -17,16 +17,12 @@
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
-/* wire: lessons headers */
 #include "steward/lessons.h"
 
-/* wire: planner headers */
 #include "steward/planner.h"
 
-/* wire: bonds headers */
 #include "steward/bonds.h"
 
-/* wire: scouts headers */
 #include "steward/scouts.h"
 /* erasure hooks handed to bonds: DELETE /v1/users/{user_id} also removes the user's
  * scouts, devices and proposals and closes their sockets */
@@ -40,7 +36,6 @@ static void scouts_hook_erased(void *ctx, const char *user_id)
     scouts_user_erased(ctx, user_id);
 }
 
-/* wire: healer headers */
 #include "steward/healer.h"
 
 /* The healer reaches the other capabilities only through these hooks (ctx = the app). */
@@ -150,24 +145,15 @@ static int register_routes(struct app *app)
     app->msrc.pool = app->pool;
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
-    /* wire: lessons routes */
     rc |= lessons_http_register(&app->router, app->lessons);
-
-    /* wire: planner routes */
     rc |= planner_http_register(&app->router, app->planner);
-
-    /* wire: bonds routes */
     rc |= bonds_http_register(&app->router, app->bonds);
-
-    /* wire: scouts routes */
     rc |= scouts_http_register(&app->router, app->scouts);
-
-    /* wire: healer routes */
     rc |= healer_http_register(&app->router, app->healer);
     return rc;
 }
 
-static int start_servers(struct app *app)
+static int create_ws(struct app *app)
 {
     char err[256];
     struct ws_server_opts wo = {
@@ -181,34 +167,74 @@ static int start_servers(struct app *app)
         .metrics = app->metrics,
     };
     app->ws = ws_server_new(&wo, err, sizeof(err));
-    if (!app->ws) {
+    if (!app->ws)
         log_msg(&app->log, LOG_ERROR, "cannot start the WebSocket server", "error", err, NULL);
+    return app->ws ? 0 : -1;
+}
+
+/* Capabilities in dependency order: lessons is used by planner, scouts and healer;
+ * bonds calls scouts on erasure; the healer reaches the others through hooks. */
+static int create_capabilities(struct app *app)
+{
+    app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
+                               app->cfg.lessons_dedup_window_s);
+    if (!app->lessons)
         return -1;
-    }
+    app->planner = planner_new(app->pool, &app->log, app->lessons);
+    if (!app->planner)
+        return -1;
+    struct scouts_settings ss = {
+        .proposal_ttl_days = app->cfg.proposal_ttl_days,
+        .ack_timeout_s = app->cfg.ack_timeout_s,
+        .max_delivery_attempts = app->cfg.max_delivery_attempts,
+        .max_inflight = app->cfg.max_inflight,
+        .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
+        .database_listen_url = app->cfg.database_listen_url,
+    };
+    app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, app->ws, app->lessons,
+                             &ss);
+    if (!app->scouts)
+        return -1;
+    struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
+    app->bonds = bonds_new(app->pool, &app->log, &bh);
+    if (!app->bonds)
+        return -1;
+    struct healer_settings hs = {
+        .heal_interval_s = app->cfg.heal_interval_s,
+        .perf_interval_s = app->cfg.perf_interval_s,
+        .stuck_after_s = app->cfg.stuck_after_s,
+        .archive_after_days = app->cfg.archive_after_days,
+        .degraded_db_latency_ms = app->cfg.degraded_db_latency_ms,
+        .degraded_pool_waiting = app->cfg.degraded_pool_waiting,
+        .perf_pool_wait_p95_ms = app->cfg.perf_pool_wait_p95_ms,
+        .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
+        .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
+        .started_us = app->started_us,
+    };
+    struct healer_hooks hk = {.ctx = app};
+    healer_wire_hooks(app, &hk);
+    app->healer =
+        healer_new(app->pool, &app->log, app->metrics, &app->router, app->ws, &hs, &hk);
+    return app->healer ? 0 : -1;
+}
+
+static int start_servers(struct app *app)
+{
     if (register_routes(app) != 0) {
         log_msg(&app->log, LOG_ERROR, "route table full", NULL);
         return -1;
     }
-    /* wire: lessons websocket */
-
-    /* wire: planner websocket */
-
-    /* wire: bonds websocket */
-
-    /* wire: scouts websocket */
     if (scouts_ws_register(app->ws, app->scouts) != 0 || scouts_start(app->scouts) != 0) {
         log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
         return -1;
     }
-
-    /* wire: healer websocket */
-    healer_set_ws(app->healer, app->ws);
     if (healer_start(app->healer) != 0) {
         log_msg(&app->log, LOG_ERROR, "cannot start the healer timers", NULL);
         return -1;
     }
     if (ws_server_start(app->ws) != 0)
         return -1;
+    char err[256];
     struct http_server_opts ho = {
         .bind = app->cfg.bind,
         .port = app->cfg.http_port,
@@ -246,104 +272,28 @@ static int build(struct app *app)
         log_msg(&app->log, LOG_ERROR, "cannot ensure STEWARD_ADMIN_KEY", NULL);
         return -1;
     }
-    if (auth_start(app->auth) != ST_OK)
+    if (auth_start(app->auth) != ST_OK || create_ws(app) != 0 || create_capabilities(app) != 0)
         return -1;
-    /* wire: lessons construction */
-    app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
-                               app->cfg.lessons_dedup_window_s);
-    if (!app->lessons)
-        return -1;
-
-    /* wire: planner construction */
-    app->planner = planner_new(app->pool, &app->log, app->lessons);
-    if (!app->planner)
-        return -1;
-
-    /* wire: bonds construction */
-    app->bonds = bonds_new(app->pool, &app->log, NULL);
-    if (!app->bonds)
-        return -1;
-
-    /* wire: scouts construction */
-    {
-        /* the WebSocket server does not exist yet: scouts_ws_register binds it */
-        struct scouts_settings ss = {
-            .proposal_ttl_days = app->cfg.proposal_ttl_days,
-            .ack_timeout_s = app->cfg.ack_timeout_s,
-            .max_delivery_attempts = app->cfg.max_delivery_attempts,
-            .max_inflight = app->cfg.max_inflight,
-            .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
-            .database_listen_url = app->cfg.database_listen_url,
-        };
-        app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, NULL,
-                                 app->lessons, &ss);
-        if (!app->scouts)
-            return -1;
-        /* bonds was built before scouts existed: rebuild it with the erasure hooks
-         * (no route holds it yet; routes are registered in start_servers) */
-        struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
-        bonds_free(app->bonds);
-        app->bonds = bonds_new(app->pool, &app->log, &bh);
-        if (!app->bonds)
-            return -1;
-    }
-
-    /* wire: healer construction */
-    {
-        struct healer_settings hs = {
-            .heal_interval_s = app->cfg.heal_interval_s,
-            .perf_interval_s = app->cfg.perf_interval_s,
-            .stuck_after_s = app->cfg.stuck_after_s,
-            .archive_after_days = app->cfg.archive_after_days,
-            .degraded_db_latency_ms = app->cfg.degraded_db_latency_ms,
-            .degraded_pool_waiting = app->cfg.degraded_pool_waiting,
-            .perf_pool_wait_p95_ms = app->cfg.perf_pool_wait_p95_ms,
-            .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
-            .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
-            .started_us = app->started_us,
-        };
-        struct healer_hooks hk = {.ctx = app};
-        healer_wire_hooks(app, &hk);
-        app->healer = healer_new(app->pool, &app->log, app->metrics, &app->router, NULL, &hs, &hk);
-        if (!app->healer)
-            return -1;
-    }
     return start_servers(app);
 }
 
+/* Reverse order: no new requests, then the timers (they call into the capabilities),
+ * then delivery, then the sockets, then the workers, then everything else. */
 static void teardown(struct app *app)
 {
     int ms = app->cfg.shutdown_timeout_s * 1000;
     if (app->http)
         http_server_stop(app->http, ms / 2);
-    /* wire: lessons shutdown (timers, listeners) */
-
-    /* wire: planner shutdown (timers, listeners) */
-
-    /* wire: bonds shutdown (timers, listeners) */
-
-    /* wire: scouts shutdown (timers, listeners) */
-    scouts_stop(app->scouts);
-
-    /* wire: healer shutdown (timers, listeners) */
     healer_stop(app->healer);
+    scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
-    /* wire: lessons free */
-    lessons_free(app->lessons);
-
-    /* wire: planner free */
-    planner_free(app->planner);
-
-    /* wire: bonds free */
-    bonds_free(app->bonds);
-
-    /* wire: scouts free */
-    scouts_free(app->scouts);
-
-    /* wire: healer free */
     healer_free(app->healer);
+    bonds_free(app->bonds);
+    scouts_free(app->scouts);
+    planner_free(app->planner);
+    lessons_free(app->lessons);
     auth_free(app->auth);
     metrics_free(app->metrics);
     pool_free(app->pool);
