@@ -309,15 +309,21 @@ static void block_signals(sigset_t *set)
     signal(SIGPIPE, SIG_IGN);
 }
 
-int app_routes(void)
+int app_routes(bool with_scope)
 {
     struct app app;
     memset(&app, 0, sizeof(app));
     router_init(&app.router);
     if (register_routes(&app) != 0)
         return 1;
-    for (size_t i = 0; i < app.router.count; i++)
-        printf("%s %s\n", app.router.routes[i].method, app.router.routes[i].pattern);
+    for (size_t i = 0; i < app.router.count; i++) {
+        const struct route *rt = &app.router.routes[i];
+        if (with_scope)
+            printf("%s %s %s\n", rt->method, rt->pattern,
+                   auth_scope_name((enum auth_scope)rt->scope));
+        else
+            printf("%s %s\n", rt->method, rt->pattern);
+    }
     return 0;
 }
 

@@ -13,6 +13,7 @@ static int usage(FILE *out, int status)
                  "       steward keys revoke --name NAME\n"
                  "       steward healthcheck\n"
                  "       steward version\n"
+                 "       steward routes [--scopes]\n"
                  "Settings come from STEWARD_* environment variables (see README).\n");
     return status;
 }
@@ -35,7 +36,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "healthcheck") == 0)
         return app_healthcheck();
     if (strcmp(cmd, "routes") == 0)
-        return app_routes();
+        return app_routes(argc > 2 && strcmp(argv[2], "--scopes") == 0);
     if (strcmp(cmd, "version") == 0) {
         printf("steward %s (schema %d)\n", STEWARD_VERSION, migrate_latest());
         return 0;

@@ -3,6 +3,7 @@
 #ifndef STEWARD_APP_H
 #define STEWARD_APP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "steward/auth.h"
@@ -48,8 +49,9 @@ int app_migrate(void);
 int app_keys_create(const char *name, const char *scope);
 int app_keys_revoke(const char *name);
 int app_healthcheck(void);
-/* Prints the route table ("METHOD /pattern" per line) without touching the database;
- * the tests compare it with openapi.yaml. */
-int app_routes(void);
+/* Prints the route table ("METHOD /pattern" per line, plus " scope" with the required
+ * scope name (none, read, service, admin) when with_scope is true) without touching the
+ * database; the tests compare it with openapi.yaml and with the scope rules. */
+int app_routes(bool with_scope);
 
 #endif
