@@ -86,6 +86,14 @@ struct ws_stats {
 };
 void ws_server_stats(struct ws_server *ws, struct ws_stats *out);
 
+/* Handles one complete text frame (text[0..len), need not be NUL-terminated) as if it
+ * had arrived on session sid: parses it, answers bad_frame / unauthorized (+ close 4401
+ * before hello) / unknown_type, or calls the registered handler. The socket side calls
+ * it for every frame; fuzz targets call it with a session id that has no socket (what
+ * is sent to it is then dropped). Service thread only (or a thread standing in for it). */
+void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const char *text,
+                       size_t len);
+
 /* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
 void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
                    const char *proposal_id);

@@ -396,12 +396,34 @@ static void count_in(struct ws_server *ws, const char *type)
     metrics_count(ws->o.metrics, c, 1);
 }
 
-static void reject(struct ws_server *ws, struct session *s, const char *code, bool close4401)
+static void reject(struct ws_server *ws, uint64_t sid, const char *code, bool close4401)
 {
     metrics_count(ws->o.metrics, MC_WS_FRAMES_OUT_ERROR, 1);
-    ws_send_error(ws, s->sid, code, NULL);
+    ws_send_error(ws, sid, code, NULL);
     if (close4401)
-        ws_close(ws, s->sid, 4401, "unauthorized");
+        ws_close(ws, sid, 4401, "unauthorized");
+}
+
+void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const char *text,
+                       size_t len)
+{
+    char err[160];
+    json_t *f = jv_parse(text, len, err, sizeof(err));
+    json_t *type = f ? json_object_get(f, "type") : NULL;
+    count_in(ws, json_string_value(type));
+    if (!f || !json_is_object(f) || !json_is_string(type)) {
+        reject(ws, sid, "bad_frame", !authed);
+        json_decref(f);
+        return;
+    }
+    const struct handler *h = find_handler(ws, json_string_value(type));
+    if (!authed && (!h || !h->before_hello))
+        reject(ws, sid, "unauthorized", true);
+    else if (!h)
+        reject(ws, sid, "unknown_type", false);
+    else
+        h->fn(h->ctx, ws, sid, authed, f);
+    json_decref(f);
 }
 
 static void dispatch(struct ws_server *ws, struct session *s, const char *text, size_t len)
@@ -409,23 +431,7 @@ static void dispatch(struct ws_server *ws, struct session *s, const char *text, 
     pthread_mutex_lock(&ws->mu);
     bool authed = s->authed;
     pthread_mutex_unlock(&ws->mu);
-    char err[160];
-    json_t *f = jv_parse(text, len, err, sizeof(err));
-    json_t *type = f ? json_object_get(f, "type") : NULL;
-    count_in(ws, json_string_value(type));
-    if (!f || !json_is_object(f) || !json_is_string(type)) {
-        reject(ws, s, "bad_frame", !authed);
-        json_decref(f);
-        return;
-    }
-    const struct handler *h = find_handler(ws, json_string_value(type));
-    if (!authed && (!h || !h->before_hello))
-        reject(ws, s, "unauthorized", true);
-    else if (!h)
-        reject(ws, s, "unknown_type", false);
-    else
-        h->fn(h->ctx, ws, s->sid, authed, f);
-    json_decref(f);
+    ws_dispatch_frame(ws, s->sid, authed, text, len);
 }
 
 static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, const void *in,
@@ -445,7 +451,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
         return 0;
     if (lws_frame_is_binary(wsi)) {
-        reject(ws, s, "bad_frame", false);
+        reject(ws, s->sid, "bad_frame", false);
     } else {
         s->rx[s->rx_len] = '\0';
         dispatch(ws, s, (const char *)s->rx, s->rx_len);
