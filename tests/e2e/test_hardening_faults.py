@@ -154,6 +154,9 @@ def test_postgres_stopped_and_restarted_under_write_load(own_pg):
         time.sleep(1.0)
         load.finish()
         assert first_ok is not None and first_ok <= 2.0, f'served again after {first_ok}'
+        with load.lock:
+            first_any = min(ts for _, _, st, ts in load.results
+                            if st in (200, 201) and ts > starting_at) - starting_at
         statuses = load.statuses()
         bad = {k: v for k, v in statuses.items() if k not in (200, 201, 503)}
         assert not bad, f'answers other than 2xx/503: {bad}'
@@ -164,7 +167,8 @@ def test_postgres_stopped_and_restarted_under_write_load(own_pg):
         assert server.get('/readyz', key=None).status_code == 200
         assert server.proc.poll() is None
         print(f'pg restart: {n} acknowledged writes all present, statuses {statuses}, '
-              f'served again {first_ok * 1000:.0f} ms after PostgreSQL was up')
+              f'first 2xx {first_any * 1000:.0f} ms after pg_ctl start was run '
+              f'({first_ok * 1000:.0f} ms after it returned)')
     finally:
         finish(server)
 
@@ -199,6 +203,14 @@ def test_backends_terminated_mid_request(pg, db_url, server, sql):
 
 # ------------------------------------------------------------ kill -9 during delivery
 
+async def ack_later(ws, pid, delay):
+    await asyncio.sleep(delay)
+    try:
+        await ws.send(json.dumps({'type': 'scout_proposal_ack', 'proposal_id': pid}))
+    except (websockets.ConnectionClosed, OSError):
+        pass
+
+
 async def device_session(server, dev, received, acked, stop_at):
     """Connects, takes proposals, acks each; returns when the socket dies or at stop_at."""
     try:
@@ -215,8 +227,10 @@ async def device_session(server, dev, received, acked, stop_at):
                 continue
             if m['type'] == 'scout_proposal':
                 pid = m['proposal']['id']
-                received.append(pid)
-                await ws.send(json.dumps({'type': 'scout_proposal_ack', 'proposal_id': pid}))
+                received.append((dev['device_id'], pid))
+                # ack a little later, as a device that shows the proposal first would:
+                # a kill then often finds proposals delivered and not yet acked
+                asyncio.create_task(ack_later(ws, pid, random.random() * 0.3))
             elif m['type'] == 'ack_ok':
                 acked.add(m['proposal_id'])
     except (websockets.ConnectionClosed, OSError):
@@ -275,18 +289,24 @@ def test_kill9_during_delivery_ten_times(db_url, server, keys, sql):
                                "AND status <> 'acked'", (queued,)).fetchone()[0]
             if left == 0:
                 break
-            asyncio.run(asyncio.wait_for(asyncio.gather(*[
-                device_session(s, d, received, acked, time.monotonic() + 1.0) for d in devs]),
-                10))
+            async def drain():
+                await asyncio.wait_for(asyncio.gather(*[
+                    device_session(s, d, received, acked, time.monotonic() + 1.0)
+                    for d in devs]), 10)
+
+            asyncio.run(drain())
         rows = dict(sql.execute("SELECT id::text, status FROM proposals WHERE id = ANY(%s::uuid[])",
                                 (queued,)).fetchall())
         assert len(rows) == len(queued) == 250
         not_acked = {k: v for k, v in rows.items() if v != 'acked'}
         assert not not_acked, f'{len(not_acked)} proposals not acked: {list(not_acked.items())[:5]}'
         # none lost: every queued proposal reached a device at least once
-        assert set(queued) <= set(received)
+        assert set(queued) <= {pid for _, pid in received}
+        # a proposal goes to each of the user's connected devices; a device seeing the
+        # same one again is a redelivery, which at least once allows
         dups = len(received) - len(set(received))
         print(f'kill -9: {kills} kills, {len(queued)} proposals all acked, {len(received)} '
-              f'deliveries ({dups} duplicates, allowed by at-least-once)')
+              f'deliveries to 2 devices ({dups} redelivered to the same device, allowed by '
+              f'at-least-once)')
     finally:
         finish(s)
