@@ -162,13 +162,18 @@ static void put_back(struct pool *p, struct pool_conn *c)
 
 int pool_acquire(struct pool *p, struct pool_conn **out)
 {
+    return pool_acquire_within(p, p->acquire_timeout_ms, out);
+}
+
+int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
+{
     int64_t start = mono_us();
     pthread_mutex_lock(&p->mu);
     if (p->nfree == 0) {
         struct timespec deadline;
         clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += p->acquire_timeout_ms / 1000;
-        deadline.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
         if (deadline.tv_nsec >= 1000000000L) {
             deadline.tv_sec++;
             deadline.tv_nsec -= 1000000000L;
