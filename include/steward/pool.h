@@ -50,6 +50,9 @@ void pool_free(struct pool *p);
  * needed. Returns ST_OK, or ST_EUNAVAIL when the wait timed out or the database could
  * not be reached. Every successful acquire is paired with pool_release. */
 int pool_acquire(struct pool *p, struct pool_conn **out);
+/* Same with its own bound on the wait (0 = only a free connection), for callers that
+ * must not hold up the work that triggered them (the lessons journal). */
+int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out);
 /* Returns a connection. A connection left inside a transaction is rolled back. */
 void pool_release(struct pool *p, struct pool_conn *c);
 

@@ -29,12 +29,17 @@ struct pool {
     int statement_timeout_ms;
     const struct logger *lg;
 
+    struct pool_conn *conns;
+    /* Free connections: a lock-free stack (Treiber) of slot numbers. The head packs
+     * slot + 1 (0 = empty) in its low 32 bits and a change counter in the high 32
+     * bits, so a pop cannot be fooled by a slot that left and came back (ABA). */
+    _Atomic uint64_t free_head;
+    _Atomic uint32_t *free_next; /* per slot: slot + 1 of the next free one */
+    atomic_int busy;
+
+    /* Only callers that found the stack empty take this lock, to sleep. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct pool_conn *conns;
-    int *free_stack;
-    int nfree;
-
     atomic_int waiting;
     atomic_int open;
     atomic_uint_fast64_t acquired_total;
@@ -58,8 +63,8 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
         return NULL;
     p->conninfo = strdup(conninfo ? conninfo : "");
     p->conns = calloc((size_t)size, sizeof(*p->conns));
-    p->free_stack = calloc((size_t)size, sizeof(int));
-    if (!p->conninfo || !p->conns || !p->free_stack)
+    p->free_next = calloc((size_t)size, sizeof(*p->free_next));
+    if (!p->conninfo || !p->conns || !p->free_next)
         goto fail;
     p->size = size;
     p->acquire_timeout_ms = acquire_timeout_ms;
@@ -73,14 +78,14 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
     pthread_mutex_init(&p->mu, NULL);
     for (int i = 0; i < size; i++) {
         p->conns[i].pool = p;
-        p->free_stack[i] = size - 1 - i;
+        atomic_init(&p->free_next[i], i + 1 < size ? (uint32_t)(i + 2) : 0);
     }
-    p->nfree = size;
+    atomic_init(&p->free_head, 1);
     return p;
 fail:
     free(p->conninfo);
     free(p->conns);
-    free(p->free_stack);
+    free((void *)p->free_next);
     free(p);
     return NULL;
 }
@@ -106,7 +111,7 @@ void pool_free(struct pool *p)
     pthread_cond_destroy(&p->cv);
     free(p->conninfo);
     free(p->conns);
-    free(p->free_stack);
+    free((void *)p->free_next);
     free(p);
 }
 
@@ -152,41 +157,88 @@ static void record_wait(struct pool *p, int64_t waited_us)
     atomic_fetch_add_explicit(&p->wait_sum_us, (uint64_t)waited_us, memory_order_relaxed);
 }
 
+static int pop_free(struct pool *p)
+{
+    uint64_t old = atomic_load_explicit(&p->free_head, memory_order_acquire);
+    for (;;) {
+        uint32_t top = (uint32_t)old;
+        if (top == 0)
+            return -1;
+        uint32_t next = atomic_load_explicit(&p->free_next[top - 1], memory_order_relaxed);
+        uint64_t head = ((old >> 32) + 1) << 32 | next;
+        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head,
+                                                  memory_order_acq_rel, memory_order_acquire))
+            return (int)top - 1;
+    }
+}
+
+static void push_free(struct pool *p, int slot)
+{
+    uint64_t old = atomic_load_explicit(&p->free_head, memory_order_relaxed);
+    for (;;) {
+        atomic_store_explicit(&p->free_next[slot], (uint32_t)old, memory_order_relaxed);
+        uint64_t head = ((old >> 32) + 1) << 32 | (uint32_t)(slot + 1);
+        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head,
+                                                  memory_order_release, memory_order_relaxed))
+            break;
+    }
+}
+
 static void put_back(struct pool *p, struct pool_conn *c)
 {
+    push_free(p, (int)(c - p->conns));
+    atomic_fetch_sub(&p->busy, 1);
+    /* A waiter registers under mu before its last look at the stack, so signalling
+     * under mu cannot slip between that look and its sleep. */
+    if (atomic_load(&p->waiting) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Slow path: sleeps until a connection is pushed back or the deadline passes. */
+static int wait_free(struct pool *p, int timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&p->mu);
-    p->free_stack[p->nfree++] = (int)(c - p->conns);
-    pthread_cond_signal(&p->cv);
+    atomic_fetch_add(&p->waiting, 1);
+    int slot = pop_free(p);
+    int rc = 0;
+    while (slot < 0 && rc != ETIMEDOUT) {
+        rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
+        slot = pop_free(p);
+    }
+    atomic_fetch_sub(&p->waiting, 1);
     pthread_mutex_unlock(&p->mu);
+    return slot;
 }
 
 int pool_acquire(struct pool *p, struct pool_conn **out)
 {
+    return pool_acquire_within(p, p->acquire_timeout_ms, out);
+}
+
+int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
+{
     int64_t start = mono_us();
-    pthread_mutex_lock(&p->mu);
-    if (p->nfree == 0) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += p->acquire_timeout_ms / 1000;
-        deadline.tv_nsec += (long)(p->acquire_timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        atomic_fetch_add(&p->waiting, 1);
-        int rc = 0;
-        while (p->nfree == 0 && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
-        atomic_fetch_sub(&p->waiting, 1);
-        if (p->nfree == 0) {
-            pthread_mutex_unlock(&p->mu);
-            atomic_fetch_add(&p->timeouts_total, 1);
-            record_wait(p, mono_us() - start);
-            return ST_EUNAVAIL;
-        }
+    int slot = pop_free(p);
+    if (slot < 0 && timeout_ms > 0)
+        slot = wait_free(p, timeout_ms);
+    if (slot < 0) {
+        atomic_fetch_add(&p->timeouts_total, 1);
+        record_wait(p, mono_us() - start);
+        return ST_EUNAVAIL;
     }
-    struct pool_conn *c = &p->conns[p->free_stack[--p->nfree]];
-    pthread_mutex_unlock(&p->mu);
+    atomic_fetch_add(&p->busy, 1);
+    struct pool_conn *c = &p->conns[slot];
     record_wait(p, mono_us() - start);
     atomic_fetch_add_explicit(&p->acquired_total, 1, memory_order_relaxed);
 
@@ -375,9 +427,7 @@ int pool_with(struct pool *p, pool_tx_fn fn, void *arg)
 void pool_stats(struct pool *p, struct pool_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&p->mu);
-    out->busy = p->size - p->nfree;
-    pthread_mutex_unlock(&p->mu);
+    out->busy = atomic_load(&p->busy);
     out->size = p->size;
     out->open = atomic_load(&p->open);
     out->waiting = atomic_load(&p->waiting);

@@ -362,6 +362,9 @@ static void warn_not_recorded(const struct lessons *l, const char *lesson_type,
     log_end(&ln);
 }
 
+/* How long an internal record may wait for a pooled connection. */
+#define AUTO_ACQUIRE_WAIT_MS 100
+
 bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char *work_item_id,
                          const char *stage, json_t *detail)
 {
@@ -392,7 +395,8 @@ bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char 
     struct pool_conn *c;
     if (detail && !detail_text) {
         warn_not_recorded(l, lesson_type, "out of memory", NULL, NULL);
-    } else if (pool_acquire(l->pool, &c) != ST_OK) {
+    } else if (pool_acquire_within(l->pool, AUTO_ACQUIRE_WAIT_MS, &c) != ST_OK) {
+        /* never-raise also means never hold up the caller on a busy pool */
         warn_not_recorded(l, lesson_type, "database unavailable", NULL, NULL);
     } else {
         PGresult *r = pool_exec(c, &st_record, params);

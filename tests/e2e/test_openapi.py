@@ -50,3 +50,30 @@ def test_served_document_matches_repository(server):
     assert r.headers['content-type'].startswith('application/yaml')
     with open(os.path.join(ROOT, 'openapi.yaml')) as f:
         assert r.text == f.read()
+
+
+def _has_example(node):
+    if isinstance(node, dict):
+        return 'example' in node or 'examples' in node or any(_has_example(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_example(v) for v in node)
+    return False
+
+
+def _resolve(doc, node):
+    if isinstance(node, dict) and '$ref' in node:
+        for part in node['$ref'].lstrip('#/').split('/'):
+            doc = doc[part]
+        return doc
+    return node
+
+
+def test_every_success_response_has_an_example():
+    doc = spec()
+    for path, ops in doc['paths'].items():
+        for method, op in ops.items():
+            if method not in METHODS or '204' in op['responses']:
+                continue
+            ok = [_has_example(_resolve(doc, r)) for code, r in op['responses'].items()
+                  if str(code).startswith('2')]
+            assert any(ok), f'{method} {path}: no example on its success response'
