@@ -18,6 +18,7 @@
 #include "steward/json.h"
 #include "steward/migrate.h"
 /* wire: lessons headers */
+#include "steward/lessons.h"
 
 /* wire: planner headers */
 
@@ -156,6 +157,10 @@ static int build(struct app *app)
     if (auth_start(app->auth) != ST_OK)
         return -1;
     /* wire: lessons construction */
+    app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
+                               app->cfg.lessons_dedup_window_s);
+    if (!app->lessons)
+        return -1;
 
     /* wire: planner construction */
 
@@ -185,6 +190,7 @@ static void teardown(struct app *app)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
     /* wire: lessons free */
+    lessons_free(app->lessons);
 
     /* wire: planner free */
 

@@ -1,0 +1,580 @@
+/* Lessons journal: validation, recording with dedup, list, update and snapshot (SPEC 3).
+ * No transport here; the HTTP adapter is lessons_http.c. */
+#include "steward/lessons.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "steward/err.h"
+#include "steward/json.h"
+#include "steward/sql.h"
+
+struct lessons {
+    struct pool *pool;
+    const struct logger *lg;
+    struct metrics *m;
+    bool enabled;
+    int dedup_window_s;
+};
+
+/* The columns of a lesson as the row readers below expect them. */
+#define LESSON_COLS                                                                         \
+    "id, lesson_type, work_item_id, task_id, stage, agent, repo, root_cause, suggestion, " \
+    "status, related_task, attribution, target_repo, target_domain, source, detail, "      \
+    SQL_US("created_at") ", " SQL_US("updated_at")
+
+/* Text columns 1..14 of LESSON_COLS, in order. */
+static const char *const text_cols[] = {
+    "lesson_type", "work_item_id", "task_id",      "stage",       "agent",
+    "repo",        "root_cause",   "suggestion",   "status",      "related_task",
+    "attribution", "target_repo",  "target_domain", "source",
+};
+#define NTEXT (sizeof(text_cols) / sizeof(text_cols[0]))
+
+static const struct db_stmt st_record = {
+    "lessons_record",
+    "SELECT lesson_id, duplicate_of FROM lessons_record($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+    "$10, $11, $12, $13, $14, $15::json, $16::int4)",
+    16};
+
+static const struct db_stmt st_get = {"lessons_get",
+                                      "SELECT " LESSON_COLS " FROM lessons WHERE id = $1", 1};
+
+static const struct db_stmt st_update = {
+    "lessons_update",
+    "UPDATE lessons SET "
+    "status = CASE WHEN $2::jsonb ? 'status' THEN $2::jsonb->>'status' ELSE status END, "
+    "attribution = CASE WHEN $2::jsonb ? 'attribution' THEN $2::jsonb->>'attribution' "
+    "ELSE attribution END, "
+    "target_repo = CASE WHEN $2::jsonb ? 'target_repo' THEN $2::jsonb->>'target_repo' "
+    "ELSE target_repo END, "
+    "target_domain = CASE WHEN $2::jsonb ? 'target_domain' THEN $2::jsonb->>'target_domain' "
+    "ELSE target_domain END, "
+    "related_task = CASE WHEN $2::jsonb ? 'related_task' THEN $2::jsonb->>'related_task' "
+    "ELSE related_task END, "
+    "root_cause = CASE WHEN $2::jsonb ? 'root_cause' THEN $2::jsonb->>'root_cause' "
+    "ELSE root_cause END, "
+    "suggestion = CASE WHEN $2::jsonb ? 'suggestion' THEN $2::jsonb->>'suggestion' "
+    "ELSE suggestion END, "
+    "updated_at = greatest(clock_timestamp(), updated_at) "
+    "WHERE id = $1 RETURNING " LESSON_COLS,
+    2};
+
+static const struct db_stmt st_snapshot = {
+    "lessons_snapshot",
+    "SELECT (SELECT count(*) FROM lessons), "
+    "(SELECT coalesce(json_object_agg(lesson_type, n), '{}'::json) FROM "
+    "(SELECT lesson_type, count(*) AS n FROM lessons GROUP BY lesson_type) t), "
+    "(SELECT coalesce(json_object_agg(status, n), '{}'::json) FROM "
+    "(SELECT status, count(*) AS n FROM lessons GROUP BY status) s), "
+    "(SELECT count(*) FROM lessons WHERE created_at > now() - interval '24 hours'), "
+    "(SELECT " SQL_US("max(created_at)") " FROM lessons)",
+    0};
+
+/* Lists: one statement per combination of filters, so each plan (generic or custom)
+ * can use the index of its filter. $1 = id bound, $2 = limit, $3..$6 = lesson_type,
+ * status, repo, work_item_id (NULL when not filtered; unused ones are only typed). */
+#define LF_T " AND lesson_type = $3"
+#define LN_T " AND $3::text IS NULL"
+#define LF_S " AND status = $4"
+#define LN_S " AND $4::text IS NULL"
+#define LF_R " AND repo = $5"
+#define LN_R " AND $5::text IS NULL"
+#define LF_W " AND work_item_id = $6"
+#define LN_W " AND $6::text IS NULL"
+#define LIST_SQL(t, s, r, w)                                                                  \
+    "SELECT " LESSON_COLS " FROM lessons WHERE id < $1::int8" t s r w " ORDER BY id DESC "  \
+    "LIMIT $2::int4"
+static const struct db_stmt st_list[16] = {
+    {"lessons_list_0", LIST_SQL(LN_T, LN_S, LN_R, LN_W), 6},
+    {"lessons_list_1", LIST_SQL(LF_T, LN_S, LN_R, LN_W), 6},
+    {"lessons_list_2", LIST_SQL(LN_T, LF_S, LN_R, LN_W), 6},
+    {"lessons_list_3", LIST_SQL(LF_T, LF_S, LN_R, LN_W), 6},
+    {"lessons_list_4", LIST_SQL(LN_T, LN_S, LF_R, LN_W), 6},
+    {"lessons_list_5", LIST_SQL(LF_T, LN_S, LF_R, LN_W), 6},
+    {"lessons_list_6", LIST_SQL(LN_T, LF_S, LF_R, LN_W), 6},
+    {"lessons_list_7", LIST_SQL(LF_T, LF_S, LF_R, LN_W), 6},
+    {"lessons_list_8", LIST_SQL(LN_T, LN_S, LN_R, LF_W), 6},
+    {"lessons_list_9", LIST_SQL(LF_T, LN_S, LN_R, LF_W), 6},
+    {"lessons_list_10", LIST_SQL(LN_T, LF_S, LN_R, LF_W), 6},
+    {"lessons_list_11", LIST_SQL(LF_T, LF_S, LN_R, LF_W), 6},
+    {"lessons_list_12", LIST_SQL(LN_T, LN_S, LF_R, LF_W), 6},
+    {"lessons_list_13", LIST_SQL(LF_T, LN_S, LF_R, LF_W), 6},
+    {"lessons_list_14", LIST_SQL(LN_T, LF_S, LF_R, LF_W), 6},
+    {"lessons_list_15", LIST_SQL(LF_T, LF_S, LF_R, LF_W), 6},
+};
+
+struct lessons *lessons_new(struct pool *pool, const struct logger *lg, struct metrics *m,
+                            bool enabled, int dedup_window_s)
+{
+    struct lessons *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->pool = pool;
+    l->lg = lg;
+    l->m = m;
+    l->enabled = enabled;
+    l->dedup_window_s = dedup_window_s < 0 ? 0 : dedup_window_s;
+    return l;
+}
+
+void lessons_free(struct lessons *l)
+{
+    free(l);
+}
+
+bool lessons_enabled(const struct lessons *l)
+{
+    return l && l->enabled;
+}
+
+/* ---- validation (pure) ---------------------------------------------------------- */
+
+static const char *const id_fields[] = {"work_item_id", "task_id", "stage", "agent",
+                                        "repo", "related_task", "target_repo", NULL};
+static const char *const slug_fields[] = {"lesson_type", "status", "attribution",
+                                          "target_domain", NULL};
+
+static bool in_list(const char *const *list, const char *s)
+{
+    for (; *list; list++)
+        if (strcmp(*list, s) == 0)
+            return true;
+    return false;
+}
+
+/* An identifier: 1..LESSONS_ID_MAX characters, none of them control characters. */
+static bool id_ok(const char *s)
+{
+    return jv_is_printable_id(s, LESSONS_ID_MAX);
+}
+
+/* Reads an identifier field; returns like jv_string. */
+static int read_id(const json_t *obj, const char *key, const char **out, json_t *errs)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
+        !id_ok(json_string_value(v))) {
+        jv_error(errs, key, "must be a string of 1 to %d characters without control characters",
+                 LESSONS_ID_MAX);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 1;
+}
+
+static int read_text(const json_t *obj, const char *key, const char **out, json_t *errs)
+{
+    return jv_string(obj, key, "", false, 0, LESSONS_TEXT_MAX, out, errs);
+}
+
+static int read_detail(const json_t *obj, json_t **out, json_t *errs)
+{
+    json_t *d = NULL;
+    int rc = jv_object(obj, "detail", "", false, &d, errs);
+    if (rc != 1)
+        return rc;
+    char *text = json_dumps(d, JSON_COMPACT);
+    size_t n = text ? strlen(text) : 0;
+    free(text);
+    if (n > LESSONS_DETAIL_MAX) {
+        jv_error(errs, "detail", "must serialise to at most %d bytes of JSON",
+                 LESSONS_DETAIL_MAX);
+        return -1;
+    }
+    *out = d;
+    return 1;
+}
+
+bool lessons_parse_new(const json_t *body, struct lesson_input *in, json_t *errs)
+{
+    static const char *const allowed[] = {
+        "lesson_type", "work_item_id", "task_id",      "stage",       "agent",
+        "repo",        "root_cause",   "suggestion",   "status",      "related_task",
+        "attribution", "target_repo",  "target_domain", "source",     "detail",
+        NULL};
+    memset(in, 0, sizeof(*in));
+    size_t before = json_array_size(errs);
+    if (!json_is_object(body)) {
+        jv_error(errs, "body", "must be a JSON object");
+        return false;
+    }
+    jv_unknown_fields(body, allowed, "", errs);
+    jv_slug(body, "lesson_type", "", true, &in->lesson_type, errs);
+    jv_slug(body, "status", "", false, &in->status, errs);
+    jv_slug(body, "attribution", "", false, &in->attribution, errs);
+    jv_slug(body, "target_domain", "", false, &in->target_domain, errs);
+    read_id(body, "work_item_id", &in->work_item_id, errs);
+    read_id(body, "task_id", &in->task_id, errs);
+    read_id(body, "stage", &in->stage, errs);
+    read_id(body, "agent", &in->agent, errs);
+    read_id(body, "repo", &in->repo, errs);
+    read_id(body, "related_task", &in->related_task, errs);
+    read_id(body, "target_repo", &in->target_repo, errs);
+    read_text(body, "root_cause", &in->root_cause, errs);
+    read_text(body, "suggestion", &in->suggestion, errs);
+    json_t *src = json_object_get(body, "source");
+    if (src && !json_is_null(src)) {
+        const char *s = json_is_string(src) ? json_string_value(src) : NULL;
+        if (s && (strcmp(s, "auto") == 0 || strcmp(s, "manual") == 0))
+            in->source = s;
+        else
+            jv_error(errs, "source", "must be \"auto\" or \"manual\"");
+    }
+    read_detail(body, &in->detail, errs);
+    return json_array_size(errs) == before;
+}
+
+bool lessons_parse_patch(const json_t *body, json_t **changes, json_t *errs)
+{
+    static const char *const changeable[] = {"status",       "attribution", "target_repo",
+                                             "target_domain", "related_task", "root_cause",
+                                             "suggestion",   NULL};
+    static const char *const fixed[] = {"id",     "lesson_type", "work_item_id", "task_id",
+                                         "stage",  "agent",       "repo",         "source",
+                                         "detail", "created_at",  "updated_at",   NULL};
+    *changes = NULL;
+    size_t before = json_array_size(errs);
+    if (!json_is_object(body)) {
+        jv_error(errs, "body", "must be a JSON object");
+        return false;
+    }
+    json_t *out = json_object();
+    if (!out)
+        return false;
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)body, key, v) {
+        if (in_list(fixed, key)) {
+            jv_error(errs, key, "may not be changed");
+            continue;
+        }
+        if (!in_list(changeable, key)) {
+            jv_error(errs, key, "unknown field");
+            continue;
+        }
+        if (json_is_null(v)) {
+            if (strcmp(key, "status") == 0)
+                jv_error(errs, key, "must not be null");
+            else
+                json_object_set_new(out, key, json_null());
+            continue;
+        }
+        const char *s = NULL;
+        int rc;
+        if (in_list(slug_fields, key))
+            rc = jv_slug(body, key, "", false, &s, errs);
+        else if (in_list(id_fields, key))
+            rc = read_id(body, key, &s, errs);
+        else
+            rc = read_text(body, key, &s, errs);
+        if (rc == 1)
+            json_object_set_new(out, key, json_string(s));
+    }
+    if (json_array_size(errs) == before && json_object_size(out) == 0)
+        jv_error(errs, "body",
+                 "must change at least one of status, attribution, target_repo, "
+                 "target_domain, related_task, root_cause, suggestion");
+    if (json_array_size(errs) != before) {
+        json_decref(out);
+        return false;
+    }
+    *changes = out;
+    return true;
+}
+
+bool lessons_check_filter(const struct lesson_filter *f, json_t *errs)
+{
+    size_t before = json_array_size(errs);
+    if (f->lesson_type && !jv_is_slug(f->lesson_type))
+        jv_error(errs, "lesson_type", "must match ^[a-z0-9_]{1,64}$");
+    if (f->status && !jv_is_slug(f->status))
+        jv_error(errs, "status", "must match ^[a-z0-9_]{1,64}$");
+    if (f->repo && !id_ok(f->repo))
+        jv_error(errs, "repo", "must be 1 to %d characters without control characters",
+                 LESSONS_ID_MAX);
+    if (f->work_item_id && !id_ok(f->work_item_id))
+        jv_error(errs, "work_item_id", "must be 1 to %d characters without control characters",
+                 LESSONS_ID_MAX);
+    return json_array_size(errs) == before;
+}
+
+bool lessons_is_duplicate(const char *source, int dedup_window_s, int64_t age_us)
+{
+    if (!source || strcmp(source, "auto") != 0 || dedup_window_s <= 0)
+        return false;
+    return age_us >= 0 && age_us < (int64_t)dedup_window_s * 1000000;
+}
+
+/* ---- database ------------------------------------------------------------------- */
+
+static json_t *row_json(const PGresult *r, int row)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "id", json_integer(sql_ll(r, row, 0)));
+    for (size_t i = 0; i < NTEXT; i++)
+        json_object_set_new(o, text_cols[i], sql_json_str(r, row, (int)i + 1));
+    json_t *detail = sql_json_parse(r, row, 15);
+    json_object_set_new(o, "detail", json_is_object(detail) ? detail : json_object());
+    if (!json_is_object(detail))
+        json_decref(detail);
+    json_object_set_new(o, "created_at", sql_json_time(r, row, 16));
+    json_object_set_new(o, "updated_at", sql_json_time(r, row, 17));
+    return o;
+}
+
+/* Parameters of st_record; detail_text is the caller's buffer to free. */
+static void record_params(const struct lesson_input *in, int window_s, char *window_buf,
+                          char **detail_text, const char *params[16])
+{
+    *detail_text = in->detail ? json_dumps(in->detail, JSON_COMPACT) : NULL;
+    snprintf(window_buf, 24, "%d", window_s);
+    const char *p[16] = {in->lesson_type, in->work_item_id, in->task_id,     in->stage,
+                         in->agent,       in->repo,         in->root_cause,  in->suggestion,
+                         in->status,      in->related_task, in->attribution, in->target_repo,
+                         in->target_domain, in->source,     *detail_text,    window_buf};
+    memcpy(params, p, sizeof(p));
+}
+
+static void outcome_of(const PGresult *r, struct lesson_outcome *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (PQntuples(r) < 1)
+        return;
+    if (!sql_isnull(r, 0, 0)) {
+        out->recorded = true;
+        out->id = sql_ll(r, 0, 0);
+    } else {
+        out->duplicate_of = sql_ll(r, 0, 1);
+    }
+}
+
+/* Logs the one warning of a lesson steward could not record. */
+static void warn_not_recorded(const struct lessons *l, const char *lesson_type,
+                              const char *reason, const char *sqlstate, const char *error)
+{
+    struct log_line ln;
+    log_begin(&ln, l->lg, LOG_WARN, "lesson not recorded");
+    log_str(&ln, "lesson_type", lesson_type ? lesson_type : "");
+    log_str(&ln, "reason", reason);
+    if (sqlstate && *sqlstate)
+        log_str(&ln, "sqlstate", sqlstate);
+    if (error && *error)
+        log_str(&ln, "error", error);
+    log_end(&ln);
+}
+
+bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char *work_item_id,
+                         const char *stage, json_t *detail)
+{
+    if (!l || !l->enabled)
+        return false;
+    if (!lesson_type || !jv_is_slug(lesson_type) || (work_item_id && !id_ok(work_item_id)) ||
+        (stage && !id_ok(stage))) {
+        warn_not_recorded(l, lesson_type && jv_is_slug(lesson_type) ? lesson_type : "",
+                          "invalid lesson_type, work_item_id or stage", NULL, NULL);
+        return false;
+    }
+    json_t *wrapped = NULL;
+    if (detail && !json_is_object(detail)) {
+        wrapped = json_pack("{s:O}", "value", detail);
+        detail = wrapped;
+    }
+    struct lesson_input in = {
+        .lesson_type = lesson_type,
+        .work_item_id = work_item_id,
+        .stage = stage,
+        .source = "auto",
+        .detail = detail,
+    };
+    char window[24], *detail_text = NULL;
+    const char *params[16];
+    record_params(&in, l->dedup_window_s, window, &detail_text, params);
+    bool written = false;
+    struct pool_conn *c;
+    if (detail && !detail_text) {
+        warn_not_recorded(l, lesson_type, "out of memory", NULL, NULL);
+    } else if (pool_acquire(l->pool, &c) != ST_OK) {
+        warn_not_recorded(l, lesson_type, "database unavailable", NULL, NULL);
+    } else {
+        PGresult *r = pool_exec(c, &st_record, params);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            struct lesson_outcome o;
+            outcome_of(r, &o);
+            written = o.recorded;
+            if (written)
+                metrics_count(l->m, MC_LESSONS_RECORDED, 1);
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+            msg[strcspn(msg, "\n")] = '\0';
+            warn_not_recorded(l, lesson_type, "database error", pool_sqlstate(r), msg);
+        }
+        PQclear(r);
+        pool_release(l->pool, c);
+    }
+    free(detail_text);
+    json_decref(wrapped);
+    return written;
+}
+
+int lessons_record(struct lessons *l, const struct lesson_input *in, struct lesson_outcome *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!lessons_enabled(l))
+        return ST_EDISABLED;
+    char window[24], *detail_text = NULL;
+    const char *params[16];
+    record_params(in, l->dedup_window_s, window, &detail_text, params);
+    if (in->detail && !detail_text)
+        return ST_ENOMEM;
+    struct pool_conn *c;
+    int rc = pool_acquire(l->pool, &c);
+    if (rc == ST_OK) {
+        PGresult *r = pool_exec(c, &st_record, params);
+        rc = pool_result_err(c, r);
+        if (rc == ST_OK) {
+            outcome_of(r, out);
+            if (out->recorded)
+                metrics_count(l->m, MC_LESSONS_RECORDED, 1);
+            else if (out->duplicate_of == 0)
+                rc = ST_EINTERNAL;
+        }
+        PQclear(r);
+        pool_release(l->pool, c);
+    }
+    free(detail_text);
+    return rc;
+}
+
+int lessons_get(struct lessons *l, long long id, json_t **out)
+{
+    *out = NULL;
+    if (!lessons_enabled(l))
+        return ST_EDISABLED;
+    char idbuf[24];
+    const char *params[] = {sql_fmt_ll(idbuf, id)};
+    struct pool_conn *c;
+    int rc = pool_acquire(l->pool, &c);
+    if (rc != ST_OK)
+        return rc;
+    PGresult *r = pool_exec(c, &st_get, params);
+    rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) == 0)
+        rc = ST_ENOTFOUND;
+    if (rc == ST_OK) {
+        *out = row_json(r, 0);
+        if (!*out)
+            rc = ST_ENOMEM;
+    }
+    PQclear(r);
+    pool_release(l->pool, c);
+    return rc;
+}
+
+int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, long long before_id,
+                 json_t **items, long long *next_before)
+{
+    *items = NULL;
+    *next_before = 0;
+    if (!lessons_enabled(l))
+        return ST_EDISABLED;
+    int variant = (f->lesson_type ? 1 : 0) | (f->status ? 2 : 0) | (f->repo ? 4 : 0) |
+                  (f->work_item_id ? 8 : 0);
+    char before[24], lim[24];
+    const char *params[] = {sql_fmt_ll(before, before_id > 0 ? before_id : INT64_MAX),
+                            sql_fmt_ll(lim, (long long)limit + 1),
+                            f->lesson_type,
+                            f->status,
+                            f->repo,
+                            f->work_item_id};
+    struct pool_conn *c;
+    int rc = pool_acquire(l->pool, &c);
+    if (rc != ST_OK)
+        return rc;
+    PGresult *r = pool_exec(c, &st_list[variant], params);
+    rc = pool_result_err(c, r);
+    if (rc == ST_OK) {
+        json_t *arr = json_array();
+        int n = PQntuples(r);
+        for (int i = 0; arr && i < n && i < limit; i++)
+            json_array_append_new(arr, row_json(r, i));
+        if (!arr) {
+            rc = ST_ENOMEM;
+        } else {
+            if (n > limit)
+                *next_before = sql_ll(r, limit - 1, 0);
+            *items = arr;
+        }
+    }
+    PQclear(r);
+    pool_release(l->pool, c);
+    return rc;
+}
+
+int lessons_update(struct lessons *l, long long id, const json_t *changes, json_t **out)
+{
+    *out = NULL;
+    if (!lessons_enabled(l))
+        return ST_EDISABLED;
+    char idbuf[24];
+    char *text = json_dumps(changes, JSON_COMPACT);
+    if (!text)
+        return ST_ENOMEM;
+    const char *params[] = {sql_fmt_ll(idbuf, id), text};
+    struct pool_conn *c;
+    int rc = pool_acquire(l->pool, &c);
+    if (rc == ST_OK) {
+        PGresult *r = pool_exec(c, &st_update, params);
+        rc = pool_result_err(c, r);
+        if (rc == ST_OK && PQntuples(r) == 0)
+            rc = ST_ENOTFOUND;
+        if (rc == ST_OK) {
+            *out = row_json(r, 0);
+            if (!*out)
+                rc = ST_ENOMEM;
+        }
+        PQclear(r);
+        pool_release(l->pool, c);
+    }
+    free(text);
+    return rc;
+}
+
+int lessons_snapshot(struct lessons *l, json_t **out)
+{
+    *out = NULL;
+    if (!lessons_enabled(l)) {
+        *out = json_pack("{s:b}", "enabled", 0);
+        return *out ? ST_OK : ST_ENOMEM;
+    }
+    struct pool_conn *c;
+    int rc = pool_acquire(l->pool, &c);
+    if (rc != ST_OK)
+        return rc;
+    PGresult *r = pool_exec(c, &st_snapshot, NULL);
+    rc = pool_result_err(c, r);
+    if (rc == ST_OK) {
+        json_t *by_type = sql_json_parse(r, 0, 1);
+        json_t *by_status = sql_json_parse(r, 0, 2);
+        *out = json_pack("{s:b, s:I, s:o, s:o, s:I, s:o}", "enabled", 1, "total",
+                         (json_int_t)sql_ll(r, 0, 0), "by_type",
+                         json_is_object(by_type) ? by_type : json_object(), "by_status",
+                         json_is_object(by_status) ? by_status : json_object(), "last_24h",
+                         (json_int_t)sql_ll(r, 0, 3), "newest_at", sql_json_time(r, 0, 4));
+        if (!json_is_object(by_type))
+            json_decref(by_type);
+        if (!json_is_object(by_status))
+            json_decref(by_status);
+        if (!*out)
+            rc = ST_ENOMEM;
+    }
+    PQclear(r);
+    pool_release(l->pool, c);
+    return rc;
+}
