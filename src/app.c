@@ -23,6 +23,7 @@
 /* wire: planner headers */
 
 /* wire: bonds headers */
+#include "steward/bonds.h"
 
 /* wire: scouts headers */
 
@@ -77,6 +78,7 @@ static int register_routes(struct app *app)
     /* wire: planner routes */
 
     /* wire: bonds routes */
+    rc |= bonds_http_register(&app->router, app->bonds);
 
     /* wire: scouts routes */
 
@@ -165,6 +167,9 @@ static int build(struct app *app)
     /* wire: planner construction */
 
     /* wire: bonds construction */
+    app->bonds = bonds_new(app->pool, &app->log, NULL);
+    if (!app->bonds)
+        return -1;
 
     /* wire: scouts construction */
 
@@ -195,6 +200,7 @@ static void teardown(struct app *app)
     /* wire: planner free */
 
     /* wire: bonds free */
+    bonds_free(app->bonds);
 
     /* wire: scouts free */
 

@@ -1,0 +1,163 @@
+/* Bond ledger (SPEC 4): per-user phase, risk and daily message cap, with an audit trail
+ * of at most 500 events per user. Everything lives in PostgreSQL (tables bonds and
+ * bond_events), so every instance sees the same ledger. Every write is one transaction
+ * holding the user's row lock; the message consume is one conditional statement.
+ *
+ * Functions that answer with JSON build the text directly (no jansson tree) and hand it
+ * to the caller, who frees it. They return ST_* codes from steward/err.h. */
+#ifndef STEWARD_BONDS_H
+#define STEWARD_BONDS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "steward/buf.h"
+#include "steward/log.h"
+#include "steward/pool.h"
+#include "steward/router.h"
+
+struct bonds;
+
+/* Optional callbacks run by erasure (DELETE /v1/users/{user_id}); app.c wires them to
+ * the scouts module. erase_tx runs inside the erasure transaction on its connection and
+ * returns ST_* (anything but ST_OK rolls the whole erasure back); erased runs after the
+ * commit. Either may be NULL. ctx is passed to both. */
+struct bonds_hooks {
+    int (*erase_tx)(void *ctx, struct pool_conn *c, const char *user_id);
+    void (*erased)(void *ctx, const char *user_id);
+    void *ctx;
+};
+
+/* Creates the ledger on a pool and logger (both borrowed; they must outlive it). hooks
+ * is copied and may be NULL. Returns NULL when out of memory. */
+struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
+                        const struct bonds_hooks *hooks);
+/* Frees the ledger (NULL is fine). */
+void bonds_free(struct bonds *b);
+
+/* Registers every SPEC 4 route. Does not dereference b (the route table command passes
+ * NULL). Returns 0, or -1 when the route table is full. */
+int bonds_http_register(struct router *r, struct bonds *b);
+
+/* ---- limits of the accepted input (checked by the HTTP adapter) ---- */
+#define BONDS_USER_ID_MAX 128     /* characters */
+#define BONDS_LABEL_MAX 64        /* phase, risk level, egg status: characters */
+#define BONDS_ARCHETYPE_MAX 128   /* characters */
+#define BONDS_SIGNAL_MAX 256      /* signals.primary: characters */
+#define BONDS_NODE_MAX 128        /* an ulm_vector node name: characters */
+#define BONDS_NODES_MAX 1024      /* nodes in one ulm_vector */
+#define BONDS_NOTE_MAX 2000       /* characters */
+#define BONDS_CAP_MAX 1000000     /* daily_msg_cap */
+#define BONDS_EVENTS_KEPT 500     /* events kept per user */
+#define BONDS_NOTES_KEPT 20       /* notes kept per user */
+#define BONDS_WINDOW_S 86400      /* the rolling message window */
+
+/* A validated detection update. Strings are borrowed; NULL means the field was absent. */
+struct bonds_node {
+    const char *name;
+    double value;
+};
+
+struct bonds_detection {
+    const char *phase;          /* NULL counts as "dormant" */
+    const char *risk_level;     /* NULL counts as "low" */
+    const char *archetype;      /* NULL stores "unknown" */
+    const char *egg_status;     /* egg_status.status; NULL stores "none" */
+    double confidence;          /* 0.0 when absent */
+    const char *primary_signal; /* signals.primary; NULL stores "" */
+    bool has_turn_count;
+    long long turn_count;
+    size_t nnodes;
+    const struct bonds_node *nodes; /* the ulm_vector */
+};
+
+/* A rate-limit answer. */
+struct bonds_rate {
+    bool allowed;
+    long long remaining; /* -1 when the cap is 0 (unlimited) */
+    long long cap;
+    long long count;
+    long long reset_in_s; /* seconds until the window resets (>= 1); 0 when cap is 0 */
+};
+
+/* ---- operations (each a transaction or a single statement) ---- */
+
+/* The entry of user_id as a JSON object text in *json (caller frees). ST_ENOTFOUND when
+ * the user was never written. */
+int bonds_get(struct bonds *b, const char *user_id, char **json, size_t *len);
+
+/* Lists entries newest last_updated first as {"items": [...], "next_cursor": ...}.
+ * phase and risk_level filter when not NULL; cursor is a next_cursor from an earlier
+ * page or NULL. ST_EINVALID when the cursor is not one this module wrote. */
+int bonds_list(struct bonds *b, const char *phase, const char *risk_level, int limit,
+               const char *cursor, char **json, size_t *len);
+
+/* Applies a detection (creating the entry on first write) and answers
+ * {"bond": {...}, "event": {...} | null} (the phase event or null). */
+int bonds_detect(struct bonds *b, const char *user_id, const struct bonds_detection *d,
+                 char **json, size_t *len);
+
+/* The read-only rate-limit check; never writes. A user never written gets the default
+ * entry's answer (cap 0: allowed, remaining -1, count 0). */
+int bonds_rate_check(struct bonds *b, const char *user_id, struct bonds_rate *out);
+
+/* Atomically admits and counts one message (creating the entry on first write). ST_OK
+ * with out->allowed true when admitted (out holds the state after counting: remaining is
+ * what is left), ST_ELIMIT when the cap is reached (out holds the current state, allowed
+ * false, remaining 0). Cap 0 admits everything and still counts. */
+int bonds_consume(struct bonds *b, const char *user_id, struct bonds_rate *out);
+
+/* Sets the daily cap (0..BONDS_CAP_MAX), logging an admin_action carrying actor.
+ * Answers the entry. */
+int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const char *actor,
+                  char **json, size_t *len);
+
+/* Adds a note (1..BONDS_NOTE_MAX characters), keeping the newest 20, logging an
+ * admin_action carrying actor. Answers the entry. */
+int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const char *actor,
+                   char **json, size_t *len);
+
+/* The user's events newest first as {"items": [...], "next_cursor": ...}. ST_ENOTFOUND
+ * when the user has no entry; ST_EINVALID for a foreign cursor. */
+int bonds_events(struct bonds *b, const char *user_id, int limit, const char *cursor,
+                 char **json, size_t *len);
+
+/* Erases everything about user_id in one transaction (entry, events, then the erase_tx
+ * hook), then calls the erased hook. ST_OK also when nothing was stored. */
+int bonds_erase(struct bonds *b, const char *user_id);
+
+/* ---- pure helpers (no database; exposed for the unit tests) ---- */
+
+/* value rounded to 4 decimals half to even on its exact binary value, i.e. the number
+ * printf("%.4f") prints. */
+double bonds_round4(double value);
+
+/* Byte length of the first max_chars characters of the UTF-8 string s. */
+size_t bonds_utf8_prefix(const char *s, size_t max_chars);
+
+/* True when s is valid UTF-8 of 1..max_chars characters without control characters
+ * (the rule for user ids and label filters). */
+bool bonds_valid_id(const char *s, size_t max_chars);
+
+/* Appends the stored form of a note, "[YYYY-MM-DD HH:MM] <note>" in UTC, to out. */
+void bonds_note_format(struct buf *out, int64_t at_us, const char *note);
+
+/* Appends the detail strings of the ledger's events to out. */
+void bonds_detail_phase(struct buf *out, const char *from, const char *to);
+void bonds_detail_risk(struct buf *out, const char *from, const char *to);
+void bonds_detail_cap(struct buf *out, long long old_cap, long long new_cap);
+void bonds_detail_note(struct buf *out, const char *note);
+
+/* Appends s as a quoted JSON string (escaping quotes, backslashes and control bytes). */
+void bonds_json_str(struct buf *out, const char *s);
+/* Appends v as the shortest JSON number text that reads back as v. v must be finite. */
+void bonds_json_num(struct buf *out, double v);
+
+/* The rate-limit rule of SPEC 4 on a stored state: cap 0 answers allowed with remaining
+ * -1 and the stored count; otherwise more than 86400 s since reset_at counts as 0, and
+ * remaining = max(0, cap - count), allowed = remaining > 0. reset_in_s is set too. */
+void bonds_rate_eval(long long cap, long long count, int64_t reset_at_us, int64_t now_us,
+                     struct bonds_rate *out);
+
+#endif
