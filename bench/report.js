@@ -91,7 +91,7 @@ if (half && ht) {
 }
 p(`- atomic consume: steward / pgbench = **${f(rCons)}x**`);
 p();
-target('bond read >= 0.7x pgbench at concurrency 32', rRead, `${f(rRead)}x`, rRead >= 0.7);
+target(`bond read >= 0.7x pgbench at concurrency ${prm.conc}`, rRead, `${f(rRead)}x`, rRead >= 0.7);
 if (half) target('bond read p99 < 5 ms at half of peak', half.p99_ms, `${f(half.p99_ms, 3)} ms at ${int(half.rps)} rps`,
   half.p99_ms < 5);
 target('atomic consume >= 0.7x pgbench UPDATE', rCons, `${f(rCons)}x`, rCons >= 0.7);

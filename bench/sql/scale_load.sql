@@ -2,7 +2,7 @@
 -- bonds u<lo> .. u<hi> (one row each) and post_metrics for posts p<lo/4> .. p<(hi+1)/4-1>
 -- (4 points each inside the planner window), so both tables hold hi+1 rows in the end.
 INSERT INTO bonds (user_id, daily_msg_cap)
-SELECT 'u' || g, 1000000000 FROM generate_series(:lo, :hi) AS g;
+SELECT 'u' || g, 1000000 FROM generate_series(:lo, :hi) AS g;
 
 INSERT INTO post_metrics (post_id, "timestamp", impressions, engagements)
 SELECT 'p' || g, date_trunc('second', now()) - make_interval(mins => 40 - 10 * k),

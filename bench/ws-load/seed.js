@@ -11,7 +11,7 @@ const { parseArgs, Api, runPool, nowMs, round } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', key: '', users: '10000', phases: 'bonds,posts,lessons,devices',
-  concurrency: '48', out: 'devices.json', cap: '1000000000',
+  concurrency: '48', out: 'devices.json', cap: '1000000',
 });
 const users = Number(args.users);
 const conc = Number(args.concurrency);
