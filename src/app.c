@@ -74,6 +74,7 @@ static int register_routes(struct app *app)
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     /* wire: lessons routes */
+    rc |= lessons_http_register(&app->router, app->lessons);
 
     /* wire: planner routes */
 

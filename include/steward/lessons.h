@@ -11,7 +11,6 @@
 
 #include <jansson.h>
 #include <stdbool.h>
-#include <stdint.h>
 
 #include "steward/log.h"
 #include "steward/metrics.h"
@@ -99,11 +98,6 @@ bool lessons_parse_patch(const json_t *body, json_t **changes, json_t *errs);
 /* Checks list filters (slugs for lesson_type and status, identifiers for repo and
  * work_item_id); field names are the query parameter names. Pure. */
 bool lessons_check_filter(const struct lesson_filter *f, json_t *errs);
-
-/* The dedup rule, for a record of source `source` compared with an earlier auto record
- * of the same key created age_us microseconds ago: true when it must not be written.
- * Mirrors the SQL function; pure. */
-bool lessons_is_duplicate(const char *source, int dedup_window_s, int64_t age_us);
 
 /* Records a validated lesson (REST). ST_OK with *out filled, ST_EDISABLED when
  * switched off (nothing touched), ST_EUNAVAIL, ST_EINVALID or ST_EINTERNAL. */

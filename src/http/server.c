@@ -335,6 +335,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rs->counted = true;
         *con_cls = rs;
         start_request(rs, conn, url, method);
+        /* A request refused before its body is read is answered now: libmicrohttpd
+         * then skips the body, whereas a response queued while upload data is being
+         * delivered is never sent (the connection is just closed). */
+        if (rs->early_status)
+            return send_early(rs, conn);
         return MHD_YES;
     }
     if (rs->status)

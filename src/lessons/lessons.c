@@ -302,13 +302,6 @@ bool lessons_check_filter(const struct lesson_filter *f, json_t *errs)
     return json_array_size(errs) == before;
 }
 
-bool lessons_is_duplicate(const char *source, int dedup_window_s, int64_t age_us)
-{
-    if (!source || strcmp(source, "auto") != 0 || dedup_window_s <= 0)
-        return false;
-    return age_us >= 0 && age_us < (int64_t)dedup_window_s * 1000000;
-}
-
 /* ---- database ------------------------------------------------------------------- */
 
 static json_t *row_json(const PGresult *r, int row)
