@@ -21,6 +21,7 @@
 #include "steward/lessons.h"
 
 /* wire: planner headers */
+#include "steward/planner.h"
 
 /* wire: bonds headers */
 #include "steward/bonds.h"
@@ -77,6 +78,7 @@ static int register_routes(struct app *app)
     rc |= lessons_http_register(&app->router, app->lessons);
 
     /* wire: planner routes */
+    rc |= planner_http_register(&app->router, app->planner);
 
     /* wire: bonds routes */
     rc |= bonds_http_register(&app->router, app->bonds);
@@ -166,6 +168,9 @@ static int build(struct app *app)
         return -1;
 
     /* wire: planner construction */
+    app->planner = planner_new(app->pool, &app->log, app->lessons);
+    if (!app->planner)
+        return -1;
 
     /* wire: bonds construction */
     app->bonds = bonds_new(app->pool, &app->log, NULL);
@@ -199,6 +204,7 @@ static void teardown(struct app *app)
     lessons_free(app->lessons);
 
     /* wire: planner free */
+    planner_free(app->planner);
 
     /* wire: bonds free */
     bonds_free(app->bonds);
