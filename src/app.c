@@ -27,6 +27,7 @@
 #include "steward/bonds.h"
 
 /* wire: scouts headers */
+#include "steward/scouts.h"
 
 /* wire: healer headers */
 
@@ -84,6 +85,7 @@ static int register_routes(struct app *app)
     rc |= bonds_http_register(&app->router, app->bonds);
 
     /* wire: scouts routes */
+    rc |= scouts_http_register(&app->router, app->scouts);
 
     /* wire: healer routes */
     return rc;
@@ -118,6 +120,10 @@ static int start_servers(struct app *app)
     /* wire: bonds websocket */
 
     /* wire: scouts websocket */
+    if (scouts_ws_register(app->ws, app->scouts) != 0 || scouts_start(app->scouts) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
+        return -1;
+    }
 
     /* wire: healer websocket */
     if (ws_server_start(app->ws) != 0)
@@ -178,6 +184,21 @@ static int build(struct app *app)
         return -1;
 
     /* wire: scouts construction */
+    {
+        /* the WebSocket server does not exist yet: scouts_ws_register binds it */
+        struct scouts_settings ss = {
+            .proposal_ttl_days = app->cfg.proposal_ttl_days,
+            .ack_timeout_s = app->cfg.ack_timeout_s,
+            .max_delivery_attempts = app->cfg.max_delivery_attempts,
+            .max_inflight = app->cfg.max_inflight,
+            .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
+            .database_listen_url = app->cfg.database_listen_url,
+        };
+        app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, NULL,
+                                 app->lessons, &ss);
+        if (!app->scouts)
+            return -1;
+    }
 
     /* wire: healer construction */
     return start_servers(app);
@@ -195,6 +216,7 @@ static void teardown(struct app *app)
     /* wire: bonds shutdown (timers, listeners) */
 
     /* wire: scouts shutdown (timers, listeners) */
+    scouts_stop(app->scouts);
 
     /* wire: healer shutdown (timers, listeners) */
     if (app->ws)
@@ -210,6 +232,7 @@ static void teardown(struct app *app)
     bonds_free(app->bonds);
 
     /* wire: scouts free */
+    scouts_free(app->scouts);
 
     /* wire: healer free */
     auth_free(app->auth);

@@ -1,0 +1,1194 @@
+/* Scouts, devices and proposals: the logic and every SQL statement (SPEC 5). No
+ * transport here: the HTTP and WebSocket adapters call these functions. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scouts_int.h"
+#include "steward/crypto.h"
+#include "steward/cursor.h"
+#include "steward/err.h"
+#include "steward/json.h"
+#include "steward/lessons.h"
+#include "steward/sql.h"
+
+#define SCOUT_COLS                                                                         \
+    "id, user_id, provider, enabled, auto_trash_spam, device_inactivity_pause_days, "      \
+    SQL_US("created_at") ", " SQL_US("updated_at")
+
+#define PROPOSAL_COLS                                                                      \
+    "id, scout_id, user_id, source_type, source_msg_ref, reason, raw_subject, raw_snippet, " \
+    "status, delivery_attempts, " SQL_US("triaged_at") ", " SQL_US("expires_at") ", "        \
+    SQL_US("delivered_at") ", " SQL_US("acked_at") ", " SQL_US("failed_at") ", "            \
+    SQL_US("expired_at") ", seq"
+
+#define DEVICE_COLS                                                                        \
+    "id, user_id, name, " SQL_US("created_at") ", " SQL_US("last_seen_at") ", "            \
+    "coalesce(connected_until > now(), false), seq"
+
+static const struct db_stmt st_audit = {
+    "scouts_audit",
+    "INSERT INTO system_events (event_type, event_data) VALUES ('audit', $1::jsonb)", 1};
+
+static const struct db_stmt st_scout_insert = {
+    "scouts_scout_insert",
+    "INSERT INTO scouts (user_id, provider, enabled, auto_trash_spam, "
+    "device_inactivity_pause_days) VALUES ($1, $2, $3::bool, $4::bool, $5::int) "
+    "RETURNING " SCOUT_COLS,
+    5};
+
+static const struct db_stmt st_scout_get = {
+    "scouts_scout_get", "SELECT " SCOUT_COLS " FROM scouts WHERE id = $1::uuid", 1};
+
+static const struct db_stmt st_scout_patch = {
+    "scouts_scout_patch",
+    "UPDATE scouts SET provider = coalesce($2, provider), "
+    "enabled = coalesce($3::bool, enabled), "
+    "auto_trash_spam = coalesce($4::bool, auto_trash_spam), "
+    "device_inactivity_pause_days = coalesce($5::int, device_inactivity_pause_days), "
+    "updated_at = now() WHERE id = $1::uuid RETURNING " SCOUT_COLS,
+    5};
+
+static const struct db_stmt st_scout_delete = {
+    "scouts_scout_delete", "DELETE FROM scouts WHERE id = $1::uuid RETURNING user_id", 1};
+
+static const struct db_stmt st_ingest_scout = {
+    "scouts_ingest_scout",
+    "SELECT user_id, enabled, auto_trash_spam, device_inactivity_pause_days, provider "
+    "FROM scouts WHERE id = $1::uuid",
+    1};
+
+static const struct db_stmt st_ingest_existing = {
+    "scouts_ingest_existing",
+    "SELECT id FROM proposals WHERE scout_id = $1::uuid AND source_msg_ref = $2", 2};
+
+/* n devices, and whether one was seen (registered or connected) within the window */
+static const struct db_stmt st_ingest_devices = {
+    "scouts_ingest_devices",
+    "SELECT count(*), coalesce(bool_or(last_seen_at >= now() - make_interval(days => $2::int) "
+    "OR connected_until > now()), false) FROM devices WHERE user_id = $1",
+    2};
+
+/* the NOTIFY is part of the transaction: instances hear of the proposal at commit */
+static const struct db_stmt st_ingest_insert = {
+    "scouts_ingest_insert",
+    "WITH ins AS (INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
+    "reason, raw_subject, raw_snippet, expires_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, "
+    "now() + make_interval(days => $8::int)) "
+    "ON CONFLICT (scout_id, source_msg_ref) DO NOTHING RETURNING id) "
+    "SELECT ins.id, pg_notify('" SCOUTS_CHANNEL "', 'q|' || $2) FROM ins",
+    8};
+
+static const struct db_stmt st_proposals_all = {
+    "scouts_proposals_all",
+    "SELECT " PROPOSAL_COLS " FROM proposals WHERE user_id = $1 "
+    "AND (triaged_at, seq) < ($2::timestamptz, $3::int8) "
+    "ORDER BY triaged_at DESC, seq DESC LIMIT $4::int",
+    4};
+
+static const struct db_stmt st_proposals_status = {
+    "scouts_proposals_status",
+    "SELECT " PROPOSAL_COLS " FROM proposals WHERE user_id = $1 AND status = $5 "
+    "AND (triaged_at, seq) < ($2::timestamptz, $3::int8) "
+    "ORDER BY triaged_at DESC, seq DESC LIMIT $4::int",
+    5};
+
+static const struct db_stmt st_device_insert = {
+    "scouts_device_insert",
+    "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) "
+    "RETURNING id, " SQL_US("created_at"),
+    3};
+
+static const struct db_stmt st_devices_list = {
+    "scouts_devices_list",
+    "SELECT " DEVICE_COLS " FROM devices WHERE user_id = $1 "
+    "AND (created_at, seq) < ($2::timestamptz, $3::int8) "
+    "ORDER BY created_at DESC, seq DESC LIMIT $4::int",
+    4};
+
+static const struct db_stmt st_device_delete = {
+    "scouts_device_delete",
+    "WITH d AS (DELETE FROM devices WHERE id = $1::uuid RETURNING id, user_id) "
+    "SELECT d.user_id, pg_notify('" SCOUTS_CHANNEL "', 'd|' || d.id || '|' || d.user_id) "
+    "FROM d",
+    1};
+
+static const struct db_stmt st_device_auth = {
+    "scouts_device_auth", "SELECT user_id, token_hash FROM devices WHERE id = $1::uuid", 1};
+
+static const struct db_stmt st_device_seen = {
+    "scouts_device_seen",
+    "UPDATE devices SET last_seen_at = now(), "
+    "connected_until = now() + make_interval(secs => $2::int) WHERE id = $1::uuid",
+    2};
+
+static const struct db_stmt st_device_offline = {
+    "scouts_device_offline",
+    "UPDATE devices SET last_seen_at = now(), connected_until = NULL WHERE id = $1::uuid", 1};
+
+static const struct db_stmt st_devices_offline_all = {
+    "scouts_devices_offline_all",
+    "UPDATE devices SET last_seen_at = now(), connected_until = NULL "
+    "WHERE id IN (SELECT x::uuid FROM json_array_elements_text($1::json) x)",
+    1};
+
+static const struct db_stmt st_devices_refresh = {
+    "scouts_devices_refresh",
+    "WITH ids AS (SELECT DISTINCT x::uuid AS id FROM json_array_elements_text($1::json) x), "
+    "u AS (UPDATE devices d SET last_seen_at = now(), "
+    "connected_until = now() + make_interval(secs => $2::int) FROM ids WHERE d.id = ids.id "
+    "RETURNING d.id) "
+    "SELECT ids.id FROM ids WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = ids.id)",
+    2};
+
+static const struct db_stmt st_pending = {
+    "scouts_pending",
+    "SELECT id, scout_id, source_type, source_msg_ref, raw_subject, raw_snippet, status, "
+    SQL_US("triaged_at") ", " SQL_US("expires_at") " FROM proposals "
+    "WHERE user_id = $1 AND status IN ('queued', 'delivered') AND expires_at > now() "
+    "ORDER BY triaged_at, seq LIMIT $2::int",
+    2};
+
+static const struct db_stmt st_mark_delivered = {
+    "scouts_mark_delivered",
+    "UPDATE proposals SET status = 'delivered', delivered_at = now(), "
+    "first_delivered_at = coalesce(first_delivered_at, now()), "
+    "delivery_attempts = delivery_attempts + 1 "
+    "WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'delivered') AND expires_at > now() "
+    "RETURNING id",
+    1};
+
+static const struct db_stmt st_ack = {
+    "scouts_ack",
+    "WITH p AS (SELECT id FROM proposals WHERE id = $1::uuid AND user_id = $2), "
+    "u AS (UPDATE proposals SET status = 'acked', acked_at = now(), "
+    "acked_device_id = $3::uuid, raw_subject = NULL, raw_snippet = NULL "
+    "WHERE id = $1::uuid AND user_id = $2 AND status IN ('queued', 'delivered', 'failed') "
+    "RETURNING id) "
+    "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u)",
+    3};
+
+static const struct db_stmt st_notify = {
+    "scouts_notify", "SELECT pg_notify('" SCOUTS_CHANNEL "', $1)", 1};
+
+static const struct db_stmt st_notify_users = {
+    "scouts_notify_users",
+    "SELECT pg_notify('" SCOUTS_CHANNEL "', 'q|' || u) FROM json_array_elements_text($1::json) u",
+    1};
+
+static const struct db_stmt st_sweep_fail = {
+    "scouts_sweep_fail",
+    "UPDATE proposals SET status = 'failed', failed_at = now() "
+    "WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1::int) "
+    "AND delivery_attempts >= $2::int "
+    "RETURNING id, user_id, scout_id, delivery_attempts",
+    2};
+
+static const struct db_stmt st_sweep_requeue = {
+    "scouts_sweep_requeue",
+    "WITH r AS (UPDATE proposals SET status = 'queued' "
+    "WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1::int) "
+    "AND delivery_attempts < $2::int RETURNING user_id) "
+    "SELECT user_id, count(*) FROM r GROUP BY user_id",
+    2};
+
+static const struct db_stmt st_expire = {
+    "scouts_expire",
+    "WITH e AS (UPDATE proposals SET status = 'expired', expired_at = now(), "
+    "raw_subject = NULL, raw_snippet = NULL "
+    "WHERE status IN ('queued', 'delivered', 'failed') AND expires_at <= now() RETURNING 1) "
+    "SELECT count(*) FROM e",
+    0};
+
+static const struct db_stmt st_stats_counts = {
+    "scouts_stats_counts",
+    "SELECT status, count(*) FROM proposals WHERE triaged_at >= $1::timestamptz "
+    "GROUP BY status ORDER BY status",
+    1};
+
+static const struct db_stmt st_stats_latency = {
+    "scouts_stats_latency",
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY "
+    "extract(epoch FROM first_delivered_at - triaged_at) * 1000), "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY "
+    "extract(epoch FROM first_delivered_at - triaged_at) * 1000), "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY "
+    "extract(epoch FROM acked_at - delivered_at) * 1000) FILTER (WHERE acked_at IS NOT NULL), "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY "
+    "extract(epoch FROM acked_at - delivered_at) * 1000) FILTER (WHERE acked_at IS NOT NULL) "
+    "FROM proposals WHERE triaged_at >= $1::timestamptz AND first_delivered_at IS NOT NULL",
+    1};
+
+static const struct db_stmt st_erase_proposals = {
+    "scouts_erase_proposals", "DELETE FROM proposals WHERE user_id = $1", 1};
+static const struct db_stmt st_erase_devices = {
+    "scouts_erase_devices", "DELETE FROM devices WHERE user_id = $1", 1};
+static const struct db_stmt st_erase_scouts = {
+    "scouts_erase_scouts", "DELETE FROM scouts WHERE user_id = $1", 1};
+static const struct db_stmt st_erase_notify = {
+    "scouts_erase_notify", "SELECT pg_notify('" SCOUTS_CHANNEL "', 'u|' || $1)", 1};
+
+bool scouts_uuid_valid(const char *s)
+{
+    if (!s || strlen(s) != SCOUTS_ID_LEN)
+        return false;
+    for (int i = 0; i < SCOUTS_ID_LEN; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Runs a statement and maps failure; *out is the result on success (caller clears). */
+static int run(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
+               PGresult **out)
+{
+    PGresult *r = pool_exec(c, st, params);
+    int rc = pool_result_err(c, r);
+    if (rc != ST_OK) {
+        PQclear(r);
+        *out = NULL;
+        return rc;
+    }
+    *out = r;
+    return ST_OK;
+}
+
+static int run_discard(struct pool_conn *c, const struct db_stmt *st, const char *const *params)
+{
+    PGresult *r;
+    int rc = run(c, st, params, &r);
+    PQclear(r);
+    return rc;
+}
+
+int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail)
+{
+    json_t *ev = json_pack("{s:s, s:s}", "action", action, "key", actor ? actor : "");
+    if (!ev)
+        return ST_ENOMEM;
+    if (detail)
+        json_object_update(ev, detail);
+    char *text = json_dumps(ev, JSON_COMPACT);
+    json_decref(ev);
+    if (!text)
+        return ST_ENOMEM;
+    const char *p[] = {text};
+    int rc = run_discard(c, &st_audit, p);
+    free(text);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- scouts */
+
+static json_t *scout_json(const PGresult *r, int i)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", sql_json_str(r, i, 0));
+    json_object_set_new(o, "user_id", sql_json_str(r, i, 1));
+    json_object_set_new(o, "provider", sql_json_str(r, i, 2));
+    json_object_set_new(o, "enabled", json_boolean(sql_bool(r, i, 3)));
+    json_object_set_new(o, "auto_trash_spam", json_boolean(sql_bool(r, i, 4)));
+    json_object_set_new(o, "device_inactivity_pause_days", json_integer(sql_ll(r, i, 5)));
+    json_object_set_new(o, "created_at", sql_json_time(r, i, 6));
+    json_object_set_new(o, "updated_at", sql_json_time(r, i, 7));
+    return o;
+}
+
+static const char *bool_param(int v)
+{
+    return v < 0 ? NULL : v ? "true" : "false";
+}
+
+struct scout_tx {
+    const struct scouts_scout_in *in;
+    const char *id;
+    const char *actor;
+    json_t *out;
+};
+
+static int scout_create_tx(struct pool_conn *c, void *arg)
+{
+    struct scout_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    char days[24];
+    const char *p[] = {t->in->user_id, t->in->provider,
+                       t->in->enabled < 0 ? "true" : bool_param(t->in->enabled),
+                       t->in->auto_trash_spam < 0 ? "false" : bool_param(t->in->auto_trash_spam),
+                       sql_fmt_ll(days, t->in->pause_days < 0 ? 7 : t->in->pause_days)};
+    PGresult *r;
+    int rc = run(c, &st_scout_insert, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    t->out = scout_json(r, 0);
+    PQclear(r);
+    json_t *d = json_pack("{s:O, s:s}", "scout_id", json_object_get(t->out, "id"), "user_id",
+                          t->in->user_id);
+    rc = scouts_audit_tx(c, "scout.create", t->actor, d);
+    json_decref(d);
+    return rc;
+}
+
+int scouts_scout_create(struct scouts *s, const struct scouts_scout_in *in, const char *actor,
+                        json_t **out)
+{
+    struct scout_tx t = {in, NULL, actor, NULL};
+    int rc = pool_tx(s->pool, scout_create_tx, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    *out = t.out;
+    return ST_OK;
+}
+
+static int scout_get_fn(struct pool_conn *c, void *arg)
+{
+    struct scout_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    const char *p[] = {t->id};
+    PGresult *r;
+    int rc = run(c, &st_scout_get, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1)
+        t->out = scout_json(r, 0);
+    PQclear(r);
+    return t->out ? ST_OK : ST_ENOTFOUND;
+}
+
+int scouts_scout_get(struct scouts *s, const char *id, json_t **out)
+{
+    if (!scouts_uuid_valid(id))
+        return ST_ENOTFOUND;
+    struct scout_tx t = {NULL, id, NULL, NULL};
+    int rc = pool_with(s->pool, scout_get_fn, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    *out = t.out;
+    return ST_OK;
+}
+
+static int scout_patch_tx(struct pool_conn *c, void *arg)
+{
+    struct scout_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    char days[24];
+    const char *p[] = {t->id, t->in->provider, bool_param(t->in->enabled),
+                       bool_param(t->in->auto_trash_spam),
+                       t->in->pause_days < 0 ? NULL : sql_fmt_ll(days, t->in->pause_days)};
+    PGresult *r;
+    int rc = run(c, &st_scout_patch, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1)
+        t->out = scout_json(r, 0);
+    PQclear(r);
+    if (!t->out)
+        return ST_ENOTFOUND;
+    json_t *d = json_pack("{s:s}", "scout_id", t->id);
+    rc = scouts_audit_tx(c, "scout.update", t->actor, d);
+    json_decref(d);
+    return rc;
+}
+
+int scouts_scout_patch(struct scouts *s, const char *id, const struct scouts_scout_in *in,
+                       const char *actor, json_t **out)
+{
+    if (!scouts_uuid_valid(id))
+        return ST_ENOTFOUND;
+    struct scout_tx t = {in, id, actor, NULL};
+    int rc = pool_tx(s->pool, scout_patch_tx, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    *out = t.out;
+    return ST_OK;
+}
+
+static int scout_delete_tx(struct pool_conn *c, void *arg)
+{
+    struct scout_tx *t = arg;
+    const char *p[] = {t->id};
+    PGresult *r;
+    int rc = run(c, &st_scout_delete, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    int n = PQntuples(r);
+    PQclear(r);
+    if (n == 0)
+        return ST_ENOTFOUND;
+    json_t *d = json_pack("{s:s}", "scout_id", t->id);
+    rc = scouts_audit_tx(c, "scout.delete", t->actor, d);
+    json_decref(d);
+    return rc;
+}
+
+int scouts_scout_delete(struct scouts *s, const char *id, const char *actor)
+{
+    if (!scouts_uuid_valid(id))
+        return ST_ENOTFOUND;
+    struct scout_tx t = {NULL, id, actor, NULL};
+    return pool_tx(s->pool, scout_delete_tx, &t);
+}
+
+/* ---------------------------------------------------------------- ingest */
+
+struct ingest_tx {
+    struct scouts *s;
+    const char *scout_id;
+    const struct scouts_item_in *in;
+    int status;
+    json_t *out;
+};
+
+static json_t *duplicate_body(const char *pid)
+{
+    return json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id", pid);
+}
+
+static int existing_proposal(struct pool_conn *c, struct ingest_tx *t)
+{
+    const char *p[] = {t->scout_id, t->in->source_msg_ref};
+    PGresult *r;
+    int rc = run(c, &st_ingest_existing, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1) {
+        t->status = 200;
+        t->out = duplicate_body(sql_str(r, 0, 0));
+    }
+    PQclear(r);
+    return ST_OK;
+}
+
+static int ingest_tx(struct pool_conn *c, void *arg)
+{
+    struct ingest_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    t->status = 0;
+    const char *p1[] = {t->scout_id};
+    PGresult *r;
+    int rc = run(c, &st_ingest_scout, p1, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return ST_ENOTFOUND;
+    }
+    char user[SCOUTS_USER_MAX * 4 + 1], provider[256];
+    snprintf(user, sizeof(user), "%s", sql_str(r, 0, 0));
+    bool enabled = sql_bool(r, 0, 1), archive = sql_bool(r, 0, 2);
+    long long pause_days = sql_ll(r, 0, 3);
+    snprintf(provider, sizeof(provider), "%s", sql_str(r, 0, 4));
+    PQclear(r);
+    if (!enabled)
+        return ST_ECONFLICT;
+    if (t->in->spam) {
+        t->status = 200;
+        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive", archive);
+        return ST_OK;
+    }
+    if ((rc = existing_proposal(c, t)) != ST_OK || t->out)
+        return rc;
+    char days[24];
+    const char *p2[] = {user, sql_fmt_ll(days, pause_days)};
+    if ((rc = run(c, &st_ingest_devices, p2, &r)) != ST_OK)
+        return rc;
+    bool paused = sql_ll(r, 0, 0) > 0 && !sql_bool(r, 0, 1);
+    PQclear(r);
+    if (paused) {
+        t->status = 200;
+        t->out = json_pack("{s:b, s:s}", "queued", 0, "reason", "paused_device_inactive");
+        return ST_OK;
+    }
+    char ttl[24];
+    const char *p3[] = {t->scout_id,
+                        user,
+                        t->in->source_type ? t->in->source_type : provider,
+                        t->in->source_msg_ref,
+                        t->in->reason,
+                        t->in->subject,
+                        t->in->snippet,
+                        sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
+    if ((rc = run(c, &st_ingest_insert, p3, &r)) != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1) {
+        t->status = 201;
+        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 0));
+        PQclear(r);
+        return ST_OK;
+    }
+    PQclear(r);
+    /* a concurrent post of the same item committed first */
+    if ((rc = existing_proposal(c, t)) != ST_OK)
+        return rc;
+    return t->out ? ST_OK : ST_ECONFLICT;
+}
+
+int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
+                  int *status, json_t **out)
+{
+    if (!scouts_uuid_valid(scout_id))
+        return ST_ENOTFOUND;
+    struct ingest_tx t = {s, scout_id, in, 0, NULL};
+    int rc = pool_tx(s->pool, ingest_tx, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    if (t.status == 201)
+        metrics_count(s->metrics, MC_PROPOSALS_QUEUED, 1);
+    *status = t.status;
+    *out = t.out;
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------------- lists */
+
+static json_t *proposal_json(const PGresult *r, int i)
+{
+    static const char *const names[] = {"id", "scout_id", "user_id", "source_type",
+                                        "source_msg_ref", "reason", "raw_subject",
+                                        "raw_snippet", "status"};
+    json_t *o = json_object();
+    for (int k = 0; k < 9; k++)
+        json_object_set_new(o, names[k], sql_json_str(r, i, k));
+    json_object_set_new(o, "delivery_attempts", json_integer(sql_ll(r, i, 9)));
+    static const char *const times[] = {"triaged_at", "expires_at", "delivered_at",
+                                        "acked_at",   "failed_at",  "expired_at"};
+    for (int k = 0; k < 6; k++)
+        json_object_set_new(o, times[k], sql_json_time(r, i, 10 + k));
+    return o;
+}
+
+struct list_tx {
+    const struct db_stmt *st;
+    const char *const *params;
+    int limit;
+    json_t *(*row)(const PGresult *r, int i);
+    int ts_col, seq_col;
+    json_t *out;
+};
+
+static int list_fn(struct pool_conn *c, void *arg)
+{
+    struct list_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    PGresult *r;
+    int rc = run(c, t->st, t->params, &r);
+    if (rc != ST_OK)
+        return rc;
+    json_t *items = json_array();
+    int n = PQntuples(r);
+    int shown = n > t->limit ? t->limit : n;
+    for (int i = 0; i < shown; i++)
+        json_array_append_new(items, t->row(r, i));
+    json_t *next = json_null();
+    if (n > t->limit) {
+        char cur[CURSOR_LEN];
+        cursor_encode(cur, sql_ll(r, shown - 1, t->ts_col), sql_ll(r, shown - 1, t->seq_col));
+        json_decref(next);
+        next = json_string(cur);
+    }
+    PQclear(r);
+    t->out = json_pack("{s:o, s:o}", "items", items, "next_cursor", next);
+    return ST_OK;
+}
+
+static int run_list(struct scouts *s, struct list_tx *t, json_t **out)
+{
+    int rc = pool_with(s->pool, list_fn, t);
+    if (rc != ST_OK) {
+        json_decref(t->out);
+        return rc;
+    }
+    *out = t->out;
+    return ST_OK;
+}
+
+int scouts_proposals_list(struct scouts *s, const char *user_id, const char *status, int limit,
+                          int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out)
+{
+    char ts[32], seq[24], lim[24];
+    const char *p[] = {user_id, has_cursor ? sql_fmt_time(ts, cur_a) : "infinity",
+                       sql_fmt_ll(seq, has_cursor ? cur_b : 0), sql_fmt_ll(lim, limit + 1),
+                       status};
+    struct list_tx t = {status ? &st_proposals_status : &st_proposals_all, p, limit,
+                        proposal_json, 10, 16, NULL};
+    return run_list(s, &t, out);
+}
+
+/* ---------------------------------------------------------------- devices */
+
+static json_t *device_json(const PGresult *r, int i)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "device_id", sql_json_str(r, i, 0));
+    json_object_set_new(o, "user_id", sql_json_str(r, i, 1));
+    json_object_set_new(o, "name", sql_json_str(r, i, 2));
+    json_object_set_new(o, "created_at", sql_json_time(r, i, 3));
+    json_object_set_new(o, "last_seen_at", sql_json_time(r, i, 4));
+    json_object_set_new(o, "online", json_boolean(sql_bool(r, i, 5)));
+    return o;
+}
+
+int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_t cur_a,
+                        int64_t cur_b, bool has_cursor, json_t **out)
+{
+    char ts[32], seq[24], lim[24];
+    const char *p[] = {user_id, has_cursor ? sql_fmt_time(ts, cur_a) : "infinity",
+                       sql_fmt_ll(seq, has_cursor ? cur_b : 0), sql_fmt_ll(lim, limit + 1)};
+    struct list_tx t = {&st_devices_list, p, limit, device_json, 3, 6, NULL};
+    return run_list(s, &t, out);
+}
+
+struct device_tx {
+    const char *user_id, *name, *hash, *id, *actor;
+    json_t *out;
+};
+
+static int device_create_tx(struct pool_conn *c, void *arg)
+{
+    struct device_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    const char *p[] = {t->user_id, t->name, t->hash};
+    PGresult *r;
+    int rc = run(c, &st_device_insert, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    t->out = json_pack("{s:o, s:s, s:s, s:o}", "device_id", sql_json_str(r, 0, 0), "user_id",
+                       t->user_id, "name", t->name, "created_at", sql_json_time(r, 0, 1));
+    PQclear(r);
+    json_t *d = json_pack("{s:O, s:s}", "device_id", json_object_get(t->out, "device_id"),
+                          "user_id", t->user_id);
+    rc = scouts_audit_tx(c, "device.create", t->actor, d);
+    json_decref(d);
+    return rc;
+}
+
+int scouts_device_create(struct scouts *s, const char *user_id, const char *name,
+                         const char *actor, json_t **out)
+{
+    char token[80], hash[65];
+    if (crypto_token(token, sizeof(token), "dev_", 32) != 0)
+        return ST_EINTERNAL;
+    crypto_sha256_hex(token, strlen(token), hash);
+    struct device_tx t = {user_id, name, hash, NULL, actor, NULL};
+    int rc = pool_tx(s->pool, device_create_tx, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    json_object_set_new(t.out, "token", json_string(token));
+    *out = t.out;
+    return ST_OK;
+}
+
+static int device_delete_tx(struct pool_conn *c, void *arg)
+{
+    struct device_tx *t = arg;
+    const char *p[] = {t->id};
+    PGresult *r;
+    int rc = run(c, &st_device_delete, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    int n = PQntuples(r);
+    json_t *d = n ? json_pack("{s:s, s:s}", "device_id", t->id, "user_id", sql_str(r, 0, 0))
+                  : NULL;
+    PQclear(r);
+    if (n == 0)
+        return ST_ENOTFOUND;
+    rc = scouts_audit_tx(c, "device.delete", t->actor, d);
+    json_decref(d);
+    return rc;
+}
+
+int scouts_device_delete(struct scouts *s, const char *id, const char *actor)
+{
+    if (!scouts_uuid_valid(id))
+        return ST_ENOTFOUND;
+    struct device_tx t = {NULL, NULL, NULL, id, actor, NULL};
+    return pool_tx(s->pool, device_delete_tx, &t);
+}
+
+struct verify_arg {
+    const char *device_id;
+    char hash[65];
+    char *user;
+    size_t ucap;
+    bool ok;
+};
+
+static int verify_fn(struct pool_conn *c, void *arg)
+{
+    struct verify_arg *v = arg;
+    v->ok = false;
+    const char *p[] = {v->device_id};
+    PGresult *r;
+    int rc = run(c, &st_device_auth, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    /* compare against a dummy when the device is unknown, so timing tells nothing */
+    static const char dummy[65] =
+        "0000000000000000000000000000000000000000000000000000000000000000";
+    const char *stored = PQntuples(r) == 1 ? sql_str(r, 0, 1) : dummy;
+    bool eq = strlen(stored) == 64 && crypto_equal(stored, v->hash, 64);
+    if (eq && PQntuples(r) == 1) {
+        snprintf(v->user, v->ucap, "%s", sql_str(r, 0, 0));
+        v->ok = true;
+    }
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_device_verify(struct scouts *s, const char *device_id, const char *token, char *user,
+                         size_t ucap)
+{
+    if (!scouts_uuid_valid(device_id))
+        return ST_ENOTFOUND;
+    struct verify_arg v = {device_id, {0}, user, ucap, false};
+    crypto_sha256_hex(token, strlen(token), v.hash);
+    int rc = pool_with(s->pool, verify_fn, &v);
+    if (rc != ST_OK)
+        return rc;
+    return v.ok ? ST_OK : ST_ENOTFOUND;
+}
+
+static int presence_period_s(const struct scouts *s)
+{
+    return s->set.ws_heartbeat_s * 2 + 10;
+}
+
+struct one_arg {
+    const struct db_stmt *st;
+    const char *const *params;
+};
+
+static int one_fn(struct pool_conn *c, void *arg)
+{
+    struct one_arg *o = arg;
+    return run_discard(c, o->st, o->params);
+}
+
+int scouts_device_seen(struct scouts *s, const char *device_id)
+{
+    char secs[24];
+    const char *p[] = {device_id, sql_fmt_ll(secs, presence_period_s(s))};
+    struct one_arg o = {&st_device_seen, p};
+    return pool_with(s->pool, one_fn, &o);
+}
+
+int scouts_device_offline(struct scouts *s, const char *device_id)
+{
+    const char *p[] = {device_id};
+    struct one_arg o = {&st_device_offline, p};
+    return pool_with(s->pool, one_fn, &o);
+}
+
+int scouts_devices_offline_all(struct scouts *s, const char *ids_json)
+{
+    const char *p[] = {ids_json};
+    struct one_arg o = {&st_devices_offline_all, p};
+    return pool_with(s->pool, one_fn, &o);
+}
+
+struct refresh_arg {
+    const char *const *params;
+    json_t *gone;
+};
+
+static int refresh_fn(struct pool_conn *c, void *arg)
+{
+    struct refresh_arg *a = arg;
+    json_decref(a->gone);
+    a->gone = NULL;
+    PGresult *r;
+    int rc = run(c, &st_devices_refresh, a->params, &r);
+    if (rc != ST_OK)
+        return rc;
+    a->gone = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(a->gone, sql_json_str(r, i, 0));
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_devices_refresh(struct scouts *s, const char *ids_json, json_t **gone)
+{
+    char secs[24];
+    const char *p[] = {ids_json, sql_fmt_ll(secs, presence_period_s(s))};
+    struct refresh_arg a = {p, NULL};
+    int rc = pool_with(s->pool, refresh_fn, &a);
+    if (rc != ST_OK) {
+        json_decref(a.gone);
+        return rc;
+    }
+    *gone = a.gone;
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------------- delivery */
+
+void scouts_pending_free(struct scouts_pending *rows, size_t n)
+{
+    if (!rows)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].frame);
+    free(rows);
+}
+
+static char *proposal_frame(const PGresult *r, int i)
+{
+    json_t *p = json_object();
+    json_object_set_new(p, "id", sql_json_str(r, i, 0));
+    json_object_set_new(p, "scout_id", sql_json_str(r, i, 1));
+    json_object_set_new(p, "source_type", sql_json_str(r, i, 2));
+    json_object_set_new(p, "source_msg_ref", sql_json_str(r, i, 3));
+    json_object_set_new(p, "raw_subject", sql_json_str(r, i, 4));
+    json_object_set_new(p, "raw_snippet", sql_json_str(r, i, 5));
+    json_object_set_new(p, "category", json_string("unprocessed"));
+    json_object_set_new(p, "payload", json_null());
+    json_object_set_new(p, "triaged_at", sql_json_time(r, i, 7));
+    json_object_set_new(p, "expires_at", sql_json_time(r, i, 8));
+    json_t *f = json_pack("{s:s, s:o}", "type", "scout_proposal", "proposal", p);
+    char *text = f ? json_dumps(f, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(f);
+    return text;
+}
+
+struct pending_arg {
+    const char *user_id;
+    int limit;
+    struct scouts_pending *rows;
+    size_t n;
+};
+
+static int pending_fn(struct pool_conn *c, void *arg)
+{
+    struct pending_arg *a = arg;
+    scouts_pending_free(a->rows, a->n);
+    a->rows = NULL;
+    a->n = 0;
+    char lim[24];
+    const char *p[] = {a->user_id, sql_fmt_ll(lim, a->limit)};
+    PGresult *r;
+    int rc = run(c, &st_pending, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    int n = PQntuples(r);
+    if (n > 0) {
+        a->rows = calloc((size_t)n, sizeof(*a->rows));
+        if (!a->rows) {
+            PQclear(r);
+            return ST_ENOMEM;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        struct scouts_pending *row = &a->rows[a->n];
+        snprintf(row->id, sizeof(row->id), "%s", sql_str(r, i, 0));
+        row->queued = strcmp(sql_str(r, i, 6), "queued") == 0;
+        row->frame = proposal_frame(r, i);
+        if (!row->frame) {
+            PQclear(r);
+            return ST_ENOMEM;
+        }
+        row->len = strlen(row->frame);
+        a->n++;
+    }
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_pending_fetch(struct scouts *s, const char *user_id, int limit,
+                         struct scouts_pending **rows, size_t *n)
+{
+    struct pending_arg a = {user_id, limit, NULL, 0};
+    int rc = pool_with(s->pool, pending_fn, &a);
+    if (rc != ST_OK) {
+        scouts_pending_free(a.rows, a.n);
+        return rc;
+    }
+    *rows = a.rows;
+    *n = a.n;
+    return ST_OK;
+}
+
+struct mark_arg {
+    const char *ids;
+    char (*want)[SCOUTS_ID_LEN + 1];
+    size_t n;
+    bool *ok;
+};
+
+static int mark_fn(struct pool_conn *c, void *arg)
+{
+    struct mark_arg *a = arg;
+    memset(a->ok, 0, a->n * sizeof(bool));
+    const char *p[] = {a->ids};
+    PGresult *r;
+    int rc = run(c, &st_mark_delivered, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    for (int i = 0; i < PQntuples(r); i++)
+        for (size_t k = 0; k < a->n; k++)
+            if (!a->ok[k] && strcmp(a->want[k], sql_str(r, i, 0)) == 0)
+                a->ok[k] = true;
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_mark_delivered(struct scouts *s, char (*ids)[SCOUTS_ID_LEN + 1], size_t n, bool *ok)
+{
+    if (n == 0)
+        return ST_OK;
+    size_t cap = n * (SCOUTS_ID_LEN + 1) + 3;
+    char *lit = malloc(cap);
+    if (!lit)
+        return ST_ENOMEM;
+    size_t len = 0;
+    lit[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            lit[len++] = ',';
+        memcpy(lit + len, ids[i], SCOUTS_ID_LEN);
+        len += SCOUTS_ID_LEN;
+    }
+    lit[len++] = '}';
+    lit[len] = '\0';
+    struct mark_arg a = {lit, ids, n, ok};
+    int rc = pool_with(s->pool, mark_fn, &a);
+    free(lit);
+    if (rc == ST_OK) {
+        uint64_t sent = 0;
+        for (size_t i = 0; i < n; i++)
+            sent += ok[i];
+        metrics_count(s->metrics, MC_PROPOSALS_DELIVERED, sent);
+    }
+    return rc;
+}
+
+struct ack_arg {
+    struct scouts *s;
+    const char *pid, *user_id, *device_id;
+    bool found, changed;
+};
+
+static int ack_tx(struct pool_conn *c, void *arg)
+{
+    struct ack_arg *a = arg;
+    a->found = a->changed = false;
+    const char *p[] = {a->pid, a->user_id, a->device_id};
+    PGresult *r;
+    int rc = run(c, &st_ack, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    a->found = sql_ll(r, 0, 0) > 0;
+    a->changed = sql_ll(r, 0, 1) > 0;
+    PQclear(r);
+    if (!a->changed)
+        return ST_OK;
+    /* a|instance|proposal|device|user: other instances tell their sessions */
+    char payload[SCOUTS_USER_MAX * 4 + 128];
+    snprintf(payload, sizeof(payload), "a|%s|%s|%s|%s", a->s->instance, a->pid, a->device_id,
+             a->user_id);
+    const char *np[] = {payload};
+    return run_discard(c, &st_notify, np);
+}
+
+int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
+               bool *found, bool *changed)
+{
+    *found = *changed = false;
+    if (!scouts_uuid_valid(pid))
+        return ST_OK;
+    struct ack_arg a = {s, pid, user_id, device_id, false, false};
+    int rc = pool_tx(s->pool, ack_tx, &a);
+    if (rc != ST_OK)
+        return rc;
+    *found = a.found;
+    *changed = a.changed;
+    if (a.changed)
+        metrics_count(s->metrics, MC_PROPOSALS_ACKED, 1);
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------------- healer steps */
+
+struct sweep_arg {
+    struct scouts *s;
+    json_t *failed; /* [{id, user_id, scout_id, attempts}] */
+    long long requeued;
+};
+
+static int sweep_tx(struct pool_conn *c, void *arg)
+{
+    struct sweep_arg *a = arg;
+    json_array_clear(a->failed);
+    a->requeued = 0;
+    char secs[24], max[24];
+    const char *p[] = {sql_fmt_ll(secs, a->s->set.ack_timeout_s),
+                       sql_fmt_ll(max, a->s->set.max_delivery_attempts)};
+    PGresult *r;
+    int rc = run(c, &st_sweep_fail, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(a->failed,
+                              json_pack("{s:o, s:o, s:o, s:I}", "id", sql_json_str(r, i, 0),
+                                        "user_id", sql_json_str(r, i, 1), "scout_id",
+                                        sql_json_str(r, i, 2), "attempts",
+                                        (json_int_t)sql_ll(r, i, 3)));
+    PQclear(r);
+    if ((rc = run(c, &st_sweep_requeue, p, &r)) != ST_OK)
+        return rc;
+    json_t *users = json_array();
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_array_append_new(users, sql_json_str(r, i, 0));
+        a->requeued += sql_ll(r, i, 1);
+    }
+    PQclear(r);
+    if (json_array_size(users) > 0) {
+        char *text = json_dumps(users, JSON_COMPACT);
+        const char *np[] = {text};
+        rc = text ? run_discard(c, &st_notify_users, np) : ST_ENOMEM;
+        free(text);
+    }
+    json_decref(users);
+    return rc;
+}
+
+int scouts_delivery_sweep(struct scouts *s, long long *requeued, long long *failed)
+{
+    *requeued = *failed = 0;
+    struct sweep_arg a = {s, json_array(), 0};
+    if (!a.failed)
+        return ST_ENOMEM;
+    int rc = pool_tx(s->pool, sweep_tx, &a);
+    if (rc == ST_OK) {
+        size_t i;
+        json_t *f;
+        json_array_foreach(a.failed, i, f)
+        {
+            json_t *detail = json_pack("{s:O, s:O, s:O, s:i}", "user_id",
+                                       json_object_get(f, "user_id"), "scout_id",
+                                       json_object_get(f, "scout_id"), "attempts",
+                                       json_object_get(f, "attempts"), "ack_timeout_s",
+                                       s->set.ack_timeout_s);
+            lessons_record_auto(s->lessons, "delivery_failed",
+                                json_string_value(json_object_get(f, "id")), "delivery", detail);
+            json_decref(detail);
+        }
+        *failed = (long long)json_array_size(a.failed);
+        *requeued = a.requeued;
+        metrics_count(s->metrics, MC_PROPOSALS_FAILED, (uint64_t)*failed);
+        if (*failed > 0 || *requeued > 0) {
+            struct log_line l;
+            log_begin(&l, s->lg, LOG_INFO, "delivery sweep");
+            log_int(&l, "requeued", *requeued);
+            log_int(&l, "failed", *failed);
+            log_end(&l);
+        }
+    }
+    json_decref(a.failed);
+    return rc;
+}
+
+static int expire_fn(struct pool_conn *c, void *arg)
+{
+    PGresult *r;
+    int rc = run(c, &st_expire, NULL, &r);
+    if (rc != ST_OK)
+        return rc;
+    *(long long *)arg = sql_ll(r, 0, 0);
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_expire(struct scouts *s, long long *count)
+{
+    *count = 0;
+    int rc = pool_with(s->pool, expire_fn, count);
+    if (rc == ST_OK)
+        metrics_count(s->metrics, MC_PROPOSALS_EXPIRED, (uint64_t)*count);
+    return rc;
+}
+
+struct stats_arg {
+    int64_t since_us;
+    json_t *out;
+};
+
+static json_t *ms_or_null(const PGresult *r, int col)
+{
+    return sql_isnull(r, 0, col) ? json_null() : json_real(sql_dbl(r, 0, col));
+}
+
+static int stats_fn(struct pool_conn *c, void *arg)
+{
+    struct stats_arg *a = arg;
+    json_decref(a->out);
+    a->out = NULL;
+    char since[32];
+    const char *p[] = {sql_fmt_time(since, a->since_us)};
+    PGresult *r;
+    int rc = run(c, &st_stats_counts, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    json_t *counts = json_pack("{s:i, s:i, s:i, s:i, s:i}", "queued", 0, "delivered", 0,
+                               "acked", 0, "failed", 0, "expired", 0);
+    for (int i = 0; i < PQntuples(r); i++)
+        json_object_set_new(counts, sql_str(r, i, 0), json_integer(sql_ll(r, i, 1)));
+    PQclear(r);
+    if ((rc = run(c, &st_stats_latency, p, &r)) != ST_OK) {
+        json_decref(counts);
+        return rc;
+    }
+    a->out = json_pack("{s:o, s:o, s:{s:o, s:o}, s:{s:o, s:o}}", "since",
+                       jtime_json(a->since_us), "counts", counts, "queued_to_delivered_ms",
+                       "p50", ms_or_null(r, 0), "p95", ms_or_null(r, 1), "delivered_to_acked_ms",
+                       "p50", ms_or_null(r, 2), "p95", ms_or_null(r, 3));
+    PQclear(r);
+    return a->out ? ST_OK : ST_ENOMEM;
+}
+
+int scouts_delivery_stats(struct scouts *s, int64_t since_us, json_t **out)
+{
+    struct stats_arg a = {since_us, NULL};
+    int rc = pool_with(s->pool, stats_fn, &a);
+    if (rc != ST_OK) {
+        json_decref(a.out);
+        return rc;
+    }
+    *out = a.out;
+    return ST_OK;
+}
+
+int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id)
+{
+    (void)s;
+    const char *p[] = {user_id};
+    int rc = run_discard(c, &st_erase_proposals, p);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_erase_devices, p);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_erase_scouts, p);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_erase_notify, p);
+    return rc;
+}

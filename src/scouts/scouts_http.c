@@ -1,0 +1,266 @@
+/* HTTP adapter of the scouts capability: validates requests and maps results. */
+#include <stdio.h>
+#include <string.h>
+
+#include "scouts_int.h"
+#include "steward/cursor.h"
+#include "steward/err.h"
+#include "steward/http.h"
+#include "steward/json.h"
+
+#define USER_MAX SCOUTS_USER_MAX
+
+static const char *actor(const struct http_req *req)
+{
+    return req->who ? req->who->name : "";
+}
+
+/* user_id must be 1..200 printable characters (body field or path parameter). */
+static void check_user_field(const json_t *body, const char **out, json_t *errs)
+{
+    if (jv_string(body, "user_id", "", true, 1, USER_MAX, out, errs) == 1 &&
+        !jv_is_printable_id(*out, USER_MAX)) {
+        jv_error(errs, "user_id", "must not contain control characters");
+        *out = NULL;
+    }
+}
+
+static bool path_user(const struct http_req *req, struct http_resp *resp, const char **user)
+{
+    *user = http_param(req, "user_id");
+    if (!*user || !jv_is_printable_id(*user, USER_MAX)) {
+        json_t *errs = json_array();
+        jv_error(errs, "user_id", "must be 1 to %d printable characters", USER_MAX);
+        http_invalid(resp, errs);
+        return false;
+    }
+    return true;
+}
+
+static bool list_cursor(const char *cursor, struct http_resp *resp, int64_t *a, int64_t *b)
+{
+    if (cursor && cursor_decode(cursor, a, b) != 0) {
+        json_t *errs = json_array();
+        jv_error(errs, "cursor", "is not a cursor of this list");
+        http_invalid(resp, errs);
+        return false;
+    }
+    return true;
+}
+
+static void read_scout_fields(const json_t *body, struct scouts_scout_in *in, json_t *errs)
+{
+    bool b;
+    long long days;
+    if (jv_bool(body, "enabled", "", false, &b, errs) == 1)
+        in->enabled = b;
+    if (jv_bool(body, "auto_trash_spam", "", false, &b, errs) == 1)
+        in->auto_trash_spam = b;
+    if (jv_int(body, "device_inactivity_pause_days", "", false, 1, 3650, &days, errs) == 1)
+        in->pause_days = days;
+}
+
+static void scout_create(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, true))
+        return;
+    static const char *const allowed[] = {"user_id", "provider", "enabled", "auto_trash_spam",
+                                          "device_inactivity_pause_days", NULL};
+    json_t *errs = json_array();
+    struct scouts_scout_in in = {NULL, NULL, -1, -1, -1};
+    jv_unknown_fields(req->body, allowed, "", errs);
+    check_user_field(req->body, &in.user_id, errs);
+    jv_string(req->body, "provider", "", true, 1, 64, &in.provider, errs);
+    read_scout_fields(req->body, &in, errs);
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_scout_create(ctx, &in, actor(req), &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, 201, out);
+}
+
+static void scout_get(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    json_t *out = NULL;
+    int rc = scouts_scout_get(ctx, http_param(req, "id"), &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no such scout" : NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void scout_patch(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, true))
+        return;
+    static const char *const allowed[] = {"provider", "enabled", "auto_trash_spam",
+                                          "device_inactivity_pause_days", "user_id", NULL};
+    json_t *errs = json_array();
+    struct scouts_scout_in in = {NULL, NULL, -1, -1, -1};
+    jv_unknown_fields(req->body, allowed, "", errs);
+    if (json_object_get(req->body, "user_id"))
+        jv_error(errs, "user_id", "cannot be changed");
+    jv_string(req->body, "provider", "", false, 1, 64, &in.provider, errs);
+    read_scout_fields(req->body, &in, errs);
+    if (json_object_size(req->body) == 0)
+        jv_error(errs, "body", "name at least one field to change");
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_scout_patch(ctx, http_param(req, "id"), &in, actor(req), &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no such scout" : NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void scout_delete(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    int rc = scouts_scout_delete(ctx, http_param(req, "id"), actor(req));
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no such scout" : NULL);
+    else
+        http_json(resp, 204, NULL);
+}
+
+static void item_post(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, true))
+        return;
+    static const char *const allowed[] = {"source_msg_ref", "verdict", "reason", "subject",
+                                          "snippet", "source_type", NULL};
+    json_t *errs = json_array();
+    struct scouts_item_in in = {0};
+    const char *verdict = NULL;
+    jv_unknown_fields(req->body, allowed, "", errs);
+    jv_string(req->body, "source_msg_ref", "", true, 1, 512, &in.source_msg_ref, errs);
+    if (jv_string(req->body, "verdict", "", true, 1, 16, &verdict, errs) == 1) {
+        if (strcmp(verdict, "spam") == 0)
+            in.spam = true;
+        else if (strcmp(verdict, "relevant") != 0)
+            jv_error(errs, "verdict", "must be relevant or spam");
+    }
+    jv_string(req->body, "reason", "", false, 0, 2000, &in.reason, errs);
+    jv_string(req->body, "subject", "", false, 0, 2000, &in.subject, errs);
+    jv_string(req->body, "snippet", "", false, 0, 10000, &in.snippet, errs);
+    jv_string(req->body, "source_type", "", false, 1, 64, &in.source_type, errs);
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    int status = 0;
+    json_t *out = NULL;
+    int rc = scouts_ingest(ctx, http_param(req, "id"), &in, &status, &out);
+    if (rc == ST_ENOTFOUND)
+        http_error(resp, rc, "no such scout");
+    else if (rc == ST_ECONFLICT)
+        http_problem_slug(resp, 409, "scout-disabled", "the scout is disabled");
+    else if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, status, out);
+}
+
+static void proposals_list(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    const char *user, *cursor;
+    int limit;
+    int64_t a = 0, b = 0;
+    if (!path_user(req, resp, &user) || !http_list_params(req, resp, &limit, &cursor) ||
+        !list_cursor(cursor, resp, &a, &b))
+        return;
+    const char *status = http_query(req, "status");
+    if (status && !*status)
+        status = NULL;
+    if (status && strcmp(status, "queued") != 0 && strcmp(status, "delivered") != 0 &&
+        strcmp(status, "acked") != 0 && strcmp(status, "failed") != 0 &&
+        strcmp(status, "expired") != 0) {
+        json_t *errs = json_array();
+        jv_error(errs, "status", "must be queued, delivered, acked, failed or expired");
+        http_invalid(resp, errs);
+        return;
+    }
+    json_t *out = NULL;
+    int rc = scouts_proposals_list(ctx, user, status, limit, a, b, cursor != NULL, &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void device_create(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, true))
+        return;
+    static const char *const allowed[] = {"user_id", "name", NULL};
+    json_t *errs = json_array();
+    const char *user = NULL, *name = NULL;
+    jv_unknown_fields(req->body, allowed, "", errs);
+    check_user_field(req->body, &user, errs);
+    if (jv_string(req->body, "name", "", true, 1, 200, &name, errs) == 1 &&
+        !jv_is_printable_id(name, 200))
+        jv_error(errs, "name", "must not contain control characters");
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_device_create(ctx, user, name, actor(req), &out);
+    if (rc != ST_OK) {
+        http_error(resp, rc, NULL);
+        return;
+    }
+    http_header(resp, "Cache-Control", "no-store");
+    http_json(resp, 201, out);
+}
+
+static void devices_list(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    const char *user, *cursor;
+    int limit;
+    int64_t a = 0, b = 0;
+    if (!path_user(req, resp, &user) || !http_list_params(req, resp, &limit, &cursor) ||
+        !list_cursor(cursor, resp, &a, &b))
+        return;
+    json_t *out = NULL;
+    int rc = scouts_devices_list(ctx, user, limit, a, b, cursor != NULL, &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void device_delete(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    int rc = scouts_device_delete(ctx, http_param(req, "id"), actor(req));
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no such device" : NULL);
+    else
+        http_json(resp, 204, NULL);
+}
+
+int scouts_http_register(struct router *r, struct scouts *ctx)
+{
+    int rc = 0;
+    rc |= http_route(r, "POST", "/v1/scouts", AUTH_ADMIN, scout_create, ctx);
+    rc |= http_route(r, "GET", "/v1/scouts/{id}", AUTH_READ, scout_get, ctx);
+    rc |= http_route(r, "PATCH", "/v1/scouts/{id}", AUTH_ADMIN, scout_patch, ctx);
+    rc |= http_route(r, "DELETE", "/v1/scouts/{id}", AUTH_ADMIN, scout_delete, ctx);
+    rc |= http_route(r, "POST", "/v1/scouts/{id}/items", AUTH_SERVICE, item_post, ctx);
+    rc |= http_route(r, "GET", "/v1/users/{user_id}/proposals", AUTH_READ, proposals_list, ctx);
+    rc |= http_route(r, "POST", "/v1/devices", AUTH_ADMIN, device_create, ctx);
+    rc |= http_route(r, "GET", "/v1/users/{user_id}/devices", AUTH_READ, devices_list, ctx);
+    rc |= http_route(r, "DELETE", "/v1/devices/{id}", AUTH_ADMIN, device_delete, ctx);
+    return rc;
+}

@@ -1,0 +1,166 @@
+/* Internals shared by the files of the scouts module (not a public interface). */
+#ifndef STEWARD_SCOUTS_INT_H
+#define STEWARD_SCOUTS_INT_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "steward/scouts.h"
+
+#define SCOUTS_ID_LEN 36        /* a canonical uuid */
+#define SCOUTS_USER_MAX 200     /* characters of a user id */
+#define SCOUTS_BUCKETS 16384    /* power of two */
+#define SCOUTS_CHANNEL "steward_scouts"
+
+/* One authenticated device session on this instance. */
+struct scouts_sess {
+    uint64_t sid;
+    char device_id[SCOUTS_ID_LEN + 1];
+    struct scouts_user *user;
+    /* proposals sent in this session and not resolved yet (the in-flight window) */
+    char (*sent)[SCOUTS_ID_LEN + 1];
+    int nsent;
+    int capsent;
+    struct scouts_sess *user_next; /* sessions of the same user */
+    struct scouts_sess *hash_next; /* by sid */
+};
+
+/* A user with sessions here; carries the single-flight flags of delivery passes. */
+struct scouts_user {
+    char *user_id;
+    struct scouts_sess *sessions;
+    bool running; /* a pass job owns the user's deliveries */
+    bool dirty;   /* something changed while it ran: run again */
+    struct scouts_user *hash_next;
+};
+
+struct scouts {
+    struct pool *pool;
+    const struct logger *lg;
+    struct metrics *metrics;
+    struct workq *workq;
+    struct ws_server *ws;
+    struct lessons *lessons;
+    struct scouts_settings set;
+    char *listen_url;
+    char instance[17]; /* random, names this process in notifications */
+
+    pthread_mutex_t mu; /* the session registry below */
+    struct scouts_sess *by_sid[SCOUTS_BUCKETS];
+    struct scouts_user *by_user[SCOUTS_BUCKETS];
+    size_t nsessions;
+
+    atomic_bool stopping;
+    atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
+    atomic_int jobs; /* delivery jobs submitted and not finished */
+
+    pthread_mutex_t tmu; /* timer/listener sleep */
+    pthread_cond_t tcv;
+    bool stop_threads;
+    pthread_t timer_thr, listen_thr;
+    bool timer_started, listen_started;
+    int wake_pipe[2];
+};
+
+/* A pending proposal as a delivery pass sees it. */
+struct scouts_pending {
+    char id[SCOUTS_ID_LEN + 1];
+    bool queued;  /* status queued: send even to sessions that had it */
+    char *frame;  /* the scout_proposal frame text (malloc'd) */
+    size_t len;
+};
+
+/* --- scouts.c: logic and SQL --- */
+
+/* True when s is a canonical lowercase or uppercase uuid. */
+bool scouts_uuid_valid(const char *s);
+/* Writes an audit row (admin actions) on c; detail is borrowed. */
+int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail);
+
+struct scouts_scout_in {
+    const char *user_id;
+    const char *provider;
+    int enabled;         /* -1 unset */
+    int auto_trash_spam; /* -1 unset */
+    long long pause_days; /* -1 unset */
+};
+int scouts_scout_create(struct scouts *s, const struct scouts_scout_in *in, const char *actor,
+                        json_t **out);
+int scouts_scout_get(struct scouts *s, const char *id, json_t **out);
+int scouts_scout_patch(struct scouts *s, const char *id, const struct scouts_scout_in *in,
+                       const char *actor, json_t **out);
+int scouts_scout_delete(struct scouts *s, const char *id, const char *actor);
+
+struct scouts_item_in {
+    const char *source_msg_ref;
+    bool spam;
+    const char *reason;
+    const char *subject;
+    const char *snippet;
+    const char *source_type;
+};
+/* Ingests one verdict. *status gets 201 or 200 and *out the body. ST_ENOTFOUND for an
+ * unknown scout, ST_ECONFLICT for a disabled one. */
+int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
+                  int *status, json_t **out);
+int scouts_proposals_list(struct scouts *s, const char *user_id, const char *status, int limit,
+                          int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
+
+int scouts_device_create(struct scouts *s, const char *user_id, const char *name,
+                         const char *actor, json_t **out);
+int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_t cur_a,
+                        int64_t cur_b, bool has_cursor, json_t **out);
+int scouts_device_delete(struct scouts *s, const char *id, const char *actor);
+
+/* Checks a device token in constant time; fills user (SCOUTS_USER_MAX*4+1 bytes).
+ * ST_ENOTFOUND for an unknown device or a wrong token. */
+int scouts_device_verify(struct scouts *s, const char *device_id, const char *token, char *user,
+                         size_t ucap);
+/* Marks a device seen and connected for the presence period. */
+int scouts_device_seen(struct scouts *s, const char *device_id);
+/* Marks devices offline (their last local socket closed). */
+int scouts_device_offline(struct scouts *s, const char *device_id);
+/* Marks the devices (JSON array text of ids) offline at once (graceful shutdown). */
+int scouts_devices_offline_all(struct scouts *s, const char *ids_json);
+/* Refreshes presence of the n device ids (JSON array text) connected here; fills
+ * *gone (new reference, array of ids that no longer exist). */
+int scouts_devices_refresh(struct scouts *s, const char *ids_json, json_t **gone);
+
+/* The first limit pending proposals of user, oldest first; *rows is malloc'd (free
+ * with scouts_pending_free). */
+int scouts_pending_fetch(struct scouts *s, const char *user_id, int limit,
+                         struct scouts_pending **rows, size_t *n);
+void scouts_pending_free(struct scouts_pending *rows, size_t n);
+/* Marks the ids (a uuid[] literal) delivered; ok[i] tells which of ids[] still were
+ * pending (only those may be sent). */
+int scouts_mark_delivered(struct scouts *s, char (*ids)[SCOUTS_ID_LEN + 1], size_t n, bool *ok);
+/* Acks proposal pid for user from device. *found false: unknown or another user's.
+ * *changed: this call flipped it (and queued the cross-instance notification). */
+int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
+               bool *found, bool *changed);
+
+/* --- scouts_ws.c: sessions and delivery passes --- */
+
+/* Runs (or flags for a rerun) a delivery pass for the user's sessions here. */
+void scouts_request_pass(struct scouts *s, const char *user_id);
+/* Runs a pass for every user with sessions here (after the listener reconnected). */
+void scouts_catch_up(struct scouts *s);
+/* Handles a payload received on the notification channel. */
+void scouts_on_notify(struct scouts *s, const char *payload);
+/* Refreshes presence of the devices connected here, closing sessions of deleted ones. */
+void scouts_presence_tick(struct scouts *s);
+/* Submits a job (arg is one malloc'd block, freed after the job) counted for
+ * shutdown; returns 0 or -1 (arg freed then). */
+int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
+/* The device ids of this instance's sessions as JSON array text (malloc'd), or NULL
+ * when there are none. */
+char *scouts_local_devices_json(struct scouts *s);
+/* Frees the session registry (at scouts_free). */
+void scouts_sessions_free(struct scouts *s);
+
+
+#endif

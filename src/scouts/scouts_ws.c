@@ -1,0 +1,880 @@
+/* The device protocol on the WebSocket layer (SPEC 5): device_hello, scout_proposal
+ * delivery within the in-flight window, scout_proposal_ack and resolved frames.
+ *
+ * Frame handlers run on the libwebsockets service thread: they only parse, look at the
+ * in-memory session registry and submit jobs; every database call happens in a job on
+ * the work queue, and frames go back through ws_send. Deliveries to a user's sessions
+ * on this instance run single-flight (one pass job per user at a time, rerun when
+ * something changed meanwhile), so a proposal is never sent twice in one pass and
+ * frames of a session stay in order. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "scouts_int.h"
+#include "steward/err.h"
+#include "steward/json.h"
+#include "steward/ws.h"
+
+#define CLOSE_UNAUTHORIZED 4401
+#define CLOSE_REVOKED 4403
+#define CLOSE_TRY_AGAIN 1013
+#define TOKEN_MAX 256
+
+static size_t hash_u64(uint64_t v)
+{
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdull;
+    v ^= v >> 33;
+    return (size_t)v & (SCOUTS_BUCKETS - 1);
+}
+
+static size_t hash_str(const char *str)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *str; str++)
+        h = (h ^ (unsigned char)*str) * 1099511628211ull;
+    return hash_u64(h);
+}
+
+/* ------------------------------------------------------------ registry (s->mu held) */
+
+static struct scouts_user *user_find_locked(struct scouts *s, const char *user_id)
+{
+    for (struct scouts_user *u = s->by_user[hash_str(user_id)]; u; u = u->hash_next)
+        if (strcmp(u->user_id, user_id) == 0)
+            return u;
+    return NULL;
+}
+
+static struct scouts_user *user_get_locked(struct scouts *s, const char *user_id)
+{
+    struct scouts_user *u = user_find_locked(s, user_id);
+    if (u)
+        return u;
+    u = calloc(1, sizeof(*u));
+    if (!u)
+        return NULL;
+    u->user_id = strdup(user_id);
+    if (!u->user_id) {
+        free(u);
+        return NULL;
+    }
+    size_t b = hash_str(user_id);
+    u->hash_next = s->by_user[b];
+    s->by_user[b] = u;
+    return u;
+}
+
+static void user_maybe_free_locked(struct scouts *s, struct scouts_user *u)
+{
+    if (u->sessions || u->running)
+        return;
+    for (struct scouts_user **pp = &s->by_user[hash_str(u->user_id)]; *pp;
+         pp = &(*pp)->hash_next) {
+        if (*pp == u) {
+            *pp = u->hash_next;
+            break;
+        }
+    }
+    free(u->user_id);
+    free(u);
+}
+
+static struct scouts_sess *sess_find_locked(struct scouts *s, uint64_t sid)
+{
+    for (struct scouts_sess *x = s->by_sid[hash_u64(sid)]; x; x = x->hash_next)
+        if (x->sid == sid)
+            return x;
+    return NULL;
+}
+
+/* Unlinks and frees a session; returns true when no other session of its device is
+ * left on this instance. */
+static bool sess_remove_locked(struct scouts *s, struct scouts_sess *x)
+{
+    for (struct scouts_sess **pp = &s->by_sid[hash_u64(x->sid)]; *pp; pp = &(*pp)->hash_next) {
+        if (*pp == x) {
+            *pp = x->hash_next;
+            break;
+        }
+    }
+    struct scouts_user *u = x->user;
+    bool last = true;
+    for (struct scouts_sess **pp = &u->sessions; *pp;) {
+        if (*pp == x) {
+            *pp = x->user_next;
+            continue;
+        }
+        if (strcmp((*pp)->device_id, x->device_id) == 0)
+            last = false;
+        pp = &(*pp)->user_next;
+    }
+    s->nsessions--;
+    free(x->sent);
+    free(x);
+    user_maybe_free_locked(s, u);
+    return last;
+}
+
+static int sent_find(const struct scouts_sess *x, const char *id)
+{
+    for (int i = 0; i < x->nsent; i++)
+        if (strcmp(x->sent[i], id) == 0)
+            return i;
+    return -1;
+}
+
+static void sent_remove(struct scouts_sess *x, const char *id)
+{
+    int i = sent_find(x, id);
+    if (i < 0)
+        return;
+    memmove(&x->sent[i], &x->sent[i + 1], (size_t)(x->nsent - i - 1) * sizeof(x->sent[0]));
+    x->nsent--;
+}
+
+static bool sent_add(struct scouts_sess *x, const char *id)
+{
+    if (x->nsent == x->capsent) {
+        int cap = x->capsent ? x->capsent * 2 : 8;
+        void *n = realloc(x->sent, (size_t)cap * sizeof(x->sent[0]));
+        if (!n)
+            return false;
+        x->sent = n;
+        x->capsent = cap;
+    }
+    snprintf(x->sent[x->nsent++], SCOUTS_ID_LEN + 1, "%s", id);
+    return true;
+}
+
+/* ------------------------------------------------------------ jobs */
+
+struct job {
+    struct scouts *s;
+    void (*fn)(struct scouts *, void *);
+    void *arg;
+    bool when_stopping; /* runs even after scouts_stop (touches no socket) */
+};
+
+static void job_run(void *p)
+{
+    struct job *j = p;
+    if (j->when_stopping || !atomic_load(&j->s->stopping))
+        j->fn(j->s, j->arg);
+    free(j->arg);
+    atomic_fetch_sub(&j->s->jobs, 1);
+    free(j);
+}
+
+static int submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg,
+                  bool when_stopping)
+{
+    struct job *j = malloc(sizeof(*j));
+    if (!j) {
+        free(arg);
+        return -1;
+    }
+    *j = (struct job){s, fn, arg, when_stopping};
+    atomic_fetch_add(&s->jobs, 1);
+    if (workq_submit(s->workq, job_run, j) != 0) {
+        atomic_fetch_sub(&s->jobs, 1);
+        free(arg);
+        free(j);
+        return -1;
+    }
+    return 0;
+}
+
+int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg)
+{
+    return submit(s, fn, arg, false);
+}
+
+static void send_text(struct scouts *s, uint64_t sid, const char *text, size_t len,
+                      enum metrics_counter c)
+{
+    if (ws_send(s->ws, sid, text, len) == 0)
+        metrics_count(s->metrics, c, 1);
+}
+
+static void send_json(struct scouts *s, uint64_t sid, json_t *frame, enum metrics_counter c)
+{
+    if (!frame)
+        return;
+    if (ws_send_json(s->ws, sid, frame) == 0)
+        metrics_count(s->metrics, c, 1);
+    json_decref(frame);
+}
+
+static void send_error(struct scouts *s, uint64_t sid, const char *code, const char *pid)
+{
+    metrics_count(s->metrics, MC_WS_FRAMES_OUT_ERROR, 1);
+    ws_send_error(s->ws, sid, code, pid);
+}
+
+/* ------------------------------------------------------------ delivery passes */
+
+struct snap {
+    uint64_t sid;
+    char (*sent)[SCOUTS_ID_LEN + 1];
+    int nsent;
+    bool *send; /* per pending row */
+};
+
+static void snaps_free(struct snap *sn, size_t n)
+{
+    if (!sn)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(sn[i].sent);
+        free(sn[i].send);
+    }
+    free(sn);
+}
+
+/* Copies the user's sessions and their windows. */
+static struct snap *snapshot(struct scouts *s, const char *user_id, size_t *n)
+{
+    *n = 0;
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    size_t count = 0;
+    for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next)
+        count++;
+    struct snap *sn = count ? calloc(count, sizeof(*sn)) : NULL;
+    if (sn) {
+        for (struct scouts_sess *x = u->sessions; x; x = x->user_next) {
+            struct snap *p = &sn[*n];
+            p->sid = x->sid;
+            if (x->nsent) {
+                p->sent = malloc((size_t)x->nsent * sizeof(p->sent[0]));
+                if (!p->sent)
+                    continue;
+                memcpy(p->sent, x->sent, (size_t)x->nsent * sizeof(p->sent[0]));
+                p->nsent = x->nsent;
+            }
+            (*n)++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return sn;
+}
+
+static bool in_snap(const struct snap *p, const char *id)
+{
+    for (int i = 0; i < p->nsent; i++)
+        if (strcmp(p->sent[i], id) == 0)
+            return true;
+    return false;
+}
+
+static bool in_rows(const struct scouts_pending *rows, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].id, id) == 0)
+            return true;
+    return false;
+}
+
+/* One pass: what each session of the user here is owed, within its window. */
+static int pass_once(struct scouts *s, const char *user_id)
+{
+    int window = s->set.max_inflight;
+    size_t nsn = 0, nrows = 0;
+    struct scouts_pending *rows = NULL;
+    char(*ids)[SCOUTS_ID_LEN + 1] = NULL;
+    bool *need = NULL, *ok = NULL;
+    struct snap *sn = snapshot(s, user_id, &nsn);
+    if (!sn)
+        return ST_OK;
+    int rc = scouts_pending_fetch(s, user_id, window, &rows, &nrows);
+    if (rc != ST_OK || nrows == 0)
+        goto done;
+    need = calloc(nrows, sizeof(bool));
+    ok = calloc(nrows, sizeof(bool));
+    ids = calloc(nrows, sizeof(ids[0]));
+    if (!need || !ok || !ids) {
+        rc = ST_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < nsn; i++) {
+        struct snap *p = &sn[i];
+        p->send = calloc(nrows, sizeof(bool));
+        if (!p->send) {
+            rc = ST_ENOMEM;
+            goto done;
+        }
+        int outstanding = 0;
+        for (int k = 0; k < p->nsent; k++)
+            outstanding += in_rows(rows, nrows, p->sent[k]);
+        int room = window - outstanding;
+        for (size_t r = 0; r < nrows; r++) {
+            if (in_snap(p, rows[r].id)) {
+                /* queued again by the ack-timeout sweep: send it once more */
+                p->send[r] = rows[r].queued;
+            } else if (room > 0) {
+                p->send[r] = true;
+                room--;
+            }
+            need[r] |= p->send[r];
+        }
+    }
+    size_t nids = 0;
+    size_t *map = calloc(nrows, sizeof(size_t));
+    if (!map) {
+        rc = ST_ENOMEM;
+        goto done;
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        if (need[r]) {
+            memcpy(ids[nids], rows[r].id, SCOUTS_ID_LEN + 1);
+            map[nids++] = r;
+        }
+    }
+    bool *okn = calloc(nids ? nids : 1, sizeof(bool));
+    if (!okn) {
+        free(map);
+        rc = ST_ENOMEM;
+        goto done;
+    }
+    rc = scouts_mark_delivered(s, ids, nids, okn);
+    for (size_t k = 0; k < nids; k++)
+        ok[map[k]] = okn[k];
+    free(okn);
+    free(map);
+    if (rc != ST_OK)
+        goto done;
+
+    /* record the windows, then send outside the lock (frames of a user only ever go
+     * out from the one pass that owns the user, so their order holds) */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < nsn; i++) {
+        struct scouts_sess *x = sess_find_locked(s, sn[i].sid);
+        if (!x) {
+            memset(sn[i].send, 0, nrows * sizeof(bool));
+            continue;
+        }
+        for (int k = x->nsent - 1; k >= 0; k--)
+            if (!in_rows(rows, nrows, x->sent[k]))
+                sent_remove(x, x->sent[k]);
+        for (size_t r = 0; r < nrows; r++) {
+            sn[i].send[r] &= ok[r];
+            if (sn[i].send[r] && sent_find(x, rows[r].id) < 0 && !sent_add(x, rows[r].id))
+                sn[i].send[r] = false;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < nsn; i++)
+        for (size_t r = 0; r < nrows; r++)
+            if (sn[i].send[r])
+                send_text(s, sn[i].sid, rows[r].frame, rows[r].len, MC_WS_FRAMES_OUT_PROPOSAL);
+done:
+    free(need);
+    free(ok);
+    free(ids);
+    scouts_pending_free(rows, nrows);
+    snaps_free(sn, nsn);
+    return rc;
+}
+
+/* Runs passes for the user until nothing changed meanwhile; the caller set running. */
+static void pass_loop(struct scouts *s, const char *user_id)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct scouts_user *u = user_find_locked(s, user_id);
+        if (u)
+            u->dirty = false;
+        pthread_mutex_unlock(&s->mu);
+        if (!u)
+            return;
+        int rc = pass_once(s, user_id);
+        if (rc != ST_OK) {
+            /* the database is away: the timer retries every user once it answers */
+            atomic_store(&s->retry_all, true);
+            log_msg(s->lg, LOG_WARN, "proposal delivery pass failed", "error",
+                    st_strerror(rc), NULL);
+        }
+        pthread_mutex_lock(&s->mu);
+        u = user_find_locked(s, user_id);
+        bool again = rc == ST_OK && u->dirty && u->sessions && !atomic_load(&s->stopping);
+        if (!again) {
+            u->running = false;
+            u->dirty = false;
+            user_maybe_free_locked(s, u);
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!again)
+            return;
+    }
+}
+
+/* Claims the user's deliveries: true when the caller must run pass_loop. */
+static bool claim(struct scouts *s, const char *user_id)
+{
+    bool mine = false;
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    if (u && u->sessions) {
+        if (u->running) {
+            u->dirty = true;
+        } else {
+            u->running = true;
+            mine = true;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return mine;
+}
+
+struct user_arg {
+    char user_id[SCOUTS_USER_MAX * 4 + 1];
+};
+
+static void pass_job(struct scouts *s, void *arg)
+{
+    pass_loop(s, ((struct user_arg *)arg)->user_id);
+}
+
+static void release_claim(struct scouts *s, const char *user_id)
+{
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    if (u) {
+        u->running = false;
+        user_maybe_free_locked(s, u);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void scouts_request_pass(struct scouts *s, const char *user_id)
+{
+    if (atomic_load(&s->stopping) || !claim(s, user_id))
+        return;
+    struct user_arg *a = malloc(sizeof(*a));
+    if (a)
+        snprintf(a->user_id, sizeof(a->user_id), "%s", user_id);
+    if (!a || submit(s, pass_job, a, false) != 0) {
+        release_claim(s, user_id);
+        atomic_store(&s->retry_all, true);
+    }
+}
+
+/* From a job: run the pass here unless one is running (then it reruns). */
+static void pass_now(struct scouts *s, const char *user_id)
+{
+    if (claim(s, user_id))
+        pass_loop(s, user_id);
+}
+
+static size_t local_users(struct scouts *s, char ***out)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t cap = 0;
+    for (size_t b = 0; b < SCOUTS_BUCKETS; b++)
+        for (struct scouts_user *u = s->by_user[b]; u; u = u->hash_next)
+            cap++;
+    char **list = cap ? calloc(cap, sizeof(char *)) : NULL;
+    size_t n = 0;
+    for (size_t b = 0; list && b < SCOUTS_BUCKETS; b++)
+        for (struct scouts_user *u = s->by_user[b]; u; u = u->hash_next)
+            if (u->sessions && (list[n] = strdup(u->user_id)))
+                n++;
+    pthread_mutex_unlock(&s->mu);
+    *out = list;
+    return n;
+}
+
+void scouts_catch_up(struct scouts *s)
+{
+    char **users;
+    size_t n = local_users(s, &users);
+    for (size_t i = 0; i < n; i++) {
+        scouts_request_pass(s, users[i]);
+        free(users[i]);
+    }
+    free(users);
+}
+
+/* ------------------------------------------------------------ closing sessions */
+
+static void close_where(struct scouts *s, const char *user_id, const char *device_id, int code)
+{
+    uint64_t sids[64];
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    for (struct scouts_sess *x = u ? u->sessions : NULL; x && n < 64; x = x->user_next)
+        if (!device_id || strcmp(x->device_id, device_id) == 0)
+            sids[n++] = x->sid;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        ws_close(s->ws, sids[i], code, "revoked");
+}
+
+void scouts_user_erased(struct scouts *s, const char *user_id)
+{
+    if (s && s->ws)
+        close_where(s, user_id, NULL, CLOSE_REVOKED);
+}
+
+/* A proposal of the user was acked (here or elsewhere): it leaves every window, and
+ * the sessions of other devices hear that it is resolved. */
+static void resolved(struct scouts *s, const char *user_id, const char *pid,
+                     const char *acking_device)
+{
+    uint64_t sids[64];
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next) {
+        sent_remove(x, pid);
+        if (strcmp(x->device_id, acking_device) != 0 && n < 64)
+            sids[n++] = x->sid;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        send_json(s, sids[i],
+                  json_pack("{s:s, s:s}", "type", "scout_proposal_resolved", "proposal_id", pid),
+                  MC_WS_FRAMES_OUT_RESOLVED);
+}
+
+/* Splits "a|b|c..." in place into at most max fields; the last keeps the rest. */
+static int split(char *p, char **f, int max)
+{
+    int n = 0;
+    while (n < max - 1) {
+        f[n++] = p;
+        char *bar = strchr(p, '|');
+        if (!bar)
+            return n;
+        *bar = '\0';
+        p = bar + 1;
+    }
+    f[n++] = p;
+    return n;
+}
+
+void scouts_on_notify(struct scouts *s, const char *payload)
+{
+    char buf[8192];
+    snprintf(buf, sizeof(buf), "%s", payload);
+    char *f[5];
+    int n = split(buf, f, buf[0] == 'a' ? 5 : buf[0] == 'd' ? 3 : 2);
+    switch (buf[0]) {
+    case 'q': /* q|user: something queued (or queued again) for the user */
+        if (n == 2)
+            scouts_request_pass(s, f[1]);
+        break;
+    case 'a': /* a|instance|proposal|device|user: acked on some instance */
+        if (n == 5 && strcmp(f[1], s->instance) != 0) {
+            resolved(s, f[4], f[2], f[3]);
+            scouts_request_pass(s, f[4]);
+        }
+        break;
+    case 'd': /* d|device|user: device deleted */
+        if (n == 3)
+            close_where(s, f[2], f[1], CLOSE_REVOKED);
+        break;
+    case 'u': /* u|user: user erased */
+        if (n == 2)
+            close_where(s, f[1], NULL, CLOSE_REVOKED);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ presence */
+
+void scouts_presence_tick(struct scouts *s)
+{
+    json_t *ids = json_array();
+    json_t *users = json_array();
+    pthread_mutex_lock(&s->mu);
+    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
+        for (struct scouts_sess *x = s->by_sid[b]; x; x = x->hash_next) {
+            json_array_append_new(ids, json_string(x->device_id));
+            json_array_append_new(users, json_string(x->user->user_id));
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (json_array_size(ids) > 0) {
+        char *text = json_dumps(ids, JSON_COMPACT);
+        json_t *gone = NULL;
+        if (text && scouts_devices_refresh(s, text, &gone) == ST_OK) {
+            /* a device deleted while its notification was missed */
+            size_t i, k;
+            json_t *g, *d;
+            json_array_foreach(gone, i, g)
+            {
+                json_array_foreach(ids, k, d)
+                {
+                    if (json_equal(g, d)) {
+                        close_where(s, json_string_value(json_array_get(users, k)),
+                                    json_string_value(g), CLOSE_REVOKED);
+                        break;
+                    }
+                }
+            }
+        }
+        json_decref(gone);
+        free(text);
+    }
+    json_decref(ids);
+    json_decref(users);
+}
+
+/* ------------------------------------------------------------ device_hello */
+
+struct hello_arg {
+    uint64_t sid;
+    char device_id[SCOUTS_ID_LEN + 1];
+    char token[TOKEN_MAX + 1];
+};
+
+static void reject_hello(struct scouts *s, uint64_t sid)
+{
+    send_error(s, sid, "unauthorized", NULL);
+    ws_close(s->ws, sid, CLOSE_UNAUTHORIZED, "unauthorized");
+}
+
+static void hello_job(struct scouts *s, void *arg)
+{
+    struct hello_arg *a = arg;
+    char user[SCOUTS_USER_MAX * 4 + 1];
+    int rc = scouts_device_verify(s, a->device_id, a->token, user, sizeof(user));
+    explicit_bzero(a->token, sizeof(a->token));
+    if (rc == ST_ENOTFOUND) {
+        reject_hello(s, a->sid);
+        return;
+    }
+    if (rc != ST_OK) {
+        send_error(s, a->sid, "unavailable", NULL);
+        ws_close(s->ws, a->sid, CLOSE_TRY_AGAIN, "try again later");
+        return;
+    }
+    /* registered before ws_authenticate: the close callback only fires for
+     * authenticated sessions, so a session that dies in between is caught below */
+    pthread_mutex_lock(&s->mu);
+    if (sess_find_locked(s, a->sid)) {
+        pthread_mutex_unlock(&s->mu);
+        return; /* a second hello on the same session while the first was checked */
+    }
+    struct scouts_user *u = user_get_locked(s, user);
+    struct scouts_sess *x = u ? calloc(1, sizeof(*x)) : NULL;
+    if (!x) {
+        if (u)
+            user_maybe_free_locked(s, u);
+        pthread_mutex_unlock(&s->mu);
+        send_error(s, a->sid, "unavailable", NULL);
+        ws_close(s->ws, a->sid, CLOSE_TRY_AGAIN, "out of memory");
+        return;
+    }
+    x->sid = a->sid;
+    snprintf(x->device_id, sizeof(x->device_id), "%s", a->device_id);
+    x->user = u;
+    x->user_next = u->sessions;
+    u->sessions = x;
+    size_t b = hash_u64(a->sid);
+    x->hash_next = s->by_sid[b];
+    s->by_sid[b] = x;
+    s->nsessions++;
+    pthread_mutex_unlock(&s->mu);
+
+    if (ws_authenticate(s->ws, a->sid, a->device_id, user) != 0) {
+        pthread_mutex_lock(&s->mu);
+        struct scouts_sess *gone = sess_find_locked(s, a->sid);
+        if (gone)
+            sess_remove_locked(s, gone);
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    char sess_id[48], now[32];
+    snprintf(sess_id, sizeof(sess_id), "%s-%llu", s->instance, (unsigned long long)a->sid);
+    jtime_format(jtime_now_us(), now);
+    send_json(s, a->sid,
+              json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
+                        "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s),
+              MC_WS_FRAMES_OUT_HELLO_OK);
+    scouts_device_seen(s, a->device_id);
+    pass_now(s, user);
+}
+
+static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
+{
+    struct scouts *s = ctx;
+    (void)ws;
+    if (atomic_load(&s->stopping))
+        return;
+    if (authed) {
+        send_error(s, sid, "already_authenticated", NULL);
+        return;
+    }
+    const char *device = json_string_value(json_object_get(frame, "device_id"));
+    const char *token = json_string_value(json_object_get(frame, "token"));
+    if (!device || !token || !scouts_uuid_valid(device) || strlen(token) > TOKEN_MAX) {
+        reject_hello(s, sid);
+        return;
+    }
+    struct hello_arg *a = malloc(sizeof(*a));
+    if (!a) {
+        reject_hello(s, sid);
+        return;
+    }
+    a->sid = sid;
+    snprintf(a->device_id, sizeof(a->device_id), "%s", device);
+    snprintf(a->token, sizeof(a->token), "%s", token);
+    if (submit(s, hello_job, a, false) != 0)
+        ws_close(s->ws, sid, CLOSE_TRY_AGAIN, "busy");
+}
+
+/* ------------------------------------------------------------ acks */
+
+struct ack_arg {
+    uint64_t sid;
+    char pid[SCOUTS_ID_LEN + 1];
+    char device_id[SCOUTS_ID_LEN + 1];
+    char user_id[SCOUTS_USER_MAX * 4 + 1];
+};
+
+static void ack_job(struct scouts *s, void *arg)
+{
+    struct ack_arg *a = arg;
+    bool found = false, changed = false;
+    int rc = scouts_ack(s, a->pid, a->user_id, a->device_id, &found, &changed);
+    if (rc != ST_OK) {
+        /* nothing changed; the device acks again when the proposal comes back */
+        send_error(s, a->sid, "unavailable", a->pid);
+        return;
+    }
+    if (!found) {
+        send_error(s, a->sid, "not_found", a->pid);
+        return;
+    }
+    send_json(s, a->sid, json_pack("{s:s, s:s}", "type", "ack_ok", "proposal_id", a->pid),
+              MC_WS_FRAMES_OUT_ACK_OK);
+    if (changed) {
+        resolved(s, a->user_id, a->pid, a->device_id);
+        pass_now(s, a->user_id);
+    }
+}
+
+static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
+{
+    struct scouts *s = ctx;
+    (void)ws;
+    (void)authed;
+    if (atomic_load(&s->stopping))
+        return;
+    json_t *pv = json_object_get(frame, "proposal_id");
+    const char *pid = json_string_value(pv);
+    if (!pid) {
+        send_error(s, sid, "bad_frame", NULL);
+        return;
+    }
+    if (!scouts_uuid_valid(pid)) {
+        /* cannot name a proposal: unknown, answered without a database trip */
+        char shown[SCOUTS_ID_LEN * 4 + 1];
+        snprintf(shown, sizeof(shown), "%s", pid);
+        send_error(s, sid, "not_found", shown);
+        return;
+    }
+    struct ack_arg *a = malloc(sizeof(*a));
+    if (!a)
+        return;
+    a->sid = sid;
+    snprintf(a->pid, sizeof(a->pid), "%s", pid);
+    for (char *p = a->pid; *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            *p = (char)(*p - 'A' + 'a');
+    pthread_mutex_lock(&s->mu);
+    struct scouts_sess *x = sess_find_locked(s, sid);
+    if (x) {
+        snprintf(a->device_id, sizeof(a->device_id), "%s", x->device_id);
+        snprintf(a->user_id, sizeof(a->user_id), "%s", x->user->user_id);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!x) {
+        free(a);
+        return;
+    }
+    submit(s, ack_job, a, false);
+}
+
+/* ------------------------------------------------------------ closes */
+
+struct device_arg {
+    char device_id[SCOUTS_ID_LEN + 1];
+};
+
+static void offline_job(struct scouts *s, void *arg)
+{
+    scouts_device_offline(s, ((struct device_arg *)arg)->device_id);
+}
+
+static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, const char *device_id,
+                      const char *user_id)
+{
+    struct scouts *s = ctx;
+    (void)ws;
+    (void)user_id;
+    bool last = false;
+    pthread_mutex_lock(&s->mu);
+    struct scouts_sess *x = sess_find_locked(s, sid);
+    if (x)
+        last = sess_remove_locked(s, x);
+    pthread_mutex_unlock(&s->mu);
+    if (!x || !last || atomic_load(&s->stopping))
+        return;
+    struct device_arg *a = malloc(sizeof(*a));
+    if (!a)
+        return;
+    snprintf(a->device_id, sizeof(a->device_id), "%s", device_id);
+    submit(s, offline_job, a, true);
+}
+
+int scouts_ws_register(struct ws_server *ws, struct scouts *s)
+{
+    s->ws = ws;
+    int rc = 0;
+    rc |= ws_server_on(ws, "device_hello", true, on_hello, s);
+    rc |= ws_server_on(ws, "scout_proposal_ack", false, on_ack, s);
+    ws_server_on_closed(ws, on_closed, s);
+    return rc;
+}
+
+/* Collects the device ids of this instance's sessions as a JSON array text. */
+char *scouts_local_devices_json(struct scouts *s)
+{
+    json_t *ids = json_array();
+    pthread_mutex_lock(&s->mu);
+    for (size_t b = 0; b < SCOUTS_BUCKETS; b++)
+        for (struct scouts_sess *x = s->by_sid[b]; x; x = x->hash_next)
+            json_array_append_new(ids, json_string(x->device_id));
+    pthread_mutex_unlock(&s->mu);
+    char *text = json_array_size(ids) ? json_dumps(ids, JSON_COMPACT) : NULL;
+    json_decref(ids);
+    return text;
+}
+
+void scouts_sessions_free(struct scouts *s)
+{
+    pthread_mutex_lock(&s->mu);
+    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
+        while (s->by_sid[b])
+            sess_remove_locked(s, s->by_sid[b]);
+    }
+    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
+        while (s->by_user[b]) {
+            struct scouts_user *u = s->by_user[b];
+            s->by_user[b] = u->hash_next;
+            free(u->user_id);
+            free(u);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
