@@ -30,6 +30,29 @@
 #include "steward/scouts.h"
 
 /* wire: healer headers */
+#include "steward/healer.h"
+
+/* The healer reaches the other capabilities only through these hooks (ctx = the app). */
+static int healer_hook_lessons_snapshot(void *ctx, json_t **out)
+{
+    return lessons_snapshot(((struct app *)ctx)->lessons, out);
+}
+
+static bool healer_hook_record_lesson(void *ctx, const char *lesson_type,
+                                      const char *work_item_id, const char *stage,
+                                      json_t *detail)
+{
+    return lessons_record_auto(((struct app *)ctx)->lessons, lesson_type, work_item_id, stage,
+                               detail);
+}
+
+static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
+{
+    if (app->lessons) {
+        hk->lessons_snapshot = healer_hook_lessons_snapshot;
+        hk->record_lesson = healer_hook_record_lesson;
+    }
+}
 
 #define STARTUP_DB_WAIT_S 30
 
@@ -88,6 +111,7 @@ static int register_routes(struct app *app)
     rc |= scouts_http_register(&app->router, app->scouts);
 
     /* wire: healer routes */
+    rc |= healer_http_register(&app->router, app->healer);
     return rc;
 }
 
@@ -126,6 +150,11 @@ static int start_servers(struct app *app)
     }
 
     /* wire: healer websocket */
+    healer_set_ws(app->healer, app->ws);
+    if (healer_start(app->healer) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot start the healer timers", NULL);
+        return -1;
+    }
     if (ws_server_start(app->ws) != 0)
         return -1;
     struct http_server_opts ho = {
@@ -201,6 +230,25 @@ static int build(struct app *app)
     }
 
     /* wire: healer construction */
+    {
+        struct healer_settings hs = {
+            .heal_interval_s = app->cfg.heal_interval_s,
+            .perf_interval_s = app->cfg.perf_interval_s,
+            .stuck_after_s = app->cfg.stuck_after_s,
+            .archive_after_days = app->cfg.archive_after_days,
+            .degraded_db_latency_ms = app->cfg.degraded_db_latency_ms,
+            .degraded_pool_waiting = app->cfg.degraded_pool_waiting,
+            .perf_pool_wait_p95_ms = app->cfg.perf_pool_wait_p95_ms,
+            .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
+            .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
+            .started_us = app->started_us,
+        };
+        struct healer_hooks hk = {.ctx = app};
+        healer_wire_hooks(app, &hk);
+        app->healer = healer_new(app->pool, &app->log, app->metrics, &app->router, NULL, &hs, &hk);
+        if (!app->healer)
+            return -1;
+    }
     return start_servers(app);
 }
 
@@ -219,6 +267,7 @@ static void teardown(struct app *app)
     scouts_stop(app->scouts);
 
     /* wire: healer shutdown (timers, listeners) */
+    healer_stop(app->healer);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
@@ -235,6 +284,7 @@ static void teardown(struct app *app)
     scouts_free(app->scouts);
 
     /* wire: healer free */
+    healer_free(app->healer);
     auth_free(app->auth);
     metrics_free(app->metrics);
     pool_free(app->pool);

@@ -34,6 +34,9 @@ enum metrics_counter {
     MC_PROPOSALS_FAILED,
     MC_HEAL_RUNS,
     MC_LESSONS_RECORDED,
+    MC_HEAL_SKIPPED,  /* sweeps this instance skipped because the turn was taken */
+    MC_HEAL_FAILURES, /* sweep steps that failed */
+    MC_PERF_REPORTS,  /* performance reports written by this instance */
     MC_COUNT
 };
 
@@ -55,13 +58,20 @@ struct metrics_route_snap {
     uint64_t sum_us;
 };
 
+/* All counters at zero; NULL when out of memory. Free with metrics_free (NULL is a no-op). */
 struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
 
-/* Records one request: route index from the router, or -1 when nothing matched. */
+/* Records one request: route index from the router, or -1 when nothing matched.
+ * Lock-free (relaxed atomics); micros is the request duration. */
 void metrics_http_observe(struct metrics *m, int route_index, int status, int64_t micros);
+/* Adds n to a named counter (m may be NULL: nothing happens). Lock-free. */
 void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n);
+/* The current value of a named counter. */
 uint64_t metrics_counter_value(const struct metrics *m, enum metrics_counter c);
+/* Copies the figures of one route slot (0..METRICS_ROUTES-1; the last is "unmatched").
+ * The copy is not atomic as a whole: a request finishing meanwhile may show in one
+ * field and not yet in another, which a later snapshot evens out. */
 void metrics_route_snapshot(const struct metrics *m, int slot, struct metrics_route_snap *out);
 /* Estimated quantile q (0..1) in seconds from histogram bucket counts; 0 when empty. */
 double metrics_quantile(const uint64_t *buckets, size_t nbuckets, const double *bounds,
@@ -80,6 +90,15 @@ struct metrics_sources {
     struct pool *pool;
     struct ws_server *ws; /* may be NULL */
 };
+
+/* WebSocket figures for modules that may not include the transport header (the healer):
+ * all zero when ws is NULL. */
+struct metrics_ws_figures {
+    int connections;
+    int authenticated;
+    uint64_t queued_bytes;
+};
+void metrics_ws_figures(struct ws_server *ws, struct metrics_ws_figures *out);
 
 /* Prometheus text exposition of everything; the caller frees the result. */
 char *metrics_render(const struct metrics_sources *src, size_t *len);

@@ -155,6 +155,25 @@ static void render_counters(struct buf *b, const struct metrics_sources *src)
     buf_printf(b, "# HELP lessons_recorded_total Lessons written by this instance.\n"
                   "# TYPE lessons_recorded_total counter\nlessons_recorded_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_LESSONS_RECORDED));
+    buf_printf(b, "# HELP heal_skipped_total Sweeps skipped because another run held the "
+                  "turn.\n# TYPE heal_skipped_total counter\nheal_skipped_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_SKIPPED));
+    buf_printf(b, "# HELP heal_step_failures_total Sweep steps that failed.\n"
+                  "# TYPE heal_step_failures_total counter\nheal_step_failures_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_FAILURES));
+    buf_printf(b, "# HELP perf_reports_total Performance reports written by this instance.\n"
+                  "# TYPE perf_reports_total counter\nperf_reports_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_PERF_REPORTS));
+}
+
+void metrics_ws_figures(struct ws_server *ws, struct metrics_ws_figures *out)
+{
+    struct ws_stats st = {0};
+    if (ws)
+        ws_server_stats(ws, &st);
+    out->connections = st.connections;
+    out->authenticated = st.authenticated;
+    out->queued_bytes = st.queued_bytes;
 }
 
 char *metrics_render(const struct metrics_sources *src, size_t *len)

@@ -1,0 +1,203 @@
+/* Healer: self-healing sweeps, performance reports and the status summary (SPEC 6).
+ *
+ * A sweep repairs what got stuck (through hooks the other capabilities provide), measures
+ * health and writes a "self_healing_report" to system_events. Only one instance sweeps at
+ * a time: the turn is a lease row in healer_leases claimed with one UPDATE (transaction
+ * scoped, so it holds behind a transaction-mode pooler). A performance report
+ * ("performance_optimization_report") is written by every instance for its own traffic,
+ * from the difference of the in-process histograms since its previous report. Both
+ * periodic jobs record themselves in job_heartbeats under "<job>:<instance>".
+ *
+ * This module includes no transport header and no other capability's header: app.c wires
+ * the hooks. */
+#ifndef STEWARD_HEALER_H
+#define STEWARD_HEALER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "steward/log.h"
+#include "steward/metrics.h"
+#include "steward/pool.h"
+#include "steward/router.h"
+
+struct healer;
+struct ws_server;
+
+/* Intervals and thresholds (from struct config). */
+struct healer_settings {
+    int heal_interval_s;        /* STEWARD_HEAL_INTERVAL_S: sweep period */
+    int perf_interval_s;        /* STEWARD_PERF_INTERVAL_S: performance report period */
+    int stuck_after_s;          /* running actions older than this are reset */
+    int archive_after_days;     /* failed actions older than this are archived */
+    int degraded_db_latency_ms; /* a round trip at or above this is degraded */
+    int degraded_pool_waiting;  /* this many callers waiting for a connection is degraded */
+    int perf_pool_wait_p95_ms;  /* pool wait p95 above this recommends a larger pool */
+    int perf_error_rate_pct;    /* a route with more 5xx than this percentage is flagged */
+    int perf_route_p99_ms;      /* a route with a p99 above this is flagged */
+    int64_t started_us;         /* process start (epoch microseconds), for uptime_s */
+};
+
+/* What the sweep and the reports call in the other capabilities. Every hook may be NULL:
+ * the step is then skipped (its count stays 0) or the field is null. Each hook returns
+ * ST_* and runs in its own transaction. */
+struct healer_hooks {
+    void *ctx;
+    /* running actions initiated more than stuck_after_s ago -> failed/timeout */
+    int (*recover_stuck)(void *ctx, int stuck_after_s, long long *count);
+    /* re-send deliveries past the ack timeout, fail those out of attempts */
+    int (*delivery_pass)(void *ctx, long long *requeued, long long *failed);
+    /* proposals past expires_at -> expired (content erased) */
+    int (*expire_proposals)(void *ctx, long long *count);
+    /* failed actions older than archive_after_days -> actions_archive */
+    int (*archive_actions)(void *ctx, int archive_after_days, long long *count);
+    /* action outcomes recorded since since_us */
+    int (*action_stats)(void *ctx, int64_t since_us, long long *succeeded, long long *failed);
+    /* delivery counts and latencies since since_us; *out is a new reference */
+    int (*delivery_stats)(void *ctx, int64_t since_us, json_t **out);
+    /* the lessons snapshot object; *out is a new reference */
+    int (*lessons_snapshot)(void *ctx, json_t **out);
+    /* never-raise lesson recording (detail borrowed); returns true when written */
+    bool (*record_lesson)(void *ctx, const char *lesson_type, const char *work_item_id,
+                          const char *stage, json_t *detail);
+};
+
+/* Creates the healer. pool, lg, m and router are borrowed and must outlive it; ws may be
+ * NULL (ws_connections then reads 0). settings and hooks are copied. No thread runs and
+ * nothing touches the database until healer_start / a call. Returns NULL when out of
+ * memory. */
+struct healer *healer_new(struct pool *pool, const struct logger *lg, struct metrics *m,
+                          const struct router *router, struct ws_server *ws,
+                          const struct healer_settings *settings,
+                          const struct healer_hooks *hooks);
+/* Sets the WebSocket server whose figures the sweep and the status read (the server is
+ * created after the capabilities). Call before healer_start; ws may be NULL. */
+void healer_set_ws(struct healer *h, struct ws_server *ws);
+/* Starts the two timer threads (sweep, performance report); the first run of each comes
+ * one interval after the start. Returns 0, or -1 when a thread could not start. */
+int healer_start(struct healer *h);
+/* Stops the timers, letting a run in progress finish. Safe to call twice, or without
+ * healer_start. */
+void healer_stop(struct healer *h);
+/* Frees the healer (stopping it first). NULL is a no-op. */
+void healer_free(struct healer *h);
+
+/* The outcome of healer_sweep besides its ST_* result. */
+enum healer_skip {
+    HEALER_RAN = 0,
+    HEALER_SKIP_RUNNING_HERE,      /* this instance is already sweeping */
+    HEALER_SKIP_RUNNING_ELSEWHERE, /* another instance holds the turn */
+    HEALER_SKIP_RAN_RECENTLY       /* periodic only: a sweep ran less than 0.8 interval ago */
+};
+
+/* Runs one sweep now (on_demand) or as the periodic job. On ST_OK, *report is the
+ * written report ({"id","event_type","created_at","event_data"}, new reference). When
+ * the turn is taken, returns ST_ECONFLICT and sets *skip (and copies the holder's
+ * instance name into holder, cap bytes, when known). ST_EUNAVAIL when the database could
+ * not be reached to claim the turn. A sweep whose report could not be stored still
+ * returns ST_OK with "id": null. Steps that fail are logged and listed in the report's
+ * "errors"; they never undo the others. */
+int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_skip *skip,
+                 char *holder, size_t cap);
+
+/* Writes one performance report now (what the timer does). *report (may be NULL) gets
+ * the written report, new reference. ST_EUNAVAIL when it could not be stored (the next
+ * report then covers the longer interval). */
+int healer_perf_report(struct healer *h, json_t **report);
+
+/* Lists reports newest first. event_type is NULL (both kinds) or one of
+ * "self_healing_report", "performance_optimization_report"; before_id is the cursor (0 =
+ * from the newest). *items is a new array; *next_id is the cursor of the next page or 0.
+ * Returns ST_*. */
+int healer_reports_list(struct healer *h, const char *event_type, int64_t before_id, int limit,
+                        json_t **items, int64_t *next_id);
+/* True when event_type is a report type healer_reports_list accepts. */
+bool healer_report_type_valid(const char *event_type);
+
+/* The GET /v1/status object (new reference; never NULL unless out of memory). Parts
+ * that need the database are null when it is unreachable. */
+json_t *healer_status(struct healer *h);
+
+/* This instance's name ("host:pid:random"), as written in heartbeats and reports. */
+const char *healer_instance(const struct healer *h);
+
+/* Registers POST /v1/heal (admin), GET /v1/reports (read) and GET /v1/status (read).
+ * Does not dereference h (the route table command passes NULL). Returns 0 or -1 when the
+ * table is full. Implemented in src/healer/healer_http.c. */
+int healer_http_register(struct router *r, struct healer *h);
+
+/* ---- pure parts, exposed for the unit tests ---- */
+
+/* Figures one sweep gathered. Counts of steps that failed or were skipped stay 0. */
+struct healer_sweep_figures {
+    int64_t started_us;
+    long long stuck_actions, requeued_deliveries, failed_deliveries, expired_proposals,
+        archived_actions;
+    bool ran_recover, ran_delivery, ran_expire, ran_archive; /* the step ran and succeeded */
+    double db_latency_ms; /* < 0: the database did not answer */
+    int pool_waiting;
+    int ws_connections;
+    double duration_ms;
+    json_t *errors; /* borrowed array of {"step","error"}; may be NULL */
+};
+
+/* Sets *degraded and appends one reason slug per crossed threshold to reasons (may be
+ * NULL): "db_unreachable", "db_latency" (latency >= degraded_db_latency_ms),
+ * "pool_waiting" (waiting >= degraded_pool_waiting), "step_failed" (errors not empty). */
+bool healer_judge_health(const struct healer_sweep_figures *f, const struct healer_settings *s,
+                         json_t *reasons);
+
+/* The event_data of a self_healing_report (new reference):
+ * {"timestamp","instance","duration_ms","actions":[{"kind","count"}],"errors":[...],
+ *  "system_health":{"stuck_actions","requeued_deliveries","failed_deliveries",
+ *  "expired_proposals","archived_actions","db_latency_ms","pool_waiting",
+ *  "ws_connections","degraded"}}. */
+json_t *healer_sweep_event(const struct healer_sweep_figures *f, const char *instance,
+                           bool degraded);
+
+/* Per-route figures over an interval. */
+struct healer_route_figures {
+    const char *route;
+    const char *method;
+    uint64_t requests;
+    uint64_t server_errors; /* 5xx */
+    uint64_t client_errors; /* 4xx */
+    double error_rate_pct;  /* server_errors / requests * 100 */
+    double p50_ms, p95_ms, p99_ms;
+};
+
+/* out = now - prev, bucket by bucket (a counter that went backwards reads 0). */
+void healer_route_delta(const struct metrics_route_snap *now,
+                        const struct metrics_route_snap *prev, struct metrics_route_snap *out);
+/* Fills counts, error rate and quantiles (from metrics_lat_bounds) of one delta. */
+void healer_route_figures(const struct metrics_route_snap *delta,
+                          struct healer_route_figures *out);
+/* Quantile q of a pool wait histogram (per-bucket counts, pool_wait_bounds_us), in ms. */
+double healer_pool_wait_quantile_ms(const uint64_t *buckets, double q);
+
+/* Routes (and the pool) with fewer samples than this are not judged. */
+#define HEALER_MIN_SAMPLES 20
+
+/* What the recommendations are drawn from. */
+struct healer_perf_figures {
+    const struct healer_route_figures *routes;
+    size_t nroutes;
+    uint64_t pool_waits;    /* acquires in the interval */
+    uint64_t pool_timeouts; /* acquires that gave up */
+    double pool_wait_p95_ms;
+    bool actions_known;
+    long long actions_succeeded, actions_failed;
+};
+
+/* Plain-sentence recommendations (new array of strings, possibly empty):
+ * - pool wait p95 > perf_pool_wait_p95_ms (with >= HEALER_MIN_SAMPLES waits): larger pool;
+ * - any pool timeout: larger pool or shorter transactions;
+ * - a route with >= HEALER_MIN_SAMPLES requests and a 5xx rate > perf_error_rate_pct;
+ * - a route with >= HEALER_MIN_SAMPLES requests and p99 > perf_route_p99_ms;
+ * - >= HEALER_MIN_SAMPLES action outcomes and more failures than successes. */
+json_t *healer_recommendations(const struct healer_perf_figures *p,
+                               const struct healer_settings *s);
+
+#endif

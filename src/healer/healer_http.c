@@ -1,0 +1,134 @@
+/* HTTP adapter of the healer: POST /v1/heal, GET /v1/reports, GET /v1/status. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "steward/cursor.h"
+#include "steward/err.h"
+#include "steward/healer.h"
+#include "steward/http.h"
+#include "steward/json.h"
+
+/* Adds "unknown query parameter" for every key not in allowed (NULL-terminated). */
+static void unknown_query(const struct http_req *req, const char *const *allowed, json_t *errs)
+{
+    for (size_t i = 0; i < req->nquery; i++) {
+        bool known = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(req->query[i].key, *a) == 0)
+                known = true;
+        if (!known)
+            jv_error(errs, req->query[i].key, "unknown query parameter");
+    }
+}
+
+static void heal(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    struct healer *h = ctx;
+    if (!http_body_object(req, resp, false))
+        return;
+    json_t *errs = json_array();
+    static const char *const none[] = {NULL};
+    if (req->body)
+        jv_unknown_fields(req->body, none, "", errs);
+    unknown_query(req, none, errs);
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *report = NULL;
+    enum healer_skip skip;
+    char holder[160];
+    int rc = healer_sweep(h, true, &report, &skip, holder, sizeof(holder));
+    if (rc == ST_OK) {
+        http_json(resp, 200, report);
+        return;
+    }
+    if (rc == ST_ECONFLICT) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "a sweep is already running on instance %s",
+                 holder[0] ? holder : "(unknown)");
+        http_problem(resp, 409, detail);
+        http_header(resp, "Retry-After", "5");
+        return;
+    }
+    http_error(resp, rc, NULL);
+}
+
+static void reports(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    struct healer *h = ctx;
+    json_t *errs = json_array();
+    static const char *const allowed[] = {"event_type", "limit", "cursor", NULL};
+    unknown_query(req, allowed, errs);
+    int limit = 50;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end;
+        long v = strtol(l, &end, 10);
+        if (!*l || *end || v < 1 || v > 500)
+            jv_error(errs, "limit", "must be an integer from 1 to 500");
+        else
+            limit = (int)v;
+    }
+    const char *cursor = http_query(req, "cursor");
+    if (cursor && !*cursor)
+        cursor = NULL;
+    const char *type = http_query(req, "event_type");
+    if (type && !*type)
+        type = NULL;
+    if (type && !healer_report_type_valid(type))
+        jv_error(errs, "event_type",
+                 "must be self_healing_report or performance_optimization_report");
+    int64_t before = 0, unused = 0;
+    if (cursor && (cursor_decode(cursor, &before, &unused) != 0 || before <= 0))
+        jv_error(errs, "cursor", "is not a cursor of this list");
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *items = NULL;
+    int64_t next = 0;
+    int rc = healer_reports_list(h, type, before, limit, &items, &next);
+    if (rc != ST_OK) {
+        http_error(resp, rc, NULL);
+        return;
+    }
+    json_t *next_cursor = json_null();
+    if (next > 0) {
+        char buf[CURSOR_LEN];
+        cursor_encode(buf, next, 0);
+        next_cursor = json_string(buf);
+    }
+    http_json(resp, 200, json_pack("{s:o, s:o}", "items", items, "next_cursor", next_cursor));
+}
+
+static void status(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    struct healer *h = ctx;
+    json_t *errs = json_array();
+    static const char *const none[] = {NULL};
+    unknown_query(req, none, errs);
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *st = healer_status(h);
+    if (!st) {
+        http_problem(resp, 500, "out of memory");
+        return;
+    }
+    http_json(resp, 200, st);
+}
+
+int healer_http_register(struct router *r, struct healer *h)
+{
+    int rc = 0;
+    rc |= http_route(r, "POST", "/v1/heal", AUTH_ADMIN, heal, h);
+    rc |= http_route(r, "GET", "/v1/reports", AUTH_READ, reports, h);
+    rc |= http_route(r, "GET", "/v1/status", AUTH_READ, status, h);
+    return rc;
+}
