@@ -57,8 +57,11 @@ if (s) {
 
 p(`## REST at concurrency ${prm.conc}`);
 p();
-p('| workload | rps / tps | p50 ms | p99 ms | errors / non-2xx |');
-p('|---|---:|---:|---:|---:|');
+p('| workload | rps / tps | p50 ms | p99 ms | errors / non-2xx | CPU us/request: steward + PostgreSQL + client = total | machine busy |');
+p('|---|---:|---:|---:|---:|---|---:|');
+const cpu = (w) => (w.cpu_us_per_req ? `${f(w.cpu_us_per_req.steward, 1)} + ${f(w.cpu_us_per_req.postgres, 1)} + ` +
+  `${f(w.cpu_us_per_req.client, 1)} = ${f(w.cpu_us_per_req.total, 1)}` : 'n/a');
+const busy = (w) => (w.cpu_busy != null ? `${f(100 * w.cpu_busy, 0)}%` : 'n/a');
 const errs = (w) => `${w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout} / ${w.non_2xx}`;
 const rows = [
   ['bond_read', 'steward GET /v1/bonds/{user_id}'],
@@ -72,12 +75,16 @@ const rows = [
 for (const [k, label] of rows) {
   const w = g(k);
   if (!w) continue;
-  if (k.startsWith('pg_')) p(`| ${label} | ${f(w.tps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | - |`);
-  else p(`| ${label} | ${f(w.rps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | ${errs(w)} |`);
+  if (k.startsWith('pg_')) p(`| ${label} | ${f(w.tps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | - | ${cpu(w)} | ${busy(w)} |`);
+  else p(`| ${label} | ${f(w.rps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | ${errs(w)} | ${cpu(w)} | ${busy(w)} |`);
 }
 p();
 p('pgbench latencies come from a 10% sample of its per-transaction log; wrk latencies from ' +
-  'its own histogram (time from writing a request to its last response byte).');
+  'its own histogram (time from writing a request to its last response byte). CPU per request is ' +
+  'the CPU time (user + system, from /proc) each component used during the run divided by the ' +
+  'requests: steward\'s process, the whole PostgreSQL cluster (every backend and background ' +
+  'process), and the load generator (wrk or pgbench); "machine busy" is their sum over the ' +
+  'machine\'s CPU time. With both cores saturated, throughput is bounded by 1 / total.');
 p();
 const rRead = ratio(g('bond_read') && g('bond_read').rps, g('pg_bond_read') && g('pg_bond_read').tps);
 const rCons = ratio(g('consume') && g('consume').rps, g('pg_consume') && g('pg_consume').tps);
@@ -96,34 +103,39 @@ if (half) target('bond read p99 < 5 ms at half of peak', half.p99_ms, `${f(half.
   half.p99_ms < 5);
 target('atomic consume >= 0.7x pgbench UPDATE', rCons, `${f(rCons)}x`, rCons >= 0.7);
 
-p('## WebSocket devices');
-p();
 const wsKeys = Object.keys(recs).filter((k) => /^ws_\d+$/.test(k)).sort((a, b) =>
   Number(a.slice(3)) - Number(b.slice(3)));
 if (wsKeys.length) {
+  p('## WebSocket devices');
+  p();
   p('| devices | connect s | RSS before KiB | RSS after KiB | KiB/connection | ingest p50 ms | ingest p99 ms | max ms | proposals/s | exactly own | storm: all hello_ok s | storm: all delivered s | storm exactly own |');
   p('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|');
+  const own = (x) => (!x ? 'n/a' : x.exactly_once ? 'yes'
+    : `NO (${x.missing} missing, ${x.wrong_device} wrong, ${x.duplicates} dup, ${x.stray} stray)`);
   for (const k of wsKeys) {
     const w = g(k);
-    if (w.error) {
-      p(`| ${int(w.n)} | failed: ${w.error} | | | | | | | | | | | |`);
-      continue;
-    }
-    const c = w.connect; const i = w.ingest; const st = w.storm || {};
+    const c = w.connect || {}; const i = w.ingest || {}; const st = w.storm || {};
     p(`| ${int(w.n)} | ${f(c.seconds)} | ${int(c.rss_before_kib)} | ${int(c.rss_after_kib)} | ` +
       `${f(c.kib_per_connection)} | ${f(i.latency_p50_ms)} | ${f(i.latency_p99_ms)} | ${f(i.latency_max_ms)} | ` +
-      `${int(i.proposals_per_s)} | ${i.exactly_once ? 'yes' : `NO (${i.missing} missing, ${i.wrong_device} wrong, ${i.duplicates} dup)`} | ` +
-      `${f(st.all_hello_ok_seconds)} | ${f(st.all_delivered_seconds)} | ` +
-      `${st.exactly_once ? 'yes' : `NO (${st.missing} missing, ${st.wrong_device} wrong, ${st.duplicates} dup)`} |`);
+      `${int(i.proposals_per_s)} | ${own(w.ingest)} | ${f(st.all_hello_ok_seconds)} | ` +
+      `${f(st.all_delivered_seconds)} | ${own(w.storm)} |`);
   }
   p();
   for (const k of wsKeys) {
     const w = g(k);
-    if (w.error || !w.ingest) continue;
-    p(`- ${int(w.n)} devices: ingest offered ${int(w.ingest.offered_rate)}/s, sent at ${int(w.ingest.achieved_send_rate)}/s, ` +
-      `HTTP status ${JSON.stringify(w.ingest.http_status)}, ingest HTTP p50 ${f(w.ingest.http_p50_ms)} ms / p99 ${f(w.ingest.http_p99_ms)} ms; ` +
-      `storm queued ${JSON.stringify((w.storm || {}).queued_while_away)} in ${f((w.storm || {}).queue_seconds)} s` +
-      (w.problems && w.problems.length ? `; problems: ${w.problems.slice(0, 3).join('; ')}` : ''));
+    if (w.error) p(`- ${int(w.n)} devices: **the run stopped: ${w.error}**`);
+    if (w.ingest) {
+      p(`- ${int(w.n)} devices: ingest offered ${int(w.ingest.offered_rate)}/s, sent at ${int(w.ingest.achieved_send_rate)}/s, ` +
+        `HTTP status ${JSON.stringify(w.ingest.http_status)}, ingest HTTP p50 ${f(w.ingest.http_p50_ms)} ms / p99 ${f(w.ingest.http_p99_ms)} ms` +
+        (w.storm ? `; storm: sockets closed in ${f(w.storm.close_seconds)} s, queued ${JSON.stringify(w.storm.queued_while_away)} ` +
+          `in ${f(w.storm.queue_seconds)} s, ${w.storm.connect_failures} reconnect failures` : ''));
+    }
+    if (w.run && w.run.cpu_us_total) {
+      const t = w.run.cpu_us_total;
+      p(`  CPU seconds over the whole ${int(w.n)}-device run: steward ${f(t.steward / 1e6)}, PostgreSQL ` +
+        `${f(t.postgres / 1e6)}, load generator ${f(t.client / 1e6)} (machine ${f(100 * w.run.cpu_busy, 0)}% busy)`);
+    }
+    if (w.problems && w.problems.length) p(`  problems: ${w.problems.slice(0, 5).join('; ')}`);
   }
   p();
   p('Latency is measured from sending the ingest POST to the `scout_proposal` frame arriving on the ' +
@@ -133,7 +145,7 @@ if (wsKeys.length) {
     'device holds its proposal.');
   p();
   const big = g('ws_10000') || g(wsKeys[wsKeys.length - 1]);
-  if (big && !big.error) {
+  if (big && big.connect && big.ingest) {
     const n = int(big.n);
     target(`${n} sockets, RSS growth < 20 KiB per connection`, big.connect.kib_per_connection,
       `${f(big.connect.kib_per_connection)} KiB`, big.connect.kib_per_connection < 20);
@@ -148,9 +160,10 @@ if (wsKeys.length) {
   }
 }
 
+const rs = g('scale_rows_small'); const rb = g('scale_rows_big');
+if (rs || rb) {
 p(`## Scale: ${int(prm.scale_small)} vs ${int(prm.scale_big)} stored rows (concurrency ${prm.scale_conc})`);
 p();
-const rs = g('scale_rows_small'); const rb = g('scale_rows_big');
 if (rs && rb) p(`Rows loaded through SQL (generate_series): small ${JSON.stringify(rs)}, big ${JSON.stringify(rb)}.`);
 p();
 p('| workload | p50 small ms | p50 big ms | big / small | p99 small ms | p99 big ms | rps small | rps big |');
@@ -163,6 +176,7 @@ for (const [k, label] of [['bond_read', 'GET /v1/bonds/{user_id}'], ['plan', 'PO
   target(`${label} p50 with ${int(prm.scale_big)} rows within 1.2x of ${int(prm.scale_small)}`, r, `${f(r)}x`, r <= 1.2);
 }
 p();
+}
 
 p('## Targets');
 p();

@@ -186,8 +186,9 @@ async function connectAll(concurrency) {
   return { seconds: (nowMs() - t0) / 1000, failures };
 }
 
+const out = { n: N, rate: RATE };
+
 async function main() {
-  const out = { n: N, rate: RATE };
   // 1. sockets and memory
   const rss0 = rssKiB(PID);
   const c = await connectAll(Number(args['connect-concurrency']));
@@ -283,12 +284,19 @@ async function main() {
 
 const hardStop = setTimeout(() => {
   console.error('ws-load: overall time limit reached');
+  out.error = 'overall time limit reached';
+  out.problems = problems;
+  out.ok = false;
+  console.log(JSON.stringify(out));
   process.exit(2);
-}, Number(args.timeout) * 4000 + 60000);
+}, Number(args.timeout) * 2000 + 60000);
 hardStop.unref();
 
 main().catch((e) => {
   console.error(`ws-load: ${e.stack || e.message}`);
-  console.log(JSON.stringify({ n: N, error: e.message, problems }));
+  out.error = e.message;
+  out.problems = problems;
+  out.ok = false;
+  console.log(JSON.stringify(out));
   process.exit(1);
 });
