@@ -63,9 +63,9 @@ struct planner_plan_req {
 };
 /* Plans one post: the SPEC 2 checks in order (samples, duplicate, frequency,
  * cooldown). *out is the plan result object; with claim and an eligible result the
- * action row is inserted (or a failed one reset) as running, attempts unchanged, with
- * initiated_at = the evaluation time, in the same transaction, and "claimed": true is
- * added. */
+ * action row is inserted (or a failed one reset) as running, attempts unchanged
+ * (0 for a new key), initiated_at = the database clock, in the same transaction, and
+ * "claimed": true is added. */
 int planner_plan(struct planner *p, const char *post_id, const struct planner_plan_req *req,
                  json_t **out);
 

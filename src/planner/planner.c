@@ -30,6 +30,9 @@ static const struct planner_config config_defaults = {
     .max_attempts = 5,
 };
 
+/* 0001-01-01T00:00:00Z, the oldest time RFC 3339 input can name. */
+#define PLANNER_EPOCH_MIN_US (-62135596800LL * 1000000)
+
 /* Advisory lock class for "plans of one post" (two-int form: its own key space). */
 #define PLANNER_LOCK_CLASS "1347568210"
 
@@ -108,15 +111,17 @@ static const struct db_stmt st_checks = {
     5};
 
 /* Claim: a new key becomes a running action; a failed one is reset to running. A key
- * that is running or succeeded is left alone (no row returned). */
+ * that is running or succeeded is left alone (no row returned). initiated_at is the
+ * database clock even when the plan was evaluated at a pinned "now": the row records
+ * when the work really started (the stuck sweep relies on it). */
 static const struct db_stmt st_claim = {
     "planner_claim",
     "INSERT INTO actions AS a (idempotency_key, post_id, action_type, tier, status, attempts, "
-    "initiated_at) VALUES ($1, $2, $3, $4, 'running', 0, $5::timestamptz) "
+    "initiated_at) VALUES ($1, $2, $3, $4, 'running', 0, clock_timestamp()) "
     "ON CONFLICT (idempotency_key) DO UPDATE SET status = 'running', outcome = NULL, "
     "error_code = NULL, initiated_at = EXCLUDED.initiated_at, updated_at = now() "
     "WHERE a.status = 'failed' RETURNING a.id",
-    5};
+    4};
 
 static const struct db_stmt st_outcome = {
     "planner_outcome",
@@ -322,8 +327,10 @@ static int plan_fn(struct pool_conn *c, void *arg)
     int64_t now_us = sql_ll(r, 0, CC_NCOLS);
     PQclear(r);
     int64_t window_us = (int64_t)cfg.window_minutes * 60 * 1000000;
-    sql_fmt_time(nowbuf, now_us);
-    sql_fmt_time(frombuf, now_us - window_us);
+    /* a window reaching before 0001-01-01 starts there (timestamps cannot be older) */
+    int64_t from_us = now_us - window_us < PLANNER_EPOCH_MIN_US ? PLANNER_EPOCH_MIN_US
+                                                                 : now_us - window_us;
+    sql_fmt_time(frombuf, from_us);
 
     struct planner_eval ev;
     if (req->has_metrics) {
@@ -378,8 +385,7 @@ static int plan_fn(struct pool_conn *c, void *arg)
                            planner_tier_name(ev.action), "action_type", action_type,
                            "idempotency_key", key);
         if (x->out && req->claim) {
-            const char *clp[] = {key, x->post_id, action_type, planner_tier_name(ev.action),
-                                 nowbuf};
+            const char *clp[] = {key, x->post_id, action_type, planner_tier_name(ev.action)};
             r = pool_exec(c, &st_claim, clp);
             rc = pool_result_err(c, r);
             int claimed = PQntuples(r);

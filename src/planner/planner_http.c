@@ -248,6 +248,9 @@ static void actions_list(void *ctx, const struct http_req *req, struct http_resp
         return;
     json_t *errs = json_array();
     const char *post_id = post_id_param(req, errs);
+    for (size_t i = 0; i < req->nquery; i++)
+        if (strcmp(req->query[i].key, "limit") != 0 && strcmp(req->query[i].key, "cursor") != 0)
+            jv_error(errs, req->query[i].key, "unknown query parameter");
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;

@@ -1,9 +1,26 @@
-/* The planner's pure rules: window, score, tiers, keys, retry and backoff. */
+/* The planner's pure rules: window, score, tiers, keys, retry and backoff.
+ *
+ * With arguments it drives the healer-facing C API against a real database, for
+ * tests/e2e/test_planner.py (the healer's POST /v1/heal is another module):
+ *   test_planner db CONNINFO recover STUCK_AFTER_S
+ *   test_planner db CONNINFO archive ARCHIVE_AFTER_DAYS
+ *   test_planner db CONNINFO stats SINCE_RFC3339
+ * It prints one JSON object on stdout; logs go to stderr. Lessons are recorded with
+ * dedup off, so every lesson the planner asks for is written. */
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "steward/crypto.h"
+#include "steward/err.h"
+#include "steward/json.h"
+#include "steward/lessons.h"
+#include "steward/log.h"
+#include "steward/metrics.h"
+#include "steward/planner.h"
 #include "steward/planner_eval.h"
+#include "steward/pool.h"
 #include "unit.h"
 
 #define MIN_US (60LL * 1000000)
@@ -194,8 +211,55 @@ static void test_retry(void)
     CHECK(distinct > 4);
 }
 
-int main(void)
+static int driver(int argc, char **argv)
 {
+    if (argc < 5)
+        return 2;
+    struct logger lg = {LOG_INFO, stderr};
+    struct metrics *m = metrics_new();
+    struct pool *pool = pool_new(argv[2], 2, 2000, 5000, &lg);
+    struct lessons *l = lessons_new(pool, &lg, m, true, 0);
+    struct planner *p = planner_new(pool, &lg, l);
+    const char *op = argv[3];
+    json_t *out = NULL;
+    int rc = 0, st = ST_EINTERNAL;
+    if (strcmp(op, "recover") == 0) {
+        long long n = -1;
+        st = planner_recover_stuck(p, atoi(argv[4]), &n);
+        out = json_pack("{s:s, s:I}", "result", st_strerror(st), "count", (json_int_t)n);
+    } else if (strcmp(op, "archive") == 0) {
+        long long n = -1;
+        st = planner_archive_failed(p, atoi(argv[4]), &n);
+        out = json_pack("{s:s, s:I}", "result", st_strerror(st), "count", (json_int_t)n);
+    } else if (strcmp(op, "stats") == 0) {
+        long long ok = -1, bad = -1;
+        int64_t since = 0;
+        if (jtime_parse(argv[4], &since) != 0)
+            rc = 2;
+        else
+            st = planner_action_stats(p, since, &ok, &bad);
+        out = json_pack("{s:s, s:I, s:I}", "result", st_strerror(st), "succeeded",
+                        (json_int_t)ok, "failed", (json_int_t)bad);
+    } else {
+        rc = 2;
+    }
+    if (out) {
+        char *txt = json_dumps(out, JSON_COMPACT);
+        printf("%s\n", txt ? txt : "null");
+        free(txt);
+        json_decref(out);
+    }
+    planner_free(p);
+    lessons_free(l);
+    pool_free(pool);
+    metrics_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "db") == 0)
+        return driver(argc, argv);
     test_tiers();
     test_deltas();
     test_window();
