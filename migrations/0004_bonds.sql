@@ -7,16 +7,16 @@ CREATE TABLE bonds (
     phase              text NOT NULL DEFAULT 'dormant',
     prev_phase         text NOT NULL DEFAULT 'dormant',
     archetype          text NOT NULL DEFAULT 'unknown',
-    phase_entered_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    phase_entered_at   timestamptz NOT NULL DEFAULT now(),
     turn_count         bigint NOT NULL DEFAULT 0 CHECK (turn_count >= 0),
     peak_nodes         jsonb NOT NULL DEFAULT '{}'::jsonb,
     risk_level         text NOT NULL DEFAULT 'low',
     daily_msg_cap      integer NOT NULL DEFAULT 0 CHECK (daily_msg_cap >= 0),
     daily_msg_count    integer NOT NULL DEFAULT 0 CHECK (daily_msg_count >= 0),
-    daily_msg_reset_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    daily_msg_reset_at timestamptz NOT NULL DEFAULT now(),
     egg_status         text NOT NULL DEFAULT 'none',
     notes              jsonb NOT NULL DEFAULT '[]'::jsonb,
-    last_updated       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_updated       timestamptz NOT NULL DEFAULT now(),
     -- rows in bond_events for this user, kept at most 500 by the writers
     event_count        integer NOT NULL DEFAULT 0 CHECK (event_count BETWEEN 0 AND 500)
 );

@@ -264,7 +264,11 @@ static const struct db_stmt st_lock = {
         "clock_timestamp()") " FROM bonds WHERE user_id = $1 FOR UPDATE",
     1};
 static const struct db_stmt st_ensure = {
-    "bonds_ensure", "INSERT INTO bonds (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING", 1};
+    "bonds_ensure",
+    "INSERT INTO bonds (user_id, phase_entered_at, daily_msg_reset_at, last_updated)"
+    " SELECT $1, t.now, t.now, t.now FROM (SELECT clock_timestamp() AS now) t"
+    " ON CONFLICT (user_id) DO NOTHING",
+    1};
 
 static const struct db_stmt st_detect = {
     "bonds_detect",
