@@ -28,6 +28,17 @@
 
 /* wire: scouts headers */
 #include "steward/scouts.h"
+/* erasure hooks handed to bonds: DELETE /v1/users/{user_id} also removes the user's
+ * scouts, devices and proposals and closes their sockets */
+static int scouts_hook_erase_tx(void *ctx, struct pool_conn *c, const char *user_id)
+{
+    return scouts_erase_user_tx(ctx, c, user_id);
+}
+
+static void scouts_hook_erased(void *ctx, const char *user_id)
+{
+    scouts_user_erased(ctx, user_id);
+}
 
 /* wire: healer headers */
 #include "steward/healer.h"
@@ -226,6 +237,13 @@ static int build(struct app *app)
         app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, NULL,
                                  app->lessons, &ss);
         if (!app->scouts)
+            return -1;
+        /* bonds was built before scouts existed: rebuild it with the erasure hooks
+         * (no route holds it yet; routes are registered in start_servers) */
+        struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
+        bonds_free(app->bonds);
+        app->bonds = bonds_new(app->pool, &app->log, &bh);
+        if (!app->bonds)
             return -1;
     }
 

@@ -308,12 +308,18 @@ void jtime_format(int64_t us, char *out)
     time_t t = (time_t)secs;
     struct tm tm;
     gmtime_r(&t, &tm);
+    char tmp[96];
+    int n = snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    if (n < 0 || n > 19)
+        n = 19; /* years past 9999 are outside what jtime_parse accepts */
     if (frac)
-        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long long)frac);
+        snprintf(tmp + n, sizeof(tmp) - (size_t)n, ".%06lldZ", (long long)frac);
     else
-        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        snprintf(tmp + n, sizeof(tmp) - (size_t)n, "Z");
+    size_t len = strnlen(tmp, 31);
+    memcpy(out, tmp, len);
+    out[len] = '\0';
 }
 
 json_t *jtime_json(int64_t us)

@@ -46,6 +46,7 @@ struct reqstate {
     char *query_keys[HTTP_MAX_QUERY];
     char *query_vals[HTTP_MAX_QUERY];
     bool bad_query;
+    bool too_large;
     bool counted;
     char method[12];
 };
@@ -230,6 +231,8 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
         len = text ? strlen(text) : 0;
         if (!ctype)
             ctype = resp->status >= 400 ? "application/problem+json" : "application/json";
+    } else if (!ctype) {
+        ctype = "application/json";
     }
     resp->text = NULL;
     struct MHD_Response *r;
@@ -351,9 +354,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (rs->body_len + n > HTTP_BODY_LIMIT) {
-            set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
-            return send_early(rs, conn);
+        if (rs->too_large || rs->body_len + n > HTTP_BODY_LIMIT) {
+            /* A chunked body ran past the limit: keep nothing more and answer 413 once it
+             * ends (libmicrohttpd cannot send a response in the middle of an upload). */
+            rs->too_large = true;
+            free(rs->body);
+            rs->body = NULL;
+            rs->body_len = 0;
+            return MHD_YES;
         }
         char *nb = realloc(rs->body, rs->body_len + n + 1);
         if (!nb)
@@ -363,6 +371,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rs->body_len += n;
         rs->body[rs->body_len] = '\0';
         return MHD_YES;
+    }
+    if (rs->too_large) {
+        set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
+        return send_early(rs, conn);
     }
     return run_handler(rs, conn, url);
 }

@@ -1,6 +1,7 @@
 """Issue 2: the service foundation, driven over the wire against the real binary."""
 import asyncio
 import concurrent.futures
+import http.client
 import json
 import os
 import socket
@@ -69,10 +70,22 @@ def test_unknown_route_and_wrong_method(server):
     assert set(r.headers['Allow'].split(', ')) == {'GET', 'POST'}
 
 
+def _raw_get(server, path):
+    """GET without client-side URL normalisation (requests re-quotes bad escapes)."""
+    conn = http.client.HTTPConnection('127.0.0.1', server.http_port, timeout=10)
+    conn.putrequest('GET', path, skip_accept_encoding=True)
+    conn.putheader('Authorization', f'Bearer {ADMIN_KEY}')
+    conn.endheaders()
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    return r.status, body
+
+
 def test_bad_path_parameter_encoding(server):
-    problem(server.get('/v1/lessons/%zz'), 400)
-    problem(server.get('/v1/lessons/a%00b'), 400)
-    problem(server.get('/v1/lessons/' + 'x' * 600), 400)
+    for path in ('/v1/lessons/%zz', '/v1/lessons/a%00b', '/v1/lessons/a%2', '/v1/lessons/' + 'x' * 600):
+        status, body = _raw_get(server, path)
+        assert status == 400 and body['type'] == '/problems/bad-request', (path, body)
 
 
 def test_malformed_json_names_line_and_column(server, keys):
@@ -210,8 +223,7 @@ def test_two_instances_started_together_apply_migrations_once(fresh_db_url):
         applied = [r for s in (a, b) for r in s.log_records() if r.get('msg') == 'migration applied']
         with psycopg.connect(fresh_db_url) as c:
             rows = c.execute('SELECT version, count(*) FROM schema_migrations GROUP BY version').fetchall()
-            latest = c.execute('SELECT max(version) FROM schema_migrations').fetchone()[0]
-        assert len(applied) == len(rows) == latest
+        assert rows and len(applied) == len(rows)
         assert all(n == 1 for _, n in rows)
     finally:
         finish(a)
