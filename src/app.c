@@ -57,8 +57,49 @@ static bool healer_hook_record_lesson(void *ctx, const char *lesson_type,
                                detail);
 }
 
+static int healer_hook_delivery_pass(void *ctx, long long *requeued, long long *failed)
+{
+    return scouts_delivery_sweep(((struct app *)ctx)->scouts, requeued, failed);
+}
+
+static int healer_hook_expire_proposals(void *ctx, long long *count)
+{
+    return scouts_expire(((struct app *)ctx)->scouts, count);
+}
+
+static int healer_hook_delivery_stats(void *ctx, int64_t since_us, json_t **out)
+{
+    return scouts_delivery_stats(((struct app *)ctx)->scouts, since_us, out);
+}
+
+static int healer_hook_recover_stuck(void *ctx, int stuck_after_s, long long *count)
+{
+    return planner_recover_stuck(((struct app *)ctx)->planner, stuck_after_s, count);
+}
+
+static int healer_hook_archive_actions(void *ctx, int archive_after_days, long long *count)
+{
+    return planner_archive_failed(((struct app *)ctx)->planner, archive_after_days, count);
+}
+
+static int healer_hook_action_stats(void *ctx, int64_t since_us, long long *succeeded,
+                                    long long *failed)
+{
+    return planner_action_stats(((struct app *)ctx)->planner, since_us, succeeded, failed);
+}
+
 static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
 {
+    if (app->planner) {
+        hk->recover_stuck = healer_hook_recover_stuck;
+        hk->archive_actions = healer_hook_archive_actions;
+        hk->action_stats = healer_hook_action_stats;
+    }
+    if (app->scouts) {
+        hk->delivery_pass = healer_hook_delivery_pass;
+        hk->expire_proposals = healer_hook_expire_proposals;
+        hk->delivery_stats = healer_hook_delivery_stats;
+    }
     if (app->lessons) {
         hk->lessons_snapshot = healer_hook_lessons_snapshot;
         hk->record_lesson = healer_hook_record_lesson;

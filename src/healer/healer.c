@@ -644,6 +644,8 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
     }
     metrics_count(h->m, MC_HEAL_RUNS, 1);
 
+    /* timestamp and duration cover the time this instance held the turn */
+    t0 = mono_us();
     struct healer_sweep_figures f = {.started_us = jtime_now_us(), .errors = json_array()};
     run_steps(h, &f);
     json_t *pool_obj = json_object();

@@ -2,6 +2,8 @@
 against a real PostgreSQL and the real binary."""
 import asyncio
 import concurrent.futures
+import hashlib
+import json
 import re
 import subprocess
 import time
@@ -66,8 +68,185 @@ def sweep_rows(sql):
                        "WHERE event_type = 'self_healing_report' ORDER BY id").fetchall()
 
 
+def actions_of(rep):
+    return {a['kind']: a['count'] for a in rep['event_data']['actions']}
+
+
+# ---------------------------------------------------------------------------------------
+# arranging work for a sweep through the routes and SQL
+
+
+class Work:
+    """Proposals in every state a sweep cares about, aged through SQL."""
+
+    def __init__(self, server, sql, tag):
+        self.server, self.sql, self.tag = server, sql, tag
+        r = server.post('/v1/scouts', json={'user_id': f'u-{tag}', 'provider': 'imap'})
+        assert r.status_code == 201, r.text
+        self.scout = r.json()['id']
+        self.p = {}
+        for name in ('expired1', 'expired2', 'requeue', 'fail', 'recent', 'fresh'):
+            r = server.post(f'/v1/scouts/{self.scout}/items',
+                            json={'source_msg_ref': f'{tag}-{name}', 'verdict': 'relevant',
+                                  'subject': f'subject {name}', 'snippet': f'snippet {name}'})
+            assert r.status_code == 201, r.text
+            self.p[name] = r.json()['proposal_id']
+        ex = sql.execute
+        ex("UPDATE proposals SET expires_at = now() - interval '1 minute' "
+           "WHERE id = ANY(%s::uuid[])", ([self.p['expired1'], self.p['expired2']],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now() - interval '2 hours', "
+           "first_delivered_at = now() - interval '2 hours', delivery_attempts = 1 "
+           "WHERE id = %s", (self.p['requeue'],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now() - interval '2 hours', "
+           "first_delivered_at = now() - interval '3 hours', delivery_attempts = 10 "
+           "WHERE id = %s", (self.p['fail'],))
+        ex("UPDATE proposals SET status = 'delivered', delivered_at = now(), "
+           "first_delivered_at = now(), delivery_attempts = 1 WHERE id = %s", (self.p['recent'],))
+
+        # planner actions: two stuck, one running recently, one old failure, one recent
+        self.k = {}
+        for name, status, age in (('stuck1', 'running', '2 hours'), ('stuck2', 'running', '3 hours'),
+                                  ('running', 'running', '1 minute'),
+                                  ('old_failed', 'failed', '10 days'),
+                                  ('new_failed', 'failed', '1 day')):
+            post = f'post-{tag}-{name}'
+            key = 'sheal_' + hashlib.sha256(f'{post}:comment:tier_1'.encode()).hexdigest()[:32]
+            body = {'post_id': post, 'action_type': 'comment', 'tier': 'tier_1',
+                    'status': status}
+            if status == 'failed':
+                body['error_code'] = 'network_error'
+            r = server.put(f'/v1/actions/{key}', json=body)
+            assert r.status_code == 200, r.text
+            ex('UPDATE actions SET initiated_at = now() - %s::interval '
+               'WHERE idempotency_key = %s', (age, key))
+            self.k[name] = key
+
+    expected = {'deliveries_requeued': 1, 'deliveries_failed': 1, 'proposals_expired': 2,
+                'stuck_actions_reset': 2, 'actions_archived': 1}
+
+    def action(self, name):
+        return self.sql.execute('SELECT status, error_code FROM actions '
+                                'WHERE idempotency_key = %s', (self.k[name],)).fetchone()
+
+    def status(self, name):
+        return self.sql.execute('SELECT status, raw_subject, raw_snippet FROM proposals '
+                                'WHERE id = %s', (self.p[name],)).fetchone()
+
+    def assert_done_once(self):
+        assert self.status('expired1') == ('expired', None, None)
+        assert self.status('expired2') == ('expired', None, None)
+        assert self.status('requeue')[0] == 'queued'
+        assert self.status('fail')[0] == 'failed'
+        assert self.status('recent') == ('delivered', 'subject recent', 'snippet recent')
+        assert self.status('fresh') == ('queued', 'subject fresh', 'snippet fresh')
+        lessons = self.sql.execute(
+            "SELECT count(*) FROM lessons WHERE lesson_type = 'delivery_failed' "
+            "AND work_item_id = %s", (self.p['fail'],)).fetchone()[0]
+        assert lessons == 1
+        assert self.action('stuck1') == ('failed', 'timeout')
+        assert self.action('stuck2') == ('failed', 'timeout')
+        assert self.action('running') == ('running', None)
+        assert self.action('new_failed') == ('failed', 'network_error')
+        assert self.action('old_failed') is None
+        archived = self.sql.execute('SELECT count(*), min(status) FROM actions_archive '
+                                    'WHERE idempotency_key = %s',
+                                    (self.k['old_failed'],)).fetchone()
+        assert archived == (1, 'failed')
+        stuck = self.sql.execute(
+            "SELECT work_item_id, stage FROM lessons WHERE lesson_type = 'stuck_recovered' "
+            "AND work_item_id = ANY(%s) ORDER BY work_item_id",
+            ([self.k['stuck1'], self.k['stuck2']],)).fetchall()
+        assert stuck == sorted([(self.k['stuck1'], 'comment'), (self.k['stuck2'], 'comment')])
+
+
 # ---------------------------------------------------------------------------------------
 # POST /v1/heal and the report
+
+
+def test_heal_does_the_arranged_work(fresh_db_url, make_server):
+    # a fresh instance: the scouts' own delivery timer (every 30 s) has not fired yet
+    s = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        w = Work(s, sql, 'a')
+        before = metrics(s)
+        r = heal(s)
+        assert r.status_code == 200, r.text
+        rep = r.json()
+        got = actions_of(rep)
+        for kind, n in Work.expected.items():
+            assert got[kind] == n, (kind, got)
+        h = rep['event_data']['system_health']
+        assert (h['requeued_deliveries'], h['failed_deliveries'], h['expired_proposals'],
+                h['stuck_actions'], h['archived_actions']) == (1, 1, 2, 2, 1)
+        assert [a['kind'] for a in rep['event_data']['actions']] == [
+            'stuck_actions_reset', 'deliveries_requeued', 'deliveries_failed',
+            'proposals_expired', 'actions_archived']
+        assert h['degraded'] is False and rep['event_data']['errors'] == []
+        w.assert_done_once()
+        after = metrics(s)
+        assert sample(after, 'proposals', event='expired') - \
+            sample(before, 'proposals', event='expired') == 2
+        assert sample(after, 'proposals', event='failed') - \
+            sample(before, 'proposals', event='failed') == 1
+        # a second sweep finds nothing left to do
+        again = actions_of(heal(s).json())
+        assert all(again[k] == 0 for k in Work.expected)
+        w.assert_done_once()
+
+
+def test_failing_step_does_not_undo_the_others(fresh_db_url, make_server):
+    s = make_server(fresh_db_url, STEWARD_DB_STATEMENT_TIMEOUT_MS='400')
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        w = Work(s, sql, 'f')
+        # the delivery pass cannot get at proposals (statement timeout), expiry neither;
+        # the report still lists what ran and the failures, and says degraded
+        blocker = psycopg.connect(fresh_db_url)
+        blocker.execute('LOCK TABLE proposals IN ACCESS EXCLUSIVE MODE')
+        r = heal(s)
+        blocker.rollback()
+        blocker.close()
+        assert r.status_code == 200, r.text
+        ev = r.json()['event_data']
+        steps = sorted(e['step'] for e in ev['errors'])
+        assert steps == ['delivery_pass', 'expire_proposals']
+        assert all(e['error'] == 'unavailable' for e in ev['errors'])
+        assert 'deliveries_requeued' not in actions_of(r.json())
+        # the planner steps ran and committed although the scouts steps failed
+        assert actions_of(r.json())['stuck_actions_reset'] == 2
+        assert actions_of(r.json())['actions_archived'] == 1
+        assert w.action('stuck1') == ('failed', 'timeout') and w.action('old_failed') is None
+        assert ev['system_health']['degraded'] is True
+        assert ev['system_health']['db_latency_ms'] is not None
+        assert w.status('expired1')[0] == 'queued' and w.status('requeue')[0] == 'delivered'
+        hb = heartbeat(sql, 'heal_sweep', ev['instance'])
+        assert hb[1] == 'partial' and len(hb[3]['errors']) == 2
+        lesson = sql.execute(
+            "SELECT work_item_id, stage, source, detail FROM lessons "
+            "WHERE lesson_type = 'health_degraded'").fetchall()
+        assert len(lesson) == 1
+        assert lesson[0][:3] == ('system_health', 'step_failed', 'auto')
+        assert lesson[0][3]['report_id'] == r.json()['id']
+        assert lesson[0][3]['system_health']['degraded'] is True
+        fams = metrics(s)
+        assert sample(fams, 'heal_step_failures') == 2
+        # health_degraded and two stuck_recovered were written through this instance
+        assert sample(fams, 'lessons_recorded') >= 3
+        # the server still serves, and the next sweep does the work
+        r = heal(s)
+        assert r.status_code == 200 and r.json()['event_data']['errors'] == []
+        for kind in ('deliveries_requeued', 'deliveries_failed', 'proposals_expired'):
+            assert actions_of(r.json())[kind] == Work.expected[kind]
+        assert actions_of(r.json())['stuck_actions_reset'] == 0
+        w.assert_done_once()
+        # a problem that persists is one lesson (the journal deduplicates it)
+        blocker = psycopg.connect(fresh_db_url)
+        blocker.execute('LOCK TABLE proposals IN ACCESS EXCLUSIVE MODE')
+        r = heal(s)
+        blocker.rollback()
+        blocker.close()
+        assert r.json()['event_data']['system_health']['degraded'] is True
+        assert sql.execute("SELECT count(*) FROM lessons "
+                           "WHERE lesson_type = 'health_degraded'").fetchone()[0] == 1
 
 
 def test_heal_report_matches_spec_and_is_stored(server, sql):
@@ -122,6 +301,8 @@ def test_heal_scopes_and_bad_input(server, keys, sql):
     r = heal(server, data='{"x":', headers={'Content-Type': 'application/json'})
     assert r.status_code == 400
     assert 'line 1' in r.json()['detail']
+    r = heal(server, data='x', headers={'Content-Type': 'text/plain'})
+    assert r.status_code == 415
     r = server.post('/v1/heal?now=1')
     assert r.status_code == 422 and r.json()['errors'][0]['field'] == 'now'
     # nothing was swept by the refused calls
@@ -202,6 +383,8 @@ def test_status_shape(server, keys):
     assert set(st['ws']) == {'connections', 'authenticated', 'queued_bytes'}
     assert st['database']['reachable'] is True
     assert st['lessons']['enabled'] is True and 'by_type' in st['lessons']
+    assert st['delivery']['window_s'] == 86400
+    assert {'counts', 'queued_to_delivered_ms', 'delivered_to_acked_ms'} <= set(st['delivery'])
     last = st['last_sweep']
     assert last['event_type'] == 'self_healing_report'
     newest = server.get('/v1/reports?event_type=self_healing_report&limit=1').json()['items'][0]
@@ -269,12 +452,17 @@ def test_two_instances_sweep_once(fresh_db_url, make_server):
         assert sample(skipped, 'heal_skipped') == 1
         assert sample(skipped, 'heal_runs') == 0
 
-        # a burst against both: every call sweeps or is told the turn is taken, and the
-        # sweeps that ran never overlapped in time
+        # a burst against both: every call sweeps or is told the turn is taken, the
+        # arranged work is done exactly once, and the sweeps never overlapped in time
+        w = Work(a, sql, 'two')
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             rs = list(pool.map(lambda i: heal(a if i % 2 else b), range(12)))
         codes = [r.status_code for r in rs]
         assert set(codes) <= {200, 409} and 200 in codes
+        for kind, n in Work.expected.items():
+            assert sum(actions_of(r.json()).get(kind, 0) for r in rs
+                       if r.status_code == 200) == n, kind
+        w.assert_done_once()
         assert len(sweep_rows(sql)) == 1 + codes.count(200)
         spans = sorted(sql.execute(
             "SELECT (event_data->>'timestamp')::timestamptz, "
@@ -308,6 +496,11 @@ def test_periodic_sweep_fires(fresh_db_url, make_server):
 def test_performance_report_counts_requests(fresh_db_url, make_server):
     s = make_server(fresh_db_url, STEWARD_PERF_INTERVAL_S='1')
     inst = instance_of(s)
+    for post, status in (('perf-ok', 'success'), ('perf-bad', 'failed')):
+        key = 'sheal_' + hashlib.sha256(f'{post}:edit:tier_2'.encode()).hexdigest()[:32]
+        assert s.put(f'/v1/actions/{key}', json={'post_id': post, 'action_type': 'edit',
+                                                  'tier': 'tier_2', 'status': status}
+                     ).status_code == 200
     for _ in range(7):
         assert s.get('/livez', key=None).status_code == 200
     for i in range(3):
@@ -334,10 +527,17 @@ def test_performance_report_counts_requests(fresh_db_url, make_server):
         assert route_sum(events, 'unmatched', 'any', 'client_errors') == 3
         assert route_sum(events, '/livez', 'GET', 'server_errors') == 0
         assert route_sum(events, '/v1/status', 'GET') == 1
+        assert route_sum(events, '/v1/actions/{idempotency_key}', 'PUT') == 2
+        # action outcomes of the interval, from the planner
+        acts = [e['actions'] for e in events if e['actions']['succeeded'] or
+                e['actions']['failed']]
+        assert acts and acts[0]['succeeded'] == 1 and acts[0]['failed'] == 1
+        assert acts[0]['success_rate'] == 0.5
         for e in events:
             assert {'timestamp', 'since', 'interval_s', 'routes', 'delivery', 'actions',
                     'pool', 'recommendations'} <= set(e)
             assert set(e['pool']) == {'waits', 'timeouts', 'wait_p95_ms'}
+            assert {'queued_to_delivered_ms', 'delivered_to_acked_ms'} <= set(e['delivery'])
             assert e['recommendations'] == []
             for x in e['routes']:
                 assert x['requests'] > 0
@@ -426,6 +626,20 @@ def test_metrics_exposition(server, keys):
         server.get(raw, key=keys['admin'])
     assert server.get('/v1/nothing/here/5555').status_code == 404
     assert heal(server).status_code == 200
+    # WebSocket and proposal traffic
+    r = server.post('/v1/scouts', json={'user_id': 'u-metrics', 'provider': 'imap'})
+    scout = r.json()['id']
+    for i in range(2):
+        assert server.post(f'/v1/scouts/{scout}/items',
+                           json={'source_msg_ref': f'm-{i}', 'verdict': 'relevant'}
+                           ).status_code == 201
+
+    async def bad_hello():
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(json.dumps({'type': 'device_hello', 'device_id': 'nope',
+                                      'token': 'wrong'}))
+            return json.loads(await ws.recv())
+    assert asyncio.run(bad_hello())['code'] == 'unauthorized'
     fams = metrics(server)
 
     types = {
@@ -475,3 +689,6 @@ def test_metrics_exposition(server, keys):
     assert ('in', 'device_hello') in frames and ('out', 'scout_proposal') in frames
     events = {s.labels['event'] for s in fams['proposals'].samples}
     assert events == {'queued', 'delivered', 'acked', 'expired', 'failed'}
+    assert delta('proposals', event='queued') == 2
+    assert delta('ws_frames', direction='in', type='device_hello') == 1
+    assert delta('ws_frames', direction='out', type='error') == 1
