@@ -68,9 +68,11 @@ const errs = (w) => `${w.errors_connect + w.errors_read + w.errors_write + w.err
 const rows = [
   ['bond_read', 'steward GET /v1/bonds/{user_id}'],
   ['pg_bond_read', 'pgbench -M prepared: the same SELECT'],
+  ['pg_bond_read_st', 'pgbench, the same SELECT, with steward\'s statement_timeout=5000'],
   ['bond_read_half', 'steward GET /v1/bonds/{user_id}, paced to half of peak'],
   ['consume', 'steward POST /v1/bonds/{user_id}/messages'],
   ['pg_consume', 'pgbench -M prepared: the same conditional UPDATE ... RETURNING'],
+  ['pg_consume_st', 'pgbench, the same UPDATE, with steward\'s statement_timeout=5000'],
   ['plan', 'steward POST /v1/posts/{post_id}/plan (stored metrics)'],
   ['lessons', 'steward POST /v1/lessons'],
 ];
@@ -99,6 +101,12 @@ if (half && ht) {
     `p99 **${f(half.p99_ms, 3)} ms**`);
 }
 p(`- atomic consume: steward / pgbench = **${f(rCons)}x**`);
+const st1 = g('pg_bond_read_st'); const st2 = g('pg_consume_st');
+if (st1 && st2) {
+  p(`- for reference, against pgbench with the statement_timeout steward's connections carry: bond read ` +
+    `${f(ratio(g('bond_read').rps, st1.tps))}x, consume ${f(ratio(g('consume').rps, st2.tps))}x ` +
+    `(pgbench itself: ${f(ratio(st1.tps, g('pg_bond_read').tps))}x and ${f(ratio(st2.tps, g('pg_consume').tps))}x of its plain run)`);
+}
 p();
 target(`bond read >= 0.7x pgbench at concurrency ${prm.conc}`, rRead, `${f(rRead)}x`, rRead >= 0.7);
 if (half) target('bond read p99 < 5 ms at half of peak', half.p99_ms, `${f(half.p99_ms, 3)} ms at ${int(half.rps)} rps`,
