@@ -42,7 +42,8 @@ p(`- PostgreSQL ${v.postgresql} (throwaway cluster, unix socket, fsync/synchrono
 p(`- wrk ${v.wrk}, node ${v.node} with ws ${v.ws}; libmicrohttpd ${v.libmicrohttpd}, ` +
   `libwebsockets ${v.libwebsockets}, libpq ${v.libpq}, jansson ${v.jansson}; ${v.cc}`);
 p(`- mode ${m.mode}: ${prm.dur_s} s per measured run after ${prm.warm_s} s warm-up, ` +
-  `${prm.conc} clients, ${prm.threads} client threads`);
+  `${prm.conc} clients, ${prm.threads} client threads` +
+  (prm.perf ? '; sampled with `perf record -F 99 -a -g` during every measured run (--perf)' : ''));
 p();
 
 const s = g('seed');
