@@ -204,4 +204,17 @@ for (const t of targets) p(`| ${t.what} | ${t.shown} | ${t.ok === null ? 'n/a' :
 p();
 const rss = g('steward_rss_end');
 if (rss) p(`steward RSS at the end of the main run: ${int(rss.kib)} KiB.`);
-process.stdout.write(out.join('\n') + '\n');
+if (process.argv[3] === '--summary') {
+  // The block bench/run puts into bench/README.md: headline figures and the targets.
+  const sum = [];
+  const file = process.argv[4] || '';
+  sum.push(`Run of ${new Date().toISOString().slice(0, 10)} (${m.nproc} cores, ${int(m.mem_mib)} MiB; full ` +
+    `figures in [\`results/${file}\`](results/${file})):`);
+  sum.push('');
+  sum.push('| target | measured | met |');
+  sum.push('|---|---|---|');
+  for (const t of targets) sum.push(`| ${t.what} | ${t.shown} | ${t.ok === null ? 'n/a' : t.ok ? 'yes' : '**no**'} |`);
+  process.stdout.write(sum.join('\n') + '\n');
+} else {
+  process.stdout.write(out.join('\n') + '\n');
+}
