@@ -1,0 +1,220 @@
+'use strict';
+// Renders the figures recorded by bench/run (one JSON record per line) as the markdown
+// results file: machine, versions, every figure, the ratios and the targets met or missed.
+const fs = require('fs');
+
+const recs = {};
+for (const line of fs.readFileSync(process.argv[2], 'utf8').split('\n')) {
+  if (!line.trim()) continue;
+  const r = JSON.parse(line);
+  recs[r.name] = r.data;
+}
+const g = (name) => recs[name] || null;
+const f = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? 'n/a'
+  : Number(x).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }));
+const int = (x) => f(x, 0);
+const ratio = (a, b) => (a != null && b ? a / b : null);
+const out = [];
+const p = (s = '') => out.push(s);
+
+const m = g('machine');
+const v = g('versions');
+const prm = g('params');
+const targets = [];
+function target(what, value, shown, ok) {
+  targets.push({ what, shown, ok: value === null || value === undefined ? null : ok });
+}
+
+p(`# steward benchmark results, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC`);
+p();
+p(`Produced by \`bench/run${m.mode === 'quick' ? ' --quick' : ''}\` (see bench/README.md). Client and ` +
+  'server share the machine; every figure below comes from this one run, and the ' +
+  'comparisons are ratios against raw PostgreSQL measured in the same minute on the same database.');
+p();
+p('## Machine and versions');
+p();
+p(`- ${m.nproc} cores (${m.cpu}), ${int(m.mem_mib)} MiB memory, Linux ${m.kernel}, fd limit ${m.fd_limit}`);
+const env = (g('settings') || {}).steward_env;
+p(`- ${v.steward}, commit ${v.commit}, release build (meson buildtype=release, no sanitizers), ` +
+  (env ? `settings \`STEWARD_ACCESS_LOG=false ${env}\`, the rest default`
+    : 'defaults except `STEWARD_ACCESS_LOG=false` (pool of 8 connections, 4 HTTP threads, 4 worker threads)'));
+p(`- PostgreSQL ${v.postgresql} (throwaway cluster, unix socket, fsync/synchronous_commit off, shared_buffers 256MB)`);
+p(`- wrk ${v.wrk}, node ${v.node} with ws ${v.ws}; libmicrohttpd ${v.libmicrohttpd}, ` +
+  `libwebsockets ${v.libwebsockets}, libpq ${v.libpq}, jansson ${v.jansson}; ${v.cc}`);
+p(`- mode ${m.mode}: ${prm.dur_s} s per measured run after ${prm.warm_s} s warm-up, ` +
+  `${prm.conc} clients, ${prm.threads} client threads` +
+  (prm.perf ? '; sampled with `perf record -F 99 -a -g` during every measured run (--perf)' : ''));
+p();
+
+const s = g('seed');
+if (s) {
+  p('## Seeding (through the API, 48 concurrent clients)');
+  p();
+  p('| phase | requests | seconds | requests/s |');
+  p('|---|---:|---:|---:|');
+  for (const k of ['bonds', 'posts', 'lessons', 'devices']) {
+    if (s[k]) p(`| ${k} | ${int(s[k].requests)} | ${f(s[k].seconds)} | ${int(s[k].rps)} |`);
+  }
+  p();
+}
+
+p(`## REST at concurrency ${prm.conc}`);
+p();
+p('| workload | rps / tps | p50 ms | p99 ms | errors / non-2xx | CPU us/request: steward + PostgreSQL + client = total | machine busy |');
+p('|---|---:|---:|---:|---:|---|---:|');
+const cpu = (w) => (w.cpu_us_per_req ? `${f(w.cpu_us_per_req.steward, 1)} + ${f(w.cpu_us_per_req.postgres, 1)} + ` +
+  `${f(w.cpu_us_per_req.client, 1)} = ${f(w.cpu_us_per_req.total, 1)}` : 'n/a');
+const busy = (w) => (w.cpu_busy != null ? `${f(100 * w.cpu_busy, 0)}%` : 'n/a');
+const errs = (w) => `${w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout} / ${w.non_2xx}`;
+const rows = [
+  ['bond_read', 'steward GET /v1/bonds/{user_id}'],
+  ['pg_bond_read', 'pgbench -M prepared: the same SELECT'],
+  ['pg_bond_read_st', 'pgbench, the same SELECT, with steward\'s statement_timeout=5000'],
+  ['bond_read_half', 'steward GET /v1/bonds/{user_id}, paced to half of peak'],
+  ['consume', 'steward POST /v1/bonds/{user_id}/messages'],
+  ['pg_consume', 'pgbench -M prepared: the same conditional UPDATE ... RETURNING'],
+  ['pg_consume_st', 'pgbench, the same UPDATE, with steward\'s statement_timeout=5000'],
+  ['plan', 'steward POST /v1/posts/{post_id}/plan (stored metrics)'],
+  ['lessons', 'steward POST /v1/lessons'],
+];
+for (const [k, label] of rows) {
+  const w = g(k);
+  if (!w) continue;
+  if (k.startsWith('pg_')) p(`| ${label} | ${f(w.tps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | - | ${cpu(w)} | ${busy(w)} |`);
+  else p(`| ${label} | ${f(w.rps, 0)} | ${f(w.p50_ms, 3)} | ${f(w.p99_ms, 3)} | ${errs(w)} | ${cpu(w)} | ${busy(w)} |`);
+}
+p();
+p('pgbench latencies come from a 10% sample of its per-transaction log; wrk latencies from ' +
+  'its own histogram (time from writing a request to its last response byte). CPU per request is ' +
+  'the CPU time (user + system, from /proc) each component used during the run divided by the ' +
+  'requests: steward\'s process, the whole PostgreSQL cluster (every backend and background ' +
+  'process), and the load generator (wrk or pgbench); "machine busy" is their sum over the ' +
+  'machine\'s CPU time. With both cores saturated, throughput is bounded by 1 / total.');
+p();
+const rRead = ratio(g('bond_read') && g('bond_read').rps, g('pg_bond_read') && g('pg_bond_read').tps);
+const rCons = ratio(g('consume') && g('consume').rps, g('pg_consume') && g('pg_consume').tps);
+const half = g('bond_read_half');
+const ht = g('bond_read_half_target');
+p(`- bond read: steward / pgbench = **${f(rRead)}x**`);
+if (half && ht) {
+  p(`- half of peak: offered ${int(ht.target_rps)} rps (peak ${int(ht.peak_rps)}), achieved ` +
+    `${int(half.rps)} rps (${f((100 * half.rps) / ht.peak_rps, 0)}% of peak), p50 ${f(half.p50_ms, 3)} ms, ` +
+    `p99 **${f(half.p99_ms, 3)} ms**`);
+}
+p(`- atomic consume: steward / pgbench = **${f(rCons)}x**`);
+const st1 = g('pg_bond_read_st'); const st2 = g('pg_consume_st');
+if (st1 && st2) {
+  p(`- for reference, against pgbench with the statement_timeout steward's connections carry: bond read ` +
+    `${f(ratio(g('bond_read').rps, st1.tps))}x, consume ${f(ratio(g('consume').rps, st2.tps))}x ` +
+    `(pgbench itself: ${f(ratio(st1.tps, g('pg_bond_read').tps))}x and ${f(ratio(st2.tps, g('pg_consume').tps))}x of its plain run)`);
+}
+p();
+target(`bond read >= 0.7x pgbench at concurrency ${prm.conc}`, rRead, `${f(rRead)}x`, rRead >= 0.7);
+if (half) target('bond read p99 < 5 ms at half of peak', half.p99_ms, `${f(half.p99_ms, 3)} ms at ${int(half.rps)} rps`,
+  half.p99_ms < 5);
+target('atomic consume >= 0.7x pgbench UPDATE', rCons, `${f(rCons)}x`, rCons >= 0.7);
+
+const wsKeys = Object.keys(recs).filter((k) => /^ws_\d+$/.test(k)).sort((a, b) =>
+  Number(a.slice(3)) - Number(b.slice(3)));
+if (wsKeys.length) {
+  p('## WebSocket devices');
+  p();
+  p('| devices | connect s | RSS before KiB | RSS after KiB | KiB/connection | ingest p50 ms | ingest p99 ms | max ms | proposals/s | exactly own | storm: all hello_ok s | storm: all delivered s | storm exactly own |');
+  p('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|');
+  const own = (x) => (!x ? 'n/a' : x.exactly_once ? 'yes'
+    : `NO (${x.missing} missing, ${x.wrong_device} wrong, ${x.duplicates} dup, ${x.stray} stray)`);
+  for (const k of wsKeys) {
+    const w = g(k);
+    const c = w.connect || {}; const i = w.ingest || {}; const st = w.storm || {};
+    p(`| ${int(w.n)} | ${f(c.seconds)} | ${int(c.rss_before_kib)} | ${int(c.rss_after_kib)} | ` +
+      `${f(c.kib_per_connection)} | ${f(i.latency_p50_ms)} | ${f(i.latency_p99_ms)} | ${f(i.latency_max_ms)} | ` +
+      `${int(i.proposals_per_s)} | ${own(w.ingest)} | ${f(st.all_hello_ok_seconds)} | ` +
+      `${f(st.all_delivered_seconds)} | ${own(w.storm)} |`);
+  }
+  p();
+  for (const k of wsKeys) {
+    const w = g(k);
+    if (w.error) p(`- ${int(w.n)} devices: **the run stopped: ${w.error}**`);
+    if (w.ingest) {
+      p(`- ${int(w.n)} devices: ingest offered ${int(w.ingest.offered_rate)}/s, sent at ${int(w.ingest.achieved_send_rate)}/s, ` +
+        `HTTP status ${JSON.stringify(w.ingest.http_status)}, ingest HTTP p50 ${f(w.ingest.http_p50_ms)} ms / p99 ${f(w.ingest.http_p99_ms)} ms` +
+        (w.storm ? `; storm: sockets closed in ${f(w.storm.close_seconds)} s, queued ${JSON.stringify(w.storm.queued_while_away)} ` +
+          `in ${f(w.storm.queue_seconds)} s, ${w.storm.connect_failures} reconnect failures` : ''));
+    }
+    if (w.run && w.run.cpu_us_total) {
+      const t = w.run.cpu_us_total;
+      p(`  CPU seconds over the whole ${int(w.n)}-device run: steward ${f(t.steward / 1e6)}, PostgreSQL ` +
+        `${f(t.postgres / 1e6)}, load generator ${f(t.client / 1e6)} (machine ${f(100 * w.run.cpu_busy, 0)}% busy)`);
+    }
+    if (w.problems && w.problems.length) p(`  problems: ${w.problems.slice(0, 5).join('; ')}`);
+  }
+  p();
+  p('Latency is measured from sending the ingest POST to the `scout_proposal` frame arriving on the ' +
+    'device (same clock, same machine). "exactly own": every device received exactly one proposal, ' +
+    'its own, and nothing else. Storm: every device closes, one proposal per user is queued while they ' +
+    'are away, then all devices reconnect at once; the time runs from the first connect until the last ' +
+    'device holds its proposal.');
+  p();
+  const big = g('ws_10000') || g(wsKeys[wsKeys.length - 1]);
+  if (big && big.connect && big.ingest) {
+    const n = int(big.n);
+    target(`${n} sockets, RSS growth < 20 KiB per connection`, big.connect.kib_per_connection,
+      `${f(big.connect.kib_per_connection)} KiB`, big.connect.kib_per_connection < 20);
+    target(`ingest-to-device p99 < 20 ms at ${int(big.ingest.offered_rate)} proposals/s (${n} devices)`,
+      big.ingest.latency_p99_ms, `${f(big.ingest.latency_p99_ms)} ms`,
+      big.ingest.latency_p99_ms < 20 && big.ingest.exactly_once);
+    if (big.storm) target(`reconnect storm of ${n} fully delivered < 10 s`, big.storm.all_delivered_seconds === null ? -1 : big.storm.all_delivered_seconds,
+      big.storm.all_delivered_seconds === null ? 'not all delivered' : `${f(big.storm.all_delivered_seconds)} s`,
+      big.storm.all_delivered_seconds !== null && big.storm.all_delivered_seconds < 10 && big.storm.exactly_once);
+  } else {
+    target('10,000 sockets (WebSocket phase)', -1, big ? `failed: ${big.error}` : 'not run', false);
+  }
+}
+
+const rs = g('scale_rows_small'); const rb = g('scale_rows_big');
+if (rs || rb) {
+p(`## Scale: ${int(prm.scale_small)} vs ${int(prm.scale_big)} stored rows (concurrency ${prm.scale_conc})`);
+p();
+if (rs && rb) p(`Rows loaded through SQL (generate_series): small ${JSON.stringify(rs)}, big ${JSON.stringify(rb)}.`);
+p();
+p('Each size is measured in 3 alternating rounds (small, big, small, big, ...); the table gives ' +
+  'the median of the rounds, the per-round p50 values follow.');
+p();
+p('| workload | p50 small ms | p50 big ms | big / small | p99 small ms | p99 big ms | rps small | rps big | p50 per round small / big |');
+p('|---|---:|---:|---:|---:|---:|---:|---:|---|');
+const median = (xs) => { const a = xs.filter((x) => x != null).sort((x, y) => x - y); return a.length ? a[Math.floor((a.length - 1) / 2)] : null; };
+for (const [k, label] of [['bond_read', 'GET /v1/bonds/{user_id}'], ['plan', 'POST /v1/posts/{post_id}/plan']]) {
+  const rounds = (size) => Object.keys(recs).filter((n) => n.startsWith(`scale_${k}_${size}_`)).sort().map((n) => recs[n]);
+  const a = rounds('small'); const b = rounds('big');
+  if (!a.length || !b.length) continue;
+  const m = (xs, key) => median(xs.map((x) => x[key]));
+  const r = ratio(m(b, 'p50_ms'), m(a, 'p50_ms'));
+  p(`| ${label} | ${f(m(a, 'p50_ms'), 3)} | ${f(m(b, 'p50_ms'), 3)} | **${f(r)}x** | ${f(m(a, 'p99_ms'), 3)} | ${f(m(b, 'p99_ms'), 3)} | ` +
+    `${int(m(a, 'rps'))} | ${int(m(b, 'rps'))} | ${a.map((x) => f(x.p50_ms, 3)).join(', ')} / ${b.map((x) => f(x.p50_ms, 3)).join(', ')} |`);
+  target(`${label} p50 with ${int(prm.scale_big)} rows within 1.2x of ${int(prm.scale_small)}`, r, `${f(r)}x`, r <= 1.2);
+}
+p();
+}
+
+p('## Targets');
+p();
+p('| target | measured | met |');
+p('|---|---|---|');
+for (const t of targets) p(`| ${t.what} | ${t.shown} | ${t.ok === null ? 'n/a' : t.ok ? 'yes' : '**no**'} |`);
+p();
+const rss = g('steward_rss_end');
+if (rss) p(`steward RSS at the end of the main run: ${int(rss.kib)} KiB.`);
+if (process.argv[3] === '--summary') {
+  // The block bench/run puts into bench/README.md: headline figures and the targets.
+  const sum = [];
+  const file = process.argv[4] || '';
+  sum.push(`Run of ${new Date().toISOString().slice(0, 10)} (${m.nproc} cores, ${int(m.mem_mib)} MiB; full ` +
+    `figures in [\`results/${file}\`](results/${file})):`);
+  sum.push('');
+  sum.push('| target | measured | met |');
+  sum.push('|---|---|---|');
+  for (const t of targets) sum.push(`| ${t.what} | ${t.shown} | ${t.ok === null ? 'n/a' : t.ok ? 'yes' : '**no**'} |`);
+  process.stdout.write(sum.join('\n') + '\n');
+} else {
+  process.stdout.write(out.join('\n') + '\n');
+}

@@ -1,0 +1,126 @@
+'use strict';
+// Shared helpers of the seeder and the WebSocket load generator: a keep-alive JSON
+// client for steward's REST API, a bounded-concurrency runner, percentiles, argv parsing.
+const http = require('http');
+const fs = require('fs');
+
+function parseArgs(argv, defaults) {
+  const out = Object.assign({}, defaults);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
+    const eq = a.indexOf('=');
+    if (eq > 0) {
+      out[a.slice(2, eq)] = a.slice(eq + 1);
+    } else {
+      out[a.slice(2)] = argv[++i];
+    }
+  }
+  return out;
+}
+
+class Api {
+  constructor(baseUrl, key, maxSockets) {
+    const u = new URL(baseUrl);
+    this.host = u.hostname;
+    this.port = Number(u.port);
+    this.key = key;
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: maxSockets || 64 });
+  }
+
+  // Resolves {status, body (parsed JSON or null), text}; rejects only on transport errors.
+  request(method, path, body) {
+    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+    const headers = { Authorization: `Bearer ${this.key}` };
+    if (data) {
+      headers['Content-Type'] = 'application/json';
+      headers['Content-Length'] = data.length;
+    }
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: this.host, port: this.port, method, path, headers,
+        agent: this.agent }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed = null;
+          try { parsed = text ? JSON.parse(text) : null; } catch (e) { parsed = null; }
+          resolve({ status: res.statusCode, body: parsed, text });
+        });
+        res.on('error', reject);
+      });
+      req.setTimeout(30000, () => req.destroy(new Error(`timeout ${method} ${path}`)));
+      req.on('error', reject);
+      if (data) req.write(data);
+      req.end();
+    });
+  }
+
+  // Like request, but retries transport errors a few times (connection resets under load)
+  // and throws unless the status is one of the expected ones.
+  async expect(method, path, body, statuses) {
+    let lastErr;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      try {
+        const r = await this.request(method, path, body);
+        if (!statuses.includes(r.status)) {
+          throw new Error(`${method} ${path} -> ${r.status}: ${r.text.slice(0, 300)}`);
+        }
+        return r;
+      } catch (e) {
+        lastErr = e;
+        if (/ -> \d{3}:/.test(e.message) && !/ -> 503:/.test(e.message)) throw e;
+        await new Promise((res) => setTimeout(res, 50 * (attempt + 1)));
+      }
+    }
+    throw lastErr;
+  }
+}
+
+// Runs fn(i) for i in [0, n) with at most `concurrency` in flight; rejects on first error.
+async function runPool(n, concurrency, fn) {
+  let next = 0;
+  let failed = null;
+  async function worker() {
+    while (failed === null) {
+      const i = next++;
+      if (i >= n) return;
+      try {
+        await fn(i);
+      } catch (e) {
+        failed = e;
+      }
+    }
+  }
+  const workers = [];
+  for (let w = 0; w < Math.min(concurrency, n); w++) workers.push(worker());
+  await Promise.all(workers);
+  if (failed) throw failed;
+}
+
+// Nearest-rank percentile of an array of numbers (sorted copy).
+function percentile(values, p) {
+  if (values.length === 0) return null;
+  const s = Float64Array.from(values).sort();
+  const rank = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
+  return s[rank];
+}
+
+function nowMs() {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+function rssKiB(pid) {
+  const text = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(text);
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
+}
+
+function round(x, digits) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return null;
+  const f = 10 ** (digits === undefined ? 2 : digits);
+  return Math.round(x * f) / f;
+}
+
+module.exports = { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round };
