@@ -405,8 +405,13 @@ static void event_json(struct buf *o, const PGresult *r, int row, int col)
 }
 
 /* Hands the built text to the caller; ST_ENOMEM when an append failed. */
-static int finish_json(struct buf *o, char **json, size_t *len)
+/* Hands the built JSON to the caller when rc is ST_OK; releases it otherwise. */
+static int finish_json(int rc, struct buf *o, char **json, size_t *len)
 {
+    if (rc != ST_OK) {
+        buf_release(o);
+        return rc;
+    }
     if (o->oom || !o->data) {
         buf_release(o);
         return ST_ENOMEM;
@@ -465,12 +470,7 @@ static int get_fn(struct pool_conn *c, void *arg)
 int bonds_get(struct bonds *b, const char *user_id, char **json, size_t *len)
 {
     struct get_args a = {.user_id = user_id};
-    int rc = pool_with(b->pool, get_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_with(b->pool, get_fn, &a), &a.out, json, len);
 }
 
 struct list_args {
@@ -536,12 +536,7 @@ int bonds_list(struct bonds *b, const char *phase, const char *risk_level, int l
     } else {
         a.st = &st_list_all;
     }
-    int rc = pool_with(b->pool, list_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_with(b->pool, list_fn, &a), &a.out, json, len);
 }
 
 struct events_args {
@@ -592,12 +587,7 @@ int bonds_events(struct bonds *b, const char *user_id, int limit, const char *cu
     a.params[0] = user_id;
     a.params[1] = sql_fmt_ll(idbuf, cur_id);
     a.params[2] = sql_fmt_ll(limbuf, (long long)limit + 1);
-    int rc = pool_with(b->pool, events_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_with(b->pool, events_fn, &a), &a.out, json, len);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -947,12 +937,7 @@ int bonds_detect(struct bonds *b, const char *user_id, const struct bonds_detect
                  char **json, size_t *len)
 {
     struct detect_args a = {.user_id = user_id, .d = d};
-    int rc = pool_tx(b->pool, detect_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_tx(b->pool, detect_fn, &a), &a.out, json, len);
 }
 
 struct admin_args {
@@ -1001,12 +986,7 @@ int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const cha
     if (cap < 0 || cap > BONDS_CAP_MAX)
         return ST_EINVALID;
     struct admin_args a = {.user_id = user_id, .cap = cap, .actor = actor};
-    int rc = pool_tx(b->pool, set_cap_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_tx(b->pool, set_cap_fn, &a), &a.out, json, len);
 }
 
 static int add_note_fn(struct pool_conn *c, void *arg)
@@ -1051,12 +1031,7 @@ int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const
     if (chars < 1 || chars > BONDS_NOTE_MAX)
         return ST_EINVALID;
     struct admin_args a = {.user_id = user_id, .note = note, .actor = actor};
-    int rc = pool_tx(b->pool, add_note_fn, &a);
-    if (rc != ST_OK) {
-        buf_release(&a.out);
-        return rc;
-    }
-    return finish_json(&a.out, json, len);
+    return finish_json(pool_tx(b->pool, add_note_fn, &a), &a.out, json, len);
 }
 
 /* ------------------------------------------------------------------------------------
