@@ -17,6 +17,7 @@
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
+#include "steward/pipe.h"
 #include "steward/lessons.h"
 
 #include "steward/planner.h"
@@ -196,7 +197,7 @@ static int create_capabilities(struct app *app)
     if (!app->scouts)
         return -1;
     struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
-    app->bonds = bonds_new(app->pool, &app->log, &bh);
+    app->bonds = bonds_new(app->pool, &app->log, &bh, app->pipe);
     if (!app->bonds)
         return -1;
     struct healer_settings hs = {
@@ -263,8 +264,15 @@ static int build(struct app *app)
                          &app->log);
     app->metrics = metrics_new();
     app->workq = workq_new(app->cfg.worker_threads);
+    /* A quarter of the pool pipelines the hot-path statements (2 threads for the
+     * default 8): each holds a connection only while a batch runs. */
+    int pipe_threads = app->cfg.db_pool_size / 4;
+    pipe_threads = pipe_threads < 1 ? 1 : pipe_threads > 4 ? 4 : pipe_threads;
+    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, app->cfg.db_acquire_timeout_ms,
+                                     &app->log)
+                          : NULL;
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
-    if (!app->pool || !app->metrics || !app->workq || !app->auth)
+    if (!app->pool || !app->metrics || !app->workq || !app->pipe || !app->auth)
         return -1;
     router_init(&app->router);
     if (app->cfg.admin_key &&
@@ -289,6 +297,7 @@ static void teardown(struct app *app)
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
+    pipe_free(app->pipe);
     healer_free(app->healer);
     bonds_free(app->bonds);
     scouts_free(app->scouts);

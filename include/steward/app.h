@@ -28,6 +28,7 @@ struct app {
     struct logger log;
     int64_t started_us;
     struct pool *pool;
+    struct pipe *pipe; /* pipelined hot-path statements (bonds) */
     struct auth *auth;
     struct metrics *metrics;
     struct router router;

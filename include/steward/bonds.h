@@ -29,10 +29,14 @@ struct bonds_hooks {
     void *ctx;
 };
 
+struct pipe;
+
 /* Creates the ledger on a pool and logger (both borrowed; they must outlive it). hooks
- * is copied and may be NULL. Returns NULL when out of memory. */
+ * is copied and may be NULL. pipe (borrowed, may be NULL) runs the hot-path reads and
+ * consumes pipelined on database threads; without it they run at once on the calling
+ * thread. Returns NULL when out of memory. */
 struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks);
+                        const struct bonds_hooks *hooks, struct pipe *pipe);
 /* Frees the ledger (NULL is fine). */
 void bonds_free(struct bonds *b);
 
@@ -83,9 +87,12 @@ struct bonds_rate {
 
 /* ---- operations (each a transaction or a single statement) ---- */
 
-/* The entry of user_id as a JSON object text in *json (caller frees). ST_ENOTFOUND when
- * the user was never written. */
-int bonds_get(struct bonds *b, const char *user_id, char **json, size_t *len);
+/* Reads the entry of user_id; done(arg, rc, json, len) runs exactly once, on a database
+ * thread (or before this returns), with the entry as a JSON object text (the callee owns
+ * json; NULL unless rc is ST_OK). rc is ST_ENOTFOUND when the user was never written.
+ * user_id is copied. */
+typedef void (*bonds_json_done)(void *arg, int rc, char *json, size_t len);
+void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void *arg);
 
 /* Lists entries newest last_updated first as {"items": [...], "next_cursor": ...}.
  * phase and risk_level filter when not NULL; cursor is a next_cursor from an earlier
@@ -102,11 +109,15 @@ int bonds_detect(struct bonds *b, const char *user_id, const struct bonds_detect
  * entry's answer (cap 0: allowed, remaining -1, count 0). */
 int bonds_rate_check(struct bonds *b, const char *user_id, struct bonds_rate *out);
 
-/* Atomically admits and counts one message (creating the entry on first write). ST_OK
- * with out->allowed true when admitted (out holds the state after counting: remaining is
- * what is left), ST_ELIMIT when the cap is reached (out holds the current state, allowed
- * false, remaining 0). Cap 0 admits everything and still counts. */
-int bonds_consume(struct bonds *b, const char *user_id, struct bonds_rate *out);
+/* Atomically admits and counts one message (creating the entry on first write), then
+ * runs done(arg, rc, rate) exactly once, on a database thread (or before this returns).
+ * rc ST_OK with rate->allowed true when admitted (rate holds the state after counting:
+ * remaining is what is left), ST_ELIMIT when the cap is reached (the current state,
+ * allowed false, remaining 0), another ST_* on failure. Cap 0 admits everything and
+ * still counts. Each step is one statement, pipelined with other requests'. user_id is
+ * copied. */
+typedef void (*bonds_rate_done)(void *arg, int rc, const struct bonds_rate *rate);
+void bonds_consume(struct bonds *b, const char *user_id, bonds_rate_done done, void *arg);
 
 /* Sets the daily cap (0..BONDS_CAP_MAX), logging an admin_action carrying actor.
  * Answers the entry. */

@@ -27,6 +27,7 @@ struct http_req {
     json_t *body; /* parsed JSON body, NULL when the request had none (borrowed) */
     const char *request_id;
     const struct auth_principal *who; /* the caller; scope AUTH_NONE on open routes */
+    void *transport;                  /* the server's request state (http_defer); NULL in direct calls */
 };
 
 struct http_resp {
@@ -43,6 +44,20 @@ struct http_resp {
 };
 
 typedef void (*http_handler_fn)(void *ctx, const struct http_req *req, struct http_resp *resp);
+
+/* Answering later, without holding the thread that runs the handler.
+ *
+ * A handler calls http_defer, hands the token to asynchronous work and returns at once
+ * without touching resp. The work fills http_deferred_resp(d) and calls
+ * http_deferred_finish(d) exactly once, from any thread; the response is sent then.
+ * req and everything it points to are valid only until the handler returns: copy what
+ * the work needs. Outside the server (req->transport NULL, e.g. tests calling a
+ * handler directly) the token writes into resp itself, so the work must finish before
+ * the handler returns. Returns NULL when out of memory: answer at once then. */
+struct http_deferred;
+struct http_deferred *http_defer(const struct http_req *req, struct http_resp *resp);
+struct http_resp *http_deferred_resp(struct http_deferred *d);
+void http_deferred_finish(struct http_deferred *d);
 
 /* A path parameter by name ("user_id"), or NULL. */
 const char *http_param(const struct http_req *req, const char *name);

@@ -61,6 +61,17 @@ void pool_release(struct pool *p, struct pool_conn *c);
  * a fresh connection when the old one turns out to be dead. Returns a PGresult the
  * caller clears (never NULL), and classifies failures with pool_result_err. */
 PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *const *params);
+/* Runs n independent statements on c in one pipeline (one round trip for all of them).
+ * Each is its own implicit transaction, so one failing leaves the others alone, exactly
+ * as n pool_exec calls would. out[i] receives statement i's result (never NULL; the
+ * caller clears them and classifies them with pool_result_err before releasing c).
+ * Statements are prepared on the way when needed. A dead connection found before any
+ * result arrived on the first use after a checkout is replaced and the batch sent again
+ * once; a connection that dies or stays silent for statement_timeout + 5 s part way is
+ * closed and the statements without a result fail as unavailable. */
+#define POOL_BATCH_MAX 64 /* statements per pool_exec_batch call */
+void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const *st,
+                     const char *const *const *params, PGresult **out);
 /* Runs a plain command without parameters (BEGIN, COMMIT, ROLLBACK). Returns ST_* */
 int pool_cmd(struct pool_conn *c, const char *sql);
 

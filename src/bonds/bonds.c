@@ -13,10 +13,12 @@
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/pipe.h"
 #include "steward/sql.h"
 
 struct bonds {
     struct pool *pool;
+    struct pipe *pipe;
     const struct logger *lg;
     struct bonds_hooks hooks;
 };
@@ -425,12 +427,13 @@ static int finish_json(int rc, struct buf *o, char **json, size_t *len)
  * ---------------------------------------------------------------------------------- */
 
 struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks)
+                        const struct bonds_hooks *hooks, struct pipe *pipe)
 {
     struct bonds *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->pool = pool;
+    b->pipe = pipe;
     b->lg = lg;
     if (hooks)
         b->hooks = *hooks;
@@ -446,31 +449,72 @@ void bonds_free(struct bonds *b)
  * Reads
  * ---------------------------------------------------------------------------------- */
 
-struct get_args {
-    const char *user_id;
-    struct buf out;
+/* One hot-path operation in flight: a chain of single statements through the pipe. */
+enum op_stage { OP_GET, OP_CONSUME, OP_READ, OP_ENSURE };
+
+struct bond_op {
+    struct pipe_job job;
+    struct bonds *b;
+    enum op_stage stage;
+    int attempts; /* consume statements sent */
+    struct bonds_rate rate;
+    bonds_json_done json_done;
+    bonds_rate_done rate_done;
+    void *arg;
+    char user_id[]; /* copied */
 };
 
-static int get_fn(struct pool_conn *c, void *arg)
+static struct bond_op *op_new(struct bonds *b, const char *user_id, pipe_done_fn fn, void *arg)
 {
-    struct get_args *a = arg;
-    const char *p[1] = {a->user_id};
-    PGresult *r = pool_exec(c, &st_get, p);
-    int rc = pool_result_err(c, r);
-    if (rc == ST_OK && PQntuples(r) != 1)
-        rc = ST_ENOTFOUND;
-    if (rc == ST_OK) {
-        buf_release(&a->out);
-        bond_json(&a->out, r, 0);
-    }
-    PQclear(r);
-    return rc;
+    size_t n = strlen(user_id) + 1;
+    struct bond_op *op = calloc(1, sizeof(*op) + n);
+    if (!op)
+        return NULL;
+    memcpy(op->user_id, user_id, n);
+    op->b = b;
+    op->arg = arg;
+    op->job.done = fn;
+    op->job.arg = op;
+    op->job.params[0] = op->user_id;
+    return op;
 }
 
-int bonds_get(struct bonds *b, const char *user_id, char **json, size_t *len)
+/* Sends the next statement of op; its result comes back to op->job.done. */
+static void op_send(struct bond_op *op, enum op_stage stage, const struct db_stmt *st)
 {
-    struct get_args a = {.user_id = user_id};
-    return finish_json(pool_with(b->pool, get_fn, &a), &a.out, json, len);
+    op->stage = stage;
+    op->job.st = st;
+    if (!op->b->pipe)
+        pipe_run_inline(op->b->pool, &op->job);
+    else if (pipe_submit(op->b->pipe, &op->job) != ST_OK)
+        op->job.done(&op->job, NULL, ST_EUNAVAIL);
+}
+
+static void get_done(struct pipe_job *job, PGresult *r, int rc)
+{
+    struct bond_op *op = job->arg;
+    struct buf out = {0};
+    if (rc == ST_OK && PQntuples(r) != 1)
+        rc = ST_ENOTFOUND;
+    if (rc == ST_OK)
+        bond_json(&out, r, 0);
+    PQclear(r);
+    char *json = NULL;
+    size_t len = 0;
+    rc = finish_json(rc, &out, &json, &len);
+    op->json_done(op->arg, rc, json, len);
+    free(op);
+}
+
+void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void *arg)
+{
+    struct bond_op *op = op_new(b, user_id, get_done, arg);
+    if (!op) {
+        done(arg, ST_ENOMEM, NULL, 0);
+        return;
+    }
+    op->json_done = done;
+    op_send(op, OP_GET, &st_get);
 }
 
 struct list_args {
@@ -633,53 +677,76 @@ int bonds_rate_check(struct bonds *b, const char *user_id, struct bonds_rate *ou
     return rc;
 }
 
-/* Each decision is the single conditional UPDATE; the other statements only find out
- * why nothing was admitted (no entry yet: create it and try again; cap reached: refuse;
- * the state changed in between, e.g. the cap was raised: try again). */
-static int consume_fn(struct pool_conn *c, void *arg)
+static void consume_finish(struct bond_op *op, int rc)
 {
-    struct rate_args *a = arg;
-    const char *p[1] = {a->user_id};
-    a->admitted = false;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        PGresult *r = pool_exec(c, &st_consume, p);
-        int rc = pool_result_err(c, r);
-        if (rc == ST_OK && PQntuples(r) == 1) {
-            bonds_rate_eval(sql_ll(r, 0, 0), sql_ll(r, 0, 1), sql_ll(r, 0, 2), sql_ll(r, 0, 3),
-                            &a->rate);
-            a->rate.allowed = true;
-            a->admitted = true;
-        }
-        PQclear(r);
-        if (rc != ST_OK || a->admitted)
-            return rc;
-        rc = rate_read(c, a);
-        if (rc != ST_OK)
-            return rc;
-        if (!a->found) {
-            r = pool_exec(c, &st_ensure, p);
-            rc = pool_result_err(c, r);
-            PQclear(r);
-            if (rc != ST_OK)
-                return rc;
-            continue;
-        }
-        if (!a->rate.allowed)
-            break;
+    if (rc == ST_ELIMIT) {
+        op->rate.allowed = false;
+        op->rate.remaining = 0;
     }
-    a->rate.allowed = false;
-    a->rate.remaining = 0;
-    return ST_OK;
+    op->rate_done(op->arg, rc, &op->rate);
+    free(op);
 }
 
-int bonds_consume(struct bonds *b, const char *user_id, struct bonds_rate *out)
+/* Each decision is the single conditional UPDATE; the other statements only find out
+ * why nothing was admitted (no entry yet: create it and try again; cap reached: refuse;
+ * the state changed in between, e.g. the cap was raised: try again, at most 4 times). */
+static void consume_done(struct pipe_job *job, PGresult *r, int rc)
 {
-    struct rate_args a = {.user_id = user_id};
-    int rc = pool_with(b->pool, consume_fn, &a);
-    if (rc != ST_OK)
-        return rc;
-    *out = a.rate;
-    return a.admitted ? ST_OK : ST_ELIMIT;
+    struct bond_op *op = job->arg;
+    if (rc != ST_OK) {
+        PQclear(r);
+        consume_finish(op, rc);
+        return;
+    }
+    bool found = PQntuples(r) == 1;
+    /* st_consume and st_rate both return cap, count, reset time and now */
+    if (found && (op->stage == OP_CONSUME || op->stage == OP_READ))
+        bonds_rate_eval(sql_ll(r, 0, 0), sql_ll(r, 0, 1), sql_ll(r, 0, 2), sql_ll(r, 0, 3),
+                        &op->rate);
+    else if (op->stage == OP_READ)
+        bonds_rate_eval(0, 0, 0, 0, &op->rate); /* no entry: the defaults */
+    PQclear(r);
+    switch (op->stage) {
+    case OP_CONSUME:
+        if (found) {
+            op->rate.allowed = true;
+            consume_finish(op, ST_OK);
+        } else {
+            op_send(op, OP_READ, &st_rate);
+        }
+        return;
+    case OP_READ:
+        if (!found)
+            op_send(op, OP_ENSURE, &st_ensure);
+        else if (!op->rate.allowed || op->attempts >= 4)
+            consume_finish(op, ST_ELIMIT);
+        else
+            break;
+        return;
+    case OP_ENSURE:
+        if (op->attempts >= 4) {
+            consume_finish(op, ST_ELIMIT);
+            return;
+        }
+        break;
+    case OP_GET:
+        break;
+    }
+    op->attempts++;
+    op_send(op, OP_CONSUME, &st_consume);
+}
+
+void bonds_consume(struct bonds *b, const char *user_id, bonds_rate_done done, void *arg)
+{
+    struct bond_op *op = op_new(b, user_id, consume_done, arg);
+    if (!op) {
+        struct bonds_rate none = {0};
+        done(arg, ST_ENOMEM, &none);
+        return;
+    }
+    op->rate_done = done;
+    op->attempts = 1;
+    op_send(op, OP_CONSUME, &st_consume);
 }
 
 /* ------------------------------------------------------------------------------------

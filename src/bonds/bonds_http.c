@@ -154,19 +154,28 @@ static void detections(void *ctx, const struct http_req *req, struct http_resp *
     answer_text(resp, 200, json, len);
 }
 
+static void got_bond(void *arg, int rc, char *json, size_t len)
+{
+    struct http_deferred *d = arg;
+    struct http_resp *resp = http_deferred_resp(d);
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no bond entry for this user" : NULL);
+    else
+        answer_text(resp, 200, json, len);
+    http_deferred_finish(d);
+}
+
 static void get_bond(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     const char *user = user_param(req, resp);
     if (!user)
         return;
-    char *json = NULL;
-    size_t len = 0;
-    int rc = bonds_get(ctx, user, &json, &len);
-    if (rc != ST_OK) {
-        http_error(resp, rc, rc == ST_ENOTFOUND ? "no bond entry for this user" : NULL);
+    struct http_deferred *d = http_defer(req, resp);
+    if (!d) {
+        http_error(resp, ST_ENOMEM, NULL);
         return;
     }
-    answer_text(resp, 200, json, len);
+    bonds_get(ctx, user, got_bond, d);
 }
 
 static void list_bonds(void *ctx, const struct http_req *req, struct http_resp *resp)
@@ -238,6 +247,32 @@ static void rate_check(void *ctx, const struct http_req *req, struct http_resp *
     rate_headers(resp, &r);
 }
 
+static void consumed(void *arg, int rc, const struct bonds_rate *r)
+{
+    struct http_deferred *d = arg;
+    struct http_resp *resp = http_deferred_resp(d);
+    if (rc == ST_ELIMIT) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "the daily cap of %lld messages is reached; the window resets in %lld s",
+                 r->cap, r->reset_in_s);
+        http_problem_slug(resp, 429, "quota-exceeded", detail);
+        json_t *body = resp->body;
+        json_object_set_new(body, "allowed", json_false());
+        json_object_set_new(body, "remaining", json_integer(0));
+        json_object_set_new(body, "cap", json_integer(r->cap));
+        json_object_set_new(body, "count", json_integer(r->count));
+        http_header(resp, "Retry-After", "%lld", r->reset_in_s);
+        rate_headers(resp, r);
+    } else if (rc != ST_OK) {
+        http_error(resp, rc, NULL);
+    } else {
+        http_json(resp, 200, rate_json(r));
+        rate_headers(resp, r);
+    }
+    http_deferred_finish(d);
+}
+
 static void consume(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     static const char *const allowed[] = {NULL};
@@ -250,29 +285,12 @@ static void consume(void *ctx, const struct http_req *req, struct http_resp *res
         http_invalid(resp, errs);
         return;
     }
-    struct bonds_rate r;
-    int rc = bonds_consume(ctx, user, &r);
-    if (rc == ST_ELIMIT) {
-        char detail[160];
-        snprintf(detail, sizeof(detail),
-                 "the daily cap of %lld messages is reached; the window resets in %lld s",
-                 r.cap, r.reset_in_s);
-        http_problem_slug(resp, 429, "quota-exceeded", detail);
-        json_t *body = resp->body;
-        json_object_set_new(body, "allowed", json_false());
-        json_object_set_new(body, "remaining", json_integer(0));
-        json_object_set_new(body, "cap", json_integer(r.cap));
-        json_object_set_new(body, "count", json_integer(r.count));
-        http_header(resp, "Retry-After", "%lld", r.reset_in_s);
-        rate_headers(resp, &r);
+    struct http_deferred *d = http_defer(req, resp);
+    if (!d) {
+        http_error(resp, ST_ENOMEM, NULL);
         return;
     }
-    if (rc != ST_OK) {
-        http_error(resp, rc, NULL);
-        return;
-    }
-    http_json(resp, 200, rate_json(&r));
-    rate_headers(resp, &r);
+    bonds_consume(ctx, user, consumed, d);
 }
 
 static void set_cap(void *ctx, const struct http_req *req, struct http_resp *resp)

@@ -1,6 +1,7 @@
 #include "steward/pool.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -339,6 +340,160 @@ PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *c
         r = exec_once(c, st, params);
     c->execs++;
     return r;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Pipelined batches
+ * ---------------------------------------------------------------------------------- */
+
+/* Queues statement st with its Sync, preparing it first when this connection has not
+ * (*prepared_now tells). Returns false when libpq refused (out of memory, broken). */
+static bool batch_queue(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
+                        bool *prepared_now)
+{
+    size_t slot = 0;
+    int found = prepared_find(c, st, &slot);
+    *prepared_now = false;
+    if (found < 0)
+        return PQsendQueryParams(c->pg, st->sql, st->nparams, NULL, params, NULL, NULL, 0) &&
+               PQpipelineSync(c->pg);
+    if (found == 0) {
+        if (!PQsendPrepare(c->pg, st->name, st->sql, st->nparams, NULL))
+            return false;
+        /* Counted as prepared from now on; a failed prepare closes the connection
+         * after the batch, which forgets the whole cache. */
+        c->prepared[slot] = st;
+        c->nprepared++;
+        *prepared_now = true;
+    }
+    return PQsendQueryPrepared(c->pg, st->name, st->nparams, params, NULL, NULL, 0) &&
+           PQpipelineSync(c->pg);
+}
+
+/* Waits until a result can be taken without blocking, sending what is still buffered
+ * meanwhile. Returns false when the connection broke or stayed silent past the limit. */
+static bool batch_wait(struct pool_conn *c, int64_t deadline_us)
+{
+    for (;;) {
+        int pending = PQflush(c->pg);
+        if (pending < 0)
+            return false;
+        if (!PQisBusy(c->pg))
+            return true;
+        int64_t left_ms = (deadline_us - mono_us()) / 1000;
+        if (left_ms <= 0)
+            return false;
+        struct pollfd pfd = {.fd = PQsocket(c->pg), .events = POLLIN | (pending ? POLLOUT : 0)};
+        int rc = poll(&pfd, 1, left_ms > 60000 ? 60000 : (int)left_ms);
+        if (rc < 0 && errno != EINTR)
+            return false;
+        if (rc > 0 && (pfd.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c->pg))
+            return false;
+    }
+}
+
+static bool result_ok(const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
+}
+
+/* Reads the results of n queued statements into out: per statement its query's result,
+ * or the failed prepare that aborted it. Returns how many statements were completed;
+ * fewer than n means the connection failed. *prep_failed is set when a prepare failed. */
+static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now,
+                         PGresult **out, bool *prep_failed)
+{
+    int64_t deadline = mono_us() + ((int64_t)c->pool->statement_timeout_ms + 5000) * 1000;
+    size_t done = 0;
+    int seen = 0; /* results of the current statement so far */
+    PGresult *keep = NULL;
+    int nulls = 0;
+    while (done < n) {
+        if (!batch_wait(c, deadline))
+            break;
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            if (++nulls > 2)
+                break; /* nothing more is queued: libpq lost track of the batch */
+            continue;
+        }
+        nulls = 0;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            out[done++] = keep ? keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+            keep = NULL;
+            seen = 0;
+            continue;
+        }
+        bool is_prepare = prepared_now[done] && seen == 0;
+        seen++;
+        if (is_prepare && !result_ok(r))
+            *prep_failed = true;
+        if (keep && !result_ok(keep)) {
+            PQclear(r); /* the query aborted by a failed prepare: keep the cause */
+        } else {
+            PQclear(keep);
+            keep = r;
+        }
+    }
+    PQclear(keep);
+    return done;
+}
+
+static void batch_fail_rest(size_t from, size_t n, PGresult **out)
+{
+    for (size_t i = from; i < n; i++)
+        out[i] = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+}
+
+/* One attempt: sends everything, reads everything. Returns the statements completed. */
+static size_t batch_once(struct pool_conn *c, size_t n, const struct db_stmt *const *st,
+                         const char *const *const *params, PGresult **out, bool *prep_failed)
+{
+    bool prepared_now[POOL_BATCH_MAX];
+    if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!batch_queue(c, st[i], params[i], &prepared_now[i]))
+            return 0;
+    }
+    size_t done = batch_read(c, n, prepared_now, out, prep_failed);
+    if (done == n && PQexitPipelineMode(c->pg) && PQsetnonblocking(c->pg, 0) == 0)
+        return n;
+    if (done == n) {
+        for (size_t i = 0; i < n; i++)
+            PQclear(out[i]);
+        return 0;
+    }
+    return done;
+}
+
+void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const *st,
+                     const char *const *const *params, PGresult **out)
+{
+    if (n == 0)
+        return;
+    if (!c->pg || n > POOL_BATCH_MAX) {
+        batch_fail_rest(0, n, out);
+        return;
+    }
+    bool prep_failed = false;
+    size_t done = batch_once(c, n, st, params, out, &prep_failed);
+    if (done == 0 && c->execs == 0 && PQstatus(c->pg) == CONNECTION_BAD &&
+        conn_open(c) == ST_OK) {
+        prep_failed = false;
+        done = batch_once(c, n, st, params, out, &prep_failed);
+    }
+    c->execs += (int)n;
+    if (done < n) {
+        /* The connection is in an unknown state part way through a pipeline: close it,
+         * so what is missing reads as unavailable and the next checkout reconnects. */
+        conn_close(c);
+        batch_fail_rest(done, n, out);
+    } else if (prep_failed) {
+        conn_close(c); /* forget the statement marked prepared that is not */
+    }
 }
 
 int pool_cmd(struct pool_conn *c, const char *sql)

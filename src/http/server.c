@@ -25,12 +25,27 @@ struct http_server {
     struct http_server_opts o;
     int port;
     atomic_int inflight;
+    atomic_int suspended; /* deferred requests not finished yet */
     atomic_uint_fast64_t next_id;
     char id_prefix[17];
 };
 
+struct reqstate;
+
+/* A deferred answer: inside the server it lives in the request state; for direct calls
+ * (no transport) it is allocated and writes into the caller's response. */
+struct http_deferred {
+    struct reqstate *rs;
+    struct http_resp *resp;
+};
+
 struct reqstate {
     struct http_server *srv;
+    struct MHD_Connection *conn;
+    struct http_deferred defer;
+    struct http_resp dresp; /* filled by the deferred work */
+    bool deferred;
+    atomic_bool defer_done;
     int64_t start_us;
     struct route_match match;
     struct auth_principal who;
@@ -279,6 +294,58 @@ static enum MHD_Result send_early(struct reqstate *rs, struct MHD_Connection *co
     return ok;
 }
 
+/* Sends a handler's response (500 when it produced none) and releases it. */
+static enum MHD_Result answer(struct reqstate *rs, struct MHD_Connection *conn,
+                              struct http_resp *resp)
+{
+    if (resp->status == 0)
+        http_problem(resp, 500, "the handler produced no response");
+    if (resp->status >= 500 && resp->status != 503) {
+        log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id,
+                "route", rs->match.route->pattern, NULL);
+    }
+    enum MHD_Result ok = send_response(rs, conn, resp);
+    resp_release(resp);
+    return ok;
+}
+
+struct http_deferred *http_defer(const struct http_req *req, struct http_resp *resp)
+{
+    struct reqstate *rs = req->transport;
+    if (!rs) {
+        struct http_deferred *d = calloc(1, sizeof(*d));
+        if (d)
+            d->resp = resp;
+        return d;
+    }
+    rs->deferred = true;
+    rs->defer.rs = rs;
+    rs->defer.resp = &rs->dresp;
+    atomic_fetch_add(&rs->srv->suspended, 1);
+    MHD_suspend_connection(rs->conn);
+    return &rs->defer;
+}
+
+struct http_resp *http_deferred_resp(struct http_deferred *d)
+{
+    return d->resp;
+}
+
+void http_deferred_finish(struct http_deferred *d)
+{
+    struct reqstate *rs = d->rs;
+    if (!rs) {
+        free(d);
+        return;
+    }
+    /* rs may be gone as soon as the connection is resumed: read what is needed first. */
+    struct http_server *srv = rs->srv;
+    struct MHD_Connection *conn = rs->conn;
+    atomic_store_explicit(&rs->defer_done, true, memory_order_release);
+    MHD_resume_connection(conn);
+    atomic_fetch_sub(&srv->suspended, 1);
+}
+
 static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *conn,
                                    const char *url)
 {
@@ -302,21 +369,22 @@ static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *c
     req.body = body;
     req.request_id = rs->request_id;
     req.who = &rs->who;
+    req.transport = rs;
+    rs->conn = conn;
     req.nquery = rs->nquery;
     for (size_t i = 0; i < rs->nquery; i++) {
         req.query[i].key = rs->query_keys[i];
         req.query[i].value = rs->query_vals[i];
     }
     ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &req, &resp);
-    if (resp.status == 0)
-        http_problem(&resp, 500, "the handler produced no response");
-    if (resp.status >= 500 && resp.status != 503) {
-        log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id,
-                "route", req.route, NULL);
+    if (rs->deferred) {
+        /* Suspended: the response comes when the work finishes and resumes us. */
+        resp_release(&resp);
+        json_decref(body);
+        return MHD_YES;
     }
 send:;
-    enum MHD_Result ok = send_response(rs, conn, &resp);
-    resp_release(&resp);
+    enum MHD_Result ok = answer(rs, conn, &resp);
     json_decref(body);
     return ok;
 }
@@ -344,6 +412,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (rs->early_status)
             return send_early(rs, conn);
         return MHD_YES;
+    }
+    if (rs->deferred) {
+        if (!atomic_load_explicit(&rs->defer_done, memory_order_acquire))
+            return MHD_YES;
+        rs->deferred = false;
+        return answer(rs, conn, &rs->dresp);
     }
     if (rs->status)
         return MHD_YES; /* already answered: discard whatever still arrives */
@@ -444,7 +518,7 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
     struct sockaddr_in a4 = {0};
     struct sockaddr *addr;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_USE_ITC;
+                     MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
     if (inet_pton(AF_INET, o->bind, &a4.sin_addr) == 1) {
         a4.sin_family = AF_INET;
         a4.sin_port = htons((uint16_t)o->port);
@@ -488,6 +562,12 @@ void http_server_stop(struct http_server *s, int timeout_ms)
     MHD_quiesce_daemon(s->daemon);
     for (int waited = 0; atomic_load(&s->inflight) > 0 && waited < timeout_ms; waited += 10)
         usleep(10000);
+    /* A suspended connection must be resumed before the daemon stops. Deferred work is
+     * bounded (the pool's acquire timeout, statement_timeout), so this wait ends. */
+    if (atomic_load(&s->suspended) > 0)
+        log_msg(s->o.lg, LOG_WARN, "waiting for deferred requests to finish", NULL);
+    while (atomic_load(&s->suspended) > 0)
+        usleep(1000);
     MHD_stop_daemon(s->daemon);
     free(s);
 }

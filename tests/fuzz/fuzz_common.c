@@ -60,7 +60,7 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
                                  .max_delivery_attempts = 10, .max_inflight = 32,
                                  .ws_heartbeat_s = 30, .database_listen_url = DEAD_DB};
     app.scouts = scouts_new(app.pool, &quiet, app.metrics, app.workq, app.ws, app.lessons, &ss);
-    app.bonds = bonds_new(app.pool, &quiet, NULL);
+    app.bonds = bonds_new(app.pool, &quiet, NULL, NULL);
     if (!app.lessons || !app.planner || !app.scouts || !app.bonds)
         fuzz_fail("setup", "capabilities");
     router_init(&world.router);
