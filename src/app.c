@@ -144,6 +144,7 @@ static int register_routes(struct app *app)
     app->msrc.m = app->metrics;
     app->msrc.router = &app->router;
     app->msrc.pool = app->pool;
+    app->msrc.pipe = app->pipe;
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);

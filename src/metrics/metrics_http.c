@@ -6,6 +6,7 @@
 #include "steward/buf.h"
 #include "steward/http.h"
 #include "steward/metrics.h"
+#include "steward/pipe.h"
 #include "steward/pool.h"
 #include "steward/ws.h"
 
@@ -106,6 +107,20 @@ static void render_pool(struct buf *b, const struct metrics_sources *src)
     buf_printf(b, "# HELP db_pool_timeouts_total Acquires that gave up waiting.\n"
                   "# TYPE db_pool_timeouts_total counter\ndb_pool_timeouts_total %llu\n",
                (unsigned long long)ps.timeouts_total);
+    if (!src->pipe)
+        return;
+    struct pipe_stats pp;
+    pipe_stats(src->pipe, &pp);
+    buf_printf(b,
+               "# HELP db_pipeline_statements_total Hot-path statements run pipelined.\n"
+               "# TYPE db_pipeline_statements_total counter\ndb_pipeline_statements_total %llu\n"
+               "# HELP db_pipeline_batches_total Round trips that carried them.\n"
+               "# TYPE db_pipeline_batches_total counter\ndb_pipeline_batches_total %llu\n"
+               "# HELP db_pipeline_expired_total Statements that waited past the acquire "
+               "timeout (answered 503).\n"
+               "# TYPE db_pipeline_expired_total counter\ndb_pipeline_expired_total %llu\n",
+               (unsigned long long)pp.jobs, (unsigned long long)pp.batches,
+               (unsigned long long)pp.expired);
 }
 
 struct counter_label {
