@@ -47,7 +47,7 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
 void pool_free(struct pool *p);
 
 /* Checks a connection out, waiting up to the acquire timeout. Opens or resets it as
- * needed. Returns ST_OK, or ST_EUNAVAIL when the wait timed out or the database could
+ * needed (also one found dead while idle: input waiting on it means its backend ended). Returns ST_OK, or ST_EUNAVAIL when the wait timed out or the database could
  * not be reached. Every successful acquire is paired with pool_release. */
 int pool_acquire(struct pool *p, struct pool_conn **out);
 /* Same with its own bound on the wait (0 = only a free connection), for callers that
@@ -65,10 +65,10 @@ PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *c
  * Each is its own implicit transaction, so one failing leaves the others alone, exactly
  * as n pool_exec calls would. out[i] receives statement i's result (never NULL; the
  * caller clears them and classifies them with pool_result_err before releasing c).
- * Statements are prepared on the way when needed. A dead connection found before any
- * result arrived on the first use after a checkout is replaced and the batch sent again
- * once; a connection that dies or stays silent for statement_timeout + 5 s part way is
- * closed and the statements without a result fail as unavailable. */
+ * Statements are prepared on the way when needed; nothing is sent twice (a connection
+ * found dead at checkout was already replaced then). A connection that dies or stays
+ * silent for statement_timeout + 5 s part way is closed and the statements without a
+ * result fail as unavailable. */
 #define POOL_BATCH_MAX 64 /* statements per pool_exec_batch call */
 void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const *st,
                      const char *const *const *params, PGresult **out);

@@ -222,6 +222,25 @@ static int wait_free(struct pool *p, int timeout_ms)
     return slot;
 }
 
+/* Whether an idle connection is still usable: nothing to read and libpq agrees. An idle
+ * connection has nothing to say, so input waiting on one (the notice of a terminated
+ * backend, end of file after a restart) means it is gone. Checking at checkout, before
+ * anything is sent, rather than retrying after, never runs a statement twice. */
+static bool conn_idle_alive(struct pool_conn *c)
+{
+    struct pollfd pfd = {.fd = PQsocket(c->pg), .events = POLLIN};
+    if (pfd.fd < 0)
+        return false;
+    if (poll(&pfd, 1, 0) > 0) {
+        if (!PQconsumeInput(c->pg))
+            return false;
+        /* a NOTIFY on a pooled connection is not expected; anything else is fatal */
+        return PQstatus(c->pg) == CONNECTION_OK && !PQisBusy(c->pg) &&
+               !(pfd.revents & (POLLHUP | POLLERR));
+    }
+    return PQstatus(c->pg) == CONNECTION_OK;
+}
+
 int pool_acquire(struct pool *p, struct pool_conn **out)
 {
     return pool_acquire_within(p, p->acquire_timeout_ms, out);
@@ -243,7 +262,7 @@ int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
     record_wait(p, mono_us() - start);
     atomic_fetch_add_explicit(&p->acquired_total, 1, memory_order_relaxed);
 
-    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
+    if (!c->pg || !conn_idle_alive(c)) {
         if (conn_open(c) != ST_OK) {
             put_back(p, c);
             return ST_EUNAVAIL;
@@ -480,11 +499,6 @@ void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const 
     }
     bool prep_failed = false;
     size_t done = batch_once(c, n, st, params, out, &prep_failed);
-    if (done == 0 && c->execs == 0 && PQstatus(c->pg) == CONNECTION_BAD &&
-        conn_open(c) == ST_OK) {
-        prep_failed = false;
-        done = batch_once(c, n, st, params, out, &prep_failed);
-    }
     c->execs += (int)n;
     if (done < n) {
         /* The connection is in an unknown state part way through a pipeline: close it,

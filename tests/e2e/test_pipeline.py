@@ -168,3 +168,22 @@ def test_killed_connections_never_answer_500(server, sql):
         assert ok <= count <= ok + unavailable, (u, ok, unavailable, count)
     # and the service is healthy again afterwards
     assert server.get(f'/v1/bonds/{users[0]}').status_code == 200
+
+
+def test_connections_killed_while_idle_are_replaced_before_use(server, sql):
+    """A pooled connection whose backend was terminated while idle is found dead before
+    anything is sent on it, replaced, and the request answers normally (no 503)."""
+    assert server.put('/v1/bonds/pipe-idle/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    for round_ in range(3):
+        with ThreadPoolExecutor(16) as ex:  # open several pooled connections
+            assert set(ex.map(lambda _: server.get('/v1/bonds/pipe-idle').status_code,
+                              range(64))) == {200}
+        killed = sql.execute(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'steward' AND pid <> pg_backend_pid()) k").fetchone()[0]
+        assert killed > 0
+        time.sleep(0.2)
+        codes = [server.post('/v1/bonds/pipe-idle/messages').status_code for _ in range(10)]
+        codes += [server.get('/v1/bonds/pipe-idle').status_code for _ in range(10)]
+        assert codes == [200] * 20, (round_, codes)
+    assert sql.execute("SELECT daily_msg_count FROM bonds WHERE user_id = 'pipe-idle'").fetchone() == (30,)
