@@ -35,7 +35,8 @@ int auth_start(struct auth *a);
 void auth_free(struct auth *a);
 
 /* Checks a presented secret. ST_OK fills who; ST_ENOTFOUND for an unknown or revoked
- * key; ST_EUNAVAIL when the database was needed and could not answer. */
+ * key; ST_EUNAVAIL when the database was needed and could not answer, or hashing the
+ * secret ran out of memory. */
 int auth_check(struct auth *a, const char *secret, struct auth_principal *who);
 
 int auth_scope_parse(const char *s, enum auth_scope *out);

@@ -57,6 +57,9 @@ int jtime_parse(const char *s, int64_t *us);
 /* Microseconds since the epoch to "YYYY-MM-DDTHH:MM:SSZ", with ".ffffff" only when the
  * fraction is not zero. out must hold 32 bytes. */
 void jtime_format(int64_t us, char *out);
+/* Seconds since the epoch to "YYYY-MM-DDTHH:MM:SS" (UTC, no zone) into out (32 bytes),
+ * the year as printf's "%04d" writes it; returns the length (19 for years 0..9999). */
+size_t jtime_format_secs(int64_t secs, char *out);
 /* A JSON string of jtime_format(us); new reference. */
 json_t *jtime_json(int64_t us);
 /* Current time in microseconds since the epoch. */

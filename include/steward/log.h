@@ -40,6 +40,10 @@ void log_end(struct log_line *l);
 /* One-shot line: msg plus string pairs key, value, ..., terminated by NULL. */
 void log_msg(const struct logger *lg, enum log_level lvl, const char *msg, ...);
 
+/* val in decimal, as "%lld" writes it, into out (24 bytes); returns out. Exposed for
+ * tests. */
+char *log_fmt_int(char *out, long long val);
+
 /* Appends s to buf as JSON string content (no quotes), escaping as needed.
  * Returns the new length, never past cap - 1; exposed for tests. */
 size_t log_escape(char *buf, size_t len, size_t cap, const char *s);

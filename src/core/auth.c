@@ -37,6 +37,7 @@ struct auth {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
+    struct crypto_md *sha256; /* fetched once: every request hashes its key */
 };
 
 static const struct db_stmt st_active = {
@@ -199,6 +200,11 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     struct auth *a = calloc(1, sizeof(*a));
     if (!a)
         return NULL;
+    a->sha256 = crypto_md_sha256();
+    if (!a->sha256) {
+        free(a);
+        return NULL;
+    }
     a->pool = pool;
     a->lg = lg;
     a->refresh_ms = refresh_ms;
@@ -235,6 +241,7 @@ void auth_free(struct auth *a)
         free(a->retired[i]);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
+    crypto_md_free(a->sha256);
     free(a);
 }
 
@@ -261,7 +268,8 @@ static int lookup_db(struct pool_conn *c, void *arg)
 int auth_check(struct auth *a, const char *secret, struct auth_principal *who)
 {
     unsigned char hash[32];
-    crypto_sha256(secret, strlen(secret), hash);
+    if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
+        return ST_EUNAVAIL;
     struct snapshot *s = atomic_load(&a->current);
     if (s) {
         size_t lo = 0, hi = s->count;

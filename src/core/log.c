@@ -6,6 +6,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "steward/json.h"
+
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 int log_level_parse(const char *s, enum log_level *out)
@@ -52,6 +54,24 @@ size_t log_escape(char *buf, size_t len, size_t cap, const char *s)
     return len;
 }
 
+char *log_fmt_int(char *out, long long val)
+{
+    char digits[24];
+    int n = 0;
+    unsigned long long v = val < 0 ? 0ULL - (unsigned long long)val : (unsigned long long)val;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    char *p = out;
+    if (val < 0)
+        *p++ = '-';
+    while (n)
+        *p++ = digits[--n];
+    *p = '\0';
+    return out;
+}
+
 static void put_raw(struct log_line *l, const char *s)
 {
     size_t n = strlen(s);
@@ -78,11 +98,16 @@ void log_begin(struct log_line *l, const struct logger *lg, enum log_level lvl, 
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char stamp[96];
-    snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    /* by hand, not gmtime_r + snprintf: a third of the cost of an access line */
+    char stamp[40];
+    size_t n = jtime_format_secs((int64_t)ts.tv_sec, stamp);
+    long ms = ts.tv_nsec / 1000000;
+    stamp[n++] = '.';
+    stamp[n++] = (char)('0' + ms / 100);
+    stamp[n++] = (char)('0' + ms / 10 % 10);
+    stamp[n++] = (char)('0' + ms % 10);
+    stamp[n++] = 'Z';
+    stamp[n] = '\0';
     put_raw(l, "{\"ts\":\"");
     put_raw(l, stamp);
     put_raw(l, "\",\"level\":\"");
@@ -110,8 +135,8 @@ void log_int(struct log_line *l, const char *key, long long val)
 {
     if (!l->enabled)
         return;
-    char num[32];
-    snprintf(num, sizeof(num), "%lld", val);
+    char num[24];
+    log_fmt_int(num, val);
     put_key(l, key);
     put_raw(l, num);
 }

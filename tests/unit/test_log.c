@@ -1,8 +1,76 @@
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "steward/log.h"
 #include "unit.h"
+
+/* The line's "ts" is the time of the call, formatted as "%04d-%02d-%02dT%02d:%02d:%02d"
+ * of gmtime_r plus ".%03ldZ" (what the logger wrote before its formatter was written by
+ * hand): taken between two clock readings, it must equal the reference of one of the
+ * milliseconds in between. */
+static void check_ts(void)
+{
+    int ok = 0, runs = 0;
+    for (int i = 0; i < 200; i++) {
+        char out[256] = {0};
+        FILE *f = fmemopen(out, sizeof(out), "w");
+        if (!f)
+            break;
+        struct logger lg = {LOG_INFO, f};
+        struct timespec a, b;
+        clock_gettime(CLOCK_REALTIME, &a);
+        log_msg(&lg, LOG_INFO, "t", NULL);
+        clock_gettime(CLOCK_REALTIME, &b);
+        fclose(f);
+        runs++;
+        const char *ts = strstr(out, "{\"ts\":\"");
+        const char *end = ts ? strchr(ts + 7, '"') : NULL;
+        if (!end)
+            continue;
+        char got[64];
+        snprintf(got, sizeof(got), "%.*s", (int)(end - ts - 7), ts + 7);
+        int64_t from = (int64_t)a.tv_sec * 1000 + a.tv_nsec / 1000000;
+        int64_t to = (int64_t)b.tv_sec * 1000 + b.tv_nsec / 1000000;
+        for (int64_t ms = from; ms <= to; ms++) {
+            time_t t = (time_t)(ms / 1000);
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            char want[96];
+            snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(ms % 1000));
+            if (strcmp(got, want) == 0) {
+                ok++;
+                break;
+            }
+        }
+    }
+    CHECK(runs == 200 && ok == runs);
+}
+
+static void check_int(void)
+{
+    const long long vals[] = {0, 1, -1, 9, 10, -10, 200, 499, 123456789, -987654321,
+                              LLONG_MAX, LLONG_MIN, LLONG_MIN + 1};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        char got[24], want[32];
+        snprintf(want, sizeof(want), "%lld", vals[i]);
+        if (strcmp(log_fmt_int(got, vals[i]), want) != 0)
+            bad++;
+    }
+    long long v = 1;
+    for (int i = 0; i < 60; i++, v = v * 2 + (i % 3)) {
+        char got[24], want[32];
+        snprintf(want, sizeof(want), "%lld", -v);
+        if (strcmp(log_fmt_int(got, -v), want) != 0)
+            bad++;
+    }
+    CHECK(bad == 0);
+}
 
 int main(void)
 {
@@ -27,5 +95,7 @@ int main(void)
     enum log_level lvl;
     CHECK(log_level_parse("Error", &lvl) == 0 && lvl == LOG_ERROR);
     CHECK(log_level_parse("verbose", &lvl) == -1);
+    check_ts();
+    check_int();
     return unit_done();
 }

@@ -60,6 +60,24 @@ int main(void)
     router_match(&r, "GET", "/v1/lessons/42/", &m);
     CHECK(!m.route);
 
+    /* a literal segment matches only itself: not a prefix, not a longer word */
+    router_match(&r, "GET", "/v1/lessons/snapsho", &m);
+    CHECK(m.route && m.route->handler == &h1 && strcmp(m.params[0].value, "snapsho") == 0);
+    router_match(&r, "GET", "/v1/lessons/snapshotx", &m);
+    CHECK(m.route && m.route->handler == &h1 && strcmp(m.params[0].value, "snapshotx") == 0);
+    router_match(&r, "GET", "/v1/lesson/42", &m);
+    CHECK(!m.route && !m.path_known);
+    router_match(&r, "GET", "/v1/lessonsx/42", &m);
+    CHECK(!m.route && !m.path_known);
+    router_match(&r, "GET", "/v1/lessons", &m);
+    CHECK(!m.route && !m.path_known);
+    router_match(&r, "GET", "//v1/lessons/42", &m);
+    CHECK(!m.route && !m.path_known);
+    router_match(&r, "GET", "/v1/bonds/u1/event", &m);
+    CHECK(!m.route && !m.path_known);
+    router_match(&r, "GET", "/v1/bonds/u1/events/x", &m);
+    CHECK(!m.route && !m.path_known);
+
     char out[8];
     CHECK(router_decode("abc", 3, out, sizeof(out)) == 3);
     CHECK(router_decode("abcdefgh", 8, out, sizeof(out)) == -1);
