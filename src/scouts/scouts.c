@@ -53,31 +53,13 @@ static const struct db_stmt st_scout_patch = {
 static const struct db_stmt st_scout_delete = {
     "scouts_scout_delete", "DELETE FROM scouts WHERE id = $1::uuid RETURNING user_id", 1};
 
-static const struct db_stmt st_ingest_scout = {
-    "scouts_ingest_scout",
-    "SELECT user_id, enabled, auto_trash_spam, device_inactivity_pause_days, provider "
-    "FROM scouts WHERE id = $1::uuid",
-    1};
-
-static const struct db_stmt st_ingest_existing = {
-    "scouts_ingest_existing",
-    "SELECT id FROM proposals WHERE scout_id = $1::uuid AND source_msg_ref = $2", 2};
-
-/* n devices, and whether one was seen (registered or connected) within the window */
-static const struct db_stmt st_ingest_devices = {
-    "scouts_ingest_devices",
-    "SELECT count(*), coalesce(bool_or(last_seen_at >= now() - make_interval(days => $2::int) "
-    "OR connected_until > now()), false) FROM devices WHERE user_id = $1",
-    2};
-
-/* the NOTIFY is part of the transaction: instances hear of the proposal at commit */
-static const struct db_stmt st_ingest_insert = {
-    "scouts_ingest_insert",
-    "WITH ins AS (INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
-    "reason, raw_subject, raw_snippet, expires_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, "
-    "now() + make_interval(days => $8::int)) "
-    "ON CONFLICT (scout_id, source_msg_ref) DO NOTHING RETURNING id) "
-    "SELECT ins.id, pg_notify('" SCOUTS_CHANNEL "', 'q|' || $2) FROM ins",
+/* Ingest in one round trip (migrations/0007_scouts_ingest.sql): scout check, spam,
+ * pause rule, idempotent insert and the NOTIFY on the channel SCOUTS_CHANNEL names, in
+ * one autocommitted statement. */
+static const struct db_stmt st_ingest = {
+    "scouts_ingest",
+    "SELECT outcome, proposal_id, archive FROM scouts_ingest($1::uuid, $2, $3::bool, $4, $5, "
+    "$6, $7, $8::int)",
     8};
 
 static const struct db_stmt st_proposals_all = {
@@ -445,7 +427,7 @@ int scouts_scout_delete(struct scouts *s, const char *id, const char *actor)
 
 /* ---------------------------------------------------------------- ingest */
 
-struct ingest_tx {
+struct ingest_arg {
     struct scouts *s;
     const char *scout_id;
     const struct scouts_item_in *in;
@@ -453,89 +435,50 @@ struct ingest_tx {
     json_t *out;
 };
 
-static json_t *duplicate_body(const char *pid)
+static int ingest_fn(struct pool_conn *c, void *arg)
 {
-    return json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id", pid);
-}
-
-static int existing_proposal(struct pool_conn *c, struct ingest_tx *t)
-{
-    const char *p[] = {t->scout_id, t->in->source_msg_ref};
-    PGresult *r;
-    int rc = run(c, &st_ingest_existing, p, &r);
-    if (rc != ST_OK)
-        return rc;
-    if (PQntuples(r) == 1) {
-        t->status = 200;
-        t->out = duplicate_body(sql_str(r, 0, 0));
-    }
-    PQclear(r);
-    return ST_OK;
-}
-
-static int ingest_tx(struct pool_conn *c, void *arg)
-{
-    struct ingest_tx *t = arg;
+    struct ingest_arg *t = arg;
     json_decref(t->out);
     t->out = NULL;
     t->status = 0;
-    const char *p1[] = {t->scout_id};
+    char ttl[24];
+    const char *p[] = {t->scout_id,
+                       t->in->source_msg_ref,
+                       t->in->spam ? "true" : "false",
+                       t->in->source_type,
+                       t->in->reason,
+                       t->in->subject,
+                       t->in->snippet,
+                       sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
     PGresult *r;
-    int rc = run(c, &st_ingest_scout, p1, &r);
+    int rc = run(c, &st_ingest, p, &r);
     if (rc != ST_OK)
         return rc;
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return ST_ENOTFOUND;
-    }
-    char user[SCOUTS_USER_MAX * 4 + 1], provider[256];
-    snprintf(user, sizeof(user), "%s", sql_str(r, 0, 0));
-    bool enabled = sql_bool(r, 0, 1), archive = sql_bool(r, 0, 2);
-    long long pause_days = sql_ll(r, 0, 3);
-    snprintf(provider, sizeof(provider), "%s", sql_str(r, 0, 4));
-    PQclear(r);
-    if (!enabled)
-        return ST_ECONFLICT;
-    if (t->in->spam) {
+    const char *outcome = sql_str(r, 0, 0);
+    if (strcmp(outcome, "queued") == 0) {
+        t->status = 201;
+        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 1));
+    } else if (strcmp(outcome, "duplicate") == 0) {
         t->status = 200;
-        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive", archive);
-        return ST_OK;
-    }
-    if ((rc = existing_proposal(c, t)) != ST_OK || t->out)
-        return rc;
-    char days[24];
-    const char *p2[] = {user, sql_fmt_ll(days, pause_days)};
-    if ((rc = run(c, &st_ingest_devices, p2, &r)) != ST_OK)
-        return rc;
-    bool paused = sql_ll(r, 0, 0) > 0 && !sql_bool(r, 0, 1);
-    PQclear(r);
-    if (paused) {
+        t->out = json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id",
+                           sql_str(r, 0, 1));
+    } else if (strcmp(outcome, "spam") == 0) {
+        t->status = 200;
+        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive",
+                           sql_bool(r, 0, 2));
+    } else if (strcmp(outcome, "paused") == 0) {
         t->status = 200;
         t->out = json_pack("{s:b, s:s}", "queued", 0, "reason", "paused_device_inactive");
-        return ST_OK;
-    }
-    char ttl[24];
-    const char *p3[] = {t->scout_id,
-                        user,
-                        t->in->source_type ? t->in->source_type : provider,
-                        t->in->source_msg_ref,
-                        t->in->reason,
-                        t->in->subject,
-                        t->in->snippet,
-                        sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
-    if ((rc = run(c, &st_ingest_insert, p3, &r)) != ST_OK)
-        return rc;
-    if (PQntuples(r) == 1) {
-        t->status = 201;
-        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 0));
-        PQclear(r);
-        return ST_OK;
+    } else if (strcmp(outcome, "not_found") == 0) {
+        rc = ST_ENOTFOUND;
+    } else {
+        /* disabled, or the item collided with a proposal that was gone again */
+        rc = ST_ECONFLICT;
     }
     PQclear(r);
-    /* a concurrent post of the same item committed first */
-    if ((rc = existing_proposal(c, t)) != ST_OK)
-        return rc;
-    return t->out ? ST_OK : ST_ECONFLICT;
+    if (rc == ST_OK && !t->out)
+        rc = ST_ENOMEM;
+    return rc;
 }
 
 int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
@@ -543,8 +486,8 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
 {
     if (!scouts_uuid_valid(scout_id))
         return ST_ENOTFOUND;
-    struct ingest_tx t = {s, scout_id, in, 0, NULL};
-    int rc = pool_tx(s->pool, ingest_tx, &t);
+    struct ingest_arg t = {s, scout_id, in, 0, NULL};
+    int rc = pool_with(s->pool, ingest_fn, &t);
     if (rc != ST_OK) {
         json_decref(t.out);
         return rc;
