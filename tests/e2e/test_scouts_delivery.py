@@ -1,10 +1,15 @@
-"""Item ingest in one round trip (SPEC 5): the order of the ingest rules, and concurrent
-ingest counted in answers, rows and frames."""
+"""Item ingest in one round trip and delivery passes that fetch and mark in one statement
+(SPEC 5): the order of the ingest rules, concurrent ingest counted in answers, rows and
+frames, and the in-flight window rules with several sessions of one user."""
 import asyncio
 import concurrent.futures
 import random
 import re
+import time
 
+import psycopg
+
+from harness.steward import ADMIN_KEY
 from test_scouts import Device, ingest, mk_device, mk_scout, row, run, uid
 
 
@@ -121,3 +126,99 @@ def test_concurrent_ingest_counts_and_each_proposal_delivered_once(server, keys,
                            (users[u],)).fetchone() == (10, 10)
     assert queued_total(server) - before == 20
     assert len(winners) == 20
+
+
+def test_window_rules_with_two_sessions(make_server, fresh_db_url):
+    """STEWARD_MAX_INFLIGHT=3 and two devices of one user: each session has its own
+    window; an ack tops up every full window in one pass; a window with room gets no pass
+    after an ack, yet a new proposal still reaches both."""
+    srv = make_server(fresh_db_url, STEWARD_MAX_INFLIGHT=3)
+    user = uid()
+    s = mk_scout(srv, user)
+    da, db = mk_device(srv, user, 'a'), mk_device(srv, user, 'b')
+    pids = [ingest(srv, ADMIN_KEY, s['id'], f'w{i}').json()['proposal_id'] for i in range(1, 6)]
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        async def body():
+            a = await Device.hello(srv, da)
+            assert [(await a.proposal())['id'] for _ in range(3)] == pids[:3]
+            await a.nothing(0.3)
+            b = await Device.hello(srv, db)
+            assert [(await b.proposal())['id'] for _ in range(3)] == pids[:3]
+            await b.nothing(0.3)
+            assert [attempts(sql, p) for p in pids] == [2, 2, 2, 0, 0]
+
+            # A acks w1: both windows were full, one pass sends w4 to both
+            await a.ack(pids[0])
+            assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pids[0]}
+            assert (await a.proposal())['id'] == pids[3]
+            assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pids[0]}
+            assert (await b.proposal())['id'] == pids[3]
+            assert attempts(sql, pids[3]) == 1
+            await a.ack(pids[1])
+            assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pids[1]}
+            assert (await a.proposal())['id'] == pids[4]
+            assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pids[1]}
+            assert (await b.proposal())['id'] == pids[4]
+            # full windows, nothing left to send
+            await a.ack(pids[2])
+            assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pids[2]}
+            assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pids[2]}
+            # windows with room: the ack is answered and resolved, nothing else
+            await a.ack(pids[3])
+            assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pids[3]}
+            assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pids[3]}
+            await a.nothing(0.3)
+            await b.nothing(0.1)
+            # B acks what it holds; a live proposal reaches both
+            await b.ack(pids[4])
+            assert await b.recv() == {'type': 'ack_ok', 'proposal_id': pids[4]}
+            assert await a.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pids[4]}
+            t0 = time.monotonic()
+            live = ingest(srv, ADMIN_KEY, s['id'], 'w6').json()['proposal_id']
+            assert (await a.proposal(timeout=1.0))['id'] == live
+            assert (await b.proposal(timeout=1.0))['id'] == live
+            assert time.monotonic() - t0 < 1.0
+            assert attempts(sql, live) == 1
+            await a.nothing(0.3)
+            await b.nothing(0.1)
+            await a.close()
+            await b.close()
+
+        run(body())
+        assert [attempts(sql, p) for p in pids] == [2, 2, 2, 1, 1]
+        assert [row(sql, p)[0] for p in pids] == ['acked'] * 5
+
+
+def test_requeued_proposal_goes_again_to_every_session(make_server, fresh_db_url):
+    """A proposal both sessions hold and nobody acks is queued again by the ack-timeout
+    sweep and sent again to both (one more attempt), then resolved by one ack."""
+    srv = make_server(fresh_db_url, STEWARD_ACK_TIMEOUT_S=1, STEWARD_MAX_DELIVERY_ATTEMPTS=5)
+    user = uid()
+    s = mk_scout(srv, user)
+    da, db = mk_device(srv, user, 'a'), mk_device(srv, user, 'b')
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        async def body():
+            a = await Device.hello(srv, da)
+            b = await Device.hello(srv, db)
+            pid = ingest(srv, ADMIN_KEY, s['id'], 'slow').json()['proposal_id']
+            assert (await a.proposal())['id'] == pid
+            assert (await b.proposal())['id'] == pid
+            assert attempts(sql, pid) == 1
+            t0 = time.monotonic()
+            assert (await a.proposal(timeout=4))['id'] == pid
+            assert (await b.proposal(timeout=4))['id'] == pid
+            assert time.monotonic() - t0 >= 0.9
+            await a.ack(pid)
+            assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pid}
+            assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pid}
+            await a.nothing(1.5)
+            await b.nothing(0.1)
+            await a.close()
+            await b.close()
+            return pid
+
+        pid = run(body())
+        st = row(sql, pid)
+        assert st[0] == 'acked' and st[1] == 2
