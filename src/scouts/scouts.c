@@ -53,31 +53,13 @@ static const struct db_stmt st_scout_patch = {
 static const struct db_stmt st_scout_delete = {
     "scouts_scout_delete", "DELETE FROM scouts WHERE id = $1::uuid RETURNING user_id", 1};
 
-static const struct db_stmt st_ingest_scout = {
-    "scouts_ingest_scout",
-    "SELECT user_id, enabled, auto_trash_spam, device_inactivity_pause_days, provider "
-    "FROM scouts WHERE id = $1::uuid",
-    1};
-
-static const struct db_stmt st_ingest_existing = {
-    "scouts_ingest_existing",
-    "SELECT id FROM proposals WHERE scout_id = $1::uuid AND source_msg_ref = $2", 2};
-
-/* n devices, and whether one was seen (registered or connected) within the window */
-static const struct db_stmt st_ingest_devices = {
-    "scouts_ingest_devices",
-    "SELECT count(*), coalesce(bool_or(last_seen_at >= now() - make_interval(days => $2::int) "
-    "OR connected_until > now()), false) FROM devices WHERE user_id = $1",
-    2};
-
-/* the NOTIFY is part of the transaction: instances hear of the proposal at commit */
-static const struct db_stmt st_ingest_insert = {
-    "scouts_ingest_insert",
-    "WITH ins AS (INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
-    "reason, raw_subject, raw_snippet, expires_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, "
-    "now() + make_interval(days => $8::int)) "
-    "ON CONFLICT (scout_id, source_msg_ref) DO NOTHING RETURNING id) "
-    "SELECT ins.id, pg_notify('" SCOUTS_CHANNEL "', 'q|' || $2) FROM ins",
+/* Ingest in one round trip (migrations/0007_scouts_ingest.sql): scout check, spam,
+ * pause rule, idempotent insert and the NOTIFY on the channel SCOUTS_CHANNEL names, in
+ * one autocommitted statement. */
+static const struct db_stmt st_ingest = {
+    "scouts_ingest",
+    "SELECT outcome, proposal_id, archive FROM scouts_ingest($1::uuid, $2, $3::bool, $4, $5, "
+    "$6, $7, $8::int)",
     8};
 
 static const struct db_stmt st_proposals_all = {
@@ -142,35 +124,53 @@ static const struct db_stmt st_devices_refresh = {
     "SELECT ids.id FROM ids WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = ids.id)",
     2};
 
-static const struct db_stmt st_pending = {
-    "scouts_pending",
-    "SELECT id, scout_id, source_type, source_msg_ref, raw_subject, raw_snippet, status, "
-    SQL_US("triaged_at") ", " SQL_US("expires_at") " FROM proposals "
+/* One delivery pass for a user's sessions on this instance, fetch and mark in one
+ * statement. c: the first $2 (the in-flight window) pending proposals of the user, oldest
+ * first. $3 is a JSON array with one element per session: the ids that session has in
+ * flight. Per session (s.si, 1-based), the rules of SPEC 5.2/5.6/5.7: a proposal it
+ * already has goes out again only when the ack-timeout sweep queued it again; the others
+ * go out oldest first while its window has room (room = window - how many of c it has).
+ * upd marks what any session is sent delivered; a row acked or expired meanwhile fails
+ * the recheck of the UPDATE (it waits for the concurrent writer and rereads the row) and
+ * goes nowhere. Every row of c comes back (so the caller drops ids no longer pending from
+ * the windows) with the comma-separated sessions to send it to, NULL for none. */
+static const struct db_stmt st_deliver = {
+    "scouts_deliver",
+    "WITH c AS (SELECT id, scout_id, source_type, source_msg_ref, raw_subject, raw_snippet, "
+    "status, triaged_at, expires_at, seq FROM proposals "
     "WHERE user_id = $1 AND status IN ('queued', 'delivered') AND expires_at > now() "
-    "ORDER BY triaged_at, seq LIMIT $2::int",
-    2};
+    "ORDER BY triaged_at, seq LIMIT $2::int), "
+    "r AS (SELECT s.si, c.id, c.status, c.triaged_at, c.seq, s.sent ? c.id::text AS had "
+    "FROM (SELECT t.k::int AS si, t.sent FROM jsonb_array_elements($3::jsonb) "
+    "WITH ORDINALITY AS t(sent, k)) s CROSS JOIN c), "
+    "w AS (SELECT si, id, had, status, "
+    "row_number() OVER (PARTITION BY si, had ORDER BY triaged_at, seq) AS k, "
+    "$2::int - count(*) FILTER (WHERE had) OVER (PARTITION BY si) AS room FROM r), "
+    "pick AS (SELECT si, id FROM w WHERE CASE WHEN had THEN status = 'queued' ELSE k <= room END), "
+    "upd AS (UPDATE proposals p SET status = 'delivered', delivered_at = now(), "
+    "first_delivered_at = coalesce(p.first_delivered_at, now()), "
+    "delivery_attempts = p.delivery_attempts + 1 "
+    "WHERE p.id IN (SELECT id FROM pick) AND p.user_id = $1 "
+    "AND p.triaged_at <= (SELECT max(triaged_at) FROM c) "
+    "AND p.status IN ('queued', 'delivered') AND p.expires_at > now() RETURNING p.id) "
+    "SELECT c.id, c.scout_id, c.source_type, c.source_msg_ref, c.raw_subject, c.raw_snippet, "
+    "(SELECT string_agg(pick.si::text, ',' ORDER BY pick.si) FROM pick "
+    "WHERE pick.id = c.id AND EXISTS (SELECT 1 FROM upd WHERE upd.id = c.id)), "
+    SQL_US("c.triaged_at") ", " SQL_US("c.expires_at") " FROM c ORDER BY c.triaged_at, c.seq",
+    3};
 
-static const struct db_stmt st_mark_delivered = {
-    "scouts_mark_delivered",
-    "UPDATE proposals SET status = 'delivered', delivered_at = now(), "
-    "first_delivered_at = coalesce(first_delivered_at, now()), "
-    "delivery_attempts = delivery_attempts + 1 "
-    "WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'delivered') AND expires_at > now() "
-    "RETURNING id",
-    1};
-
+/* The ack and, when it flipped the proposal, the notification other instances act on
+ * ($4: a|instance|proposal|device|user), sent at commit; one autocommitted statement. */
 static const struct db_stmt st_ack = {
     "scouts_ack",
     "WITH p AS (SELECT id FROM proposals WHERE id = $1::uuid AND user_id = $2), "
     "u AS (UPDATE proposals SET status = 'acked', acked_at = now(), "
     "acked_device_id = $3::uuid, raw_subject = NULL, raw_snippet = NULL "
     "WHERE id = $1::uuid AND user_id = $2 AND status IN ('queued', 'delivered', 'failed') "
-    "RETURNING id) "
-    "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u)",
-    3};
-
-static const struct db_stmt st_notify = {
-    "scouts_notify", "SELECT pg_notify('" SCOUTS_CHANNEL "', $1)", 1};
+    "RETURNING id), "
+    "n AS (SELECT pg_notify('" SCOUTS_CHANNEL "', $4) FROM u) "
+    "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
+    4};
 
 static const struct db_stmt st_notify_users = {
     "scouts_notify_users",
@@ -445,7 +445,7 @@ int scouts_scout_delete(struct scouts *s, const char *id, const char *actor)
 
 /* ---------------------------------------------------------------- ingest */
 
-struct ingest_tx {
+struct ingest_arg {
     struct scouts *s;
     const char *scout_id;
     const struct scouts_item_in *in;
@@ -453,89 +453,50 @@ struct ingest_tx {
     json_t *out;
 };
 
-static json_t *duplicate_body(const char *pid)
+static int ingest_fn(struct pool_conn *c, void *arg)
 {
-    return json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id", pid);
-}
-
-static int existing_proposal(struct pool_conn *c, struct ingest_tx *t)
-{
-    const char *p[] = {t->scout_id, t->in->source_msg_ref};
-    PGresult *r;
-    int rc = run(c, &st_ingest_existing, p, &r);
-    if (rc != ST_OK)
-        return rc;
-    if (PQntuples(r) == 1) {
-        t->status = 200;
-        t->out = duplicate_body(sql_str(r, 0, 0));
-    }
-    PQclear(r);
-    return ST_OK;
-}
-
-static int ingest_tx(struct pool_conn *c, void *arg)
-{
-    struct ingest_tx *t = arg;
+    struct ingest_arg *t = arg;
     json_decref(t->out);
     t->out = NULL;
     t->status = 0;
-    const char *p1[] = {t->scout_id};
+    char ttl[24];
+    const char *p[] = {t->scout_id,
+                       t->in->source_msg_ref,
+                       t->in->spam ? "true" : "false",
+                       t->in->source_type,
+                       t->in->reason,
+                       t->in->subject,
+                       t->in->snippet,
+                       sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
     PGresult *r;
-    int rc = run(c, &st_ingest_scout, p1, &r);
+    int rc = run(c, &st_ingest, p, &r);
     if (rc != ST_OK)
         return rc;
-    if (PQntuples(r) != 1) {
-        PQclear(r);
-        return ST_ENOTFOUND;
-    }
-    char user[SCOUTS_USER_MAX * 4 + 1], provider[256];
-    snprintf(user, sizeof(user), "%s", sql_str(r, 0, 0));
-    bool enabled = sql_bool(r, 0, 1), archive = sql_bool(r, 0, 2);
-    long long pause_days = sql_ll(r, 0, 3);
-    snprintf(provider, sizeof(provider), "%s", sql_str(r, 0, 4));
-    PQclear(r);
-    if (!enabled)
-        return ST_ECONFLICT;
-    if (t->in->spam) {
+    const char *outcome = sql_str(r, 0, 0);
+    if (strcmp(outcome, "queued") == 0) {
+        t->status = 201;
+        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 1));
+    } else if (strcmp(outcome, "duplicate") == 0) {
         t->status = 200;
-        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive", archive);
-        return ST_OK;
-    }
-    if ((rc = existing_proposal(c, t)) != ST_OK || t->out)
-        return rc;
-    char days[24];
-    const char *p2[] = {user, sql_fmt_ll(days, pause_days)};
-    if ((rc = run(c, &st_ingest_devices, p2, &r)) != ST_OK)
-        return rc;
-    bool paused = sql_ll(r, 0, 0) > 0 && !sql_bool(r, 0, 1);
-    PQclear(r);
-    if (paused) {
+        t->out = json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id",
+                           sql_str(r, 0, 1));
+    } else if (strcmp(outcome, "spam") == 0) {
+        t->status = 200;
+        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive",
+                           sql_bool(r, 0, 2));
+    } else if (strcmp(outcome, "paused") == 0) {
         t->status = 200;
         t->out = json_pack("{s:b, s:s}", "queued", 0, "reason", "paused_device_inactive");
-        return ST_OK;
-    }
-    char ttl[24];
-    const char *p3[] = {t->scout_id,
-                        user,
-                        t->in->source_type ? t->in->source_type : provider,
-                        t->in->source_msg_ref,
-                        t->in->reason,
-                        t->in->subject,
-                        t->in->snippet,
-                        sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
-    if ((rc = run(c, &st_ingest_insert, p3, &r)) != ST_OK)
-        return rc;
-    if (PQntuples(r) == 1) {
-        t->status = 201;
-        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 0));
-        PQclear(r);
-        return ST_OK;
+    } else if (strcmp(outcome, "not_found") == 0) {
+        rc = ST_ENOTFOUND;
+    } else {
+        /* disabled, or the item collided with a proposal that was gone again */
+        rc = ST_ECONFLICT;
     }
     PQclear(r);
-    /* a concurrent post of the same item committed first */
-    if ((rc = existing_proposal(c, t)) != ST_OK)
-        return rc;
-    return t->out ? ST_OK : ST_ECONFLICT;
+    if (rc == ST_OK && !t->out)
+        rc = ST_ENOMEM;
+    return rc;
 }
 
 int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
@@ -543,8 +504,8 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
 {
     if (!scouts_uuid_valid(scout_id))
         return ST_ENOTFOUND;
-    struct ingest_tx t = {s, scout_id, in, 0, NULL};
-    int rc = pool_tx(s->pool, ingest_tx, &t);
+    struct ingest_arg t = {s, scout_id, in, 0, NULL};
+    int rc = pool_with(s->pool, ingest_fn, &t);
     if (rc != ST_OK) {
         json_decref(t.out);
         return rc;
@@ -848,8 +809,10 @@ void scouts_pending_free(struct scouts_pending *rows, size_t n)
 {
     if (!rows)
         return;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(rows[i].frame);
+        free(rows[i].sessions);
+    }
     free(rows);
 }
 
@@ -872,23 +835,86 @@ static char *proposal_frame(const PGresult *r, int i)
     return text;
 }
 
-struct pending_arg {
+char *scouts_windows_json(const struct scouts_window *w, size_t n)
+{
+    size_t cap = 3;
+    for (size_t i = 0; i < n; i++)
+        cap += 3 + (size_t)w[i].n * (SCOUTS_ID_LEN + 3);
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    size_t len = 0;
+    out[len++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            out[len++] = ',';
+        out[len++] = '[';
+        for (int k = 0; k < w[i].n; k++) {
+            if (k)
+                out[len++] = ',';
+            out[len++] = '"';
+            /* ids come from the database (canonical uuids): nothing to escape */
+            size_t idlen = strnlen(w[i].ids[k], SCOUTS_ID_LEN);
+            memcpy(out + len, w[i].ids[k], idlen);
+            len += idlen;
+            out[len++] = '"';
+        }
+        out[len++] = ']';
+    }
+    out[len++] = ']';
+    out[len] = '\0';
+    return out;
+}
+
+int scouts_parse_sessions(const char *list, size_t nsess, int **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!list || !*list)
+        return 0;
+    size_t count = 1;
+    for (const char *p = list; *p; p++)
+        count += *p == ',';
+    int *v = malloc(count * sizeof(int));
+    if (!v)
+        return -2;
+    const char *p = list;
+    for (size_t i = 0; i < count; i++) {
+        char *end = (char *)p;
+        long x = isdigit((unsigned char)*p) ? strtol(p, &end, 10) : 0;
+        if (end == p || x < 1 || (size_t)x > nsess || (*end != ',' && *end != '\0')) {
+            free(v);
+            return -1;
+        }
+        v[i] = (int)x - 1;
+        p = *end ? end + 1 : end;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+struct deliver_arg {
     const char *user_id;
-    int limit;
+    int window;
+    const char *windows;
+    size_t nsess;
     struct scouts_pending *rows;
     size_t n;
+    uint64_t marked;
 };
 
-static int pending_fn(struct pool_conn *c, void *arg)
+static int deliver_fn(struct pool_conn *c, void *arg)
 {
-    struct pending_arg *a = arg;
+    struct deliver_arg *a = arg;
     scouts_pending_free(a->rows, a->n);
     a->rows = NULL;
     a->n = 0;
+    a->marked = 0;
     char lim[24];
-    const char *p[] = {a->user_id, sql_fmt_ll(lim, a->limit)};
+    const char *p[] = {a->user_id, sql_fmt_ll(lim, a->window), a->windows};
     PGresult *r;
-    int rc = run(c, &st_pending, p, &r);
+    int rc = run(c, &st_deliver, p, &r);
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
@@ -900,87 +926,38 @@ static int pending_fn(struct pool_conn *c, void *arg)
         }
     }
     for (int i = 0; i < n; i++) {
-        struct scouts_pending *row = &a->rows[a->n];
+        struct scouts_pending *row = &a->rows[a->n++];
         snprintf(row->id, sizeof(row->id), "%s", sql_str(r, i, 0));
-        row->queued = strcmp(sql_str(r, i, 6), "queued") == 0;
-        row->frame = proposal_frame(r, i);
-        if (!row->frame) {
+        if (sql_isnull(r, i, 6))
+            continue;
+        a->marked++;
+        int prc = scouts_parse_sessions(sql_str(r, i, 6), a->nsess, &row->sessions,
+                                        &row->nsessions);
+        if (prc == 0 && !(row->frame = proposal_frame(r, i)))
+            prc = -2;
+        if (prc != 0) {
             PQclear(r);
-            return ST_ENOMEM;
+            return prc == -2 ? ST_ENOMEM : ST_EINTERNAL;
         }
         row->len = strlen(row->frame);
-        a->n++;
     }
     PQclear(r);
     return ST_OK;
 }
 
-int scouts_pending_fetch(struct scouts *s, const char *user_id, int limit,
-                         struct scouts_pending **rows, size_t *n)
+int scouts_deliver_fetch(struct scouts *s, const char *user_id, int window, const char *windows,
+                         size_t nsess, struct scouts_pending **rows, size_t *n)
 {
-    struct pending_arg a = {user_id, limit, NULL, 0};
-    int rc = pool_with(s->pool, pending_fn, &a);
+    struct deliver_arg a = {user_id, window, windows, nsess, NULL, 0, 0};
+    int rc = pool_with(s->pool, deliver_fn, &a);
     if (rc != ST_OK) {
         scouts_pending_free(a.rows, a.n);
         return rc;
     }
+    metrics_count(s->metrics, MC_PROPOSALS_DELIVERED, a.marked);
     *rows = a.rows;
     *n = a.n;
     return ST_OK;
-}
-
-struct mark_arg {
-    const char *ids;
-    char (*want)[SCOUTS_ID_LEN + 1];
-    size_t n;
-    bool *ok;
-};
-
-static int mark_fn(struct pool_conn *c, void *arg)
-{
-    struct mark_arg *a = arg;
-    memset(a->ok, 0, a->n * sizeof(bool));
-    const char *p[] = {a->ids};
-    PGresult *r;
-    int rc = run(c, &st_mark_delivered, p, &r);
-    if (rc != ST_OK)
-        return rc;
-    for (int i = 0; i < PQntuples(r); i++)
-        for (size_t k = 0; k < a->n; k++)
-            if (!a->ok[k] && strcmp(a->want[k], sql_str(r, i, 0)) == 0)
-                a->ok[k] = true;
-    PQclear(r);
-    return ST_OK;
-}
-
-int scouts_mark_delivered(struct scouts *s, char (*ids)[SCOUTS_ID_LEN + 1], size_t n, bool *ok)
-{
-    if (n == 0)
-        return ST_OK;
-    size_t cap = n * (SCOUTS_ID_LEN + 1) + 3;
-    char *lit = malloc(cap);
-    if (!lit)
-        return ST_ENOMEM;
-    size_t len = 0;
-    lit[len++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            lit[len++] = ',';
-        memcpy(lit + len, ids[i], SCOUTS_ID_LEN);
-        len += SCOUTS_ID_LEN;
-    }
-    lit[len++] = '}';
-    lit[len] = '\0';
-    struct mark_arg a = {lit, ids, n, ok};
-    int rc = pool_with(s->pool, mark_fn, &a);
-    free(lit);
-    if (rc == ST_OK) {
-        uint64_t sent = 0;
-        for (size_t i = 0; i < n; i++)
-            sent += ok[i];
-        metrics_count(s->metrics, MC_PROPOSALS_DELIVERED, sent);
-    }
-    return rc;
 }
 
 struct ack_arg {
@@ -989,11 +966,15 @@ struct ack_arg {
     bool found, changed;
 };
 
-static int ack_tx(struct pool_conn *c, void *arg)
+static int ack_fn(struct pool_conn *c, void *arg)
 {
     struct ack_arg *a = arg;
     a->found = a->changed = false;
-    const char *p[] = {a->pid, a->user_id, a->device_id};
+    /* a|instance|proposal|device|user: other instances tell their sessions */
+    char payload[SCOUTS_USER_MAX * 4 + 128];
+    snprintf(payload, sizeof(payload), "a|%s|%s|%s|%s", a->s->instance, a->pid, a->device_id,
+             a->user_id);
+    const char *p[] = {a->pid, a->user_id, a->device_id, payload};
     PGresult *r;
     int rc = run(c, &st_ack, p, &r);
     if (rc != ST_OK)
@@ -1001,14 +982,7 @@ static int ack_tx(struct pool_conn *c, void *arg)
     a->found = sql_ll(r, 0, 0) > 0;
     a->changed = sql_ll(r, 0, 1) > 0;
     PQclear(r);
-    if (!a->changed)
-        return ST_OK;
-    /* a|instance|proposal|device|user: other instances tell their sessions */
-    char payload[SCOUTS_USER_MAX * 4 + 128];
-    snprintf(payload, sizeof(payload), "a|%s|%s|%s|%s", a->s->instance, a->pid, a->device_id,
-             a->user_id);
-    const char *np[] = {payload};
-    return run_discard(c, &st_notify, np);
+    return ST_OK;
 }
 
 int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
@@ -1018,7 +992,7 @@ int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const cha
     if (!scouts_uuid_valid(pid))
         return ST_OK;
     struct ack_arg a = {s, pid, user_id, device_id, false, false};
-    int rc = pool_tx(s->pool, ack_tx, &a);
+    int rc = pool_with(s->pool, ack_fn, &a);
     if (rc != ST_OK)
         return rc;
     *found = a.found;

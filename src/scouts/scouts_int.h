@@ -10,8 +10,8 @@
 #include <stdint.h>
 
 #include "steward/scouts.h"
+#include "steward/scouts_pass.h"
 
-#define SCOUTS_ID_LEN 36        /* a canonical uuid */
 #define SCOUTS_USER_MAX 200     /* characters of a user id */
 #define SCOUTS_BUCKETS 16384    /* power of two */
 #define SCOUTS_CHANNEL "steward_scouts"
@@ -69,9 +69,10 @@ struct scouts {
 /* A pending proposal as a delivery pass sees it. */
 struct scouts_pending {
     char id[SCOUTS_ID_LEN + 1];
-    bool queued;  /* status queued: send even to sessions that had it */
-    char *frame;  /* the scout_proposal frame text (malloc'd) */
+    char *frame;   /* the scout_proposal frame text (malloc'd), NULL when sent to nobody */
     size_t len;
+    int *sessions; /* indexes of the pass's sessions to send it to (malloc'd) */
+    size_t nsessions;
 };
 
 /* --- scouts.c: logic and SQL --- */
@@ -130,14 +131,15 @@ int scouts_devices_offline_all(struct scouts *s, const char *ids_json);
  * *gone (new reference, array of ids that no longer exist). */
 int scouts_devices_refresh(struct scouts *s, const char *ids_json, json_t **gone);
 
-/* The first limit pending proposals of user, oldest first; *rows is malloc'd (free
- * with scouts_pending_free). */
-int scouts_pending_fetch(struct scouts *s, const char *user_id, int limit,
-                         struct scouts_pending **rows, size_t *n);
+/* One delivery pass in one statement: fetches the first `window` pending proposals of
+ * the user, oldest first, decides per session (the windows JSON text, see
+ * scouts_windows_json) what it is owed, marks those delivered and returns every pending
+ * row in *rows (malloc'd; free with scouts_pending_free): frame and sessions are set on
+ * the rows to send, and the ids of all of them tell which in-flight ids are still
+ * pending. nsess is the number of sessions in windows. */
+int scouts_deliver_fetch(struct scouts *s, const char *user_id, int window, const char *windows,
+                         size_t nsess, struct scouts_pending **rows, size_t *n);
 void scouts_pending_free(struct scouts_pending *rows, size_t n);
-/* Marks the ids (a uuid[] literal) delivered; ok[i] tells which of ids[] still were
- * pending (only those may be sent). */
-int scouts_mark_delivered(struct scouts *s, char (*ids)[SCOUTS_ID_LEN + 1], size_t n, bool *ok);
 /* Acks proposal pid for user from device. *found false: unknown or another user's.
  * *changed: this call flipped it (and queued the cross-instance notification). */
 int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,

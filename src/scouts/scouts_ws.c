@@ -221,17 +221,14 @@ struct snap {
     uint64_t sid;
     char (*sent)[SCOUTS_ID_LEN + 1];
     int nsent;
-    bool *send; /* per pending row */
 };
 
 static void snaps_free(struct snap *sn, size_t n)
 {
     if (!sn)
         return;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         free(sn[i].sent);
-        free(sn[i].send);
-    }
     free(sn);
 }
 
@@ -263,14 +260,6 @@ static struct snap *snapshot(struct scouts *s, const char *user_id, size_t *n)
     return sn;
 }
 
-static bool in_snap(const struct snap *p, const char *id)
-{
-    for (int i = 0; i < p->nsent; i++)
-        if (strcmp(p->sent[i], id) == 0)
-            return true;
-    return false;
-}
-
 static bool in_rows(const struct scouts_pending *rows, size_t n, const char *id)
 {
     for (size_t i = 0; i < n; i++)
@@ -279,102 +268,73 @@ static bool in_rows(const struct scouts_pending *rows, size_t n, const char *id)
     return false;
 }
 
-/* One pass: what each session of the user here is owed, within its window. */
+/* True when the session at index i of the pass is among the row's receivers. */
+static bool row_for(const struct scouts_pending *row, size_t i)
+{
+    for (size_t k = 0; k < row->nsessions; k++)
+        if ((size_t)row->sessions[k] == i)
+            return true;
+    return false;
+}
+
+/* One pass: what each session of the user here is owed, within its window, fetched and
+ * marked delivered in one statement (scouts_deliver_fetch). */
 static int pass_once(struct scouts *s, const char *user_id)
 {
     int window = s->set.max_inflight;
     size_t nsn = 0, nrows = 0;
     struct scouts_pending *rows = NULL;
-    char(*ids)[SCOUTS_ID_LEN + 1] = NULL;
-    bool *need = NULL, *ok = NULL;
+    struct scouts_window *wins = NULL;
+    char *windows = NULL;
+    bool *send = NULL; /* nsn x nrows */
     struct snap *sn = snapshot(s, user_id, &nsn);
     if (!sn)
         return ST_OK;
-    int rc = scouts_pending_fetch(s, user_id, window, &rows, &nrows);
-    if (rc != ST_OK || nrows == 0)
+    int rc = ST_ENOMEM;
+    wins = calloc(nsn, sizeof(*wins));
+    if (!wins)
         goto done;
-    need = calloc(nrows, sizeof(bool));
-    ok = calloc(nrows, sizeof(bool));
-    ids = calloc(nrows, sizeof(ids[0]));
-    if (!need || !ok || !ids) {
-        rc = ST_ENOMEM;
+    for (size_t i = 0; i < nsn; i++)
+        wins[i] = (struct scouts_window){(const char(*)[SCOUTS_ID_LEN + 1])sn[i].sent,
+                                         sn[i].nsent};
+    if (!(windows = scouts_windows_json(wins, nsn)))
         goto done;
-    }
-    for (size_t i = 0; i < nsn; i++) {
-        struct snap *p = &sn[i];
-        p->send = calloc(nrows, sizeof(bool));
-        if (!p->send) {
-            rc = ST_ENOMEM;
-            goto done;
-        }
-        int outstanding = 0;
-        for (int k = 0; k < p->nsent; k++)
-            outstanding += in_rows(rows, nrows, p->sent[k]);
-        int room = window - outstanding;
-        for (size_t r = 0; r < nrows; r++) {
-            if (in_snap(p, rows[r].id)) {
-                /* queued again by the ack-timeout sweep: send it once more */
-                p->send[r] = rows[r].queued;
-            } else if (room > 0) {
-                p->send[r] = true;
-                room--;
-            }
-            need[r] |= p->send[r];
-        }
-    }
-    size_t nids = 0;
-    size_t *map = calloc(nrows, sizeof(size_t));
-    if (!map) {
-        rc = ST_ENOMEM;
-        goto done;
-    }
-    for (size_t r = 0; r < nrows; r++) {
-        if (need[r]) {
-            memcpy(ids[nids], rows[r].id, SCOUTS_ID_LEN + 1);
-            map[nids++] = r;
-        }
-    }
-    bool *okn = calloc(nids ? nids : 1, sizeof(bool));
-    if (!okn) {
-        free(map);
-        rc = ST_ENOMEM;
-        goto done;
-    }
-    rc = scouts_mark_delivered(s, ids, nids, okn);
-    for (size_t k = 0; k < nids; k++)
-        ok[map[k]] = okn[k];
-    free(okn);
-    free(map);
+    rc = scouts_deliver_fetch(s, user_id, window, windows, nsn, &rows, &nrows);
     if (rc != ST_OK)
         goto done;
+    send = calloc(nsn * (nrows ? nrows : 1), sizeof(bool));
+    if (!send) {
+        rc = ST_ENOMEM;
+        goto done;
+    }
 
     /* record the windows, then send outside the lock (frames of a user only ever go
      * out from the one pass that owns the user, so their order holds) */
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < nsn; i++) {
         struct scouts_sess *x = sess_find_locked(s, sn[i].sid);
-        if (!x) {
-            memset(sn[i].send, 0, nrows * sizeof(bool));
+        if (!x)
             continue;
-        }
+        /* what is no longer pending (acked elsewhere, expired, failed) leaves the window */
         for (int k = x->nsent - 1; k >= 0; k--)
             if (!in_rows(rows, nrows, x->sent[k]))
                 sent_remove(x, x->sent[k]);
         for (size_t r = 0; r < nrows; r++) {
-            sn[i].send[r] &= ok[r];
-            if (sn[i].send[r] && sent_find(x, rows[r].id) < 0 && !sent_add(x, rows[r].id))
-                sn[i].send[r] = false;
+            bool *b = &send[i * nrows + r];
+            *b = rows[r].frame && row_for(&rows[r], i);
+            if (*b && sent_find(x, rows[r].id) < 0 && !sent_add(x, rows[r].id))
+                *b = false;
         }
     }
     pthread_mutex_unlock(&s->mu);
     for (size_t i = 0; i < nsn; i++)
         for (size_t r = 0; r < nrows; r++)
-            if (sn[i].send[r])
+            if (send[i * nrows + r])
                 send_text(s, sn[i].sid, rows[r].frame, rows[r].len, MC_WS_FRAMES_OUT_PROPOSAL);
 done:
-    free(need);
-    free(ok);
-    free(ids);
+    free(send);
+    free(windows);
+    free(wins);
     scouts_pending_free(rows, nrows);
     snaps_free(sn, nsn);
     return rc;
@@ -522,15 +482,25 @@ void scouts_user_erased(struct scouts *s, const char *user_id)
 }
 
 /* A proposal of the user was acked (here or elsewhere): it leaves every window, and
- * the sessions of other devices hear that it is resolved. */
-static void resolved(struct scouts *s, const char *user_id, const char *pid,
+ * the sessions of other devices hear that it is resolved. Returns true when a window of
+ * the user's sessions here was full before, so proposals may be waiting for the room
+ * the ack made, or when a pass of the user is running (it may have read the proposal
+ * as pending and fill the window up to the brim): only then does a pass follow (the
+ * running one reruns). A window with room after a finished pass already holds
+ * everything that was pending then, and whatever is queued later wakes a pass of its
+ * own. */
+static bool resolved(struct scouts *s, const char *user_id, const char *pid,
                      const char *acking_device)
 {
     uint64_t sids[64];
     size_t n = 0;
+    bool full = false;
     pthread_mutex_lock(&s->mu);
     struct scouts_user *u = user_find_locked(s, user_id);
+    if (u)
+        full = u->running;
     for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next) {
+        full |= x->nsent >= s->set.max_inflight;
         sent_remove(x, pid);
         if (strcmp(x->device_id, acking_device) != 0 && n < 64)
             sids[n++] = x->sid;
@@ -540,6 +510,7 @@ static void resolved(struct scouts *s, const char *user_id, const char *pid,
         send_json(s, sids[i],
                   json_pack("{s:s, s:s}", "type", "scout_proposal_resolved", "proposal_id", pid),
                   MC_WS_FRAMES_OUT_RESOLVED);
+    return full;
 }
 
 /* Splits "a|b|c..." in place into at most max fields; the last keeps the rest. */
@@ -570,10 +541,8 @@ void scouts_on_notify(struct scouts *s, const char *payload)
             scouts_request_pass(s, f[1]);
         break;
     case 'a': /* a|instance|proposal|device|user: acked on some instance */
-        if (n == 5 && strcmp(f[1], s->instance) != 0) {
-            resolved(s, f[4], f[2], f[3]);
+        if (n == 5 && strcmp(f[1], s->instance) != 0 && resolved(s, f[4], f[2], f[3]))
             scouts_request_pass(s, f[4]);
-        }
         break;
     case 'd': /* d|device|user: device deleted */
         if (n == 3)
@@ -757,10 +726,8 @@ static void ack_job(struct scouts *s, void *arg)
     }
     send_json(s, a->sid, json_pack("{s:s, s:s}", "type", "ack_ok", "proposal_id", a->pid),
               MC_WS_FRAMES_OUT_ACK_OK);
-    if (changed) {
-        resolved(s, a->user_id, a->pid, a->device_id);
+    if (changed && resolved(s, a->user_id, a->pid, a->device_id))
         pass_now(s, a->user_id);
-    }
 }
 
 static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
