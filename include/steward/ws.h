@@ -1,4 +1,4 @@
-/* The device WebSocket server (libwebsockets, one service thread).
+/* The device WebSocket server (libwebsockets on a libuv loop, one service thread).
  *
  * Frames are JSON objects dispatched by "type" to handlers that capabilities register.
  * Handlers run on the service thread and must not block: database work goes to a
@@ -97,5 +97,9 @@ void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const ch
 /* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
 void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
                    const char *proposal_id);
+
+/* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF). Text frames that are not get close 1007. */
+bool ws_utf8_valid(const unsigned char *p, size_t n);
 
 #endif
