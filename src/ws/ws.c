@@ -4,9 +4,8 @@
  * whose EVENT_WAIT_CANCELLED asks for writeable callbacks.
  *
  * libuv waits in epoll: lws' default poll() loop costs O(open sockets) per wakeup.
- * Life cycle: ws_server_new creates the loop, our handles (the stop async, the idle
- * that runs close_later's closes) and the lws context on that loop; the service thread
- * runs uv_run. To stop,
+ * Life cycle: ws_server_new creates the loop, our two handles (the stop async and the
+ * hello timer) and the lws context on that loop; the service thread runs uv_run. To stop,
  * ws_server_stop signals the async handle; its callback, on the loop, destroys the lws
  * context (which closes every socket and lws' own handles through the loop) and closes
  * our handles, so uv_run returns once nothing is left; then the loop is closed. */
@@ -14,6 +13,7 @@
 
 #include <libwebsockets.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +52,7 @@ struct session {
     /* service thread only */
     unsigned char *rx;
     size_t rx_len;
+    struct ws_hello_node hello;
     bool closing; /* the close frame is set: further input is ignored */
     bool close_listed;
     struct session *close_prev, *close_next;
@@ -70,7 +71,9 @@ struct ws_server {
     struct lws_context *ctx;
     uv_loop_t loop;
     uv_async_t stop_async;
+    uv_timer_t hello_timer;
     uv_idle_t close_idle;
+    struct ws_hello_fifo hello_q; /* service thread only */
     struct session *close_head;   /* service thread only: see close_later */
     struct lws_vhost *vhost;
     lws_retry_bo_t retry;
@@ -109,6 +112,13 @@ static size_t hash_str(const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return hash_u64(h);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Registry helpers; all with ws->mu held. */
@@ -416,6 +426,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     pthread_mutex_unlock(&ws->mu);
     free(s->rx);
     s->rx = NULL;
+    ws_hello_remove(&ws->hello_q, &s->hello);
     close_unlist(ws, s);
     if (authed && ws->on_closed)
         ws->on_closed(ws->on_closed_ctx, ws, s->sid, device, user);
@@ -649,6 +660,101 @@ bool ws_utf8_valid(const unsigned char *p, size_t n)
     return true;
 }
 
+void ws_hello_push(struct ws_hello_fifo *q, struct ws_hello_node *n, int64_t deadline_ms)
+{
+    if (n->queued)
+        return;
+    if (q->tail && deadline_ms < q->tail->deadline_ms)
+        deadline_ms = q->tail->deadline_ms;
+    n->deadline_ms = deadline_ms;
+    n->next = NULL;
+    n->prev = q->tail;
+    if (q->tail)
+        q->tail->next = n;
+    else
+        q->head = n;
+    q->tail = n;
+    n->queued = true;
+    q->len++;
+}
+
+void ws_hello_remove(struct ws_hello_fifo *q, struct ws_hello_node *n)
+{
+    if (!n->queued)
+        return;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        q->head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        q->tail = n->prev;
+    n->prev = n->next = NULL;
+    n->queued = false;
+    q->len--;
+}
+
+struct ws_hello_node *ws_hello_pop_due(struct ws_hello_fifo *q, int64_t now)
+{
+    struct ws_hello_node *n = q->head;
+    if (!n || n->deadline_ms > now)
+        return NULL;
+    ws_hello_remove(q, n);
+    return n;
+}
+
+int64_t ws_hello_next_due(const struct ws_hello_fifo *q, int64_t now)
+{
+    if (!q->head)
+        return -1;
+    return q->head->deadline_ms > now ? q->head->deadline_ms - now : 0;
+}
+
+static void hello_sweep(uv_timer_t *t);
+
+/* Service thread: the hello timer is armed for the oldest waiting session only. */
+static void hello_arm(struct ws_server *ws, int64_t now)
+{
+    int64_t due = ws_hello_next_due(&ws->hello_q, now);
+    if (due >= 0)
+        uv_timer_start(&ws->hello_timer, hello_sweep, (uint64_t)due, 0);
+}
+
+/* A new session must say device_hello within hello_timeout_s. */
+static void hello_expect(struct ws_server *ws, struct session *s)
+{
+    int64_t now = now_ms();
+    bool was_empty = ws->hello_q.head == NULL;
+    ws_hello_push(&ws->hello_q, &s->hello, now + (int64_t)ws->o.hello_timeout_s * 1000);
+    if (was_empty && !uv_is_closing((uv_handle_t *)&ws->hello_timer))
+        hello_arm(ws, now);
+}
+
+/* Closes (4408) every overdue session that has not authenticated; authenticated ones
+ * just leave the queue. ws_authenticate refuses a session once close_code is set, so
+ * a hello that races the deadline either wins entirely or loses entirely. */
+static void hello_sweep(uv_timer_t *t)
+{
+    struct ws_server *ws = t->data;
+    int64_t now = now_ms();
+    bool need_wake = false;
+    struct ws_hello_node *n;
+    pthread_mutex_lock(&ws->mu);
+    while ((n = ws_hello_pop_due(&ws->hello_q, now)) != NULL) {
+        struct session *s = (struct session *)((char *)n - offsetof(struct session, hello));
+        if (s->authed || s->close_code)
+            continue;
+        s->close_code = 4408;
+        s->close_reason = "hello timeout";
+        need_wake |= mark_pending_locked(ws, s);
+    }
+    pthread_mutex_unlock(&ws->mu);
+    if (need_wake)
+        service_pending(ws);
+    hello_arm(ws, now);
+}
+
 static bool path_ok(struct lws *wsi)
 {
     char uri[128];
@@ -670,20 +776,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     case LWS_CALLBACK_ESTABLISHED:
         session_register(ws, s, wsi);
-        lws_set_timer_usecs(wsi, (lws_usec_t)ws->o.hello_timeout_s * LWS_US_PER_SEC);
+        hello_expect(ws, s);
         if (atomic_load(&ws->stopping))
             lws_callback_on_writable(wsi);
         return 0;
-    case LWS_CALLBACK_TIMER: {
-        pthread_mutex_lock(&ws->mu);
-        bool expired = !s->authed && !s->close_code;
-        if (expired)
-            s->close_code = 4408;
-        pthread_mutex_unlock(&ws->mu);
-        if (expired)
-            close_later(ws, s, 4408, "hello timeout");
-        return 0;
-    }
     case LWS_CALLBACK_RECEIVE:
         return on_receive(ws, s, wsi, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE:
@@ -722,6 +818,9 @@ static void on_stop_async(uv_async_t *a)
     pthread_mutex_unlock(&ws->mu);
     if (ws->ctx)
         lws_context_destroy(ws->ctx);
+    uv_timer_stop(&ws->hello_timer);
+    if (!uv_is_closing((uv_handle_t *)&ws->hello_timer))
+        uv_close((uv_handle_t *)&ws->hello_timer, NULL);
     uv_idle_stop(&ws->close_idle);
     if (!uv_is_closing((uv_handle_t *)&ws->close_idle))
         uv_close((uv_handle_t *)&ws->close_idle, NULL);
@@ -801,6 +900,8 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     }
     uv_async_init(&ws->loop, &ws->stop_async, on_stop_async);
     ws->stop_async.data = ws;
+    uv_timer_init(&ws->loop, &ws->hello_timer);
+    ws->hello_timer.data = ws;
     uv_idle_init(&ws->loop, &ws->close_idle);
     ws->close_idle.data = ws;
     ws->ctx = lws_create_context(&info);
