@@ -53,6 +53,10 @@ struct session {
     unsigned char *rx;
     size_t rx_len;
     struct ws_hello_node hello;
+    int64_t last_rx_ms;   /* the peer's last frame or pong */
+    int64_t last_ping_ms;
+    bool ping_due;
+    struct session *all_prev, *all_next; /* ws->all_head: every established session */
     bool closing; /* the close frame is set: further input is ignored */
     bool close_listed;
     struct session *close_prev, *close_next;
@@ -73,10 +77,12 @@ struct ws_server {
     uv_async_t stop_async;
     uv_timer_t hello_timer;
     uv_idle_t close_idle;
+    uv_timer_t beat_timer;
     struct ws_hello_fifo hello_q; /* service thread only */
     struct session *close_head;   /* service thread only: see close_later */
+    struct session *all_head;     /* service thread only: see beat */
     struct lws_vhost *vhost;
-    lws_retry_bo_t retry;
+    lws_retry_bo_t retry; /* all zero: lws' own ping/hang-up timers are off, see beat */
     struct lws_protocols protocols[2];
     pthread_t thread;
     bool started;
@@ -379,6 +385,29 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     pthread_mutex_unlock(&ws->mu);
 }
 
+/* Service thread: the list of established sessions the heartbeat walks. */
+static void all_link(struct ws_server *ws, struct session *s)
+{
+    s->all_prev = NULL;
+    s->all_next = ws->all_head;
+    if (ws->all_head)
+        ws->all_head->all_prev = s;
+    ws->all_head = s;
+}
+
+static void all_unlink(struct ws_server *ws, struct session *s)
+{
+    if (s->all_prev)
+        s->all_prev->all_next = s->all_next;
+    else if (ws->all_head == s)
+        ws->all_head = s->all_next;
+    else
+        return; /* not linked */
+    if (s->all_next)
+        s->all_next->all_prev = s->all_prev;
+    s->all_prev = s->all_next = NULL;
+}
+
 /* Service thread: takes s off the list of sessions close_later will close. */
 static void close_unlist(struct ws_server *ws, struct session *s)
 {
@@ -428,6 +457,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     s->rx = NULL;
     ws_hello_remove(&ws->hello_q, &s->hello);
     close_unlist(ws, s);
+    all_unlink(ws, s);
     if (authed && ws->on_closed)
         ws->on_closed(ws->on_closed_ctx, ws, s->sid, device, user);
     free(device);
@@ -545,6 +575,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
 {
     if (s->closing)
         return 0;
+    s->last_rx_ms = now_ms();
     if (s->rx_len + len > WS_MAX_FRAME) {
         abort_session(ws, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "too large");
         return 0;
@@ -578,6 +609,20 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
 {
     if (s->closing)
         return 0;
+    if (s->ping_due) {
+        s->ping_due = false;
+        /* not empty: lws 4.1 does not report an empty pong (RECEIVE_PONG) */
+        unsigned char ping[LWS_PRE + 1];
+        ping[LWS_PRE] = 'p';
+        if (lws_write(wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
+            return -1;
+        pthread_mutex_lock(&ws->mu);
+        bool more = s->qhead != NULL || s->close_code;
+        pthread_mutex_unlock(&ws->mu);
+        if (more)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
     pthread_mutex_lock(&ws->mu);
     struct frame *f = s->qhead;
     if (f) {
@@ -755,6 +800,41 @@ static void hello_sweep(uv_timer_t *t)
     hello_arm(ws, now);
 }
 
+/* The heartbeat, one timer for every session (lws' own ping and hang-up timers cost a
+ * sorted insert into a list of every connection's timers, O(connections), on each
+ * connect). A session whose peer sent nothing (no frame, no pong) for heartbeat_s is
+ * pinged, again every heartbeat_s of silence; one silent for 2 * heartbeat_s + 5 is
+ * dropped without a close frame (the peer is gone). O(sessions) per beat, a few times
+ * per interval. */
+static void beat(uv_timer_t *t)
+{
+    struct ws_server *ws = t->data;
+    int64_t now = now_ms();
+    int64_t ping_after = (int64_t)ws->o.heartbeat_s * 1000;
+    int64_t drop_after = ((int64_t)ws->o.heartbeat_s * 2 + 5) * 1000;
+    struct session *next;
+    for (struct session *s = ws->all_head; s; s = next) {
+        next = s->all_next; /* a drop unlinks s (its CLOSED runs inside) */
+        if (s->closing)
+            continue;
+        int64_t idle = now - s->last_rx_ms;
+        if (idle >= drop_after) {
+            s->closing = true;
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+        } else if (idle >= ping_after && now - s->last_ping_ms >= ping_after) {
+            s->ping_due = true;
+            s->last_ping_ms = now;
+            lws_callback_on_writable(s->wsi);
+        }
+    }
+}
+
+static uint64_t beat_period_ms(const struct ws_server *ws)
+{
+    uint64_t p = (uint64_t)ws->o.heartbeat_s * 1000 / 4;
+    return p < 250 ? 250 : p > 5000 ? 5000 : p;
+}
+
 static bool path_ok(struct lws *wsi)
 {
     char uri[128];
@@ -777,11 +857,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED:
         session_register(ws, s, wsi);
         hello_expect(ws, s);
+        s->last_rx_ms = now_ms();
+        all_link(ws, s);
         if (atomic_load(&ws->stopping))
             lws_callback_on_writable(wsi);
         return 0;
     case LWS_CALLBACK_RECEIVE:
         return on_receive(ws, s, wsi, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        s->last_rx_ms = now_ms();
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(ws, s, wsi);
     case LWS_CALLBACK_CLOSED:
@@ -824,6 +909,9 @@ static void on_stop_async(uv_async_t *a)
     uv_idle_stop(&ws->close_idle);
     if (!uv_is_closing((uv_handle_t *)&ws->close_idle))
         uv_close((uv_handle_t *)&ws->close_idle, NULL);
+    uv_timer_stop(&ws->beat_timer);
+    if (!uv_is_closing((uv_handle_t *)&ws->beat_timer))
+        uv_close((uv_handle_t *)&ws->beat_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&ws->stop_async))
         uv_close((uv_handle_t *)&ws->stop_async, NULL);
 }
@@ -868,8 +956,6 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     ws->protocols[0].callback = callback;
     ws->protocols[0].per_session_data_size = sizeof(struct session);
     ws->protocols[0].rx_buffer_size = 4096;
-    ws->retry.secs_since_valid_ping = (uint16_t)o->heartbeat_s;
-    ws->retry.secs_since_valid_hangup = (uint16_t)(o->heartbeat_s * 2 + 5);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -904,6 +990,8 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     ws->hello_timer.data = ws;
     uv_idle_init(&ws->loop, &ws->close_idle);
     ws->close_idle.data = ws;
+    uv_timer_init(&ws->loop, &ws->beat_timer);
+    ws->beat_timer.data = ws;
     ws->ctx = lws_create_context(&info);
     ws->vhost = ws->ctx ? lws_create_vhost(ws->ctx, &info) : NULL;
     if (!ws->vhost) {
@@ -949,6 +1037,8 @@ static void *service_loop(void *arg)
 
 int ws_server_start(struct ws_server *ws)
 {
+    /* before the thread exists: the loop is this thread's until pthread_create */
+    uv_timer_start(&ws->beat_timer, beat, beat_period_ms(ws), beat_period_ms(ws));
     ws->started = true;
     if (pthread_create(&ws->thread, NULL, service_loop, ws) != 0) {
         ws->started = false;
