@@ -1,4 +1,4 @@
-/* The device WebSocket server (libwebsockets, one service thread).
+/* The device WebSocket server (libwebsockets on a libuv loop, one service thread).
  *
  * Frames are JSON objects dispatched by "type" to handlers that capabilities register.
  * Handlers run on the service thread and must not block: database work goes to a
@@ -97,5 +97,32 @@ void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const ch
 /* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
 void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
                    const char *proposal_id);
+
+/* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF). Text frames that are not get close 1007. */
+bool ws_utf8_valid(const unsigned char *p, size_t n);
+
+/* Sessions awaiting device_hello, oldest first. Every session gets the same timeout, so
+ * arrival order is deadline order: one timer armed for the head serves them all, and a
+ * connect or a close costs O(1) (a per-connection timer would be a sorted insert).
+ * Intrusive: the node lives in the session. Not thread-safe (service thread only). */
+struct ws_hello_node {
+    struct ws_hello_node *prev, *next;
+    int64_t deadline_ms;
+    bool queued;
+};
+struct ws_hello_fifo {
+    struct ws_hello_node *head, *tail;
+    size_t len;
+};
+/* Appends n (not queued) due at deadline_ms; a deadline earlier than the tail's is
+ * raised to it, so the queue stays sorted. */
+void ws_hello_push(struct ws_hello_fifo *q, struct ws_hello_node *n, int64_t deadline_ms);
+/* Unlinks n; nothing when n is not queued. */
+void ws_hello_remove(struct ws_hello_fifo *q, struct ws_hello_node *n);
+/* Unlinks and returns the head when it is due at now_ms, else NULL. */
+struct ws_hello_node *ws_hello_pop_due(struct ws_hello_fifo *q, int64_t now_ms);
+/* Milliseconds until the head is due (0 when overdue), -1 when the queue is empty. */
+int64_t ws_hello_next_due(const struct ws_hello_fifo *q, int64_t now_ms);
 
 #endif

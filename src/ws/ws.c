@@ -1,16 +1,26 @@
-/* libwebsockets adapter. Only the service thread touches struct lws; other threads
- * reach a session through the registry (ws->mu) and wake the loop with
- * lws_cancel_service, whose EVENT_WAIT_CANCELLED asks for writeable callbacks. */
+/* libwebsockets adapter on a libuv loop this module owns (a "foreign" loop to lws).
+ * Only the service thread touches struct lws and the loop; other threads reach a
+ * session through the registry (ws->mu) and wake the loop with lws_cancel_service,
+ * whose EVENT_WAIT_CANCELLED asks for writeable callbacks.
+ *
+ * libuv waits in epoll: lws' default poll() loop costs O(open sockets) per wakeup.
+ * Life cycle: ws_server_new creates the loop, our two handles (the stop async and the
+ * hello timer) and the lws context on that loop; the service thread runs uv_run. To stop,
+ * ws_server_stop signals the async handle; its callback, on the loop, destroys the lws
+ * context (which closes every socket and lws' own handles through the loop) and closes
+ * our handles, so uv_run returns once nothing is left; then the loop is closed. */
 #include "steward/ws.h"
 
 #include <libwebsockets.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "steward/json.h"
 
@@ -38,9 +48,18 @@ struct session {
     struct session *user_next;
     char *device_id;
     char *user_id;
+    const char *close_reason; /* a literal or NULL; guarded by ws->mu */
     /* service thread only */
     unsigned char *rx;
     size_t rx_len;
+    struct ws_hello_node hello;
+    int64_t last_rx_ms;   /* the peer's last frame or pong */
+    int64_t last_ping_ms;
+    bool ping_due;
+    struct session *all_prev, *all_next; /* ws->all_head: every established session */
+    bool closing; /* the close frame is set: further input is ignored */
+    bool close_listed;
+    struct session *close_prev, *close_next;
 };
 
 struct handler {
@@ -52,13 +71,21 @@ struct handler {
 
 struct ws_server {
     struct ws_server_opts o;
+    /* lws writes NULL here (info.pcontext) when the context is fully destroyed */
     struct lws_context *ctx;
+    uv_loop_t loop;
+    uv_async_t stop_async;
+    uv_timer_t hello_timer;
+    uv_idle_t close_idle;
+    uv_timer_t beat_timer;
+    struct ws_hello_fifo hello_q; /* service thread only */
+    struct session *close_head;   /* service thread only: see close_later */
+    struct session *all_head;     /* service thread only: see beat */
     struct lws_vhost *vhost;
-    lws_retry_bo_t retry;
+    lws_retry_bo_t retry; /* all zero: lws' own ping/hang-up timers are off, see beat */
     struct lws_protocols protocols[2];
     pthread_t thread;
     bool started;
-    atomic_bool exit;
     atomic_bool stopping;
     int port;
     struct handler handlers[MAX_HANDLERS];
@@ -67,6 +94,7 @@ struct ws_server {
     void *on_closed_ctx;
 
     pthread_mutex_t mu;
+    bool wakeable; /* the context takes lws_cancel_service (until it is destroyed) */
     uint64_t next_sid;
     int connections;
     int authenticated;
@@ -90,6 +118,13 @@ static size_t hash_str(const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return hash_u64(h);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Registry helpers; all with ws->mu held. */
@@ -116,13 +151,18 @@ static bool on_service_thread(struct ws_server *ws)
     return ws->started && pthread_equal(pthread_self(), ws->thread);
 }
 
-static void mark_pending_locked(struct ws_server *ws, struct session *s)
+/* Queues s for a writeable callback. Returns true when the list was empty: only then
+ * must the caller wake the service thread, since a non-empty list has a wake-up in
+ * flight that will service s too (one pipe write per batch, not per frame). */
+static bool mark_pending_locked(struct ws_server *ws, struct session *s)
 {
     if (s->pending)
-        return;
+        return false;
+    bool first = ws->pending_head == NULL;
     s->pending = true;
     s->pending_next = ws->pending_head;
     ws->pending_head = s;
+    return first;
 }
 
 static void service_pending(struct ws_server *ws);
@@ -130,10 +170,14 @@ static void service_pending(struct ws_server *ws);
 /* Gets pending sessions serviced: directly on the service thread, else by waking it. */
 static void wake(struct ws_server *ws)
 {
-    if (on_service_thread(ws))
+    if (on_service_thread(ws)) {
         service_pending(ws);
-    else if (ws->ctx)
+        return;
+    }
+    pthread_mutex_lock(&ws->mu);
+    if (ws->wakeable)
         lws_cancel_service(ws->ctx);
+    pthread_mutex_unlock(&ws->mu);
 }
 
 static void drop_queue_locked(struct ws_server *ws, struct session *s)
@@ -179,9 +223,10 @@ int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
         s->qbytes += len;
         ws->queued_bytes += len;
     }
-    mark_pending_locked(ws, s);
+    bool need_wake = mark_pending_locked(ws, s);
     pthread_mutex_unlock(&ws->mu);
-    wake(ws);
+    if (need_wake)
+        wake(ws);
     return f ? 0 : -1;
 }
 
@@ -207,14 +252,16 @@ void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code, const c
 void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason)
 {
     (void)reason;
+    bool need_wake = false;
     pthread_mutex_lock(&ws->mu);
     struct session *s = find_locked(ws, sid);
     if (s && !s->close_code) {
         s->close_code = code;
-        mark_pending_locked(ws, s);
+        need_wake = mark_pending_locked(ws, s);
     }
     pthread_mutex_unlock(&ws->mu);
-    wake(ws);
+    if (need_wake)
+        wake(ws);
 }
 
 int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id, const char *user_id)
@@ -333,11 +380,47 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     ws->by_sid[b] = s;
     s->registered = true;
     ws->connections++;
-    if (atomic_load(&ws->stopping)) {
-        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
-        mark_pending_locked(ws, s);
-    }
+    if (atomic_load(&ws->stopping))
+        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY; /* the caller asks for writeable */
     pthread_mutex_unlock(&ws->mu);
+}
+
+/* Service thread: the list of established sessions the heartbeat walks. */
+static void all_link(struct ws_server *ws, struct session *s)
+{
+    s->all_prev = NULL;
+    s->all_next = ws->all_head;
+    if (ws->all_head)
+        ws->all_head->all_prev = s;
+    ws->all_head = s;
+}
+
+static void all_unlink(struct ws_server *ws, struct session *s)
+{
+    if (s->all_prev)
+        s->all_prev->all_next = s->all_next;
+    else if (ws->all_head == s)
+        ws->all_head = s->all_next;
+    else
+        return; /* not linked */
+    if (s->all_next)
+        s->all_next->all_prev = s->all_prev;
+    s->all_prev = s->all_next = NULL;
+}
+
+/* Service thread: takes s off the list of sessions close_later will close. */
+static void close_unlist(struct ws_server *ws, struct session *s)
+{
+    if (!s->close_listed)
+        return;
+    if (s->close_prev)
+        s->close_prev->close_next = s->close_next;
+    else
+        ws->close_head = s->close_next;
+    if (s->close_next)
+        s->close_next->close_prev = s->close_prev;
+    s->close_prev = s->close_next = NULL;
+    s->close_listed = false;
 }
 
 static void session_unregister(struct ws_server *ws, struct session *s)
@@ -372,6 +455,9 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     pthread_mutex_unlock(&ws->mu);
     free(s->rx);
     s->rx = NULL;
+    ws_hello_remove(&ws->hello_q, &s->hello);
+    close_unlist(ws, s);
+    all_unlink(ws, s);
     if (authed && ws->on_closed)
         ws->on_closed(ws->on_closed_ctx, ws, s->sid, device, user);
     free(device);
@@ -434,13 +520,65 @@ static void dispatch(struct ws_server *ws, struct session *s, const char *text, 
     ws_dispatch_frame(ws, s->sid, authed, text, len);
 }
 
+/* Idle callback, outside any socket's service: closes what close_later listed. lws
+ * sends the close frame when the socket is writeable, then waits (5 s at most) for the
+ * peer's answer before it drops the connection. */
+static void close_listed(uv_idle_t *h)
+{
+    struct ws_server *ws = h->data;
+    uv_idle_stop(h);
+    struct session *s;
+    while ((s = ws->close_head) != NULL) {
+        close_unlist(ws, s);
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_SYNC);
+    }
+}
+
+/* Service thread, from a callback of s's own socket: closes s with code and reason
+ * (a literal) right after the callback returns. Returning -1 from the callback is the
+ * usual way, but Debian's libwebsockets 4.1.6 is built with _DEBUG, and then under
+ * libuv lws_service_fd_tsi closes such a socket a second time ("uv repeat test"),
+ * which drops it before the close frame is written (the peer sees 1006, not the code).
+ * lws_set_timeout(LWS_TO_KILL_SYNC) from outside the socket's service closes it once. */
+static void close_later(struct ws_server *ws, struct session *s, int code, const char *reason)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)reason,
+                     reason ? strlen(reason) : 0);
+    s->close_prev = NULL;
+    s->close_next = ws->close_head;
+    if (ws->close_head)
+        ws->close_head->close_prev = s;
+    ws->close_head = s;
+    s->close_listed = true;
+    uv_idle_start(&ws->close_idle, close_listed); /* an active idle never blocks the loop */
+}
+
+/* Closes s now, dropping what is queued (the peer broke the protocol). */
+static void abort_session(struct ws_server *ws, struct session *s, int code, const char *reason)
+{
+    pthread_mutex_lock(&ws->mu);
+    drop_queue_locked(ws, s);
+    if (!s->close_code)
+        s->close_code = code;
+    pthread_mutex_unlock(&ws->mu);
+    free(s->rx);
+    s->rx = NULL;
+    s->rx_len = 0;
+    close_later(ws, s, code, reason);
+}
+
 static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, const void *in,
                       size_t len)
 {
+    if (s->closing)
+        return 0;
+    s->last_rx_ms = now_ms();
     if (s->rx_len + len > WS_MAX_FRAME) {
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"too large",
-                         9);
-        return -1;
+        abort_session(ws, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "too large");
+        return 0;
     }
     unsigned char *nb = realloc(s->rx, s->rx_len + len + 1);
     if (!nb)
@@ -452,6 +590,11 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
         return 0;
     if (lws_frame_is_binary(wsi)) {
         reject(ws, s->sid, "bad_frame", false);
+    } else if (!ws_utf8_valid(s->rx, s->rx_len)) {
+        /* RFC 6455 8.1; lws' own check (LWS_SERVER_OPTION_VALIDATE_UTF8) would close
+         * through a -1 return, see close_later */
+        abort_session(ws, s, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+        return 0;
     } else {
         s->rx[s->rx_len] = '\0';
         dispatch(ws, s, (const char *)s->rx, s->rx_len);
@@ -464,6 +607,22 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
 
 static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi)
 {
+    if (s->closing)
+        return 0;
+    if (s->ping_due) {
+        s->ping_due = false;
+        /* not empty: lws 4.1 does not report an empty pong (RECEIVE_PONG) */
+        unsigned char ping[LWS_PRE + 1];
+        ping[LWS_PRE] = 'p';
+        if (lws_write(wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
+            return -1;
+        pthread_mutex_lock(&ws->mu);
+        bool more = s->qhead != NULL || s->close_code;
+        pthread_mutex_unlock(&ws->mu);
+        if (more)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
     pthread_mutex_lock(&ws->mu);
     struct frame *f = s->qhead;
     if (f) {
@@ -475,6 +634,7 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
     }
     bool more = s->qhead != NULL;
     int close_code = s->close_code;
+    const char *reason = s->close_reason;
     pthread_mutex_unlock(&ws->mu);
     if (f) {
         int n = lws_write(wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
@@ -485,10 +645,8 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
             lws_callback_on_writable(wsi);
         return 0;
     }
-    if (close_code) {
-        lws_close_reason(wsi, (enum lws_close_status)close_code, NULL, 0);
-        return -1;
-    }
+    if (close_code)
+        close_later(ws, s, close_code, reason); /* what was queued is sent */
     return 0;
 }
 
@@ -505,6 +663,176 @@ static void service_pending(struct ws_server *ws)
         s = next;
     }
     pthread_mutex_unlock(&ws->mu);
+}
+
+bool ws_utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            if (c == 0xe0)
+                lo = 0xa0; /* overlong */
+            else if (c == 0xed)
+                hi = 0x9f; /* UTF-16 surrogates */
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            if (c == 0xf0)
+                lo = 0x90; /* overlong */
+            else if (c == 0xf4)
+                hi = 0x8f; /* above U+10FFFF */
+        } else {
+            return false; /* 0x80..0xc1 (continuation or overlong lead), 0xf5..0xff */
+        }
+        if (n - i <= need)
+            return false;
+        if (p[i + 1] < lo || p[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k <= need; k++)
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+void ws_hello_push(struct ws_hello_fifo *q, struct ws_hello_node *n, int64_t deadline_ms)
+{
+    if (n->queued)
+        return;
+    if (q->tail && deadline_ms < q->tail->deadline_ms)
+        deadline_ms = q->tail->deadline_ms;
+    n->deadline_ms = deadline_ms;
+    n->next = NULL;
+    n->prev = q->tail;
+    if (q->tail)
+        q->tail->next = n;
+    else
+        q->head = n;
+    q->tail = n;
+    n->queued = true;
+    q->len++;
+}
+
+void ws_hello_remove(struct ws_hello_fifo *q, struct ws_hello_node *n)
+{
+    if (!n->queued)
+        return;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        q->head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        q->tail = n->prev;
+    n->prev = n->next = NULL;
+    n->queued = false;
+    q->len--;
+}
+
+struct ws_hello_node *ws_hello_pop_due(struct ws_hello_fifo *q, int64_t now)
+{
+    struct ws_hello_node *n = q->head;
+    if (!n || n->deadline_ms > now)
+        return NULL;
+    ws_hello_remove(q, n);
+    return n;
+}
+
+int64_t ws_hello_next_due(const struct ws_hello_fifo *q, int64_t now)
+{
+    if (!q->head)
+        return -1;
+    return q->head->deadline_ms > now ? q->head->deadline_ms - now : 0;
+}
+
+static void hello_sweep(uv_timer_t *t);
+
+/* Service thread: the hello timer is armed for the oldest waiting session only. */
+static void hello_arm(struct ws_server *ws, int64_t now)
+{
+    int64_t due = ws_hello_next_due(&ws->hello_q, now);
+    if (due >= 0)
+        uv_timer_start(&ws->hello_timer, hello_sweep, (uint64_t)due, 0);
+}
+
+/* A new session must say device_hello within hello_timeout_s. */
+static void hello_expect(struct ws_server *ws, struct session *s)
+{
+    int64_t now = now_ms();
+    bool was_empty = ws->hello_q.head == NULL;
+    ws_hello_push(&ws->hello_q, &s->hello, now + (int64_t)ws->o.hello_timeout_s * 1000);
+    if (was_empty && !uv_is_closing((uv_handle_t *)&ws->hello_timer))
+        hello_arm(ws, now);
+}
+
+/* Closes (4408) every overdue session that has not authenticated; authenticated ones
+ * just leave the queue. ws_authenticate refuses a session once close_code is set, so
+ * a hello that races the deadline either wins entirely or loses entirely. */
+static void hello_sweep(uv_timer_t *t)
+{
+    struct ws_server *ws = t->data;
+    int64_t now = now_ms();
+    bool need_wake = false;
+    struct ws_hello_node *n;
+    pthread_mutex_lock(&ws->mu);
+    while ((n = ws_hello_pop_due(&ws->hello_q, now)) != NULL) {
+        struct session *s = (struct session *)((char *)n - offsetof(struct session, hello));
+        if (s->authed || s->close_code)
+            continue;
+        s->close_code = 4408;
+        s->close_reason = "hello timeout";
+        need_wake |= mark_pending_locked(ws, s);
+    }
+    pthread_mutex_unlock(&ws->mu);
+    if (need_wake)
+        service_pending(ws);
+    hello_arm(ws, now);
+}
+
+/* The heartbeat, one timer for every session (lws' own ping and hang-up timers cost a
+ * sorted insert into a list of every connection's timers, O(connections), on each
+ * connect). A session whose peer sent nothing (no frame, no pong) for heartbeat_s is
+ * pinged, again every heartbeat_s of silence; one silent for 2 * heartbeat_s + 5 is
+ * dropped without a close frame (the peer is gone). O(sessions) per beat, a few times
+ * per interval. */
+static void beat(uv_timer_t *t)
+{
+    struct ws_server *ws = t->data;
+    int64_t now = now_ms();
+    int64_t ping_after = (int64_t)ws->o.heartbeat_s * 1000;
+    int64_t drop_after = ((int64_t)ws->o.heartbeat_s * 2 + 5) * 1000;
+    struct session *next;
+    for (struct session *s = ws->all_head; s; s = next) {
+        next = s->all_next; /* a drop unlinks s (its CLOSED runs inside) */
+        if (s->closing)
+            continue;
+        int64_t idle = now - s->last_rx_ms;
+        if (idle >= drop_after) {
+            s->closing = true;
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+        } else if (idle >= ping_after && now - s->last_ping_ms >= ping_after) {
+            s->ping_due = true;
+            s->last_ping_ms = now;
+            lws_callback_on_writable(s->wsi);
+        }
+    }
+}
+
+static uint64_t beat_period_ms(const struct ws_server *ws)
+{
+    uint64_t p = (uint64_t)ws->o.heartbeat_s * 1000 / 4;
+    return p < 250 ? 250 : p > 5000 ? 5000 : p;
 }
 
 static bool path_ok(struct lws *wsi)
@@ -528,21 +856,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     case LWS_CALLBACK_ESTABLISHED:
         session_register(ws, s, wsi);
-        lws_set_timer_usecs(wsi, (lws_usec_t)ws->o.hello_timeout_s * LWS_US_PER_SEC);
+        hello_expect(ws, s);
+        s->last_rx_ms = now_ms();
+        all_link(ws, s);
         if (atomic_load(&ws->stopping))
             lws_callback_on_writable(wsi);
         return 0;
-    case LWS_CALLBACK_TIMER: {
-        pthread_mutex_lock(&ws->mu);
-        bool authed = s->authed;
-        pthread_mutex_unlock(&ws->mu);
-        if (authed)
-            return 0;
-        lws_close_reason(wsi, (enum lws_close_status)4408, (unsigned char *)"hello timeout", 13);
-        return -1;
-    }
     case LWS_CALLBACK_RECEIVE:
         return on_receive(ws, s, wsi, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        s->last_rx_ms = now_ms();
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(ws, s, wsi);
     case LWS_CALLBACK_CLOSED:
@@ -568,6 +892,55 @@ static void lws_emit(int level, const char *line)
             level == LLL_ERR ? "error" : "warn", esc);
 }
 
+/* On the loop: destroys the lws context, which closes every socket and lws' own
+ * handles through the loop (their close callbacks finish the destruction), and closes
+ * our handles, so uv_run returns when the last close has run. */
+static void on_stop_async(uv_async_t *a)
+{
+    struct ws_server *ws = a->data;
+    pthread_mutex_lock(&ws->mu);
+    ws->wakeable = false;
+    pthread_mutex_unlock(&ws->mu);
+    if (ws->ctx)
+        lws_context_destroy(ws->ctx);
+    uv_timer_stop(&ws->hello_timer);
+    if (!uv_is_closing((uv_handle_t *)&ws->hello_timer))
+        uv_close((uv_handle_t *)&ws->hello_timer, NULL);
+    uv_idle_stop(&ws->close_idle);
+    if (!uv_is_closing((uv_handle_t *)&ws->close_idle))
+        uv_close((uv_handle_t *)&ws->close_idle, NULL);
+    uv_timer_stop(&ws->beat_timer);
+    if (!uv_is_closing((uv_handle_t *)&ws->beat_timer))
+        uv_close((uv_handle_t *)&ws->beat_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&ws->stop_async))
+        uv_close((uv_handle_t *)&ws->stop_async, NULL);
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* With no service thread left: lets pending closes run, finishes the context if lws
+ * could not, and closes the loop. */
+static void close_loop(struct ws_server *ws)
+{
+    if (!uv_is_closing((uv_handle_t *)&ws->stop_async))
+        on_stop_async(&ws->stop_async);
+    uv_run(&ws->loop, UV_RUN_DEFAULT);
+    if (ws->ctx)
+        lws_context_destroy(ws->ctx);
+    if (uv_loop_close(&ws->loop) != 0) {
+        /* lws left a handle open: close it rather than leak the loop */
+        uv_walk(&ws->loop, close_any, NULL);
+        uv_run(&ws->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&ws->loop) != 0)
+            log_msg(ws->o.lg, LOG_WARN, "the WebSocket event loop did not close", NULL);
+    }
+}
+
 struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_t errlen)
 {
     struct ws_server *ws = calloc(1, sizeof(*ws));
@@ -583,8 +956,6 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     ws->protocols[0].callback = callback;
     ws->protocols[0].per_session_data_size = sizeof(struct session);
     ws->protocols[0].rx_buffer_size = 4096;
-    ws->retry.secs_since_valid_ping = (uint16_t)o->heartbeat_s;
-    ws->retry.secs_since_valid_hangup = (uint16_t)(o->heartbeat_s * 2 + 5);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -593,19 +964,48 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     info.protocols = ws->protocols;
     info.user = ws;
     info.retry_and_idle_policy = &ws->retry;
-    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    info.options = 0; /* UTF-8 is checked in on_receive */
     if (!strchr(o->bind, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.fd_limit_per_thread = (unsigned)o->max_connections + 64;
-    ws->ctx = lws_create_context(&info);
-    if (!ws->ctx) {
-        snprintf(err, errlen, "cannot listen on %s:%d (STEWARD_WS_PORT)", o->bind, o->port);
+    /* The vhost (the listener) is created on its own below: when it fails, the context
+     * is intact and comes down the normal way (a failed default vhost makes lws start
+     * destroying the context inside lws_create_context, which on a foreign loop
+     * leaves uv handles whose callbacks are in the plugin lws has already unloaded). */
+    info.options |= LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    void *loops[1] = {&ws->loop};
+    info.foreign_loops = loops;
+    info.pcontext = &ws->ctx;
+
+    int rc = uv_loop_init(&ws->loop);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot create the event loop: %s", uv_strerror(rc));
         pthread_mutex_destroy(&ws->mu);
         free(ws);
         return NULL;
     }
-    ws->vhost = lws_get_vhost_by_name(ws->ctx, "default");
-    ws->port = ws->vhost ? lws_get_vhost_listen_port(ws->vhost) : o->port;
+    uv_async_init(&ws->loop, &ws->stop_async, on_stop_async);
+    ws->stop_async.data = ws;
+    uv_timer_init(&ws->loop, &ws->hello_timer);
+    ws->hello_timer.data = ws;
+    uv_idle_init(&ws->loop, &ws->close_idle);
+    ws->close_idle.data = ws;
+    uv_timer_init(&ws->loop, &ws->beat_timer);
+    ws->beat_timer.data = ws;
+    ws->ctx = lws_create_context(&info);
+    ws->vhost = ws->ctx ? lws_create_vhost(ws->ctx, &info) : NULL;
+    if (!ws->vhost) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%d (STEWARD_WS_PORT), or libwebsockets' libuv event "
+                 "loop is missing (Debian package libwebsockets-evlib-uv)",
+                 o->bind, o->port);
+        close_loop(ws);
+        pthread_mutex_destroy(&ws->mu);
+        free(ws);
+        return NULL;
+    }
+    ws->wakeable = true;
+    ws->port = lws_get_vhost_listen_port(ws->vhost);
     return ws;
 }
 
@@ -631,14 +1031,14 @@ void ws_server_on_closed(struct ws_server *ws, ws_closed_fn fn, void *ctx)
 static void *service_loop(void *arg)
 {
     struct ws_server *ws = arg;
-    while (!atomic_load(&ws->exit))
-        if (lws_service(ws->ctx, 0) < 0)
-            break;
+    uv_run(&ws->loop, UV_RUN_DEFAULT); /* returns after on_stop_async's closes */
     return NULL;
 }
 
 int ws_server_start(struct ws_server *ws)
 {
+    /* before the thread exists: the loop is this thread's until pthread_create */
+    uv_timer_start(&ws->beat_timer, beat, beat_period_ms(ws), beat_period_ms(ws));
     ws->started = true;
     if (pthread_create(&ws->thread, NULL, service_loop, ws) != 0) {
         ws->started = false;
@@ -667,7 +1067,7 @@ void ws_server_stop(struct ws_server *ws, int timeout_ms)
     }
     pthread_mutex_unlock(&ws->mu);
     wake(ws);
-    for (int waited = 0; waited < timeout_ms; waited += 10) {
+    for (int waited = 0; ws->started && waited < timeout_ms; waited += 10) {
         pthread_mutex_lock(&ws->mu);
         int n = ws->connections;
         pthread_mutex_unlock(&ws->mu);
@@ -675,12 +1075,12 @@ void ws_server_stop(struct ws_server *ws, int timeout_ms)
             break;
         usleep(10000);
     }
-    atomic_store(&ws->exit, true);
-    wake(ws);
-    if (ws->started)
+    if (ws->started) {
+        uv_async_send(&ws->stop_async); /* the one uv call that is thread-safe */
         pthread_join(ws->thread, NULL);
-    ws->started = false;
-    lws_context_destroy(ws->ctx);
+        ws->started = false;
+    }
+    close_loop(ws);
     pthread_mutex_destroy(&ws->mu);
     free(ws);
 }
