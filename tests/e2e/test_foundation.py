@@ -47,7 +47,13 @@ def test_livez_readyz_and_request_ids(server):
 
 def test_access_log_is_json_and_never_holds_secrets(server):
     server.get('/readyz', key=None, headers={'X-Request-Id': 'log-probe-1'})
-    recs = [r for r in server.log_records() if r.get('request_id') == 'log-probe-1']
+    # the line is written when the request completes, just after the response went out
+    deadline = time.monotonic() + 2
+    while True:
+        recs = [r for r in server.log_records() if r.get('request_id') == 'log-probe-1']
+        if recs or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert recs, 'no access line'
     rec = recs[-1]
     for field in ('ts', 'level', 'msg', 'method', 'route', 'status', 'duration_ms'):
