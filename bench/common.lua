@@ -9,20 +9,36 @@ local bench = {}
 local key = os.getenv("BENCH_KEY") or ""
 local n = tonumber(os.getenv("BENCH_N") or "10000")
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+-- Requests are formatted once per thread in init when there are at most this many
+-- distinct ones, so the load generator spends its time on the network rather than on
+-- building strings (wrk's client CPU per request drops by about a fifth); past it, each
+-- request is built when sent.
+local PREBUILT_MAX = 100000
 
 function bench.setup(make)
   wrk.headers["Authorization"] = "Bearer " .. key
   wrk.headers["Content-Type"] = "application/json"
+
+  local prebuilt = nil
 
   function init(args)
     -- a distinct seed per thread: address of a fresh table plus the clock
     local addr = tonumber(tostring({}):match("0x(%x+)") or "0", 16) or 0
     math.randomseed(os.time() + addr % 1000003)
     for _ = 1, 10 do math.random() end
+    if n <= PREBUILT_MAX then
+      prebuilt = {}
+      for i = 0, n - 1 do
+        local method, path, body = make(i)
+        prebuilt[i + 1] = wrk.format(method, path, nil, body)
+      end
+    end
   end
 
   function request()
-    local method, path, body = make(math.random(0, n - 1))
+    local i = math.random(0, n - 1)
+    if prebuilt then return prebuilt[i + 1] end
+    local method, path, body = make(i)
     return wrk.format(method, path, nil, body)
   end
 

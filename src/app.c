@@ -246,6 +246,7 @@ static int start_servers(struct app *app)
         .auth = app->auth,
         .metrics = app->metrics,
         .lg = &app->log,
+        .guest = &app->pipe_guest,
     };
     app->http = http_server_start(&ho, err, sizeof(err));
     if (!app->http) {
@@ -253,6 +254,29 @@ static int start_servers(struct app *app)
         return -1;
     }
     return 0;
+}
+
+/* The pipe's lanes as the HTTP loops' guest. */
+static void *guest_attach(void *ctx)
+{
+    return pipe_lane_attach(ctx);
+}
+_Static_assert(HTTP_GUEST_FDS >= PIPE_LANE_FDS, "the HTTP loop polls every lane connection");
+static int guest_flush(void *st, struct pollfd *fds, int *timeout_ms)
+{
+    return pipe_lane_flush(st, fds, timeout_ms);
+}
+static void guest_service(void *st, const struct pollfd *fds, int n)
+{
+    pipe_lane_service(st, fds, n);
+}
+static bool guest_busy(void *st)
+{
+    return pipe_lane_busy(st);
+}
+static void guest_detach(void *st)
+{
+    pipe_lane_detach(st);
 }
 
 static int build(struct app *app)
@@ -265,13 +289,25 @@ static int build(struct app *app)
                          &app->log);
     app->metrics = metrics_new();
     app->workq = workq_new(app->cfg.worker_threads);
-    /* A quarter of the pool pipelines the hot-path statements (2 threads for the
-     * default 8): each holds a connection only while a batch runs. */
+    /* Each HTTP loop thread pipelines its own hot-path statements on a lane, holding a
+     * connection only while statements are in flight; lanes take at most half the pool,
+     * so the rest always serves everything else. Threads without a lane, and any other
+     * caller, use the database threads: a quarter of the pool (2 for the default 8). */
     int pipe_threads = app->cfg.db_pool_size / 4;
     pipe_threads = pipe_threads < 1 ? 1 : pipe_threads > 4 ? 4 : pipe_threads;
-    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, app->cfg.db_acquire_timeout_ms,
-                                     &app->log)
+    int lanes = app->cfg.db_pool_size / 2;
+    lanes = lanes > app->cfg.http_threads ? app->cfg.http_threads : lanes;
+    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, lanes,
+                                     app->cfg.db_acquire_timeout_ms, &app->log)
                           : NULL;
+    app->pipe_guest = (struct http_loop_guest){
+        .ctx = app->pipe,
+        .attach = guest_attach,
+        .flush = guest_flush,
+        .service = guest_service,
+        .busy = guest_busy,
+        .detach = guest_detach,
+    };
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
     if (!app->pool || !app->metrics || !app->workq || !app->pipe || !app->auth)
         return -1;

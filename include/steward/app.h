@@ -1,5 +1,6 @@
 /* The application context: everything the process owns, created by app_serve and
- * passed down explicitly. There is no other process-wide mutable state. */
+ * passed down explicitly. There is no other process-wide mutable state (the one
+ * thread-local is the pipe's binding of an HTTP loop thread to its own lane). */
 #ifndef STEWARD_APP_H
 #define STEWARD_APP_H
 
@@ -29,6 +30,7 @@ struct app {
     int64_t started_us;
     struct pool *pool;
     struct pipe *pipe; /* pipelined hot-path statements (bonds) */
+    struct http_loop_guest pipe_guest; /* the pipe's lanes on the HTTP loops */
     struct auth *auth;
     struct metrics *metrics;
     struct router router;

@@ -1,4 +1,7 @@
-/* The REST server: libmicrohttpd with a thread pool, routing through struct router. */
+/* The REST server: one event loop per HTTP thread, each running its own libmicrohttpd
+ * daemon (external polling) on one shared listening socket, routing through struct
+ * router. A guest (the database pipe) may share each loop: work a request starts there
+ * completes there, without changing threads. */
 #ifndef STEWARD_HTTP_SERVER_H
 #define STEWARD_HTTP_SERVER_H
 
@@ -12,6 +15,23 @@
 
 #define HTTP_BODY_LIMIT (1024 * 1024)
 
+/* Work living on each HTTP loop thread beside libmicrohttpd. Every function runs on that
+ * thread. attach returns the thread's state (NULL: this thread takes no part). flush
+ * runs after each round of HTTP work: it fills up to HTTP_GUEST_FDS descriptors to wait
+ * on (with their events), returns how many, and sets *timeout_ms (-1: none); service
+ * runs after every wait with those descriptors and their revents. busy says whether
+ * work is still pending (a stopping loop keeps running until it is not); detach ends. */
+#define HTTP_GUEST_FDS 4
+struct pollfd;
+struct http_loop_guest {
+    void *ctx;
+    void *(*attach)(void *ctx);
+    int (*flush)(void *st, struct pollfd *fds, int *timeout_ms);
+    void (*service)(void *st, const struct pollfd *fds, int n);
+    bool (*busy)(void *st);
+    void (*detach)(void *st);
+};
+
 struct http_server_opts {
     const char *bind;
     int port; /* 0 picks a free port */
@@ -21,6 +41,7 @@ struct http_server_opts {
     struct auth *auth;
     struct metrics *metrics;
     const struct logger *lg;
+    const struct http_loop_guest *guest; /* optional; must outlive the server */
 };
 
 struct http_server;

@@ -1,10 +1,13 @@
 /* Pipelined execution of single statements for the request hot paths.
  *
  * A handler that needs one statement (a bond read, an atomic consume) submits a job and
- * returns; a few database threads take every job queued meanwhile, send them to
- * PostgreSQL in one pipeline on one pooled connection (pool_exec_batch) and run each
- * job's completion with its result. Many requests are in flight with few threads and
- * few round trips, and the caller's thread never waits on the database.
+ * returns. On an HTTP event-loop thread the job goes to that thread's lane (below): the
+ * loop itself sends it, pipelined with every other statement of its requests, and runs
+ * the completion when the result arrives. Elsewhere a few database threads take every
+ * job queued meanwhile, send them in one pipeline on one pooled connection
+ * (pool_exec_batch) and run each job's completion with its result. Either way many
+ * requests are in flight with few threads and few round trips, and the caller's thread
+ * never waits on the database.
  *
  * Submitting is lock-free (a pushed stack); a mutex is taken only to wake a sleeping
  * database thread. */
@@ -12,12 +15,15 @@
 #define STEWARD_PIPE_H
 
 #include <libpq-fe.h>
+#include <poll.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "steward/log.h"
 #include "steward/pool.h"
 
 #define PIPE_MAX_PARAMS 4
+#define PIPE_LANE_FDS 4 /* connections a lane may hold at once (one unless some stall) */
 
 struct pipe_job;
 /* Runs once per submitted job, on a database thread (or on the submitting thread when
@@ -35,6 +41,7 @@ struct pipe_job {
     /* private to the pipe */
     struct pipe_job *next;
     int64_t queued_us;
+    bool prepared_now;
 };
 
 struct pipe;
@@ -45,13 +52,35 @@ struct pipe_stats {
     uint64_t expired; /* jobs that waited longer than the acquire timeout: unavailable */
 };
 
-/* Starts threads database threads on pool (borrowed; it must outlive the pipe). A job
- * that waited longer than max_wait_ms for its turn completes with ST_EUNAVAIL, as a pool
- * acquire that timed out would. Returns NULL when out of memory or threads fail. */
-struct pipe *pipe_new(struct pool *pool, int threads, int max_wait_ms, const struct logger *lg);
-/* Queues job. Returns ST_OK, or ST_EUNAVAIL once the pipe is stopping (done is not run
+/* Starts threads database threads on pool (borrowed; it must outlive the pipe) and
+ * allows up to lanes event-loop lanes. A job that waited longer than max_wait_ms for its
+ * turn completes with ST_EUNAVAIL, as a pool acquire that timed out would. Returns NULL
+ * when out of memory or threads fail. */
+struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms,
+                      const struct logger *lg);
+/* Queues job: on the calling thread's lane when it has one, else for the database
+ * threads. Returns ST_OK, or ST_EUNAVAIL once the pipe is stopping (done is not run
  * then: the caller still owns the job). */
 int pipe_submit(struct pipe *p, struct pipe_job *job);
+
+/* Lanes: an event-loop thread (the HTTP server's) that attaches a lane has the jobs it
+ * submits sent by itself, on a pooled connection the lane holds while statements are in
+ * flight, pipelined back to back: no thread hand-off and no lock per request. All lane
+ * functions run on the attaching thread.
+ * attach returns NULL when every lane is taken (that thread then uses the database
+ * threads). flush sends what was queued since the last call and says what to wait for:
+ * it fills up to PIPE_LANE_FDS descriptors with their events, returns how many, and sets
+ * *timeout_ms (-1 for none). service runs after every wait with those descriptors and
+ * their revents: it reads results, runs completions, which may submit more (sent by the
+ * next flush), and handles the timeouts that passed.
+ * busy tells whether anything is queued or in flight; detach, once not busy, gives the
+ * connection back (anything still pending completes as unavailable). */
+struct pipe_lane;
+struct pipe_lane *pipe_lane_attach(struct pipe *p);
+int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms);
+void pipe_lane_service(struct pipe_lane *ln, const struct pollfd *fds, int n);
+bool pipe_lane_busy(const struct pipe_lane *ln);
+void pipe_lane_detach(struct pipe_lane *ln);
 /* Runs job at once on the calling thread on a connection of pool: the path for callers
  * built without a pipe (tools, tests). done runs before this returns. */
 void pipe_run_inline(struct pool *pool, struct pipe_job *job);

@@ -3,10 +3,46 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "steward/err.h"
+
+#define LANE_LINGER_MS 2 /* an idle lane connection is kept this long */
+#define LANE_STALL_MS 20 /* an answer this late: new statements go to another connection */
+#define LANE_CONNS PIPE_LANE_FDS
+
+/* One connection of a lane and the statements in flight on it, oldest first. */
+struct lane_conn {
+    struct pool_conn *c;
+    struct pipe_job *f_head, *f_tail;
+    int nflight;
+    bool out_pending;   /* libpq still holds data to write */
+    int64_t idle_since; /* holding c with nothing in flight since */
+};
+
+/* A database lane: the pipe's share of one event-loop thread. Jobs submitted on that
+ * thread queue here without any atomic operation; the loop sends them after each round
+ * of its own work and reads results when a connection's socket has input, so the
+ * request never changes threads. New statements go to the current connection; when its
+ * oldest answer is LANE_STALL_MS late (a row lock, a stuck backend) the lane takes
+ * another free connection for what follows, so one blocked statement holds up only
+ * what was pipelined behind it. Everything but the counters is touched only by the
+ * owning thread. */
+struct pipe_lane {
+    struct pipe *p;
+    struct pipe_job *q_head, *q_tail; /* submitted, not sent yet */
+    struct lane_conn conns[LANE_CONNS];
+    int cur;                 /* the connection new statements go to, -1 for none */
+    int polled[LANE_CONNS];  /* conns[] index of each descriptor the last flush gave */
+    int npolled;
+    _Atomic uint64_t jobs;
+    _Atomic uint64_t batches;
+};
+
+/* The lane of the calling thread, if it is an event-loop thread that attached one. */
+static _Thread_local struct pipe_lane *lane_here;
 
 struct pipe {
     struct pool *pool;
@@ -27,6 +63,10 @@ struct pipe {
     atomic_uint_fast64_t jobs;
     atomic_uint_fast64_t batches;
     atomic_uint_fast64_t expired;
+
+    int max_lanes;
+    atomic_int nlanes; /* lanes handed out (slots of lanes[] in use) */
+    struct pipe_lane *lanes;
 };
 
 static int64_t mono_us(void)
@@ -36,11 +76,26 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void lane_push(struct pipe_lane *ln, struct pipe_job *job)
+{
+    job->next = NULL;
+    if (ln->q_tail)
+        ln->q_tail->next = job;
+    else
+        ln->q_head = job;
+    ln->q_tail = job;
+}
+
 int pipe_submit(struct pipe *p, struct pipe_job *job)
 {
-    if (atomic_load(&p->stopping))
+    if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
         return ST_EUNAVAIL;
     job->queued_us = mono_us();
+    struct pipe_lane *ln = lane_here;
+    if (ln && ln->p == p) {
+        lane_push(ln, job);
+        return ST_OK;
+    }
     struct pipe_job *old = atomic_load_explicit(&p->head, memory_order_relaxed);
     do {
         job->next = old;
@@ -148,16 +203,21 @@ static void *pipe_thread(void *arg)
     }
 }
 
-struct pipe *pipe_new(struct pool *pool, int threads, int max_wait_ms, const struct logger *lg)
+struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms,
+                      const struct logger *lg)
 {
     struct pipe *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->threads = calloc((size_t)(threads > 0 ? threads : 1), sizeof(*p->threads));
-    if (!p->threads) {
+    p->lanes = calloc((size_t)(lanes > 0 ? lanes : 1), sizeof(*p->lanes));
+    if (!p->threads || !p->lanes) {
+        free(p->threads);
+        free(p->lanes);
         free(p);
         return NULL;
     }
+    p->max_lanes = lanes > 0 ? lanes : 0;
     p->pool = pool;
     p->lg = lg;
     p->max_wait_ms = max_wait_ms;
@@ -187,11 +247,297 @@ void pipe_run_inline(struct pool *pool, struct pipe_job *job)
     complete(job, r, rc);
 }
 
+/* ------------------------------------------------------------------------------------
+ * Lanes
+ * ---------------------------------------------------------------------------------- */
+
+struct pipe_lane *pipe_lane_attach(struct pipe *p)
+{
+    if (!p || lane_here)
+        return NULL;
+    int i = atomic_fetch_add(&p->nlanes, 1);
+    if (i >= p->max_lanes) {
+        atomic_fetch_sub(&p->nlanes, 1);
+        return NULL;
+    }
+    struct pipe_lane *ln = &p->lanes[i];
+    ln->p = p;
+    ln->cur = -1;
+    lane_here = ln;
+    return ln;
+}
+
+static void lane_count(_Atomic uint64_t *ctr, uint64_t n)
+{
+    /* only the owning thread writes: a plain read-modify-write is enough */
+    atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static int64_t lane_deadline_us(const struct pipe_lane *ln)
+{
+    return ((int64_t)pool_statement_timeout_ms(ln->p->pool) + 5000) * 1000;
+}
+
+static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
+{
+    pool_pipe_end(lc->c, broken);
+    pool_release(ln->p->pool, lc->c);
+    lc->c = NULL;
+    lc->out_pending = false;
+    lc->idle_since = 0;
+    if (ln->cur >= 0 && &ln->conns[ln->cur] == lc)
+        ln->cur = -1;
+}
+
+/* The connection failed with statements in flight: they may or may not have run, and
+ * none is sent again; each completes as unavailable, and the connection is closed. */
+static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
+{
+    struct pipe_job *list = lc->f_head;
+    lc->f_head = lc->f_tail = NULL;
+    lc->nflight = 0;
+    lc_drop(ln, lc, true);
+    while (list) {
+        struct pipe_job *next = list->next;
+        complete(list, NULL, ST_EUNAVAIL);
+        list = next;
+    }
+}
+
+/* Completes every queued job as unavailable (no connection could be had). */
+static void lane_refuse_queue(struct pipe_lane *ln)
+{
+    struct pipe_job *list = ln->q_head;
+    ln->q_head = ln->q_tail = NULL;
+    while (list) {
+        struct pipe_job *next = list->next;
+        complete(list, NULL, ST_EUNAVAIL);
+        list = next;
+    }
+}
+
+/* Takes a connection into a free slot: waiting for one when the lane has none, only a
+ * free one otherwise. Returns the slot or -1. */
+static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
+{
+    int slot = -1;
+    for (int i = 0; i < LANE_CONNS && slot < 0; i++)
+        if (!ln->conns[i].c)
+            slot = i;
+    if (slot < 0)
+        return -1;
+    struct lane_conn *lc = &ln->conns[slot];
+    struct pool *pool = ln->p->pool;
+    int rc = may_wait ? pool_acquire(pool, &lc->c) : pool_acquire_within(pool, 0, &lc->c);
+    if (rc != ST_OK) {
+        lc->c = NULL;
+        return -1;
+    }
+    if (!pool_pipe_begin(lc->c)) {
+        lc_drop(ln, lc, true);
+        return -1;
+    }
+    return slot;
+}
+
+/* Picks the connection for new statements: the current one unless it stalls. */
+static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
+{
+    if (ln->cur >= 0) {
+        struct lane_conn *lc = &ln->conns[ln->cur];
+        if (lc->nflight == 0 || now - lc->f_head->queued_us < LANE_STALL_MS * 1000)
+            return lc;
+        int slot = lane_take_conn(ln, false);
+        if (slot >= 0)
+            ln->cur = slot;
+        return &ln->conns[ln->cur]; /* none free: queue behind the stalled one */
+    }
+    for (int i = 0; i < LANE_CONNS; i++) {
+        if (ln->conns[i].c && ln->conns[i].nflight == 0) {
+            ln->cur = i; /* a lingering idle one */
+            return &ln->conns[i];
+        }
+    }
+    int busy = 0;
+    for (int i = 0; i < LANE_CONNS; i++)
+        busy += ln->conns[i].c != NULL;
+    int slot = lane_take_conn(ln, busy == 0);
+    if (slot < 0 && busy > 0) {
+        /* every held connection is stalled and the pool has none free: the oldest
+         * stall ends first (statement_timeout at the latest) */
+        for (int i = 0; i < LANE_CONNS && slot < 0; i++)
+            if (ln->conns[i].c)
+                slot = i;
+    }
+    ln->cur = slot;
+    return slot >= 0 ? &ln->conns[slot] : NULL;
+}
+
+/* Sends every queued job. */
+static void lane_send(struct pipe_lane *ln)
+{
+    struct pipe *p = ln->p;
+    int64_t now = mono_us();
+    struct lane_conn *lc = lane_target(ln, now);
+    if (!lc) {
+        lane_refuse_queue(ln);
+        return;
+    }
+    uint64_t sent = 0;
+    while (ln->q_head) {
+        struct pipe_job *job = ln->q_head;
+        ln->q_head = job->next;
+        if (!ln->q_head)
+            ln->q_tail = NULL;
+        if (now - job->queued_us > (int64_t)p->max_wait_ms * 1000) {
+            atomic_fetch_add_explicit(&p->expired, 1, memory_order_relaxed);
+            complete(job, NULL, ST_EUNAVAIL);
+            continue;
+        }
+        job->queued_us = now; /* from here on: when it was sent */
+        job->next = NULL;
+        if (lc->f_tail)
+            lc->f_tail->next = job;
+        else
+            lc->f_head = job;
+        lc->f_tail = job;
+        lc->nflight++;
+        sent++;
+        if (!pool_pipe_send(lc->c, job->st, job->params, &job->prepared_now)) {
+            lc_break(ln, lc);
+            break;
+        }
+    }
+    if (sent) {
+        lane_count(&ln->jobs, sent);
+        lane_count(&ln->batches, 1);
+    }
+}
+
+int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
+{
+    /* A completion of a failed job may queue a follow-up: a few passes at most. */
+    for (int pass = 0; ln->q_head && pass < 4; pass++)
+        lane_send(ln);
+    int64_t now = mono_us();
+    int64_t due = -1;
+    ln->npolled = 0;
+    for (int i = 0; i < LANE_CONNS; i++) {
+        struct lane_conn *lc = &ln->conns[i];
+        if (!lc->c)
+            continue;
+        if (lc->nflight > 0 || lc->out_pending) {
+            int rc = pool_pipe_flush(lc->c);
+            if (rc < 0) {
+                lc_break(ln, lc);
+                continue;
+            }
+            lc->out_pending = rc == 1;
+        }
+        int64_t at;
+        short events = POLLIN;
+        if (lc->nflight > 0) {
+            lc->idle_since = 0;
+            at = lc->f_head->queued_us + lane_deadline_us(ln);
+            if (lc->out_pending)
+                events |= POLLOUT;
+        } else {
+            if (!lc->idle_since)
+                lc->idle_since = now;
+            at = lc->idle_since + LANE_LINGER_MS * 1000;
+        }
+        if (due < 0 || at < due)
+            due = at;
+        fds[ln->npolled] = (struct pollfd){.fd = pool_pipe_socket(lc->c), .events = events};
+        ln->polled[ln->npolled++] = i;
+    }
+    *timeout_ms = due < 0 ? -1 : due > now ? (int)((due - now + 999) / 1000) : 0;
+    return ln->npolled;
+}
+
+/* Reads what arrived on one connection and completes the statements it answers. */
+static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents, int64_t now)
+{
+    if (lc->nflight == 0) {
+        /* Idle: input now can only be the server going away; lingering ends anyway. */
+        if (revents || now - lc->idle_since >= LANE_LINGER_MS * 1000)
+            lc_drop(ln, lc, false);
+        return;
+    }
+    if ((revents & (POLLIN | POLLERR | POLLHUP)) && !pool_pipe_read(lc->c)) {
+        lc_break(ln, lc);
+        return;
+    }
+    while (lc->nflight > 0) {
+        PGresult *r = NULL;
+        int got = pool_pipe_next(lc->c, lc->f_head->prepared_now, &r);
+        if (got == 0)
+            break;
+        if (got < 0) {
+            lc_break(ln, lc);
+            return;
+        }
+        struct pipe_job *job = lc->f_head;
+        lc->f_head = job->next;
+        if (!lc->f_head)
+            lc->f_tail = NULL;
+        lc->nflight--;
+        complete(job, r, pool_result_err(lc->c, r));
+    }
+    if (lc->nflight > 0 && now - lc->f_head->queued_us > lane_deadline_us(ln))
+        lc_break(ln, lc); /* silent far past statement_timeout: the connection is gone */
+}
+
+void pipe_lane_service(struct pipe_lane *ln, const struct pollfd *fds, int n)
+{
+    int64_t now = mono_us();
+    short rev[LANE_CONNS] = {0};
+    for (int i = 0; i < n && i < ln->npolled; i++)
+        rev[ln->polled[i]] = fds[i].revents;
+    for (int i = 0; i < LANE_CONNS; i++)
+        if (ln->conns[i].c)
+            lc_service(ln, &ln->conns[i], rev[i], now);
+}
+
+bool pipe_lane_busy(const struct pipe_lane *ln)
+{
+    if (ln->q_head)
+        return true;
+    for (int i = 0; i < LANE_CONNS; i++)
+        if (ln->conns[i].nflight > 0)
+            return true;
+    return false;
+}
+
+void pipe_lane_detach(struct pipe_lane *ln)
+{
+    if (!ln)
+        return;
+    /* The loop stops only when the lane is idle; anything left is refused, not lost. */
+    lane_refuse_queue(ln);
+    for (int i = 0; i < LANE_CONNS; i++) {
+        struct lane_conn *lc = &ln->conns[i];
+        if (lc->nflight > 0)
+            lc_break(ln, lc);
+        else if (lc->c)
+            lc_drop(ln, lc, false);
+    }
+    lane_refuse_queue(ln);
+    if (lane_here == ln)
+        lane_here = NULL;
+}
+
 void pipe_stats(struct pipe *p, struct pipe_stats *out)
 {
     out->jobs = atomic_load(&p->jobs);
     out->batches = atomic_load(&p->batches);
     out->expired = atomic_load(&p->expired);
+    int n = atomic_load(&p->nlanes);
+    for (int i = 0; i < n && i < p->max_lanes; i++) {
+        out->jobs += atomic_load_explicit(&p->lanes[i].jobs, memory_order_relaxed);
+        out->batches += atomic_load_explicit(&p->lanes[i].batches, memory_order_relaxed);
+    }
 }
 
 void pipe_free(struct pipe *p)
@@ -216,5 +562,6 @@ void pipe_free(struct pipe *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
+    free(p->lanes);
     free(p);
 }

@@ -21,6 +21,12 @@ struct pool_conn {
     const struct db_stmt *prepared[STMT_SLOTS];
     int nprepared;
     int execs; /* statements sent since checkout */
+    /* reading a pipeline: results of the current statement so far, the one kept as its
+     * answer, NULLs seen in a row, and whether a prepare sent in it failed */
+    int pipe_seen;
+    PGresult *pipe_keep;
+    int pipe_nulls;
+    bool pipe_prep_failed;
 };
 
 struct pool {
@@ -100,6 +106,11 @@ static void conn_close(struct pool_conn *c)
     }
     memset(c->prepared, 0, sizeof(c->prepared));
     c->nprepared = 0;
+    PQclear(c->pipe_keep);
+    c->pipe_keep = NULL;
+    c->pipe_seen = 0;
+    c->pipe_nulls = 0;
+    c->pipe_prep_failed = false;
 }
 
 void pool_free(struct pool *p)
@@ -417,46 +428,53 @@ static bool result_ok(const PGresult *r)
     return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
 }
 
-/* Reads the results of n queued statements into out: per statement its query's result,
- * or the failed prepare that aborted it. Returns how many statements were completed;
- * fewer than n means the connection failed. *prep_failed is set when a prepare failed. */
+int pool_pipe_next(struct pool_conn *c, bool prepared_now, PGresult **out)
+{
+    for (;;) {
+        if (PQisBusy(c->pg))
+            return 0;
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            if (++c->pipe_nulls > 2)
+                return -1; /* nothing more is queued: libpq lost track of the pipeline */
+            continue;
+        }
+        c->pipe_nulls = 0;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            *out = c->pipe_keep ? c->pipe_keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+            c->pipe_keep = NULL;
+            c->pipe_seen = 0;
+            return 1;
+        }
+        bool is_prepare = prepared_now && c->pipe_seen == 0;
+        c->pipe_seen++;
+        if (is_prepare && !result_ok(r))
+            c->pipe_prep_failed = true;
+        if (c->pipe_keep && !result_ok(c->pipe_keep)) {
+            PQclear(r); /* the query aborted by a failed prepare: keep the cause */
+        } else {
+            PQclear(c->pipe_keep);
+            c->pipe_keep = r;
+        }
+    }
+}
+
+/* Reads the results of n queued statements into out. Returns how many statements were
+ * completed; fewer than n means the connection failed. */
 static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now,
-                         PGresult **out, bool *prep_failed)
+                         PGresult **out)
 {
     int64_t deadline = mono_us() + ((int64_t)c->pool->statement_timeout_ms + 5000) * 1000;
     size_t done = 0;
-    int seen = 0; /* results of the current statement so far */
-    PGresult *keep = NULL;
-    int nulls = 0;
     while (done < n) {
         if (!batch_wait(c, deadline))
             break;
-        PGresult *r = PQgetResult(c->pg);
-        if (!r) {
-            if (++nulls > 2)
-                break; /* nothing more is queued: libpq lost track of the batch */
-            continue;
-        }
-        nulls = 0;
-        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
-            PQclear(r);
-            out[done++] = keep ? keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
-            keep = NULL;
-            seen = 0;
-            continue;
-        }
-        bool is_prepare = prepared_now[done] && seen == 0;
-        seen++;
-        if (is_prepare && !result_ok(r))
-            *prep_failed = true;
-        if (keep && !result_ok(keep)) {
-            PQclear(r); /* the query aborted by a failed prepare: keep the cause */
-        } else {
-            PQclear(keep);
-            keep = r;
-        }
+        int rc = pool_pipe_next(c, prepared_now[done], &out[done]);
+        if (rc < 0)
+            break;
+        done += (size_t)rc;
     }
-    PQclear(keep);
     return done;
 }
 
@@ -468,7 +486,7 @@ static void batch_fail_rest(size_t from, size_t n, PGresult **out)
 
 /* One attempt: sends everything, reads everything. Returns the statements completed. */
 static size_t batch_once(struct pool_conn *c, size_t n, const struct db_stmt *const *st,
-                         const char *const *const *params, PGresult **out, bool *prep_failed)
+                         const char *const *const *params, PGresult **out)
 {
     bool prepared_now[POOL_BATCH_MAX];
     if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg))
@@ -477,7 +495,7 @@ static size_t batch_once(struct pool_conn *c, size_t n, const struct db_stmt *co
         if (!batch_queue(c, st[i], params[i], &prepared_now[i]))
             return 0;
     }
-    size_t done = batch_read(c, n, prepared_now, out, prep_failed);
+    size_t done = batch_read(c, n, prepared_now, out);
     if (done == n && PQexitPipelineMode(c->pg) && PQsetnonblocking(c->pg, 0) == 0)
         return n;
     if (done == n) {
@@ -497,17 +515,57 @@ void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const 
         batch_fail_rest(0, n, out);
         return;
     }
-    bool prep_failed = false;
-    size_t done = batch_once(c, n, st, params, out, &prep_failed);
+    size_t done = batch_once(c, n, st, params, out);
     c->execs += (int)n;
     if (done < n) {
         /* The connection is in an unknown state part way through a pipeline: close it,
          * so what is missing reads as unavailable and the next checkout reconnects. */
         conn_close(c);
         batch_fail_rest(done, n, out);
-    } else if (prep_failed) {
+    } else if (c->pipe_prep_failed) {
         conn_close(c); /* forget the statement marked prepared that is not */
     }
+}
+
+bool pool_pipe_begin(struct pool_conn *c)
+{
+    return c->pg && PQsetnonblocking(c->pg, 1) == 0 && PQenterPipelineMode(c->pg);
+}
+
+bool pool_pipe_send(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
+                    bool *prepared_now)
+{
+    c->execs++;
+    return batch_queue(c, st, params, prepared_now);
+}
+
+int pool_pipe_flush(struct pool_conn *c)
+{
+    return PQflush(c->pg);
+}
+
+int pool_pipe_socket(struct pool_conn *c)
+{
+    return c->pg ? PQsocket(c->pg) : -1;
+}
+
+bool pool_pipe_read(struct pool_conn *c)
+{
+    return PQconsumeInput(c->pg) == 1;
+}
+
+void pool_pipe_end(struct pool_conn *c, bool broken)
+{
+    if (!c->pg)
+        return;
+    if (broken || c->pipe_prep_failed || !PQexitPipelineMode(c->pg) ||
+        PQsetnonblocking(c->pg, 0) != 0)
+        conn_close(c);
+}
+
+int pool_statement_timeout_ms(const struct pool *p)
+{
+    return p->statement_timeout_ms;
 }
 
 int pool_cmd(struct pool_conn *c, const char *sql)

@@ -4,13 +4,19 @@
 #include "steward/http_server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,10 +26,25 @@
 #include "steward/json.h"
 #include "steward/problem.h"
 
-struct http_server {
+/* One HTTP thread: its own daemon in external polling mode, driven by poll() on the
+ * daemon's epoll descriptor, a wake-up eventfd and the guest's descriptor. */
+struct http_loop {
+    struct http_server *srv;
     struct MHD_Daemon *daemon;
+    int epoll_fd; /* the daemon's */
+    int wake_fd;
+    pthread_t thread;
+    bool running;
+};
+
+struct http_server {
     struct http_server_opts o;
     int port;
+    int listen_fd;
+    int nloops;
+    struct http_loop *loops;
+    atomic_bool stopping; /* stop accepting */
+    atomic_bool closing;  /* leave once nothing is pending */
     atomic_int inflight;
     atomic_int suspended; /* deferred requests not finished yet */
     atomic_uint_fast64_t next_id;
@@ -502,10 +523,150 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_msg(lg, LOG_DEBUG, "libmicrohttpd", "detail", msg, NULL);
 }
 
+static void loop_wake(struct http_loop *l)
+{
+    uint64_t one = 1;
+    ssize_t n = write(l->wake_fd, &one, sizeof(one));
+    (void)n; /* a full counter already means "wake up" */
+}
+
+static void *loop_main(void *arg)
+{
+    struct http_loop *l = arg;
+    struct http_server *s = l->srv;
+    const struct http_loop_guest *g = s->o.guest;
+    void *gs = g && g->attach ? g->attach(g->ctx) : NULL;
+    bool quiesced = false;
+    for (;;) {
+        struct pollfd fds[2 + HTTP_GUEST_FDS] = {{.fd = l->epoll_fd, .events = POLLIN},
+                                                 {.fd = l->wake_fd, .events = POLLIN}};
+        int gto = -1;
+        int gn = gs ? g->flush(gs, fds + 2, &gto) : 0;
+        if (atomic_load(&s->stopping) && !quiesced) {
+            MHD_quiesce_daemon(l->daemon); /* the listening socket stays open: it is shared */
+            quiesced = true;
+        }
+        if (atomic_load(&s->closing) && !(gs && g->busy(gs)) && atomic_load(&s->suspended) == 0)
+            break;
+        int timeout = -1;
+        MHD_UNSIGNED_LONG_LONG mt;
+        if (MHD_get_timeout(l->daemon, &mt) == MHD_YES)
+            timeout = mt > 60000 ? 60000 : (int)mt;
+        if (gto >= 0 && (timeout < 0 || gto < timeout))
+            timeout = gto;
+        if (quiesced && (timeout < 0 || timeout > 10))
+            timeout = 10;
+        int n = poll(fds, (nfds_t)(2 + gn), timeout);
+        if (n < 0 && errno != EINTR) {
+            log_msg(s->o.lg, LOG_ERROR, "HTTP event loop: poll failed", NULL);
+            usleep(1000);
+        }
+        if (n > 0 && fds[1].revents) {
+            uint64_t v;
+            ssize_t r = read(l->wake_fd, &v, sizeof(v));
+            (void)r;
+        }
+        if (gs)
+            g->service(gs, fds + 2, n > 0 ? gn : 0);
+        MHD_run(l->daemon);
+    }
+    MHD_run(l->daemon); /* let the last resumed connections be processed */
+    if (gs && g->detach)
+        g->detach(gs);
+    return NULL;
+}
+
+/* Binds and listens, the same socket for every loop. Returns the descriptor or -1. */
+static int open_listener(const struct http_server_opts *o, char *err, size_t errlen)
+{
+    struct sockaddr_in6 a6 = {0};
+    struct sockaddr_in a4 = {0};
+    struct sockaddr *addr;
+    socklen_t alen;
+    int family;
+    if (inet_pton(AF_INET, o->bind, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)o->port);
+        addr = (struct sockaddr *)&a4;
+        alen = sizeof(a4);
+        family = AF_INET;
+    } else if (inet_pton(AF_INET6, o->bind, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)o->port);
+        addr = (struct sockaddr *)&a6;
+        alen = sizeof(a6);
+        family = AF_INET6;
+    } else {
+        snprintf(err, errlen, "STEWARD_BIND: '%s' is not an IPv4 or IPv6 address", o->bind);
+        return -1;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
+        bind(fd, addr, alen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d (STEWARD_HTTP_PORT): %s", o->bind, o->port,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_limit)
+{
+    l->srv = s;
+    l->epoll_fd = -1;
+    l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->wake_fd < 0)
+        return false;
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    l->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        (void *)s->o.lg, MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
+        MHD_OPTION_END);
+    if (!l->daemon)
+        return false;
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!info)
+        return false;
+    l->epoll_fd = info->epoll_fd;
+    return true;
+}
+
+/* Frees a loop whose thread is not running. The daemon is quiesced first so it leaves
+ * the shared listening socket open. */
+static void loop_destroy(struct http_loop *l)
+{
+    if (l->daemon) {
+        MHD_quiesce_daemon(l->daemon);
+        MHD_stop_daemon(l->daemon);
+    }
+    if (l->wake_fd >= 0)
+        close(l->wake_fd);
+}
+
+static void server_free(struct http_server *s)
+{
+    for (int i = 0; i < s->nloops; i++)
+        loop_destroy(&s->loops[i]);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    free(s->loops);
+    free(s);
+}
+
 struct http_server *http_server_start(const struct http_server_opts *o, char *err, size_t errlen)
 {
     struct http_server *s = calloc(1, sizeof(*s));
-    if (!s) {
+    int n = o->threads > 0 ? o->threads : 1;
+    if (s)
+        s->loops = calloc((size_t)n, sizeof(*s->loops));
+    if (!s || !s->loops) {
+        free(s);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -513,41 +674,43 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
     unsigned char rnd[4];
     crypto_random(rnd, sizeof(rnd));
     crypto_hex(rnd, sizeof(rnd), s->id_prefix);
-
-    struct sockaddr_in6 a6 = {0};
-    struct sockaddr_in a4 = {0};
-    struct sockaddr *addr;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
-    if (inet_pton(AF_INET, o->bind, &a4.sin_addr) == 1) {
-        a4.sin_family = AF_INET;
-        a4.sin_port = htons((uint16_t)o->port);
-        addr = (struct sockaddr *)&a4;
-    } else if (inet_pton(AF_INET6, o->bind, &a6.sin6_addr) == 1) {
-        a6.sin6_family = AF_INET6;
-        a6.sin6_port = htons((uint16_t)o->port);
-        addr = (struct sockaddr *)&a6;
-        flags |= MHD_USE_IPv6;
-    } else {
-        snprintf(err, errlen, "STEWARD_BIND: '%s' is not an IPv4 or IPv6 address", o->bind);
+    s->listen_fd = open_listener(o, err, errlen);
+    if (s->listen_fd < 0) {
+        free(s->loops);
         free(s);
         return NULL;
     }
-    s->daemon = MHD_start_daemon(
-        flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, 16384u,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        (void *)o->lg, MHD_OPTION_END);
-    if (!s->daemon) {
-        snprintf(err, errlen, "cannot listen on %s:%d (STEWARD_HTTP_PORT)", o->bind, o->port);
-        free(s);
-        return NULL;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    s->port = o->port;
+    if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
+        s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    unsigned limit = 16384u / (unsigned)n;
+    for (int i = 0; i < n; i++) {
+        s->nloops++;
+        if (!loop_init(s, &s->loops[i], limit)) {
+            snprintf(err, errlen, "cannot start HTTP event loop %d", i);
+            goto fail;
+        }
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : o->port;
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]) != 0) {
+            snprintf(err, errlen, "cannot start HTTP thread %d", i);
+            atomic_store(&s->stopping, true);
+            atomic_store(&s->closing, true);
+            for (int j = 0; j < i; j++) {
+                loop_wake(&s->loops[j]);
+                pthread_join(s->loops[j].thread, NULL);
+            }
+            goto fail;
+        }
+        s->loops[i].running = true;
+    }
     return s;
+fail:
+    server_free(s);
+    return NULL;
 }
 
 int http_server_port(const struct http_server *s)
@@ -559,15 +722,21 @@ void http_server_stop(struct http_server *s, int timeout_ms)
 {
     if (!s)
         return;
-    MHD_quiesce_daemon(s->daemon);
+    atomic_store(&s->stopping, true);
+    for (int i = 0; i < s->nloops; i++)
+        loop_wake(&s->loops[i]);
     for (int waited = 0; atomic_load(&s->inflight) > 0 && waited < timeout_ms; waited += 10)
         usleep(10000);
-    /* A suspended connection must be resumed before the daemon stops. Deferred work is
-     * bounded (the pool's acquire timeout, statement_timeout), so this wait ends. */
+    /* A suspended connection must be resumed before its daemon stops. Deferred work is
+     * bounded (the pool's acquire timeout, statement_timeout), so the loops' wait ends. */
     if (atomic_load(&s->suspended) > 0)
         log_msg(s->o.lg, LOG_WARN, "waiting for deferred requests to finish", NULL);
-    while (atomic_load(&s->suspended) > 0)
-        usleep(1000);
-    MHD_stop_daemon(s->daemon);
-    free(s);
+    atomic_store(&s->closing, true);
+    for (int i = 0; i < s->nloops; i++) {
+        loop_wake(&s->loops[i]);
+        if (s->loops[i].running)
+            pthread_join(s->loops[i].thread, NULL);
+        s->loops[i].running = false;
+    }
+    server_free(s);
 }
