@@ -93,6 +93,7 @@ bool pool_pipe_read(struct pool_conn *c);
 int pool_pipe_next(struct pool_conn *c, bool prepared_now, PGresult **out);
 void pool_pipe_end(struct pool_conn *c, bool broken);
 int pool_statement_timeout_ms(const struct pool *p);
+int pool_size(const struct pool *p);
 
 /* Runs a plain command without parameters (BEGIN, COMMIT, ROLLBACK). Returns ST_* */
 int pool_cmd(struct pool_conn *c, const char *sql);

@@ -35,6 +35,7 @@ struct pipe_lane {
     struct pipe_job *q_head, *q_tail; /* submitted, not sent yet */
     struct lane_conn conns[LANE_CONNS];
     int cur;                 /* the connection new statements go to, -1 for none */
+    int held;                /* connections held */
     int polled[LANE_CONNS];  /* conns[] index of each descriptor the last flush gave */
     int npolled;
     _Atomic uint64_t jobs;
@@ -66,6 +67,11 @@ struct pipe {
 
     int max_lanes;
     atomic_int nlanes; /* lanes handed out (slots of lanes[] in use) */
+    /* Connections lanes hold beyond their first (taken while one stalls), in all, and
+     * the bound on them: lanes never hold more than 3/4 of the pool, so a quarter is
+     * always left to everything else. */
+    atomic_int extra_held;
+    int extra_max;
     struct pipe_lane *lanes;
 };
 
@@ -218,6 +224,9 @@ struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms
         return NULL;
     }
     p->max_lanes = lanes > 0 ? lanes : 0;
+    int size = pool_size(pool);
+    p->extra_max = size - size / 4 - p->max_lanes;
+    p->extra_max = p->extra_max > 0 ? p->extra_max : 0;
     p->pool = pool;
     p->lg = lg;
     p->max_wait_ms = max_wait_ms;
@@ -283,6 +292,8 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
 {
     pool_pipe_end(lc->c, broken);
     pool_release(ln->p->pool, lc->c);
+    if (--ln->held >= 1)
+        atomic_fetch_sub(&ln->p->extra_held, 1);
     lc->c = NULL;
     lc->out_pending = false;
     lc->idle_since = 0;
@@ -328,12 +339,19 @@ static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
     if (slot < 0)
         return -1;
     struct lane_conn *lc = &ln->conns[slot];
-    struct pool *pool = ln->p->pool;
-    int rc = may_wait ? pool_acquire(pool, &lc->c) : pool_acquire_within(pool, 0, &lc->c);
+    struct pipe *p = ln->p;
+    if (ln->held >= 1 && atomic_fetch_add(&p->extra_held, 1) >= p->extra_max) {
+        atomic_fetch_sub(&p->extra_held, 1);
+        return -1;
+    }
+    int rc = may_wait ? pool_acquire(p->pool, &lc->c) : pool_acquire_within(p->pool, 0, &lc->c);
     if (rc != ST_OK) {
+        if (ln->held >= 1)
+            atomic_fetch_sub(&p->extra_held, 1);
         lc->c = NULL;
         return -1;
     }
+    ln->held++;
     if (!pool_pipe_begin(lc->c)) {
         lc_drop(ln, lc, true);
         return -1;

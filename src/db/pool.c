@@ -563,6 +563,11 @@ void pool_pipe_end(struct pool_conn *c, bool broken)
         conn_close(c);
 }
 
+int pool_size(const struct pool *p)
+{
+    return p->size;
+}
+
 int pool_statement_timeout_ms(const struct pool *p)
 {
     return p->statement_timeout_ms;
