@@ -32,7 +32,10 @@
 #define HTTP_CONN_MEMORY (16 * 1024)
 
 /* One HTTP thread: its own daemon in external polling mode, driven by poll() on the
- * daemon's epoll descriptor, a wake-up eventfd and the guest's descriptor. */
+ * daemon's epoll descriptor, the shared listening socket, a wake-up eventfd and the
+ * guest's descriptors. Every loop watches the listening socket and takes at most one
+ * new connection per wake-up, so a burst of connections spreads evenly over the loops
+ * (libmicrohttpd's own accept takes up to ten at a time on whichever loop woke first). */
 struct http_loop {
     struct http_server *srv;
     struct MHD_Daemon *daemon;
@@ -535,22 +538,37 @@ static void loop_wake(struct http_loop *l)
     (void)n; /* a full counter already means "wake up" */
 }
 
+/* Takes one pending connection, if another loop did not take it first. */
+static void loop_accept(struct http_loop *l)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(l->srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+            log_msg(l->srv->o.lg, LOG_WARN, "HTTP accept failed", "error", strerror(errno), NULL);
+        if (errno == EMFILE || errno == ENFILE)
+            usleep(10000); /* out of descriptors: do not spin on the pending connection */
+        return;
+    }
+    /* libmicrohttpd owns (and closes) the socket from here on, even when it refuses it */
+    MHD_add_connection(l->daemon, fd, (struct sockaddr *)&ss, sl);
+}
+
 static void *loop_main(void *arg)
 {
     struct http_loop *l = arg;
     struct http_server *s = l->srv;
     const struct http_loop_guest *g = s->o.guest;
     void *gs = g && g->attach ? g->attach(g->ctx) : NULL;
-    bool quiesced = false;
     for (;;) {
-        struct pollfd fds[2 + HTTP_GUEST_FDS] = {{.fd = l->epoll_fd, .events = POLLIN},
-                                                 {.fd = l->wake_fd, .events = POLLIN}};
+        bool quiesced = atomic_load(&s->stopping);
+        struct pollfd fds[3 + HTTP_GUEST_FDS] = {
+            {.fd = l->epoll_fd, .events = POLLIN},
+            {.fd = l->wake_fd, .events = POLLIN},
+            {.fd = quiesced ? -1 : s->listen_fd, .events = POLLIN}};
         int gto = -1;
-        int gn = gs ? g->flush(gs, fds + 2, &gto) : 0;
-        if (atomic_load(&s->stopping) && !quiesced) {
-            MHD_quiesce_daemon(l->daemon); /* the listening socket stays open: it is shared */
-            quiesced = true;
-        }
+        int gn = gs ? g->flush(gs, fds + 3, &gto) : 0;
         if (atomic_load(&s->closing) && !(gs && g->busy(gs)) && atomic_load(&s->suspended) == 0)
             break;
         int timeout = -1;
@@ -561,7 +579,7 @@ static void *loop_main(void *arg)
             timeout = gto;
         if (quiesced && (timeout < 0 || timeout > 10))
             timeout = 10;
-        int n = poll(fds, (nfds_t)(2 + gn), timeout);
+        int n = poll(fds, (nfds_t)(3 + gn), timeout);
         if (n < 0 && errno != EINTR) {
             log_msg(s->o.lg, LOG_ERROR, "HTTP event loop: poll failed", NULL);
             usleep(1000);
@@ -571,8 +589,10 @@ static void *loop_main(void *arg)
             ssize_t r = read(l->wake_fd, &v, sizeof(v));
             (void)r;
         }
+        if (n > 0 && (fds[2].revents & POLLIN))
+            loop_accept(l);
         if (gs)
-            g->service(gs, fds + 2, n > 0 ? gn : 0);
+            g->service(gs, fds + 3, n > 0 ? gn : 0);
         MHD_run(l->daemon);
     }
     MHD_run(l->daemon); /* let the last resumed connections be processed */
@@ -626,10 +646,11 @@ static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_
     l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (l->wake_fd < 0)
         return false;
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_NO_LISTEN_SOCKET;
     l->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        (void *)s->o.lg, MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED,
+        (void *)s->o.lg, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
         MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
@@ -642,14 +663,11 @@ static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_
     return true;
 }
 
-/* Frees a loop whose thread is not running. The daemon is quiesced first so it leaves
- * the shared listening socket open. */
+/* Frees a loop whose thread is not running. */
 static void loop_destroy(struct http_loop *l)
 {
-    if (l->daemon) {
-        MHD_quiesce_daemon(l->daemon);
+    if (l->daemon)
         MHD_stop_daemon(l->daemon);
-    }
     if (l->wake_fd >= 0)
         close(l->wake_fd);
 }
