@@ -45,9 +45,8 @@ static int healer_hook_lessons_snapshot(void *ctx, json_t **out)
     return lessons_snapshot(((struct app *)ctx)->lessons, out);
 }
 
-static bool healer_hook_record_lesson(void *ctx, const char *lesson_type,
-                                      const char *work_item_id, const char *stage,
-                                      json_t *detail)
+static bool healer_hook_record_lesson(void *ctx, const char *lesson_type, const char *work_item_id,
+                                      const char *stage, json_t *detail)
 {
     return lessons_record_auto(((struct app *)ctx)->lessons, lesson_type, work_item_id, stage,
                                detail);
@@ -193,8 +192,8 @@ static int create_capabilities(struct app *app)
         .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
         .database_listen_url = app->cfg.database_listen_url,
     };
-    app->scouts = scouts_new(app->pool, &app->log, app->metrics, app->workq, app->ws, app->lessons,
-                             &ss);
+    app->scouts =
+        scouts_new(app->pool, &app->log, app->metrics, app->workq, app->ws, app->lessons, &ss);
     if (!app->scouts)
         return -1;
     struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
@@ -215,8 +214,7 @@ static int create_capabilities(struct app *app)
     };
     struct healer_hooks hk = {.ctx = app};
     healer_wire_hooks(app, &hk);
-    app->healer =
-        healer_new(app->pool, &app->log, app->metrics, &app->router, app->ws, &hs, &hk);
+    app->healer = healer_new(app->pool, &app->log, app->metrics, &app->router, app->ws, &hs, &hk);
     return app->healer ? 0 : -1;
 }
 
@@ -284,9 +282,9 @@ static int build(struct app *app)
     app->started_us = jtime_now_us();
     if (migrate_with_wait(app) != 0)
         return -1;
-    app->pool = pool_new(app->cfg.database_url, app->cfg.db_pool_size,
-                         app->cfg.db_acquire_timeout_ms, app->cfg.db_statement_timeout_ms,
-                         &app->log);
+    app->pool =
+        pool_new(app->cfg.database_url, app->cfg.db_pool_size, app->cfg.db_acquire_timeout_ms,
+                 app->cfg.db_statement_timeout_ms, &app->log);
     app->metrics = metrics_new();
     app->workq = workq_new(app->cfg.worker_threads);
     /* Each HTTP loop thread pipelines its own hot-path statements on a lane, holding a
@@ -297,8 +295,8 @@ static int build(struct app *app)
     pipe_threads = pipe_threads < 1 ? 1 : pipe_threads > 4 ? 4 : pipe_threads;
     int lanes = app->cfg.db_pool_size / 2;
     lanes = lanes > app->cfg.http_threads ? app->cfg.http_threads : lanes;
-    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, lanes,
-                                     app->cfg.db_acquire_timeout_ms, &app->log)
+    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, lanes, app->cfg.db_acquire_timeout_ms,
+                                     &app->log)
                           : NULL;
     app->pipe_guest = (struct http_loop_guest){
         .ctx = app->pipe,

@@ -29,7 +29,7 @@ struct app {
     struct logger log;
     int64_t started_us;
     struct pool *pool;
-    struct pipe *pipe; /* pipelined hot-path statements (bonds) */
+    struct pipe *pipe;                 /* pipelined hot-path statements (bonds) */
     struct http_loop_guest pipe_guest; /* the pipe's lanes on the HTTP loops */
     struct auth *auth;
     struct metrics *metrics;

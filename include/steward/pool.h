@@ -47,8 +47,9 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
 void pool_free(struct pool *p);
 
 /* Checks a connection out, waiting up to the acquire timeout. Opens or resets it as
- * needed (also one found dead while idle: input waiting on it means its backend ended). Returns ST_OK, or ST_EUNAVAIL when the wait timed out or the database could
- * not be reached. Every successful acquire is paired with pool_release. */
+ * needed (also one found dead while idle: input waiting on it means its backend ended). Returns
+ * ST_OK, or ST_EUNAVAIL when the wait timed out or the database could not be reached. Every
+ * successful acquire is paired with pool_release. */
 int pool_acquire(struct pool *p, struct pool_conn **out);
 /* Same with its own bound on the wait (0 = only a free connection), for callers that
  * must not hold up the work that triggered them (the lessons journal). */

@@ -34,9 +34,9 @@ struct pipe_lane {
     struct pipe *p;
     struct pipe_job *q_head, *q_tail; /* submitted, not sent yet */
     struct lane_conn conns[LANE_CONNS];
-    int cur;                 /* the connection new statements go to, -1 for none */
-    int held;                /* connections held */
-    int polled[LANE_CONNS];  /* conns[] index of each descriptor the last flush gave */
+    int cur;                /* the connection new statements go to, -1 for none */
+    int held;               /* connections held */
+    int polled[LANE_CONNS]; /* conns[] index of each descriptor the last flush gave */
     int npolled;
     _Atomic uint64_t jobs;
     _Atomic uint64_t batches;

@@ -131,8 +131,8 @@ static int conn_open(struct pool_conn *c)
 {
     struct pool *p = c->pool;
     conn_close(c);
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
-                          "keepalives_idle", NULL};
+    const char *keys[] = {"dbname",     "application_name", "connect_timeout",
+                          "keepalives", "keepalives_idle",  NULL};
     const char *vals[] = {p->conninfo, "steward", "3", "1", "30", NULL};
     c->pg = PQconnectdbParams(keys, vals, 1);
     if (!c->pg)
@@ -149,8 +149,8 @@ static int conn_open(struct pool_conn *c)
     char ms[24];
     snprintf(ms, sizeof(ms), "%d", p->statement_timeout_ms);
     const char *params[] = {ms};
-    PGresult *r = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1,
-                               NULL, params, NULL, NULL, 0);
+    PGresult *r = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1, NULL,
+                               params, NULL, NULL, 0);
     int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
     PQclear(r);
     if (!ok) {
@@ -178,8 +178,8 @@ static int pop_free(struct pool *p)
             return -1;
         uint32_t next = atomic_load_explicit(&p->free_next[top - 1], memory_order_relaxed);
         uint64_t head = ((old >> 32) + 1) << 32 | next;
-        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head,
-                                                  memory_order_acq_rel, memory_order_acquire))
+        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head, memory_order_acq_rel,
+                                                  memory_order_acquire))
             return (int)top - 1;
     }
 }
@@ -190,8 +190,8 @@ static void push_free(struct pool *p, int slot)
     for (;;) {
         atomic_store_explicit(&p->free_next[slot], (uint32_t)old, memory_order_relaxed);
         uint64_t head = ((old >> 32) + 1) << 32 | (uint32_t)(slot + 1);
-        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head,
-                                                  memory_order_release, memory_order_relaxed))
+        if (atomic_compare_exchange_weak_explicit(&p->free_head, &old, head, memory_order_release,
+                                                  memory_order_relaxed))
             break;
     }
 }
@@ -330,8 +330,7 @@ static int prepared_find(struct pool_conn *c, const struct db_stmt *st, size_t *
     return -1;
 }
 
-static PGresult *exec_once(struct pool_conn *c, const struct db_stmt *st,
-                           const char *const *params)
+static PGresult *exec_once(struct pool_conn *c, const struct db_stmt *st, const char *const *params)
 {
     size_t slot = 0;
     int found = prepared_find(c, st, &slot);
@@ -462,8 +461,7 @@ int pool_pipe_next(struct pool_conn *c, bool prepared_now, PGresult **out)
 
 /* Reads the results of n queued statements into out. Returns how many statements were
  * completed; fewer than n means the connection failed. */
-static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now,
-                         PGresult **out)
+static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now, PGresult **out)
 {
     int64_t deadline = mono_us() + ((int64_t)c->pool->statement_timeout_ms + 5000) * 1000;
     size_t done = 0;

@@ -330,8 +330,8 @@ static enum MHD_Result answer(struct reqstate *rs, struct MHD_Connection *conn,
     if (resp->status == 0)
         http_problem(resp, 500, "the handler produced no response");
     if (resp->status >= 500 && resp->status != 503) {
-        log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id,
-                "route", rs->match.route->pattern, NULL);
+        log_msg(rs->srv->o.lg, LOG_ERROR, "request failed", "request_id", rs->request_id, "route",
+                rs->match.route->pattern, NULL);
     }
     enum MHD_Result ok = send_response(rs, conn, resp);
     resp_release(resp);
@@ -419,9 +419,8 @@ send:;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     struct http_server *srv = cls;
@@ -521,8 +520,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt,
-                                                         va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     const struct logger *lg = cls;
     char msg[256];
@@ -646,13 +644,12 @@ static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_
     l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (l->wake_fd < 0)
         return false;
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_NO_LISTEN_SOCKET;
+    unsigned flags =
+        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET;
     l->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        (void *)s->o.lg, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)s->o.lg,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
+        NULL, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
     if (!l->daemon)
         return false;
