@@ -13,10 +13,15 @@
 #define LANE_STALL_MS 20 /* an answer this late: new statements go to another connection */
 #define LANE_CONNS PIPE_LANE_FDS
 
+/* Jobs in order, linked through their next field. */
+struct job_fifo {
+    struct pipe_job *head, *tail;
+};
+
 /* One connection of a lane and the statements in flight on it, oldest first. */
 struct lane_conn {
     struct pool_conn *c;
-    struct pipe_job *f_head, *f_tail;
+    struct job_fifo flight;
     int nflight;
     bool out_pending;   /* libpq still holds data to write */
     int64_t idle_since; /* holding c with nothing in flight since */
@@ -32,7 +37,7 @@ struct lane_conn {
  * owning thread. */
 struct pipe_lane {
     struct pipe *p;
-    struct pipe_job *q_head, *q_tail; /* submitted, not sent yet */
+    struct job_fifo queue; /* submitted, not sent yet */
     struct lane_conn conns[LANE_CONNS];
     int cur;                /* the connection new statements go to, -1 for none */
     int held;               /* connections held */
@@ -82,14 +87,33 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void lane_push(struct pipe_lane *ln, struct pipe_job *job)
+static void fifo_push(struct job_fifo *f, struct pipe_job *job)
 {
     job->next = NULL;
-    if (ln->q_tail)
-        ln->q_tail->next = job;
+    if (f->tail)
+        f->tail->next = job;
     else
-        ln->q_head = job;
-    ln->q_tail = job;
+        f->head = job;
+    f->tail = job;
+}
+
+static struct pipe_job *fifo_pop(struct job_fifo *f)
+{
+    struct pipe_job *job = f->head;
+    if (job) {
+        f->head = job->next;
+        if (!f->head)
+            f->tail = NULL;
+    }
+    return job;
+}
+
+/* Empties f, returning its jobs as a list. */
+static struct pipe_job *fifo_take(struct job_fifo *f)
+{
+    struct pipe_job *list = f->head;
+    f->head = f->tail = NULL;
+    return list;
 }
 
 int pipe_submit(struct pipe *p, struct pipe_job *job)
@@ -99,7 +123,7 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     job->queued_us = mono_us();
     struct pipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
-        lane_push(ln, job);
+        fifo_push(&ln->queue, job);
         return ST_OK;
     }
     struct pipe_job *old = atomic_load_explicit(&p->head, memory_order_relaxed);
@@ -305,8 +329,7 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
  * none is sent again; each completes as unavailable, and the connection is closed. */
 static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
 {
-    struct pipe_job *list = lc->f_head;
-    lc->f_head = lc->f_tail = NULL;
+    struct pipe_job *list = fifo_take(&lc->flight);
     lc->nflight = 0;
     lc_drop(ln, lc, true);
     while (list) {
@@ -319,8 +342,7 @@ static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
 /* Completes every queued job as unavailable (no connection could be had). */
 static void lane_refuse_queue(struct pipe_lane *ln)
 {
-    struct pipe_job *list = ln->q_head;
-    ln->q_head = ln->q_tail = NULL;
+    struct pipe_job *list = fifo_take(&ln->queue);
     while (list) {
         struct pipe_job *next = list->next;
         complete(list, NULL, ST_EUNAVAIL);
@@ -364,7 +386,7 @@ static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
 {
     if (ln->cur >= 0) {
         struct lane_conn *lc = &ln->conns[ln->cur];
-        if (lc->nflight == 0 || now - lc->f_head->queued_us < LANE_STALL_MS * 1000)
+        if (lc->nflight == 0 || now - lc->flight.head->queued_us < LANE_STALL_MS * 1000)
             return lc;
         int slot = lane_take_conn(ln, false);
         if (slot >= 0)
@@ -403,23 +425,15 @@ static void lane_send(struct pipe_lane *ln)
         return;
     }
     uint64_t sent = 0;
-    while (ln->q_head) {
-        struct pipe_job *job = ln->q_head;
-        ln->q_head = job->next;
-        if (!ln->q_head)
-            ln->q_tail = NULL;
+    struct pipe_job *job;
+    while ((job = fifo_pop(&ln->queue))) {
         if (now - job->queued_us > (int64_t)p->max_wait_ms * 1000) {
             atomic_fetch_add_explicit(&p->expired, 1, memory_order_relaxed);
             complete(job, NULL, ST_EUNAVAIL);
             continue;
         }
         job->queued_us = now; /* from here on: when it was sent */
-        job->next = NULL;
-        if (lc->f_tail)
-            lc->f_tail->next = job;
-        else
-            lc->f_head = job;
-        lc->f_tail = job;
+        fifo_push(&lc->flight, job);
         lc->nflight++;
         sent++;
         if (!pool_pipe_send(lc->c, job->st, job->params, &job->prepared_now)) {
@@ -436,7 +450,7 @@ static void lane_send(struct pipe_lane *ln)
 int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
 {
     /* A completion of a failed job may queue a follow-up: a few passes at most. */
-    for (int pass = 0; ln->q_head && pass < 4; pass++)
+    for (int pass = 0; ln->queue.head && pass < 4; pass++)
         lane_send(ln);
     int64_t now = mono_us();
     int64_t due = -1;
@@ -457,7 +471,7 @@ int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
         short events = POLLIN;
         if (lc->nflight > 0) {
             lc->idle_since = 0;
-            at = lc->f_head->queued_us + lane_deadline_us(ln);
+            at = lc->flight.head->queued_us + lane_deadline_us(ln);
             if (lc->out_pending)
                 events |= POLLOUT;
         } else {
@@ -489,21 +503,18 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
     }
     while (lc->nflight > 0) {
         PGresult *r = NULL;
-        int got = pool_pipe_next(lc->c, lc->f_head->prepared_now, &r);
+        int got = pool_pipe_next(lc->c, lc->flight.head->prepared_now, &r);
         if (got == 0)
             break;
         if (got < 0) {
             lc_break(ln, lc);
             return;
         }
-        struct pipe_job *job = lc->f_head;
-        lc->f_head = job->next;
-        if (!lc->f_head)
-            lc->f_tail = NULL;
+        struct pipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
         complete(job, r, pool_result_err(lc->c, r));
     }
-    if (lc->nflight > 0 && now - lc->f_head->queued_us > lane_deadline_us(ln))
+    if (lc->nflight > 0 && now - lc->flight.head->queued_us > lane_deadline_us(ln))
         lc_break(ln, lc); /* silent far past statement_timeout: the connection is gone */
 }
 
@@ -520,7 +531,7 @@ void pipe_lane_service(struct pipe_lane *ln, const struct pollfd *fds, int n)
 
 bool pipe_lane_busy(const struct pipe_lane *ln)
 {
-    if (ln->q_head)
+    if (ln->queue.head)
         return true;
     for (int i = 0; i < LANE_CONNS; i++)
         if (ln->conns[i].nflight > 0)
