@@ -238,6 +238,7 @@ static int start_servers(struct app *app)
     struct http_server_opts ho = {
         .bind = app->cfg.bind,
         .port = app->cfg.http_port,
+        .loops = app->http_loops,
         .threads = app->cfg.http_threads,
         .access_log = app->cfg.access_log,
         .router = &app->router,
@@ -287,14 +288,23 @@ static int build(struct app *app)
                  app->cfg.db_statement_timeout_ms, &app->log);
     app->metrics = metrics_new();
     app->workq = workq_new(app->cfg.worker_threads);
+    /* HTTP event loops: one per two CPUs unless set (an event loop keeps a core busy on
+     * its own; more loops than cores only add wake-ups), never more than handler threads. */
+    app->http_loops = app->cfg.http_loops;
+    if (app->http_loops == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        app->http_loops = cpus >= 4 ? (int)(cpus / 2) : 1;
+    }
+    if (app->http_loops > app->cfg.http_threads)
+        app->http_loops = app->cfg.http_threads;
     /* Each HTTP loop thread pipelines its own hot-path statements on a lane, holding a
      * connection only while statements are in flight; lanes take at most half the pool,
-     * so the rest always serves everything else. Threads without a lane, and any other
+     * so the rest always serves everything else. The HTTP handler threads, and any other
      * caller, use the database threads: a quarter of the pool (2 for the default 8). */
     int pipe_threads = app->cfg.db_pool_size / 4;
     pipe_threads = pipe_threads < 1 ? 1 : pipe_threads > 4 ? 4 : pipe_threads;
     int lanes = app->cfg.db_pool_size / 2;
-    lanes = lanes > app->cfg.http_threads ? app->cfg.http_threads : lanes;
+    lanes = lanes > app->http_loops ? app->http_loops : lanes;
     app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, lanes, app->cfg.db_acquire_timeout_ms,
                                      &app->log)
                           : NULL;
@@ -389,6 +399,8 @@ int app_serve(void)
     log_str(&l, "bind", app.cfg.bind);
     log_int(&l, "http_port", http_server_port(app.http));
     log_int(&l, "ws_port", ws_server_port(app.ws));
+    log_int(&l, "http_loops", app.http_loops);
+    log_int(&l, "http_threads", app.cfg.http_threads);
     log_int(&l, "schema_version", migrate_latest());
     log_end(&l);
     int sig = 0;

@@ -36,6 +36,7 @@ struct app {
     struct router router;
     struct workq *workq;
     struct http_server *http;
+    int http_loops; /* resolved STEWARD_HTTP_LOOPS */
     struct ws_server *ws;
     struct ops_ctx ops;
     struct metrics_sources msrc;

@@ -38,6 +38,10 @@ void auth_free(struct auth *a);
  * key; ST_EUNAVAIL when the database was needed and could not answer, or hashing the
  * secret ran out of memory. */
 int auth_check(struct auth *a, const char *secret, struct auth_principal *who);
+/* The same from the cached snapshot alone, never touching the database (for event
+ * loops): *miss is set when the key is not in the snapshot, and only auth_check can
+ * tell then. */
+int auth_check_cached(struct auth *a, const char *secret, struct auth_principal *who, bool *miss);
 
 int auth_scope_parse(const char *s, enum auth_scope *out);
 const char *auth_scope_name(enum auth_scope s);
@@ -50,8 +54,7 @@ int auth_key_create(struct pool *pool, const char *name, enum auth_scope scope, 
 int auth_key_revoke(struct pool *pool, const char *name);
 /* Makes sure a key with this secret exists with the given name and scope (for
  * STEWARD_ADMIN_KEY). Idempotent and safe when several instances start together. */
-int auth_key_ensure(struct pool *pool, const char *name, const char *secret,
-                    enum auth_scope scope);
+int auth_key_ensure(struct pool *pool, const char *name, const char *secret, enum auth_scope scope);
 
 /* True when name is a valid key name: 1..64 of [A-Za-z0-9._-]. */
 bool auth_name_valid(const char *name);

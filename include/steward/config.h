@@ -20,6 +20,7 @@ struct config {
     int db_acquire_timeout_ms;
     int db_statement_timeout_ms;
     int http_threads;
+    int http_loops; /* 0: derived from the CPU count */
     int worker_threads;
     int shutdown_timeout_s;
     /* lessons */

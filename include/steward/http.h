@@ -27,7 +27,7 @@ struct http_req {
     json_t *body; /* parsed JSON body, NULL when the request had none (borrowed) */
     const char *request_id;
     const struct auth_principal *who; /* the caller; scope AUTH_NONE on open routes */
-    void *transport;                  /* the server's request state (http_defer); NULL in direct calls */
+    void *transport; /* the server's request state (http_defer); NULL in direct calls */
 };
 
 struct http_resp {
@@ -92,5 +92,10 @@ bool http_list_params(const struct http_req *req, struct http_resp *resp, int *l
  * Returns 0, or -1 when the table is full (a programming error: checked at start-up). */
 int http_route(struct router *rt, const char *method, const char *pattern, int scope,
                http_handler_fn fn, void *ctx);
+/* The same for a handler that never waits: it only computes, or hands its database work
+ * to the pipe with http_defer. Such a handler runs on the HTTP event loop itself; every
+ * other handler runs on one of the HTTP handler threads. */
+int http_route_nonblocking(struct router *rt, const char *method, const char *pattern, int scope,
+                           http_handler_fn fn, void *ctx);
 
 #endif

@@ -34,8 +34,10 @@ struct http_loop_guest {
 
 struct http_server_opts {
     const char *bind;
-    int port; /* 0 picks a free port */
-    int threads;
+    int port;    /* 0 picks a free port */
+    int loops;   /* event loops: each accepts, parses and answers (and runs nonblocking
+                  * handlers) for its share of the connections */
+    int threads; /* handler threads: run every handler that may wait on the database */
     bool access_log;
     const struct router *router;
     struct auth *auth;

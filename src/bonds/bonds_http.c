@@ -93,12 +93,12 @@ static void vector_fields(const json_t *vec, struct bonds_node *nodes, size_t *n
     }
     const char *key;
     json_t *val;
-    json_object_foreach((json_t *)vec, key, val) {
+    json_object_foreach((json_t *)vec, key, val)
+    {
         char path[192];
         jv_path(path, sizeof(path), "ulm_vector", key);
         if (!bonds_valid_id(key, BONDS_NODE_MAX)) {
-            jv_error(errs, path, "node names must be 1 to %d printable characters",
-                     BONDS_NODE_MAX);
+            jv_error(errs, path, "node names must be 1 to %d printable characters", BONDS_NODE_MAX);
             continue;
         }
         if (!json_is_number(val) || !isfinite(json_number_value(val))) {
@@ -254,8 +254,8 @@ static void consumed(void *arg, int rc, const struct bonds_rate *r)
     if (rc == ST_ELIMIT) {
         char detail[160];
         snprintf(detail, sizeof(detail),
-                 "the daily cap of %lld messages is reached; the window resets in %lld s",
-                 r->cap, r->reset_in_s);
+                 "the daily cap of %lld messages is reached; the window resets in %lld s", r->cap,
+                 r->reset_in_s);
         http_problem_slug(resp, 429, "quota-exceeded", detail);
         json_t *body = resp->body;
         json_object_set_new(body, "allowed", json_false());
@@ -383,11 +383,12 @@ int bonds_http_register(struct router *r, struct bonds *b)
 {
     int rc = 0;
     rc |= http_route(r, "GET", "/v1/bonds", AUTH_READ, list_bonds, b);
-    rc |= http_route(r, "GET", "/v1/bonds/{user_id}", AUTH_READ, get_bond, b);
+    rc |= http_route_nonblocking(r, "GET", "/v1/bonds/{user_id}", AUTH_READ, get_bond, b);
     rc |= http_route(r, "POST", "/v1/bonds/{user_id}/detections", AUTH_SERVICE, detections, b);
     rc |= http_route(r, "GET", "/v1/bonds/{user_id}/rate-limit", AUTH_READ, rate_check, b);
     rc |= http_route(r, "PUT", "/v1/bonds/{user_id}/rate-limit", AUTH_ADMIN, set_cap, b);
-    rc |= http_route(r, "POST", "/v1/bonds/{user_id}/messages", AUTH_SERVICE, consume, b);
+    rc |=
+        http_route_nonblocking(r, "POST", "/v1/bonds/{user_id}/messages", AUTH_SERVICE, consume, b);
     rc |= http_route(r, "POST", "/v1/bonds/{user_id}/notes", AUTH_ADMIN, add_note, b);
     rc |= http_route(r, "GET", "/v1/bonds/{user_id}/events", AUTH_READ, list_events, b);
     rc |= http_route(r, "DELETE", "/v1/users/{user_id}", AUTH_ADMIN, erase_user, b);

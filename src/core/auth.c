@@ -44,8 +44,7 @@ static const struct db_stmt st_active = {
     "auth_active", "SELECT key_hash, scope, id, name FROM api_keys WHERE revoked_at IS NULL", 0};
 static const struct db_stmt st_by_hash = {
     "auth_by_hash",
-    "SELECT key_hash, scope, id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-    1};
+    "SELECT key_hash, scope, id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", 1};
 static const struct db_stmt st_create = {
     "auth_create",
     "INSERT INTO api_keys (name, scope, key_hash) VALUES ($1, $2, $3) "
@@ -83,10 +82,14 @@ int auth_scope_parse(const char *s, enum auth_scope *out)
 const char *auth_scope_name(enum auth_scope s)
 {
     switch (s) {
-    case AUTH_READ: return "read";
-    case AUTH_SERVICE: return "service";
-    case AUTH_ADMIN: return "admin";
-    default: return "none";
+    case AUTH_READ:
+        return "read";
+    case AUTH_SERVICE:
+        return "service";
+    case AUTH_ADMIN:
+        return "admin";
+    default:
+        return "none";
     }
 }
 
@@ -265,29 +268,49 @@ static int lookup_db(struct pool_conn *c, void *arg)
     return rc;
 }
 
+/* Looks the hash up in the snapshot: 1 found (who filled), 0 found but not usable
+ * (revoked), -1 absent. */
+static int snapshot_lookup(struct auth *a, const unsigned char *hash, struct auth_principal *who)
+{
+    struct snapshot *s = atomic_load(&a->current);
+    if (!s)
+        return -1;
+    size_t lo = 0, hi = s->count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = memcmp(s->keys[mid].hash, hash, 32);
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo >= s->count || !crypto_equal(s->keys[lo].hash, hash, 32))
+        return -1;
+    who->scope = s->keys[lo].scope;
+    who->key_id = s->keys[lo].id;
+    memcpy(who->name, s->keys[lo].name, sizeof(who->name));
+    return who->scope == AUTH_NONE ? 0 : 1;
+}
+
+int auth_check_cached(struct auth *a, const char *secret, struct auth_principal *who, bool *miss)
+{
+    unsigned char hash[32];
+    *miss = false;
+    if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
+        return ST_EUNAVAIL;
+    int found = snapshot_lookup(a, hash, who);
+    *miss = found < 0;
+    return found > 0 ? ST_OK : ST_ENOTFOUND;
+}
+
 int auth_check(struct auth *a, const char *secret, struct auth_principal *who)
 {
     unsigned char hash[32];
     if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
         return ST_EUNAVAIL;
-    struct snapshot *s = atomic_load(&a->current);
-    if (s) {
-        size_t lo = 0, hi = s->count;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            int c = memcmp(s->keys[mid].hash, hash, 32);
-            if (c < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < s->count && crypto_equal(s->keys[lo].hash, hash, 32)) {
-            who->scope = s->keys[lo].scope;
-            who->key_id = s->keys[lo].id;
-            memcpy(who->name, s->keys[lo].name, sizeof(who->name));
-            return who->scope == AUTH_NONE ? ST_ENOTFOUND : ST_OK;
-        }
-    }
+    int found = snapshot_lookup(a, hash, who);
+    if (found >= 0)
+        return found > 0 ? ST_OK : ST_ENOTFOUND;
     struct lookup lk = {0};
     crypto_hex(hash, sizeof(hash), lk.hex);
     int rc = pool_with(a->pool, lookup_db, &lk);
@@ -352,8 +375,7 @@ static int ensure_tx(struct pool_conn *c, void *arg)
     return rc == ST_OK ? key_write(c, kw) : rc;
 }
 
-int auth_key_ensure(struct pool *pool, const char *name, const char *secret,
-                    enum auth_scope scope)
+int auth_key_ensure(struct pool *pool, const char *name, const char *secret, enum auth_scope scope)
 {
     char hex[65];
     crypto_sha256_hex(secret, strlen(secret), hex);

@@ -139,3 +139,12 @@ int http_route(struct router *rt, const char *method, const char *pattern, int s
 {
     return router_add(rt, method, pattern, scope, (void *)fn, ctx) < 0 ? -1 : 0;
 }
+
+int http_route_nonblocking(struct router *rt, const char *method, const char *pattern, int scope,
+                           http_handler_fn fn, void *ctx)
+{
+    if (http_route(rt, method, pattern, scope, fn, ctx) != 0)
+        return -1;
+    rt->routes[rt->count - 1].nonblocking = true;
+    return 0;
+}

@@ -25,6 +25,7 @@
 #include "steward/http.h"
 #include "steward/json.h"
 #include "steward/problem.h"
+#include "steward/workq.h"
 
 /* Per-connection memory of libmicrohttpd (request line, headers, buffers). Its default
  * is 32 KiB, which it clears on every request; 16 KiB still takes about 12 KiB of
@@ -42,6 +43,7 @@ struct http_loop {
     int epoll_fd; /* the daemon's */
     int wake_fd;
     pthread_t thread;
+    pthread_t self; /* the same, as the loop thread itself saw it when it started */
     bool running;
 };
 
@@ -51,8 +53,9 @@ struct http_server {
     int listen_fd;
     int nloops;
     struct http_loop *loops;
-    atomic_bool stopping; /* stop accepting */
-    atomic_bool closing;  /* leave once nothing is pending */
+    struct workq *handlers; /* the HTTP threads: handlers that may wait on the database */
+    atomic_bool stopping;   /* stop accepting */
+    atomic_bool closing;    /* leave once nothing is pending */
     atomic_int inflight;
     atomic_int suspended; /* deferred requests not finished yet */
     atomic_uint_fast64_t next_id;
@@ -70,9 +73,19 @@ struct http_deferred {
 
 struct reqstate {
     struct http_server *srv;
+    struct http_loop *loop;
     struct MHD_Connection *conn;
     struct http_deferred defer;
     struct http_resp dresp; /* filled by the deferred work */
+    struct http_req req;    /* kept for a handler thread */
+    json_t *body_json;
+    /* A key missing from the auth snapshot: checked against the database on a handler
+     * thread rather than on the event loop. Points into the request's headers. */
+    const char *auth_secret;
+    bool on_handler_thread;
+    /* While a handler runs on a handler thread: where http_defer records that it was
+     * called (on that thread's stack: rs may be freed as soon as the handler returns). */
+    bool *handler_deferred;
     bool deferred;
     atomic_bool defer_done;
     int64_t start_us;
@@ -187,6 +200,27 @@ static bool is_json_type(const char *ct)
            (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+/* What an auth_check result means for this request: 0 to go on, else the status to
+ * answer, with its detail. */
+static int auth_verdict(struct reqstate *rs, int rc, char *detail, size_t n)
+{
+    int need = rs->match.route->scope;
+    if (rc == ST_EUNAVAIL) {
+        snprintf(detail, n, "the database is unavailable; retry shortly");
+        return 503;
+    }
+    if (rc != ST_OK) {
+        snprintf(detail, n, "unknown or revoked API key");
+        return 401;
+    }
+    if ((int)rs->who.scope < need) {
+        snprintf(detail, n, "this route needs the %s scope; the key has %s",
+                 auth_scope_name((enum auth_scope)need), auth_scope_name(rs->who.scope));
+        return 403;
+    }
+    return 0;
+}
+
 static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
 {
     const struct route *rt = rs->match.route;
@@ -197,17 +231,16 @@ static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
         set_early(rs, 401, NULL, "missing bearer API key");
         return;
     }
-    int rc = auth_check(rs->srv->o.auth, h + 7, &rs->who);
-    if (rc == ST_EUNAVAIL) {
-        set_early(rs, 503, NULL, "the database is unavailable; retry shortly");
-    } else if (rc != ST_OK) {
-        set_early(rs, 401, NULL, "unknown or revoked API key");
-    } else if ((int)rs->who.scope < rt->scope) {
-        char d[128];
-        snprintf(d, sizeof(d), "this route needs the %s scope; the key has %s",
-                 auth_scope_name((enum auth_scope)rt->scope), auth_scope_name(rs->who.scope));
-        set_early(rs, 403, NULL, d);
+    bool miss = false;
+    int rc = auth_check_cached(rs->srv->o.auth, h + 7, &rs->who, &miss);
+    if (miss) {
+        rs->auth_secret = h + 7; /* decided on a handler thread, which may ask the database */
+        return;
     }
+    char d[128];
+    int status = auth_verdict(rs, rc, d, sizeof(d));
+    if (status)
+        set_early(rs, status, NULL, d);
 }
 
 static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
@@ -308,16 +341,23 @@ static void resp_release(struct http_resp *resp)
     free(resp->text);
 }
 
+/* A refusal decided by the server itself (routing, auth, body checks). */
+static void refusal(struct reqstate *rs, int status, const char *slug, const char *detail,
+                    struct http_resp *resp)
+{
+    http_problem_slug(resp, status, slug, detail);
+    if (status == 405)
+        http_header(resp, "Allow", "%s", rs->match.allow);
+    if (status == 503)
+        http_header(resp, "Retry-After", "1");
+    if (status == 401)
+        http_header(resp, "WWW-Authenticate", "Bearer");
+}
+
 static enum MHD_Result send_early(struct reqstate *rs, struct MHD_Connection *conn)
 {
     struct http_resp resp = {0};
-    http_problem_slug(&resp, rs->early_status, rs->early_slug, rs->early_detail);
-    if (rs->early_status == 405)
-        http_header(&resp, "Allow", "%s", rs->match.allow);
-    if (rs->early_status == 503)
-        http_header(&resp, "Retry-After", "1");
-    if (rs->early_status == 401)
-        http_header(&resp, "WWW-Authenticate", "Bearer");
+    refusal(rs, rs->early_status, rs->early_slug, rs->early_detail, &resp);
     enum MHD_Result ok = send_response(rs, conn, &resp);
     resp_release(&resp);
     return ok;
@@ -347,6 +387,12 @@ struct http_deferred *http_defer(const struct http_req *req, struct http_resp *r
             d->resp = resp;
         return d;
     }
+    if (rs->on_handler_thread) {
+        /* already suspended and counted: the completion finishes the request */
+        if (rs->handler_deferred)
+            *rs->handler_deferred = true;
+        return &rs->defer;
+    }
     rs->deferred = true;
     rs->defer.rs = rs;
     rs->defer.resp = &rs->dresp;
@@ -360,6 +406,13 @@ struct http_resp *http_deferred_resp(struct http_deferred *d)
     return d->resp;
 }
 
+static void loop_wake(struct http_loop *l)
+{
+    uint64_t one = 1;
+    ssize_t n = write(l->wake_fd, &one, sizeof(one));
+    (void)n; /* a full counter already means "wake up" */
+}
+
 void http_deferred_finish(struct http_deferred *d)
 {
     struct reqstate *rs = d->rs;
@@ -369,16 +422,50 @@ void http_deferred_finish(struct http_deferred *d)
     }
     /* rs may be gone as soon as the connection is resumed: read what is needed first. */
     struct http_server *srv = rs->srv;
+    struct http_loop *loop = rs->loop;
     struct MHD_Connection *conn = rs->conn;
     atomic_store_explicit(&rs->defer_done, true, memory_order_release);
     MHD_resume_connection(conn);
     atomic_fetch_sub(&srv->suspended, 1);
+    /* From another thread (a handler thread, a database thread) the loop must be woken:
+     * libmicrohttpd in external polling mode leaves that to us. */
+    if (!pthread_equal(pthread_self(), loop->self))
+        loop_wake(loop);
+}
+
+/* Runs on an HTTP handler thread: the key check the snapshot could not decide, then the
+ * handler, whose response resumes the suspended connection. */
+static void handler_thread_run(void *arg)
+{
+    struct reqstate *rs = arg;
+    struct http_resp *resp = &rs->dresp;
+    json_t *body = rs->body_json; /* ours: rs may be gone once a deferred handler returns */
+    rs->body_json = NULL;
+    if (rs->auth_secret) {
+        char d[128];
+        int status =
+            auth_verdict(rs, auth_check(rs->srv->o.auth, rs->auth_secret, &rs->who), d, sizeof(d));
+        if (status) {
+            refusal(rs, status, NULL, d, resp);
+            json_decref(body);
+            http_deferred_finish(&rs->defer);
+            return;
+        }
+    }
+    bool deferred = false;
+    rs->handler_deferred = &deferred;
+    ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &rs->req, resp);
+    json_decref(body);
+    if (deferred)
+        return; /* its completion finishes the request, and rs must not be touched */
+    rs->handler_deferred = NULL;
+    http_deferred_finish(&rs->defer);
 }
 
 static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *conn,
                                    const char *url)
 {
-    struct http_req req = {0};
+    struct http_req *req = &rs->req;
     struct http_resp resp = {0};
     json_t *body = NULL;
     if (rs->has_body && rs->body_len > 0) {
@@ -388,34 +475,50 @@ static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *c
             char detail[240];
             snprintf(detail, sizeof(detail), "malformed JSON: %s", err);
             http_problem(&resp, 400, detail);
-            goto send;
+            return answer(rs, conn, &resp);
         }
     }
-    req.method = rs->method;
-    req.path = url;
-    req.route = rs->match.route->pattern;
-    req.match = &rs->match;
-    req.body = body;
-    req.request_id = rs->request_id;
-    req.who = &rs->who;
-    req.transport = rs;
+    req->method = rs->method;
+    req->path = url;
+    req->route = rs->match.route->pattern;
+    req->match = &rs->match;
+    req->body = body;
+    req->request_id = rs->request_id;
+    req->who = &rs->who;
+    req->transport = rs;
     rs->conn = conn;
-    req.nquery = rs->nquery;
+    req->nquery = rs->nquery;
     for (size_t i = 0; i < rs->nquery; i++) {
-        req.query[i].key = rs->query_keys[i];
-        req.query[i].value = rs->query_vals[i];
+        req->query[i].key = rs->query_keys[i];
+        req->query[i].value = rs->query_vals[i];
     }
-    ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &req, &resp);
+    if (rs->auth_secret || !rs->match.route->nonblocking) {
+        /* It may wait on the database: suspend, and run it on a handler thread. */
+        rs->body_json = body;
+        rs->deferred = true;
+        rs->on_handler_thread = true;
+        rs->defer.rs = rs;
+        rs->defer.resp = &rs->dresp;
+        atomic_fetch_add(&rs->srv->suspended, 1);
+        MHD_suspend_connection(conn);
+        if (workq_submit(rs->srv->handlers, handler_thread_run, rs) != 0) {
+            rs->body_json = NULL;
+            json_decref(body);
+            http_problem(&rs->dresp, 503, "the server is stopping; retry shortly");
+            http_header(&rs->dresp, "Retry-After", "1");
+            http_deferred_finish(&rs->defer);
+        }
+        return MHD_YES;
+    }
+    ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, req, &resp);
+    json_decref(body);
+    req->body = NULL;
     if (rs->deferred) {
         /* Suspended: the response comes when the work finishes and resumes us. */
         resp_release(&resp);
-        json_decref(body);
         return MHD_YES;
     }
-send:;
-    enum MHD_Result ok = answer(rs, conn, &resp);
-    json_decref(body);
-    return ok;
+    return answer(rs, conn, &resp);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -423,13 +526,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   size_t *upload_data_size, void **con_cls)
 {
     (void)version;
-    struct http_server *srv = cls;
+    struct http_loop *loop = cls;
+    struct http_server *srv = loop->srv;
     struct reqstate *rs = *con_cls;
     if (!rs) {
         rs = calloc(1, sizeof(*rs));
         if (!rs)
             return MHD_NO;
         rs->srv = srv;
+        rs->loop = loop;
         atomic_fetch_add(&srv->inflight, 1);
         rs->counted = true;
         *con_cls = rs;
@@ -529,13 +634,6 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_msg(lg, LOG_DEBUG, "libmicrohttpd", "detail", msg, NULL);
 }
 
-static void loop_wake(struct http_loop *l)
-{
-    uint64_t one = 1;
-    ssize_t n = write(l->wake_fd, &one, sizeof(one));
-    (void)n; /* a full counter already means "wake up" */
-}
-
 /* Takes one pending connection, if another loop did not take it first. */
 static void loop_accept(struct http_loop *l)
 {
@@ -556,6 +654,7 @@ static void loop_accept(struct http_loop *l)
 static void *loop_main(void *arg)
 {
     struct http_loop *l = arg;
+    l->self = pthread_self();
     struct http_server *s = l->srv;
     const struct http_loop_guest *g = s->o.guest;
     void *gs = g && g->attach ? g->attach(g->ctx) : NULL;
@@ -647,7 +746,7 @@ static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_
     unsigned flags =
         MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET;
     l->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)s->o.lg,
+        flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)s->o.lg,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
         NULL, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
@@ -671,6 +770,7 @@ static void loop_destroy(struct http_loop *l)
 
 static void server_free(struct http_server *s)
 {
+    workq_free(s->handlers); /* after the loops: nothing is queued or suspended any more */
     for (int i = 0; i < s->nloops; i++)
         loop_destroy(&s->loops[i]);
     if (s->listen_fd >= 0)
@@ -682,7 +782,7 @@ static void server_free(struct http_server *s)
 struct http_server *http_server_start(const struct http_server_opts *o, char *err, size_t errlen)
 {
     struct http_server *s = calloc(1, sizeof(*s));
-    int n = o->threads > 0 ? o->threads : 1;
+    int n = o->loops > 0 ? o->loops : 1;
     if (s)
         s->loops = calloc((size_t)n, sizeof(*s->loops));
     if (!s || !s->loops) {
@@ -699,6 +799,11 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
         free(s->loops);
         free(s);
         return NULL;
+    }
+    s->handlers = workq_new(o->threads > 0 ? o->threads : 1);
+    if (!s->handlers) {
+        snprintf(err, errlen, "cannot start the HTTP handler threads");
+        goto fail;
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);

@@ -1,10 +1,14 @@
-"""The HTTP server runs one event loop per HTTP thread, each with its own libmicrohttpd
-daemon on one shared listening socket and its own database lane. These tests prove that
-connections spread over every loop are all served, that each loop's lane answers its
-own requests (and never another's), that a statement stuck on a row lock holds up only
-what was pipelined behind it for a moment, that the per-connection memory bound
-answers oversized headers with a 4xx instead of failing, and that a stop with requests
-in flight on every loop still answers them."""
+"""The HTTP server runs STEWARD_HTTP_LOOPS event loops (one per two CPUs by default),
+each with its own libmicrohttpd daemon accepting from one shared listening socket and
+its own database lane; handlers that may wait on the database run on the
+STEWARD_HTTP_THREADS handler threads. The module's server runs 3 loops so that
+connections really spread; other tests start servers of their own. These tests prove
+that connections spread over every loop are all served, that each loop's lane answers
+its own requests (and never another's), that a statement stuck on a row lock holds up
+only what was pipelined behind it for a moment, that a slow handler holds up no loop,
+that keys missing from the auth cache are checked off the loop, that the per-connection
+memory bound answers oversized headers with a 4xx, and that a stop with requests in
+flight on every loop still answers them."""
 import re
 import socket
 import threading
@@ -14,7 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import requests
 
-from harness.steward import ADMIN_KEY
+import pytest
+
+from conftest import finish, make_key
+from harness.steward import ADMIN_KEY, Steward
+
+
+@pytest.fixture(scope='module')
+def server(db_url):
+    s = Steward(db_url, STEWARD_HTTP_LOOPS='3')
+    yield s
+    finish(s)
 
 
 def metric(server, name):
@@ -192,3 +206,64 @@ def test_stalled_lanes_leave_the_pool_to_everything_else(server, db_url):
     for t in ts:
         t.join(10)
     assert len(out) == 16 and all(r.status_code == 200 and r.json()['count'] == 1 for r in out)
+
+
+def test_the_serving_line_says_how_many_loops_and_threads(server, pg, db_url, make_server):
+    rec = [r for r in server.log_records() if r.get('msg') == 'serving'][-1]
+    assert rec['http_loops'] == 3 and rec['http_threads'] == 4
+    one = make_server(db_url, STEWARD_HTTP_LOOPS='9', STEWARD_HTTP_THREADS='2')
+    rec = [r for r in one.log_records() if r.get('msg') == 'serving'][-1]
+    assert rec['http_loops'] == 2 and rec['http_threads'] == 2  # never more loops than threads
+
+
+def test_a_slow_handler_holds_up_no_loop(pg, db_url, make_server):
+    """With one loop, a handler waiting on a row lock (PUT rate-limit, on a handler
+    thread) does not stop the loop from answering reads."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1')
+    assert s.put('/v1/bonds/loop-slow/rate-limit', json={'daily_msg_cap': 2}).status_code == 200
+    assert s.put('/v1/bonds/loop-fast/rate-limit', json={'daily_msg_cap': 6}).status_code == 200
+    with psycopg.connect(db_url) as locker:
+        locker.execute("SELECT 1 FROM bonds WHERE user_id = 'loop-slow' FOR UPDATE")
+        out = []
+        slow = [threading.Thread(target=lambda: out.append(
+            s.put('/v1/bonds/loop-slow/rate-limit', json={'daily_msg_cap': 3})))
+            for _ in range(2)]
+        for t in slow:
+            t.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        for _ in range(40):
+            r = s.get('/v1/bonds/loop-fast')
+            assert r.status_code == 200 and r.json()['daily_msg_cap'] == 6
+        # a blocking route on a free handler thread is served too
+        assert s.get('/v1/bonds/loop-fast/rate-limit').status_code == 200
+        assert time.monotonic() - start < 3.0
+        assert all(t.is_alive() for t in slow)
+        locker.rollback()
+    for t in slow:
+        t.join(10)
+    assert [r.status_code for r in out] == [200, 200]
+    assert s.get('/v1/bonds/loop-slow').json()['daily_msg_cap'] == 3
+
+
+def test_keys_missing_from_the_auth_cache_are_checked_off_the_loop(server, db_url):
+    """A key created a moment ago (not yet in this instance's cache) works at once on a
+    loop route; an unknown one gets 401, a weak one 403, on both kinds of route."""
+    assert server.put('/v1/bonds/loop-auth/rate-limit',
+                      json={'daily_msg_cap': 8}).status_code == 200
+    fresh = make_key(db_url, 'loop-fresh-read', 'read')
+    r = server.get('/v1/bonds/loop-auth', key=fresh)
+    assert r.status_code == 200 and r.json()['daily_msg_cap'] == 8
+    weak = make_key(db_url, 'loop-fresh-weak', 'read')
+    r = server.post('/v1/bonds/loop-auth/messages', key=weak)
+    assert r.status_code == 403 and 'service' in r.json()['detail']
+    for path, method in (('/v1/bonds/loop-auth', 'GET'), ('/v1/bonds/loop-auth/rate-limit', 'GET')):
+        r = server.request(method, path, key='stw_not_a_key_at_all_0123456789')
+        assert r.status_code == 401
+        assert r.headers['WWW-Authenticate'] == 'Bearer'
+        assert r.headers['Content-Type'] == 'application/problem+json'
+    with ThreadPoolExecutor(16) as ex:
+        codes = list(ex.map(lambda i: server.get(
+            '/v1/bonds/loop-auth', key=f'stw_unknown_{i}_abcdefghijklmnop').status_code, range(64)))
+    assert codes == [401] * 64
+    assert server.get('/v1/bonds/loop-auth').status_code == 200
