@@ -82,7 +82,7 @@ def test_concurrent_consumes_over_all_loops_admit_exactly_the_cap(server, sql):
 def test_a_locked_row_holds_up_no_loop(server, db_url):
     """Each loop's lane moves new statements to another connection once its oldest answer
     is late, so reads keep flowing on every loop while consumes wait on a lock. With the
-    default pool of 8 and 4 lanes, lanes may take 2 connections beyond their own (a
+    default pool of 8 and 3 lanes, lanes may take 3 connections beyond their own (a
     quarter of the pool stays free for everything else): two stuck consumes are
     covered wherever they land."""
     assert server.put('/v1/bonds/loop-locked/rate-limit',
