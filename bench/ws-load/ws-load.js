@@ -13,12 +13,13 @@
 // Prints one JSON object on stdout. Exits 1 when a check fails or a phase times out.
 const fs = require('fs');
 const WebSocket = require('ws');
+const { monitorEventLoopDelay, PerformanceObserver } = require('perf_hooks');
 const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
-  'connect-concurrency': '200', timeout: '60', storm: 'true',
+  'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '',
 });
 const N = Number(args.n);
 const RATE = Number(args.rate);
@@ -204,7 +205,15 @@ async function main() {
   resetCounters(ingestPrefix);
   const sent = new Float64Array(N);
   const httpLat = [];
+  const httpAt = new Float64Array(N);
   const httpStatus = {};
+  const gcs = [];
+  const gcObs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push(e.duration);
+  });
+  gcObs.observe({ entryTypes: ['gc'] });
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  eld.enable();
   const t0 = nowMs();
   let nextIdx = 0;
   const pending = [];
@@ -216,8 +225,9 @@ async function main() {
         const ts = nowMs();
         sent[i] = ts;
         pending.push(api.request('POST', `/v1/scouts/${devices[i].d.scout_id}/items`,
-          item(i, ingestPrefix + i)).then((r) => {
-          httpLat.push(nowMs() - ts);
+          item(i, ingestPrefix + i), { 'X-Request-Id': `ing-${i}` }).then((r) => {
+          httpAt[i] = nowMs();
+          httpLat.push(httpAt[i] - ts);
           httpStatus[r.status] = (httpStatus[r.status] || 0) + 1;
         }, (e) => { httpStatus.error = (httpStatus.error || 0) + 1; problem(e.message); }));
       }
@@ -228,7 +238,17 @@ async function main() {
   const sendSeconds = (nowMs() - t0) / 1000;
   await Promise.all(pending);
   const ok = await waitDelivered(TIMEOUT_MS);
+  eld.disable();
+  gcObs.disconnect();
   await sleep(500); // late duplicates would show up here
+  if (args.raw) {
+    const lines = ['i sent_ms http_ms device_ms'];
+    for (const d of devices) {
+      const i = d.idx;
+      lines.push(`${i} ${(sent[i] - t0).toFixed(3)} ${(httpAt[i] - sent[i]).toFixed(3)} ${d.got ? (d.gotAt - sent[i]).toFixed(3) : 'NA'}`);
+    }
+    fs.writeFileSync(args.raw, lines.join('\n') + '\n');
+  }
   const lat = devices.filter((d) => d.got > 0).map((d) => d.gotAt - sent[d.idx]);
   const lastAt = Math.max(...devices.map((d) => d.gotAt));
   out.ingest = { offered_rate: RATE, send_seconds: round(sendSeconds, 2),
@@ -237,7 +257,11 @@ async function main() {
     latency_p50_ms: round(percentile(lat, 50)), latency_p99_ms: round(percentile(lat, 99)),
     latency_max_ms: round(percentile(lat, 100)),
     proposals_per_s: ok ? round(N / ((lastAt - t0) / 1000), 0) : null,
-    all_delivered: ok, ...exactness() };
+    all_delivered: ok, ...exactness(),
+    generator: { loop_delay_p50_ms: round(eld.percentile(50) / 1e6), loop_delay_p99_ms:
+      round(eld.percentile(99) / 1e6), loop_delay_max_ms: round(eld.max / 1e6),
+    gc_count: gcs.length, gc_total_ms: round(gcs.reduce((a, b) => a + b, 0)),
+    gc_max_ms: round(gcs.length ? Math.max(...gcs) : 0) } };
   await waitFor(() => acked >= delivered, 10000);
 
   // 3. reconnect storm
