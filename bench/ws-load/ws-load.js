@@ -27,7 +27,7 @@ const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
   'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '',
-  'per-proc': '2500',
+  'per-proc': '2500', preconnect: '8',
 });
 const N = Number(args.n);
 const RATE = Number(args.rate);
@@ -187,7 +187,7 @@ async function main() {
   await phase(ingestPrefix);
   const delivered = waitDelivered(TIMEOUT_MS + N * 1000 / RATE);
   const s = await sender.call('ingest', { url: args.url, key: args.key, rate: RATE,
-    prefix: ingestPrefix, items: devs.map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
+    prefix: ingestPrefix, preconnect: Number(args.preconnect), items: devs.map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
   for (const p of s.problems) problem(p);
   const ok = await delivered;
   await sleep(500); // late duplicates would show up here
