@@ -148,6 +148,11 @@ if (wsKeys.length) {
         `in the sender, worst device process ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms; ` +
         `longest GC pause ${f(gen.sender.gc_max_ms)} ms (sender), ${f(gen.devices.gc_max_ms)} ms (devices)`);
     }
+    const pw = w.ingest && w.ingest.pool_waits;
+    if (pw) {
+      p(`  steward's pool during the ingest: ${int(pw.checkouts)} checkouts, ${int(pw.over_1ms)} waited > 1 ms, ` +
+        `${int(pw.over_5ms)} > 5 ms, ${int(pw.over_10ms)} > 10 ms`);
+    }
     if (w.run && w.run.cpu_us_total) {
       const t = w.run.cpu_us_total;
       p(`  CPU seconds over the whole ${int(w.n)}-device run: steward ${f(t.steward / 1e6)}, PostgreSQL ` +

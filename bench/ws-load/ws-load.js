@@ -120,6 +120,27 @@ async function waitFor(pred, ms, step) {
   return false;
 }
 
+// steward's pool wait histogram (cumulative buckets by upper bound in seconds, and the
+// count), to tell how many checkouts of a phase waited for a connection and how long.
+async function poolWaits() {
+  const r = await api.request('GET', '/metrics');
+  const out = { buckets: {}, count: 0 };
+  for (const m of r.text.matchAll(/^db_pool_wait_seconds_bucket\{le="([^"]+)"\} (\d+)$/gm)) {
+    out.buckets[m[1]] = Number(m[2]);
+  }
+  const c = /^db_pool_wait_seconds_count (\d+)$/m.exec(r.text);
+  out.count = c ? Number(c[1]) : 0;
+  return out;
+}
+
+// The checkouts between two poolWaits snapshots, and how many waited longer than 1 ms,
+// 5 ms and 10 ms.
+function poolWaitDelta(a, b) {
+  const over = (le) => (b.count - (b.buckets[le] || 0)) - (a.count - (a.buckets[le] || 0));
+  return { checkouts: b.count - a.count, over_1ms: over('0.001'), over_5ms: over('0.005'),
+    over_10ms: over('0.01') };
+}
+
 async function wsConnections() {
   const r = await api.request('GET', '/metrics');
   const m = /^ws_connections(?:\{[^}]*\})?\s+(\d+)/m.exec(r.text);
@@ -185,11 +206,13 @@ async function main() {
   // 2. ingest at a controlled rate, open loop, from the sender process
   const ingestPrefix = `${args.tag}-i-`;
   await phase(ingestPrefix);
+  const pw0 = await poolWaits();
   const delivered = waitDelivered(TIMEOUT_MS + N * 1000 / RATE);
   const s = await sender.call('ingest', { url: args.url, key: args.key, rate: RATE,
     prefix: ingestPrefix, preconnect: Number(args.preconnect), items: devs.map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
   for (const p of s.problems) problem(p);
   const ok = await delivered;
+  const pw1 = await poolWaits();
   await sleep(500); // late duplicates would show up here
   const g = await gather();
   const lat = [];
@@ -214,6 +237,7 @@ async function main() {
     latency_max_ms: round(percentile(lat, 100)),
     proposals_per_s: ok ? round(N / ((lastAt - s.t0) / 1000), 0) : null,
     all_delivered: ok, delivered: g.ex.delivered, ...g.ex,
+    pool_waits: poolWaitDelta(pw0, pw1),
     generator: { sender: s.monitor, devices: worst(g.monitors) } };
 
   // 3. reconnect storm
