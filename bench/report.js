@@ -141,6 +141,18 @@ if (wsKeys.length) {
         (w.storm ? `; storm: sockets closed in ${f(w.storm.close_seconds)} s, queued ${JSON.stringify(w.storm.queued_while_away)} ` +
           `in ${f(w.storm.queue_seconds)} s, ${w.storm.connect_failures} reconnect failures` : ''));
     }
+    const gen = w.ingest && w.ingest.generator;
+    if (gen && gen.sender && gen.devices) {
+      p(`  load generator during the ingest (${int(w.device_procs)} device processes, one sender): ` +
+        `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
+        `in the sender, worst device process ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms; ` +
+        `longest GC pause ${f(gen.sender.gc_max_ms)} ms (sender), ${f(gen.devices.gc_max_ms)} ms (devices)`);
+    }
+    const pw = w.ingest && w.ingest.pool_waits;
+    if (pw) {
+      p(`  steward's pool during the ingest: ${int(pw.checkouts)} checkouts, ${int(pw.over_1ms)} waited > 1 ms, ` +
+        `${int(pw.over_5ms)} > 5 ms, ${int(pw.over_10ms)} > 10 ms`);
+    }
     if (w.run && w.run.cpu_us_total) {
       const t = w.run.cpu_us_total;
       p(`  CPU seconds over the whole ${int(w.n)}-device run: steward ${f(t.steward / 1e6)}, PostgreSQL ` +
@@ -149,8 +161,9 @@ if (wsKeys.length) {
     if (w.problems && w.problems.length) p(`  problems: ${w.problems.slice(0, 5).join('; ')}`);
   }
   p();
-  p('Latency is measured from sending the ingest POST to the `scout_proposal` frame arriving on the ' +
-    'device (same clock, same machine). "exactly own": every device received exactly one proposal, ' +
+  p('Latency is measured from sending the ingest POST (in the sender process) to the `scout_proposal` ' +
+    'frame arriving on the device (in a device process), both stamped with process.hrtime, which is ' +
+    'CLOCK_MONOTONIC, one clock for every process of the machine. "exactly own": every device received exactly one proposal, ' +
     'its own, and nothing else. Storm: every device closes, one proposal per user is queued while they ' +
     'are away, then all devices reconnect at once; the time runs from the first connect until the last ' +
     'device holds its proposal.');

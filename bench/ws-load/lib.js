@@ -29,9 +29,9 @@ class Api {
   }
 
   // Resolves {status, body (parsed JSON or null), text}; rejects only on transport errors.
-  request(method, path, body) {
+  request(method, path, body, extraHeaders) {
     const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-    const headers = { Authorization: `Bearer ${this.key}` };
+    const headers = Object.assign({ Authorization: `Bearer ${this.key}` }, extraHeaders);
     if (data) {
       headers['Content-Type'] = 'application/json';
       headers['Content-Length'] = data.length;

@@ -1166,3 +1166,56 @@ int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user
         rc = run_discard(c, &st_erase_notify, p);
     return rc;
 }
+
+/* ---------------------------------------------------------------- warm-up */
+
+/* Inputs that match no row: the nil uuid is never generated, and a user id has at least
+ * one character. Nothing is written (the updates find nothing, so nothing is notified). */
+#define NIL_UUID "00000000-0000-0000-0000-000000000000"
+
+static int warm_conn(struct scouts *s, struct pool_conn *c)
+{
+    char ttl[24], lim[24];
+    const char *pi[] = {NIL_UUID, "warm", "false", NULL, NULL, NULL, NULL,
+                        sql_fmt_ll(ttl, s->set.proposal_ttl_days)};
+    const char *pd[] = {"", sql_fmt_ll(lim, 1), "[[]]"};
+    const char *pa[] = {NIL_UUID};
+    const char *ps[] = {NIL_UUID, "1"};
+    const char *pk[] = {NIL_UUID, "", NIL_UUID, "warm"};
+    int rc = run_discard(c, &st_ingest, pi);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_deliver, pd);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_device_auth, pa);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_device_seen, ps);
+    if (rc == ST_OK)
+        rc = run_discard(c, &st_ack, pk);
+    return rc;
+}
+
+int scouts_warm(struct scouts *s, int *warmed)
+{
+    *warmed = 0;
+    struct pool_stats ps;
+    pool_stats(s->pool, &ps);
+    if (ps.size <= 0)
+        return ST_OK;
+    struct pool_conn **held = calloc((size_t)ps.size, sizeof(*held));
+    if (!held)
+        return ST_ENOMEM;
+    /* Every connection free right now, all checked out before the first is warmed so
+     * that each is a different one (the pool hands out the most recently returned
+     * first). */
+    int n = 0, rc = ST_OK;
+    while (n < ps.size && pool_acquire_within(s->pool, 0, &held[n]) == ST_OK)
+        n++;
+    for (int i = 0; i < n; i++) {
+        /* each goes back as soon as it is done (or once a statement failed) */
+        if (rc == ST_OK && (rc = warm_conn(s, held[i])) == ST_OK)
+            (*warmed)++;
+        pool_release(s->pool, held[i]);
+    }
+    free(held);
+    return n == 0 && ps.size > 0 ? ST_EUNAVAIL : rc;
+}

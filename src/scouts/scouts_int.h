@@ -145,6 +145,16 @@ void scouts_pending_free(struct scouts_pending *rows, size_t n);
 int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
                bool *found, bool *changed);
 
+/* Warms the pool for the ingest and delivery paths: checks out every connection free
+ * now at once (which opens those not open yet) and runs on each the statements of
+ * those paths (ingest, delivery pass, device auth and presence, ack) with inputs that
+ * match no row, so that the connection is established, the statements are prepared
+ * and the backend's catalog caches and the ingest function are loaded before the
+ * first proposal has to wait for them. *warmed gets the connections done. Returns ST_OK,
+ * ST_EUNAVAIL when no connection could be had (the database is away), or the first
+ * statement failure. */
+int scouts_warm(struct scouts *s, int *warmed);
+
 /* --- scouts_ws.c: sessions and delivery passes --- */
 
 /* Runs (or flags for a rerun) a delivery pass for the user's sessions here. */
