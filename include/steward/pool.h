@@ -52,7 +52,9 @@ void pool_free(struct pool *p);
  * successful acquire is paired with pool_release. */
 int pool_acquire(struct pool *p, struct pool_conn **out);
 /* Same with its own bound on the wait (0 = only a free connection), for callers that
- * must not hold up the work that triggered them (the lessons journal). */
+ * must not hold up the work that triggered them (the lessons journal, the warm-up, a
+ * lane's extra connection). A try with 0 that finds none free is not counted as a
+ * timeout. */
 int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out);
 /* Returns a connection. A connection left inside a transaction is rolled back. */
 void pool_release(struct pool *p, struct pool_conn *c);

@@ -264,8 +264,12 @@ int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
     if (slot < 0 && timeout_ms > 0)
         slot = wait_free(p, timeout_ms);
     if (slot < 0) {
-        atomic_fetch_add(&p->timeouts_total, 1);
-        record_wait(p, mono_us() - start);
+        /* A try without a wait (timeout 0) that finds none free gave nothing up: it is
+         * neither a timeout nor a wait. */
+        if (timeout_ms > 0) {
+            atomic_fetch_add(&p->timeouts_total, 1);
+            record_wait(p, mono_us() - start);
+        }
         return ST_EUNAVAIL;
     }
     atomic_fetch_add(&p->busy, 1);
