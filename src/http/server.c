@@ -659,11 +659,11 @@ static void *loop_main(void *arg)
     const struct http_loop_guest *g = s->o.guest;
     void *gs = g && g->attach ? g->attach(g->ctx) : NULL;
     for (;;) {
-        bool quiesced = atomic_load(&s->stopping);
+        bool stopping = atomic_load(&s->stopping);
         struct pollfd fds[3 + HTTP_GUEST_FDS] = {
             {.fd = l->epoll_fd, .events = POLLIN},
             {.fd = l->wake_fd, .events = POLLIN},
-            {.fd = quiesced ? -1 : s->listen_fd, .events = POLLIN}};
+            {.fd = stopping ? -1 : s->listen_fd, .events = POLLIN}};
         int gto = -1;
         int gn = gs ? g->flush(gs, fds + 3, &gto) : 0;
         if (atomic_load(&s->closing) && !(gs && g->busy(gs)) && atomic_load(&s->suspended) == 0)
@@ -674,7 +674,7 @@ static void *loop_main(void *arg)
             timeout = mt > 60000 ? 60000 : (int)mt;
         if (gto >= 0 && (timeout < 0 || gto < timeout))
             timeout = gto;
-        if (quiesced && (timeout < 0 || timeout > 10))
+        if (stopping && (timeout < 0 || timeout > 10))
             timeout = 10;
         int n = poll(fds, (nfds_t)(3 + gn), timeout);
         if (n < 0 && errno != EINTR) {
