@@ -240,6 +240,7 @@ static int start_servers(struct app *app)
         .port = app->cfg.http_port,
         .loops = app->http_loops,
         .threads = app->cfg.http_threads,
+        .park_ms = app->cfg.http_park_ms,
         .access_log = app->cfg.access_log,
         .router = &app->router,
         .auth = app->auth,

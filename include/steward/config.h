@@ -21,6 +21,7 @@ struct config {
     int db_statement_timeout_ms;
     int http_threads;
     int http_loops; /* 0: derived from the CPU count */
+    int http_park_ms;
     int worker_threads;
     int shutdown_timeout_s;
     /* lessons */

@@ -38,6 +38,8 @@ struct http_server_opts {
     int loops;   /* event loops: each accepts, parses and answers (and runs nonblocking
                   * handlers) for its share of the connections */
     int threads; /* handler threads: run every handler that may wait on the database */
+    int park_ms; /* a loop handler's deferred request waits this long unsuspended, then
+                  * is suspended (0: at once) */
     bool access_log;
     const struct router *router;
     struct auth *auth;

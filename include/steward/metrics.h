@@ -37,6 +37,7 @@ enum metrics_counter {
     MC_HEAL_SKIPPED,  /* sweeps this instance skipped because the turn was taken */
     MC_HEAL_FAILURES, /* sweep steps that failed */
     MC_PERF_REPORTS,  /* performance reports written by this instance */
+    MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
     MC_COUNT
 };
 

@@ -42,6 +42,8 @@ static const struct setting settings[] = {
      "threads running the HTTP handlers that wait on the database"},
     {"STEWARD_HTTP_LOOPS", K_INT, OFF(http_loops), "0", 0, 256,
      "HTTP event loops (0 = one per two CPUs, at least 1, at most STEWARD_HTTP_THREADS)"},
+    {"STEWARD_HTTP_PARK_MS", K_INT, OFF(http_park_ms), "2", 0, 1000,
+     "how long a bond read or consume waits for the database unsuspended (0 = suspend at once)"},
     {"STEWARD_WORKER_THREADS", K_INT, OFF(worker_threads), "4", 1, 256,
      "threads doing database work for the WebSocket layer and timers"},
     {"STEWARD_SHUTDOWN_TIMEOUT_S", K_INT, OFF(shutdown_timeout_s), "8", 1, 300,

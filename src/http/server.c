@@ -45,6 +45,12 @@ struct http_loop {
     pthread_t thread;
     pthread_t self; /* the same, as the loop thread itself saw it when it started */
     bool running;
+    /* Loop-thread only. Deferred requests waiting unsuspended for their answer (see
+     * DEFER_WAITING), and whether the last round queued a response, which libmicrohttpd
+     * sends on its next run. */
+    int waiting;
+    bool kick;
+    int64_t now_us; /* the clock at the start of the current run */
 };
 
 struct http_server {
@@ -52,6 +58,7 @@ struct http_server {
     int port;
     int listen_fd;
     int nloops;
+    int64_t park_us;
     struct http_loop *loops;
     struct workq *handlers; /* the HTTP threads: handlers that may wait on the database */
     atomic_bool stopping;   /* stop accepting */
@@ -63,6 +70,16 @@ struct http_server {
 };
 
 struct reqstate;
+
+/* A deferred request is first left in place, unsuspended: its connection sits in
+ * libmicrohttpd's ready list and the handler is asked again on every run of the loop,
+ * which costs nothing like the two epoll_ctl calls (and the spurious read) a suspend and
+ * resume take. The answer usually arrives within one round trip to the database. One
+ * still missing after STEWARD_HTTP_PARK_MS is parked (suspended) so that it costs nothing while
+ * it waits, say on a row lock; the handler threads' requests are parked from the start.
+ * dstate moves from WAITING or PARKED to DONE (the completion, any thread) or to ORPHANED
+ * (the connection closed first, loop thread); whichever comes second frees what is left. */
+enum defer_state { DEFER_WAITING, DEFER_PARKED, DEFER_DONE, DEFER_ORPHANED };
 
 /* A deferred answer: inside the server it lives in the request state; for direct calls
  * (no transport) it is allocated and writes into the caller's response. */
@@ -87,7 +104,9 @@ struct reqstate {
      * called (on that thread's stack: rs may be freed as soon as the handler returns). */
     bool *handler_deferred;
     bool deferred;
-    atomic_bool defer_done;
+    bool in_wait;      /* counted in loop->waiting */
+    atomic_int dstate; /* enum defer_state, while deferred */
+    int64_t wait_since_us;
     int64_t start_us;
     struct route_match match;
     struct auth_principal who;
@@ -330,6 +349,7 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
     for (int i = 0; i < resp->nheaders; i++)
         MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
     rs->status = resp->status;
+    rs->loop->kick = true; /* libmicrohttpd may send it only on its next run */
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     return ok;
@@ -396,8 +416,16 @@ struct http_deferred *http_defer(const struct http_req *req, struct http_resp *r
     rs->deferred = true;
     rs->defer.rs = rs;
     rs->defer.resp = &rs->dresp;
-    atomic_fetch_add(&rs->srv->suspended, 1);
-    MHD_suspend_connection(rs->conn);
+    if (rs->srv->park_us == 0) {
+        atomic_store_explicit(&rs->dstate, DEFER_PARKED, memory_order_relaxed);
+        atomic_fetch_add(&rs->srv->suspended, 1);
+        MHD_suspend_connection(rs->conn);
+        return &rs->defer;
+    }
+    atomic_store_explicit(&rs->dstate, DEFER_WAITING, memory_order_relaxed);
+    rs->in_wait = true;
+    rs->wait_since_us = rs->loop->now_us;
+    rs->loop->waiting++;
     return &rs->defer;
 }
 
@@ -420,17 +448,28 @@ void http_deferred_finish(struct http_deferred *d)
         free(d);
         return;
     }
-    /* rs may be gone as soon as the connection is resumed: read what is needed first. */
+    /* rs may be gone as soon as dstate says DONE: read what is needed first. */
     struct http_server *srv = rs->srv;
     struct http_loop *loop = rs->loop;
     struct MHD_Connection *conn = rs->conn;
-    atomic_store_explicit(&rs->defer_done, true, memory_order_release);
-    MHD_resume_connection(conn);
-    atomic_fetch_sub(&srv->suspended, 1);
+    int was = atomic_exchange_explicit(&rs->dstate, DEFER_DONE, memory_order_acq_rel);
+    if (was == DEFER_ORPHANED) {
+        /* the connection is gone: the answer has nowhere to go */
+        resp_release(&rs->dresp);
+        free(rs);
+        return;
+    }
+    if (was == DEFER_PARKED) {
+        MHD_resume_connection(conn);
+        atomic_fetch_sub(&srv->suspended, 1);
+    }
     /* From another thread (a handler thread, a database thread) the loop must be woken:
-     * libmicrohttpd in external polling mode leaves that to us. */
+     * libmicrohttpd in external polling mode leaves that to us. On the loop itself the
+     * handler is asked again in its next run, with no nap before it. */
     if (!pthread_equal(pthread_self(), loop->self))
         loop_wake(loop);
+    else
+        loop->kick = true;
 }
 
 /* Runs on an HTTP handler thread: the key check the snapshot could not decide, then the
@@ -499,6 +538,7 @@ static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *c
         rs->on_handler_thread = true;
         rs->defer.rs = rs;
         rs->defer.resp = &rs->dresp;
+        atomic_store_explicit(&rs->dstate, DEFER_PARKED, memory_order_relaxed);
         atomic_fetch_add(&rs->srv->suspended, 1);
         MHD_suspend_connection(conn);
         if (workq_submit(rs->srv->handlers, handler_thread_run, rs) != 0) {
@@ -519,6 +559,37 @@ static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *c
         return MHD_YES;
     }
     return answer(rs, conn, &resp);
+}
+
+static void wait_end(struct reqstate *rs)
+{
+    if (rs->in_wait) {
+        rs->in_wait = false;
+        rs->loop->waiting--;
+    }
+}
+
+/* libmicrohttpd asks again about a deferred request: answer it if its work is done,
+ * park it if it has waited too long unsuspended. */
+static enum MHD_Result deferred_poll(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    int st = atomic_load_explicit(&rs->dstate, memory_order_acquire);
+    if (st == DEFER_WAITING && rs->loop->now_us - rs->wait_since_us >= rs->srv->park_us) {
+        wait_end(rs);
+        atomic_fetch_add(&rs->srv->suspended, 1);
+        if (atomic_compare_exchange_strong_explicit(&rs->dstate, &st, DEFER_PARKED,
+                                                    memory_order_acq_rel, memory_order_acquire)) {
+            metrics_count(rs->srv->o.metrics, MC_HTTP_PARKED, 1);
+            MHD_suspend_connection(conn);
+            return MHD_YES;
+        }
+        atomic_fetch_sub(&rs->srv->suspended, 1); /* it finished meanwhile: st is DONE */
+    }
+    if (st != DEFER_DONE)
+        return MHD_YES;
+    wait_end(rs);
+    rs->deferred = false;
+    return answer(rs, conn, &rs->dresp);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -546,12 +617,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return send_early(rs, conn);
         return MHD_YES;
     }
-    if (rs->deferred) {
-        if (!atomic_load_explicit(&rs->defer_done, memory_order_acquire))
-            return MHD_YES;
-        rs->deferred = false;
-        return answer(rs, conn, &rs->dresp);
-    }
+    if (rs->deferred)
+        return deferred_poll(rs, conn);
     if (rs->status)
         return MHD_YES; /* already answered: discard whatever still arrives */
     if (rs->early_status) {
@@ -621,8 +688,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(rs->body);
     if (rs->counted)
         atomic_fetch_sub(&srv->inflight, 1);
-    free(rs);
     *con_cls = NULL;
+    if (rs->deferred) {
+        /* Closed (the client left, a timeout) while its work still runs: that work
+         * frees rs when it finishes. */
+        wait_end(rs);
+        int was = atomic_exchange_explicit(&rs->dstate, DEFER_ORPHANED, memory_order_acq_rel);
+        if (was == DEFER_PARKED)
+            atomic_fetch_sub(&srv->suspended, 1); /* only a daemon that stops closes one */
+        if (was == DEFER_WAITING || was == DEFER_PARKED)
+            return;
+        resp_release(&rs->dresp);
+    }
+    free(rs);
 }
 
 __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -666,12 +744,21 @@ static void *loop_main(void *arg)
             {.fd = stopping ? -1 : s->listen_fd, .events = POLLIN}};
         int gto = -1;
         int gn = gs ? g->flush(gs, fds + 3, &gto) : 0;
-        if (atomic_load(&s->closing) && !(gs && g->busy(gs)) && atomic_load(&s->suspended) == 0)
+        if (atomic_load(&s->closing) && !(gs && g->busy(gs)) && l->waiting == 0 &&
+            atomic_load(&s->suspended) == 0)
             break;
         int timeout = -1;
         MHD_UNSIGNED_LONG_LONG mt;
         if (MHD_get_timeout(l->daemon, &mt) == MHD_YES)
             timeout = mt > 60000 ? 60000 : (int)mt;
+        /* Deferred requests waiting in place keep libmicrohttpd's ready list non-empty,
+         * so it asks for no wait at all. Their answers wake us (the lane's socket, or
+         * the wake descriptor), so the loop naps instead, at most until the oldest must
+         * be parked; but not after a round that queued a response, which libmicrohttpd
+         * writes on its next run. Other work in that list (the rest of a large upload
+         * or response) therefore waits for the next wake-up, at most park_ms. */
+        if (timeout == 0 && l->waiting > 0 && !l->kick)
+            timeout = (int)((s->park_us + 999) / 1000);
         if (gto >= 0 && (timeout < 0 || gto < timeout))
             timeout = gto;
         if (stopping && (timeout < 0 || timeout > 10))
@@ -690,6 +777,8 @@ static void *loop_main(void *arg)
             loop_accept(l);
         if (gs)
             g->service(gs, fds + 3, n > 0 ? gn : 0);
+        l->kick = false;
+        l->now_us = mono_us();
         MHD_run(l->daemon);
     }
     MHD_run(l->daemon); /* let the last resumed connections be processed */
@@ -791,6 +880,7 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
         return NULL;
     }
     s->o = *o;
+    s->park_us = (int64_t)(o->park_ms > 0 ? o->park_ms : 0) * 1000;
     unsigned char rnd[4];
     crypto_random(rnd, sizeof(rnd));
     crypto_hex(rnd, sizeof(rnd), s->id_prefix);

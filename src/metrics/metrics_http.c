@@ -179,6 +179,11 @@ static void render_counters(struct buf *b, const struct metrics_sources *src)
     buf_printf(b, "# HELP perf_reports_total Performance reports written by this instance.\n"
                   "# TYPE perf_reports_total counter\nperf_reports_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_PERF_REPORTS));
+    buf_printf(b, "# HELP http_requests_parked_total Bond reads and consumes whose database "
+                  "answer took longer than STEWARD_HTTP_PARK_MS, so that their connection was "
+                  "suspended.\n# TYPE http_requests_parked_total counter\n"
+                  "http_requests_parked_total %llu\n",
+               (unsigned long long)metrics_counter_value(src->m, MC_HTTP_PARKED));
 }
 
 void metrics_ws_figures(struct ws_server *ws, struct metrics_ws_figures *out)

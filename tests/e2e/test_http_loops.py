@@ -11,6 +11,7 @@ memory bound answers oversized headers with a 4xx, and that a stop with requests
 flight on every loop still answers them."""
 import re
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -267,3 +268,97 @@ def test_keys_missing_from_the_auth_cache_are_checked_off_the_loop(server, db_ur
             '/v1/bonds/loop-auth', key=f'stw_unknown_{i}_abcdefghijklmnop').status_code, range(64)))
     assert codes == [401] * 64
     assert server.get('/v1/bonds/loop-auth').status_code == 200
+
+
+def _consume_raw(server, user):
+    """Sends POST /v1/bonds/{user}/messages on a raw socket and returns the socket."""
+    host, port = server.url.split('//')[1].split(':')
+    s = socket.create_connection((host, int(port)))
+    s.sendall((f'POST /v1/bonds/{user}/messages HTTP/1.1\r\nHost: x\r\n'
+               f'Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 0\r\n\r\n').encode())
+    return s
+
+
+def test_a_request_waiting_in_place_holds_up_no_other_answer(pg, db_url, make_server):
+    """A bond read or consume waits for its database answer without suspending its
+    connection, for up to STEWARD_HTTP_PARK_MS. With one loop and a park of a second, a
+    consume stuck on a row lock waits in place while reads on the same loop are answered
+    at once (each answer is written in the loop's next round, not after the nap); past
+    the park it is suspended and counted, and still answered when the lock goes."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1', STEWARD_HTTP_PARK_MS='1000')
+    assert s.put('/v1/bonds/park-stuck/rate-limit', json={'daily_msg_cap': 5}).status_code == 200
+    assert s.put('/v1/bonds/park-free/rate-limit', json={'daily_msg_cap': 7}).status_code == 200
+    parked0 = metric(s, 'http_requests_parked_total')
+    sess = requests.Session()
+    sess.headers['Authorization'] = f'Bearer {ADMIN_KEY}'
+    for _ in range(50):  # quick reads never wait long enough to be parked
+        r = sess.get(s.url + '/v1/bonds/park-free')
+        assert r.status_code == 200 and r.json()['daily_msg_cap'] == 7
+    assert metric(s, 'http_requests_parked_total') == parked0
+    with psycopg.connect(db_url) as locker:
+        locker.execute("SELECT 1 FROM bonds WHERE user_id = 'park-stuck' FOR UPDATE")
+        out = []
+        t = threading.Thread(target=lambda: out.append(s.post('/v1/bonds/park-stuck/messages')))
+        t.start()
+        time.sleep(0.2)  # waiting in place now, not parked yet
+        slowest = 0.0
+        for _ in range(30):
+            t0 = time.monotonic()
+            r = sess.get(s.url + '/v1/bonds/park-free')
+            slowest = max(slowest, time.monotonic() - t0)
+            assert r.status_code == 200 and r.json()['daily_msg_cap'] == 7
+        assert slowest < 0.5, f'a read took {slowest:.3f} s behind a request waiting in place'
+        assert metric(s, 'http_requests_parked_total') == parked0
+        time.sleep(1.2)  # past the park
+        assert metric(s, 'http_requests_parked_total') == parked0 + 1
+        assert t.is_alive()
+        r = sess.get(s.url + '/v1/bonds/park-free')
+        assert r.status_code == 200
+        locker.rollback()
+    t.join(10)
+    assert out and out[0].status_code == 200 and out[0].json()['count'] == 1, out
+
+
+def test_a_client_that_leaves_while_its_request_waits_in_place(pg, db_url, make_server):
+    """The connection closes (reset by the client) while its consume waits in place on a
+    row lock: the statement still runs once when the lock goes, nothing leaks or is used
+    after being freed (the sanitizers check at the end), and the loop serves on."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1', STEWARD_HTTP_PARK_MS='1000')
+    assert s.put('/v1/bonds/park-gone/rate-limit', json={'daily_msg_cap': 5}).status_code == 200
+    with psycopg.connect(db_url) as locker:
+        locker.execute("SELECT 1 FROM bonds WHERE user_id = 'park-gone' FOR UPDATE")
+        socks = [_consume_raw(s, 'park-gone') for _ in range(3)]
+        time.sleep(0.2)
+        for sock in socks:  # RST rather than FIN: the loop sees it at once
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+            sock.close()
+        time.sleep(0.2)
+        assert s.get('/v1/bonds/park-gone').json()['daily_msg_count'] == 0
+        locker.rollback()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if s.get('/v1/bonds/park-gone').json()['daily_msg_count'] == 3:
+            break
+        time.sleep(0.05)
+    assert s.get('/v1/bonds/park-gone').json()['daily_msg_count'] == 3
+    r = s.post('/v1/bonds/park-gone/messages')
+    assert r.status_code == 200 and r.json()['count'] == 4
+    assert metric(s, 'http_requests_parked_total') == 0
+
+
+def test_park_zero_suspends_at_once(pg, db_url, make_server):
+    """STEWARD_HTTP_PARK_MS=0 suspends every deferred request at once (the behaviour
+    before waiting in place): everything is answered, and every read is counted."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='2', STEWARD_HTTP_PARK_MS='0')
+    assert s.put('/v1/bonds/park-zero/rate-limit', json={'daily_msg_cap': 40}).status_code == 200
+    parked0 = metric(s, 'http_requests_parked_total')
+
+    def work(i):
+        r = s.post('/v1/bonds/park-zero/messages') if i % 2 else s.get('/v1/bonds/park-zero')
+        return r.status_code
+
+    with ThreadPoolExecutor(8) as ex:
+        assert list(ex.map(work, range(60))) == [200] * 60
+    assert s.get('/v1/bonds/park-zero').json()['daily_msg_count'] == 30
+    # suspended at once is not "parked after waiting"
+    assert metric(s, 'http_requests_parked_total') == parked0

@@ -32,6 +32,7 @@ int main(void)
     CHECK(cfg.http_port == 8080 && cfg.ws_port == 8081);
     CHECK(cfg.db_pool_size == 8 && cfg.db_acquire_timeout_ms == 2000);
     CHECK(cfg.http_threads == 4 && cfg.log_level == LOG_INFO);
+    CHECK(cfg.http_loops == 0 && cfg.http_park_ms == 2);
     CHECK_STR(cfg.bind, "127.0.0.1");
     CHECK(cfg.lessons_enabled && cfg.lessons_dedup_window_s == 3600);
     CHECK(cfg.max_inflight == 32 && cfg.ack_timeout_s == 300 && cfg.max_delivery_attempts == 10);
@@ -58,6 +59,11 @@ int main(void)
     CHECK(load(&zero, &cfg, err) == -1 && strstr(err, "STEWARD_DB_POOL_SIZE"));
     struct env empty = {{"STEWARD_HTTP_THREADS", NULL}, {"", NULL}};
     CHECK(load(&empty, &cfg, err) == -1 && strstr(err, "STEWARD_HTTP_THREADS"));
+    struct env park = {{"STEWARD_HTTP_PARK_MS", NULL}, {"1001", NULL}};
+    CHECK(load(&park, &cfg, err) == -1 && strstr(err, "STEWARD_HTTP_PARK_MS"));
+    struct env park0 = {{"STEWARD_HTTP_PARK_MS", NULL}, {"0", NULL}};
+    CHECK(load(&park0, &cfg, err) == 0 && cfg.http_park_ms == 0);
+    config_release(&cfg);
     struct env boolx = {{"STEWARD_LESSONS_ENABLED", NULL}, {"maybe", NULL}};
     CHECK(load(&boolx, &cfg, err) == -1 && strstr(err, "STEWARD_LESSONS_ENABLED"));
     struct env lvl = {{"STEWARD_LOG_LEVEL", NULL}, {"loud", NULL}};
