@@ -38,10 +38,16 @@ struct pipe_job {
     const char *params[PIPE_MAX_PARAMS];
     pipe_done_fn done;
     void *arg;
+    /* A read without side effects: a lane may run it in one transaction with other such
+     * reads (one Sync for the group), and again when an earlier read of the group
+     * failed. */
+    bool read_only;
     /* private to the pipe */
     struct pipe_job *next;
     int64_t queued_us;
     bool prepared_now;
+    bool sync_after; /* a Sync was sent right after it */
+    bool alone;      /* never grouped (again): a group it was in failed */
 };
 
 struct pipe;
@@ -49,7 +55,8 @@ struct pipe;
 struct pipe_stats {
     uint64_t jobs;
     uint64_t batches;
-    uint64_t expired; /* jobs that waited longer than the acquire timeout: unavailable */
+    uint64_t expired;   /* jobs that waited longer than the acquire timeout: unavailable */
+    uint64_t regrouped; /* reads sent again because another read of their group failed */
 };
 
 /* Starts threads database threads on pool (borrowed; it must outlive the pipe) and

@@ -77,23 +77,31 @@ void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const 
                      const char *const *const *params, PGresult **out);
 /* An open-ended pipeline on one checked-out connection, driven by an event loop (the
  * pipe's lanes): statements are sent whenever they arrive, results are read whenever the
- * socket has input, always in the order sent; each statement is its own transaction.
+ * socket has input, always in the order sent.
  * begin puts c in pipeline and non-blocking mode (false: c is unusable: end it broken).
- * send queues a statement with its Sync, preparing it first when needed (*prepared_now
- * tells; pass it back to next). flush writes what is buffered: 0 done, 1 more to write
+ * send queues a statement, preparing it first when needed (*prepared_now tells; pass it
+ * back to next), with its Sync when sync; else it shares the transaction of the
+ * statements up to the next Sync (sync sends one), and an error in one of them makes
+ * the rest of that group fail with PGRES_PIPELINE_ABORTED. libpq writes to the socket
+ * at every Sync, so a group of reads costs one write. prepared says whether st is
+ * prepared on c already (a group should not prepare: a prepare aborted by an earlier
+ * error would be taken as done). flush writes what is buffered: 0 done, 1 more to write
  * (wait for the socket to be writable), -1 broken. read takes the input waiting on the
- * socket (false: broken). next hands over the oldest statement's result: 1 and *out
- * set (never NULL; classify with pool_result_err), 0 when its result has not fully
- * arrived, -1 when the connection lost track. end leaves pipeline mode once nothing is
+ * socket (false: broken). next hands over the oldest statement's result (sync_after: a
+ * Sync followed it): 1 and *out set (never NULL; classify with pool_result_err), 0 when
+ * its result has not fully arrived, -1 when the connection lost track. end leaves
+ * pipeline mode once nothing is
  * in flight; with broken, or after a failed prepare, it closes the connection instead
  * (the next checkout reconnects). Release c with pool_release after end. */
 bool pool_pipe_begin(struct pool_conn *c);
 bool pool_pipe_send(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
-                    bool *prepared_now);
+                    bool *prepared_now, bool sync);
+bool pool_pipe_sync(struct pool_conn *c);
+bool pool_pipe_prepared(struct pool_conn *c, const struct db_stmt *st);
 int pool_pipe_flush(struct pool_conn *c);
 int pool_pipe_socket(struct pool_conn *c);
 bool pool_pipe_read(struct pool_conn *c);
-int pool_pipe_next(struct pool_conn *c, bool prepared_now, PGresult **out);
+int pool_pipe_next(struct pool_conn *c, bool prepared_now, bool sync_after, PGresult **out);
 void pool_pipe_end(struct pool_conn *c, bool broken);
 int pool_statement_timeout_ms(const struct pool *p);
 int pool_size(const struct pool *p);

@@ -514,6 +514,7 @@ void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void 
         return;
     }
     op->json_done = done;
+    op->job.read_only = true; /* may share a transaction with other reads */
     op_send(op, OP_GET, &st_get);
 }
 

@@ -9,8 +9,9 @@
 
 #include "steward/err.h"
 
-#define LANE_LINGER_MS 2 /* an idle lane connection is kept this long */
-#define LANE_STALL_MS 20 /* an answer this late: new statements go to another connection */
+#define LANE_LINGER_MS 2  /* an idle lane connection is kept this long */
+#define LANE_STALL_MS 20  /* an answer this late: new statements go to another connection */
+#define LANE_GROUP_MAX 32 /* read-only statements sharing one Sync */
 #define LANE_CONNS PIPE_LANE_FDS
 
 /* Jobs in order, linked through their next field. */
@@ -45,6 +46,7 @@ struct pipe_lane {
     int npolled;
     _Atomic uint64_t jobs;
     _Atomic uint64_t batches;
+    _Atomic uint64_t regrouped;
 };
 
 /* The lane of the calling thread, if it is an event-loop thread that attached one. */
@@ -121,6 +123,8 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
         return ST_EUNAVAIL;
     job->queued_us = mono_us();
+    job->sync_after = false;
+    job->alone = false;
     struct pipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
         fifo_push(&ln->queue, job);
@@ -414,7 +418,10 @@ static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
     return slot >= 0 ? &ln->conns[slot] : NULL;
 }
 
-/* Sends every queued job. */
+/* Sends every queued job. Consecutive reads (read_only jobs whose statement is prepared
+ * on the connection already) share one Sync: libpq writes to the socket at each Sync, and the
+ * server answers a group with one write too. Everything else keeps its own Sync, so it
+ * is its own transaction. */
 static void lane_send(struct pipe_lane *ln)
 {
     struct pipe *p = ln->p;
@@ -426,20 +433,50 @@ static void lane_send(struct pipe_lane *ln)
     }
     uint64_t sent = 0;
     struct pipe_job *job;
+    struct pipe_job *open = NULL; /* the last job of a group still without its Sync */
+    int grouped = 0;
     while ((job = fifo_pop(&ln->queue))) {
         if (now - job->queued_us > (int64_t)p->max_wait_ms * 1000) {
             atomic_fetch_add_explicit(&p->expired, 1, memory_order_relaxed);
             complete(job, NULL, ST_EUNAVAIL);
             continue;
         }
+        bool group = job->read_only && !job->alone && grouped < LANE_GROUP_MAX &&
+                     pool_pipe_prepared(lc->c, job->st);
+        if (open && !group) {
+            open->sync_after = true;
+            open = NULL;
+            grouped = 0;
+            if (!pool_pipe_sync(lc->c)) {
+                /* not sent: first in line again, for the next pass on another connection */
+                job->next = ln->queue.head;
+                ln->queue.head = job;
+                if (!ln->queue.tail)
+                    ln->queue.tail = job;
+                lc_break(ln, lc);
+                break;
+            }
+            group = job->read_only && !job->alone && pool_pipe_prepared(lc->c, job->st);
+        }
         job->queued_us = now; /* from here on: when it was sent */
+        job->sync_after = !group;
         fifo_push(&lc->flight, job);
         lc->nflight++;
         sent++;
-        if (!pool_pipe_send(lc->c, job->st, job->params, &job->prepared_now)) {
+        if (!pool_pipe_send(lc->c, job->st, job->params, &job->prepared_now, !group)) {
             lc_break(ln, lc);
+            open = NULL;
             break;
         }
+        if (group) {
+            open = job;
+            grouped++;
+        }
+    }
+    if (open && lc->c) {
+        open->sync_after = true;
+        if (!pool_pipe_sync(lc->c))
+            lc_break(ln, lc);
     }
     if (sent) {
         lane_count(&ln->jobs, sent);
@@ -501,19 +538,40 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         lc_break(ln, lc);
         return;
     }
+    struct job_fifo again = {0};
+    uint64_t nagain = 0;
     while (lc->nflight > 0) {
         PGresult *r = NULL;
-        int got = pool_pipe_next(lc->c, lc->flight.head->prepared_now, &r);
+        struct pipe_job *head = lc->flight.head;
+        int got = pool_pipe_next(lc->c, head->prepared_now, head->sync_after, &r);
         if (got == 0)
             break;
         if (got < 0) {
             lc_break(ln, lc);
-            return;
+            break;
         }
         struct pipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
+        if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED && job->read_only && !job->alone) {
+            /* an earlier read of its group failed: this one did not run; run it alone */
+            PQclear(r);
+            job->alone = true;
+            fifo_push(&again, job);
+            nagain++;
+            continue;
+        }
         complete(job, r, pool_result_err(lc->c, r));
     }
+    if (again.head) {
+        /* first in line, in their order */
+        again.tail->next = ln->queue.head;
+        if (!ln->queue.head)
+            ln->queue.tail = again.tail;
+        ln->queue.head = again.head;
+        lane_count(&ln->regrouped, nagain);
+    }
+    if (!lc->c)
+        return; /* broken above */
     if (lc->nflight > 0 && now - lc->flight.head->queued_us > lane_deadline_us(ln))
         lc_break(ln, lc); /* silent far past statement_timeout: the connection is gone */
 }
@@ -562,10 +620,12 @@ void pipe_stats(struct pipe *p, struct pipe_stats *out)
     out->jobs = atomic_load(&p->jobs);
     out->batches = atomic_load(&p->batches);
     out->expired = atomic_load(&p->expired);
+    out->regrouped = 0;
     int n = atomic_load(&p->nlanes);
     for (int i = 0; i < n && i < p->max_lanes; i++) {
         out->jobs += atomic_load_explicit(&p->lanes[i].jobs, memory_order_relaxed);
         out->batches += atomic_load_explicit(&p->lanes[i].batches, memory_order_relaxed);
+        out->regrouped += atomic_load_explicit(&p->lanes[i].regrouped, memory_order_relaxed);
     }
 }
 

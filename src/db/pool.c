@@ -27,6 +27,7 @@ struct pool_conn {
     PGresult *pipe_keep;
     int pipe_nulls;
     bool pipe_prep_failed;
+    bool pipe_prep_ended; /* the current statement's prepare has delivered its results */
 };
 
 struct pool {
@@ -111,6 +112,7 @@ static void conn_close(struct pool_conn *c)
     c->pipe_seen = 0;
     c->pipe_nulls = 0;
     c->pipe_prep_failed = false;
+    c->pipe_prep_ended = false;
 }
 
 void pool_free(struct pool *p)
@@ -379,17 +381,18 @@ PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *c
  * Pipelined batches
  * ---------------------------------------------------------------------------------- */
 
-/* Queues statement st with its Sync, preparing it first when this connection has not
- * (*prepared_now tells). Returns false when libpq refused (out of memory, broken). */
+/* Queues statement st, with its Sync when sync, preparing it first when this connection
+ * has not (*prepared_now tells). Returns false when libpq refused (out of memory,
+ * broken). */
 static bool batch_queue(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
-                        bool *prepared_now)
+                        bool *prepared_now, bool sync)
 {
     size_t slot = 0;
     int found = prepared_find(c, st, &slot);
     *prepared_now = false;
     if (found < 0)
         return PQsendQueryParams(c->pg, st->sql, st->nparams, NULL, params, NULL, NULL, 0) &&
-               PQpipelineSync(c->pg);
+               (!sync || PQpipelineSync(c->pg));
     if (found == 0) {
         if (!PQsendPrepare(c->pg, st->name, st->sql, st->nparams, NULL))
             return false;
@@ -400,7 +403,7 @@ static bool batch_queue(struct pool_conn *c, const struct db_stmt *st, const cha
         *prepared_now = true;
     }
     return PQsendQueryPrepared(c->pg, st->name, st->nparams, params, NULL, NULL, 0) &&
-           PQpipelineSync(c->pg);
+           (!sync || PQpipelineSync(c->pg));
 }
 
 /* Waits until a result can be taken without blocking, sending what is still buffered
@@ -431,24 +434,43 @@ static bool result_ok(const PGresult *r)
     return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
 }
 
-int pool_pipe_next(struct pool_conn *c, bool prepared_now, PGresult **out)
+/* Hands over what was kept for the statement just completed and resets for the next. */
+static int pipe_hand_over(struct pool_conn *c, PGresult **out)
+{
+    *out = c->pipe_keep ? c->pipe_keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    c->pipe_keep = NULL;
+    c->pipe_seen = 0;
+    c->pipe_prep_ended = false;
+    return 1;
+}
+
+int pool_pipe_next(struct pool_conn *c, bool prepared_now, bool sync_after, PGresult **out)
 {
     for (;;) {
         if (PQisBusy(c->pg))
             return 0;
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
-            if (++c->pipe_nulls > 2)
-                return -1; /* nothing more is queued: libpq lost track of the pipeline */
+            /* The end of one command's results: the prepare's, or the statement's. */
+            if (c->pipe_seen == 0) {
+                if (++c->pipe_nulls > 2)
+                    return -1; /* nothing more is queued: libpq lost track of the pipeline */
+                continue;
+            }
+            if (prepared_now && c->pipe_seen == 1 && !c->pipe_prep_ended) {
+                c->pipe_prep_ended = true;
+                continue;
+            }
+            if (!sync_after)
+                return pipe_hand_over(c, out); /* inside a group: no Sync of its own */
             continue;
         }
         c->pipe_nulls = 0;
         if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
             PQclear(r);
-            *out = c->pipe_keep ? c->pipe_keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
-            c->pipe_keep = NULL;
-            c->pipe_seen = 0;
-            return 1;
+            if (!sync_after)
+                return -1; /* a Sync where none was sent: libpq lost track */
+            return pipe_hand_over(c, out);
         }
         bool is_prepare = prepared_now && c->pipe_seen == 0;
         c->pipe_seen++;
@@ -472,7 +494,7 @@ static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now
     while (done < n) {
         if (!batch_wait(c, deadline))
             break;
-        int rc = pool_pipe_next(c, prepared_now[done], &out[done]);
+        int rc = pool_pipe_next(c, prepared_now[done], true, &out[done]);
         if (rc < 0)
             break;
         done += (size_t)rc;
@@ -494,7 +516,7 @@ static size_t batch_once(struct pool_conn *c, size_t n, const struct db_stmt *co
     if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg))
         return 0;
     for (size_t i = 0; i < n; i++) {
-        if (!batch_queue(c, st[i], params[i], &prepared_now[i]))
+        if (!batch_queue(c, st[i], params[i], &prepared_now[i], true))
             return 0;
     }
     size_t done = batch_read(c, n, prepared_now, out);
@@ -535,10 +557,21 @@ bool pool_pipe_begin(struct pool_conn *c)
 }
 
 bool pool_pipe_send(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
-                    bool *prepared_now)
+                    bool *prepared_now, bool sync)
 {
     c->execs++;
-    return batch_queue(c, st, params, prepared_now);
+    return batch_queue(c, st, params, prepared_now, sync);
+}
+
+bool pool_pipe_sync(struct pool_conn *c)
+{
+    return PQpipelineSync(c->pg) == 1;
+}
+
+bool pool_pipe_prepared(struct pool_conn *c, const struct db_stmt *st)
+{
+    size_t slot = 0;
+    return c->pg && prepared_find(c, st, &slot) == 1;
 }
 
 int pool_pipe_flush(struct pool_conn *c)

@@ -187,3 +187,50 @@ def test_connections_killed_while_idle_are_replaced_before_use(server, sql):
         codes += [server.get('/v1/bonds/pipe-idle').status_code for _ in range(10)]
         assert codes == [200] * 20, (round_, codes)
     assert sql.execute("SELECT daily_msg_count FROM bonds WHERE user_id = 'pipe-idle'").fetchone() == (30,)
+
+
+def test_reads_share_a_sync_and_one_failing_read_fails_alone(pg, db_url, sql, make_server):
+    """A lane sends consecutive bond reads as one group (one Sync, one write each way):
+    fewer round trips than reads. A read that fails inside a group (here a stored
+    timestamp of 'infinity' that cannot be converted to microseconds) makes the reads after it in that
+    group fail with PIPELINE_ABORTED; those are run again alone, so every other read still
+    gets its own entry, and the failing one answers as it does on its own."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1')
+    users = [f'grp-{i}' for i in range(24)]
+    for i, u in enumerate(users):
+        assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': i + 1}).status_code == 200
+    assert s.put('/v1/bonds/grp-bad/rate-limit', json={'daily_msg_cap': 1}).status_code == 200
+    sql.execute("UPDATE bonds SET phase_entered_at = 'infinity' WHERE user_id = 'grp-bad'")
+    alone = s.get('/v1/bonds/grp-bad')
+    # a stored row that cannot be served is the server's fault, whatever read it is in
+    assert alone.status_code == 500 and alone.json()['type'] == '/problems/internal', alone.text
+    caps = {u: i + 1 for i, u in enumerate(users)}
+    stmts0 = metric(s, 'db_pipeline_statements_total')
+    batches0 = metric(s, 'db_pipeline_batches_total')
+    regrouped0 = metric(s, 'db_pipeline_regrouped_total')
+
+    def read(u):
+        r = s.get(f'/v1/bonds/{u}')
+        return u, r.status_code, r.json()
+
+    total = 0
+    for _ in range(10):  # until a failing read has landed inside a group at least once
+        work = (users + ['grp-bad'] * 6) * 4
+        with ThreadPoolExecutor(32) as ex:
+            results = list(ex.map(read, work))
+        total += len(work)
+        for u, status, body in results:
+            if u == 'grp-bad':
+                assert status == alone.status_code and body['type'] == alone.json()['type'], body
+            else:
+                assert status == 200 and body['user_id'] == u and \
+                    body['daily_msg_cap'] == caps[u], (u, status, body)
+        if metric(s, 'db_pipeline_regrouped_total') > regrouped0:
+            break
+    assert metric(s, 'db_pipeline_regrouped_total') > regrouped0
+    stmts = metric(s, 'db_pipeline_statements_total') - stmts0
+    batches = metric(s, 'db_pipeline_batches_total') - batches0
+    assert stmts >= total and batches < stmts, (stmts, batches)
+    sql.execute("UPDATE bonds SET phase_entered_at = now() WHERE user_id = 'grp-bad'")
+    r = s.get('/v1/bonds/grp-bad')
+    assert r.status_code == 200 and r.json()['daily_msg_cap'] == 1
