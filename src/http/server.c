@@ -46,10 +46,13 @@ struct http_loop {
     pthread_t self; /* the same, as the loop thread itself saw it when it started */
     bool running;
     /* Loop-thread only. Deferred requests waiting unsuspended for their answer (see
-     * DEFER_WAITING), and whether the last round queued a response, which libmicrohttpd
-     * sends on its next run. */
+     * DEFER_WAITING), and whether the last run of libmicrohttpd made progress: called
+     * back for anything but a request still waiting (a new request, a response queued,
+     * a request completed), or an answer arrived since. libmicrohttpd often needs
+     * another run to go on (it writes a queued response, or reads the next request on
+     * a keep-alive connection, only on its next run). */
     int waiting;
-    bool kick;
+    bool progress;
     int64_t now_us; /* the clock at the start of the current run */
     /* Request states kept for reuse: at about 3 KiB each they are past malloc's
      * per-thread cache, and its slow path cost 3% of a bond read. */
@@ -395,7 +398,7 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
     for (int i = 0; i < resp->nheaders; i++)
         MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
     rs->status = resp->status;
-    rs->loop->kick = true; /* libmicrohttpd may send it only on its next run */
+    rs->loop->progress = true; /* libmicrohttpd may send it only on its next run */
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     return ok;
@@ -515,7 +518,7 @@ void http_deferred_finish(struct http_deferred *d)
     if (!pthread_equal(pthread_self(), loop->self))
         loop_wake(loop);
     else
-        loop->kick = true;
+        loop->progress = true;
 }
 
 /* Runs on an HTTP handler thread: the key check the snapshot could not decide, then the
@@ -627,6 +630,7 @@ static enum MHD_Result deferred_poll(struct reqstate *rs, struct MHD_Connection 
                                                     memory_order_acq_rel, memory_order_acquire)) {
             metrics_count(rs->srv->o.metrics, MC_HTTP_PARKED, 1);
             MHD_suspend_connection(conn);
+            rs->loop->progress = true;
             return MHD_YES;
         }
         atomic_fetch_sub(&rs->srv->suspended, 1); /* it finished meanwhile: st is DONE */
@@ -646,6 +650,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct http_loop *loop = cls;
     struct http_server *srv = loop->srv;
     struct reqstate *rs = *con_cls;
+    if (!rs || !rs->deferred)
+        loop->progress = true;
     if (!rs) {
         rs = rs_new(loop);
         if (!rs)
@@ -707,6 +713,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct reqstate *rs = *con_cls;
     if (!rs)
         return;
+    rs->loop->progress = true; /* the connection reads its next request on the next run */
     int64_t dur = mono_us() - rs->start_us;
     int route_index = rs->match.route ? rs->match.route->index : -1;
     int status = rs->status ? rs->status : 499;
@@ -799,11 +806,11 @@ static void *loop_main(void *arg)
             timeout = mt > 60000 ? 60000 : (int)mt;
         /* Deferred requests waiting in place keep libmicrohttpd's ready list non-empty,
          * so it asks for no wait at all. Their answers wake us (the lane's socket, or
-         * the wake descriptor), so the loop naps instead, at most until the oldest must
-         * be parked; but not after a round that queued a response, which libmicrohttpd
-         * writes on its next run. Other work in that list (the rest of a large upload
-         * or response) therefore waits for the next wake-up, at most park_ms. */
-        if (timeout == 0 && l->waiting > 0 && !l->kick)
+         * the wake descriptor), so once a run has made no progress the loop naps instead,
+         * at most until the oldest must be parked. Work libmicrohttpd does without
+         * calling us back (the rest of a large upload or response, a header that filled
+         * the read buffer) then waits for the next wake-up, at most park_ms. */
+        if (timeout == 0 && l->waiting > 0 && !l->progress)
             timeout = (int)((s->park_us + 999) / 1000);
         if (gto >= 0 && (timeout < 0 || gto < timeout))
             timeout = gto;
@@ -823,7 +830,7 @@ static void *loop_main(void *arg)
             loop_accept(l);
         if (gs)
             g->service(gs, fds + 3, n > 0 ? gn : 0);
-        l->kick = false;
+        l->progress = false;
         l->now_us = mono_us();
         MHD_run(l->daemon);
     }

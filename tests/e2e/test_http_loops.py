@@ -295,31 +295,46 @@ def test_a_request_waiting_in_place_holds_up_no_other_answer(pg, db_url, make_se
         r = sess.get(s.url + '/v1/bonds/park-free')
         assert r.status_code == 200 and r.json()['daily_msg_cap'] == 7
     assert metric(s, 'http_requests_parked_total') == parked0
-    with psycopg.connect(db_url) as locker:
-        locker.execute("SELECT 1 FROM bonds WHERE user_id = 'park-stuck' FOR UPDATE")
-        out = []
-        t = threading.Thread(target=lambda: out.append(s.post('/v1/bonds/park-stuck/messages')))
-        t.start()
-        time.sleep(0.2)  # waiting in place now, not parked yet
-        slowest = 0.0
-        for _ in range(30):
-            t0 = time.monotonic()
-            r = sess.get(s.url + '/v1/bonds/park-free')
-            slowest = max(slowest, time.monotonic() - t0)
-            assert r.status_code == 200 and r.json()['daily_msg_cap'] == 7
-        assert slowest < 0.5, f'a read took {slowest:.3f} s behind a request waiting in place'
-        assert metric(s, 'http_requests_parked_total') == parked0
-        time.sleep(1.0)  # past the park: the next round of the loop parks it
-        deadline = time.monotonic() + 3
-        while metric(s, 'http_requests_parked_total') == parked0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert metric(s, 'http_requests_parked_total') == parked0 + 1
-        assert t.is_alive()
-        r = sess.get(s.url + '/v1/bonds/park-free')
-        assert r.status_code == 200
-        locker.rollback()
-    t.join(10)
-    assert out and out[0].status_code == 200 and out[0].json()['count'] == 1, out
+    # Keep-alive reads behind a request waiting in place: each read's completion and the
+    # next read take libmicrohttpd a run that no wake-up of its own starts, so a loop
+    # that napped there held reads up for the whole park (seen about once in 300 reads).
+    slowest = 0.0
+    for rnd in range(4):
+        with psycopg.connect(db_url) as locker:
+            locker.execute("SELECT 1 FROM bonds WHERE user_id = 'park-stuck' FOR UPDATE")
+            out = []
+            t = threading.Thread(
+                target=lambda: out.append(s.post('/v1/bonds/park-stuck/messages')))
+            t.start()
+            time.sleep(0.2)  # waiting in place now, not parked yet
+            for i in range(80):
+                t0 = time.monotonic()
+                if i % 8 >= 6:
+                    # answered on the loop itself, once the lane has let its idle
+                    # connection go: nothing but the client wakes the loop
+                    time.sleep(0.005)
+                    t0 = time.monotonic()
+                    r = sess.get(s.url + '/v1/no-such-route')
+                    assert r.status_code == 404
+                else:
+                    r = sess.get(s.url + '/v1/bonds/park-free')
+                    assert r.status_code == 200 and r.json()['daily_msg_cap'] == 7
+                slowest = max(slowest, time.monotonic() - t0)
+            assert slowest < 0.5, f'a read took {slowest:.3f} s behind a request waiting in place'
+            assert t.is_alive()
+            if rnd == 3:
+                assert metric(s, 'http_requests_parked_total') == parked0
+                time.sleep(1.0)  # past the park: the next round of the loop parks it
+                deadline = time.monotonic() + 3
+                while (metric(s, 'http_requests_parked_total') == parked0
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)
+                assert metric(s, 'http_requests_parked_total') == parked0 + 1
+                assert t.is_alive()
+                assert sess.get(s.url + '/v1/bonds/park-free').status_code == 200
+            locker.rollback()
+        t.join(10)
+        assert out and out[0].status_code == 200 and out[0].json()['count'] == rnd + 1, out
 
 
 def test_a_client_that_leaves_while_its_request_waits_in_place(pg, db_url, make_server):
