@@ -6,6 +6,7 @@
 
 #include "steward/app.h"
 #include "steward/bonds.h"
+#include "steward/crypto.h"
 #include "steward/healer.h"
 #include "steward/lessons.h"
 #include "steward/log.h"
@@ -30,6 +31,15 @@ void fuzz_fail(const char *what, const char *detail)
     abort();
 }
 
+/* At exit, before libraries tear down their own state: a hello job may still run on the
+ * work queue's thread (it tries the absent database), and a thread that outlives exit's
+ * cleanup crashed once, after libFuzzer had finished. */
+static void world_drain(void)
+{
+    workq_free(app.workq);
+    app.workq = NULL;
+}
+
 struct fuzz_world *fuzz_world_get(bool with_ws)
 {
     if (built)
@@ -44,6 +54,11 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     app.workq = workq_new(1);
     if (!app.pool || !app.metrics || !app.workq)
         fuzz_fail("setup", "pool, metrics or workq");
+    /* libcrypto registers its own exit cleanup on first use: use it first, so that the
+     * drain (registered after) runs before it */
+    unsigned char rnd[1];
+    crypto_random(rnd, sizeof(rnd));
+    atexit(world_drain);
     if (with_ws) {
         struct ws_server_opts wo = {.bind = "127.0.0.1", .port = 0, .hello_timeout_s = 10,
                                     .heartbeat_s = 30, .max_queue_bytes = 1 << 20,
