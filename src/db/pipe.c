@@ -10,7 +10,7 @@
 #include "steward/err.h"
 
 #define LANE_LINGER_MS 2  /* an idle lane connection is kept this long */
-#define LANE_BEHIND_US 1500 /* an answer this late: new statements go to another connection */
+#define LANE_STALL_MS 20  /* an answer this late: new statements go to another connection */
 #define LANE_GROUP_MAX 32 /* read-only statements sharing one Sync */
 #define LANE_CONNS PIPE_LANE_FDS
 
@@ -32,11 +32,9 @@ struct lane_conn {
  * thread queue here without any atomic operation; the loop sends them after each round
  * of its own work and reads results when a connection's socket has input, so the
  * request never changes threads. New statements go to the current connection; when its
- * oldest answer is LANE_BEHIND_US late the lane moves what follows to another
- * connection (one it holds idle, else a free one). So one blocked statement (a row
- * lock, a stuck backend) holds up only what was pipelined behind it, and writes, which
- * one backend runs one after another, each waiting for its commit, spread over a few
- * backends when they pile up. Everything but the counters is touched only by the
+ * oldest answer is LANE_STALL_MS late (a row lock, a stuck backend) the lane takes
+ * another free connection for what follows, so one blocked statement holds up only
+ * what was pipelined behind it. Everything but the counters is touched only by the
  * owning thread. */
 struct pipe_lane {
     struct pipe *p;
@@ -387,24 +385,17 @@ static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
     return slot;
 }
 
-/* Picks the connection for new statements: the current one unless it is behind, then
- * one the lane holds idle, then a free one from the pool. */
+/* Picks the connection for new statements: the current one unless it stalls. */
 static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
 {
     if (ln->cur >= 0) {
         struct lane_conn *lc = &ln->conns[ln->cur];
-        if (lc->nflight == 0 || now - lc->flight.head->queued_us < LANE_BEHIND_US)
+        if (lc->nflight == 0 || now - lc->flight.head->queued_us < LANE_STALL_MS * 1000)
             return lc;
-        for (int i = 0; i < LANE_CONNS; i++) {
-            if (ln->conns[i].c && ln->conns[i].nflight == 0) {
-                ln->cur = i;
-                return &ln->conns[i];
-            }
-        }
         int slot = lane_take_conn(ln, false);
         if (slot >= 0)
             ln->cur = slot;
-        return &ln->conns[ln->cur]; /* none free: queue behind the late one */
+        return &ln->conns[ln->cur]; /* none free: queue behind the stalled one */
     }
     for (int i = 0; i < LANE_CONNS; i++) {
         if (ln->conns[i].c && ln->conns[i].nflight == 0) {
