@@ -38,7 +38,7 @@ const env = (g('settings') || {}).steward_env;
 p(`- ${v.steward}, commit ${v.commit}, release build (meson buildtype=release, no sanitizers), ` +
   (env ? `settings \`STEWARD_ACCESS_LOG=false ${env}\`, the rest default`
     : 'defaults except `STEWARD_ACCESS_LOG=false` (pool of 8 connections, 4 HTTP threads, 4 worker threads)'));
-p(`- PostgreSQL ${v.postgresql} (throwaway cluster, unix socket, fsync/synchronous_commit off, shared_buffers 256MB)`);
+p(`- PostgreSQL ${v.postgresql} (throwaway cluster, unix socket, fsync/synchronous_commit off, shared_buffers 1GB)`);
 p(`- wrk ${v.wrk}, node ${v.node} with ws ${v.ws}; libmicrohttpd ${v.libmicrohttpd}, ` +
   `libwebsockets ${v.libwebsockets}, libpq ${v.libpq}, jansson ${v.jansson}; ${v.cc}`);
 p(`- mode ${m.mode}: ${prm.dur_s} s per measured run after ${prm.warm_s} s warm-up, ` +
