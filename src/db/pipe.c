@@ -110,6 +110,17 @@ static struct pipe_job *fifo_pop(struct job_fifo *f)
     return job;
 }
 
+/* Puts the jobs of front (in their order) ahead of those of f; front is left as is. */
+static void fifo_prepend(struct job_fifo *f, const struct job_fifo *front)
+{
+    if (!front->head)
+        return;
+    front->tail->next = f->head;
+    if (!f->head)
+        f->tail = front->tail;
+    f->head = front->head;
+}
+
 /* Empties f, returning its jobs as a list. */
 static struct pipe_job *fifo_take(struct job_fifo *f)
 {
@@ -418,6 +429,13 @@ static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
     return slot >= 0 ? &ln->conns[slot] : NULL;
 }
 
+/* Whether job may share a Sync with its neighbours: a read whose statement is prepared on
+ * the connection already, and that has not failed with a group before. */
+static bool groupable(struct lane_conn *lc, const struct pipe_job *job)
+{
+    return job->read_only && !job->alone && pool_pipe_prepared(lc->c, job->st);
+}
+
 /* Sends every queued job. Consecutive reads (read_only jobs whose statement is prepared
  * on the connection already) share one Sync: libpq writes to the socket at each Sync, and the
  * server answers a group with one write too. Everything else keeps its own Sync, so it
@@ -441,22 +459,19 @@ static void lane_send(struct pipe_lane *ln)
             complete(job, NULL, ST_EUNAVAIL);
             continue;
         }
-        bool group = job->read_only && !job->alone && grouped < LANE_GROUP_MAX &&
-                     pool_pipe_prepared(lc->c, job->st);
+        bool group = groupable(lc, job) && grouped < LANE_GROUP_MAX;
         if (open && !group) {
             open->sync_after = true;
             open = NULL;
             grouped = 0;
             if (!pool_pipe_sync(lc->c)) {
                 /* not sent: first in line again, for the next pass on another connection */
-                job->next = ln->queue.head;
-                ln->queue.head = job;
-                if (!ln->queue.tail)
-                    ln->queue.tail = job;
+                job->next = NULL;
+                fifo_prepend(&ln->queue, &(struct job_fifo){job, job});
                 lc_break(ln, lc);
                 break;
             }
-            group = job->read_only && !job->alone && pool_pipe_prepared(lc->c, job->st);
+            group = groupable(lc, job);
         }
         job->queued_us = now; /* from here on: when it was sent */
         job->sync_after = !group;
@@ -563,11 +578,7 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         complete(job, r, pool_result_err(lc->c, r));
     }
     if (again.head) {
-        /* first in line, in their order */
-        again.tail->next = ln->queue.head;
-        if (!ln->queue.head)
-            ln->queue.tail = again.tail;
-        ln->queue.head = again.head;
+        fifo_prepend(&ln->queue, &again); /* first in line, in their order */
         lane_count(&ln->regrouped, nagain);
     }
     if (!lc->c)
