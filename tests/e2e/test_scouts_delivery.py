@@ -222,3 +222,42 @@ def test_requeued_proposal_goes_again_to_every_session(make_server, fresh_db_url
         pid = run(body())
         st = row(sql, pid)
         assert st[0] == 'acked' and st[1] == 2
+
+
+def test_presence_refresh_in_chunks(make_server, fresh_db_url):
+    """STEWARD_WS_HEARTBEAT_S=2 (presence every second) with 300 connected devices, more
+    than one refresh statement holds (256): every device's lease is renewed, and devices
+    deleted behind steward's back (no notification) are closed with 4403 whichever
+    statement carried them, while the others stay open."""
+    srv = make_server(fresh_db_url, STEWARD_WS_HEARTBEAT_S=2)
+    devs = [mk_device(srv, uid(f'p{i}')) for i in range(300)]
+    ids = [d['device_id'] for d in devs]
+    gone = set(random.sample(range(300), 40))
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        def renewed():
+            return sql.execute('SELECT count(*) FROM devices WHERE id = ANY(%s::uuid[]) '
+                               'AND connected_until > now()', (ids,)).fetchone()[0]
+
+        async def body():
+            socks = await asyncio.gather(*(Device.hello(srv, d) for d in devs))
+            sql.execute("UPDATE devices SET connected_until = now() - interval '1 minute' "
+                        'WHERE id = ANY(%s::uuid[])', (ids,))
+            assert renewed() == 0
+            deadline = time.monotonic() + 5
+            while renewed() < 300 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert renewed() == 300
+
+            sql.execute('DELETE FROM devices WHERE id = ANY(%s::uuid[])',
+                        ([ids[i] for i in gone],))
+            closed = await asyncio.gather(*(socks[i].closed() for i in gone))
+            assert [c for c, _ in closed] == [4403] * 40
+            assert all(frames == [] for _, frames in closed)
+            # the others are still served
+            for i in random.sample([i for i in range(300) if i not in gone], 20):
+                await socks[i].nothing(0.05)
+                assert socks[i].ws.close_code is None
+            await asyncio.gather(*(socks[i].close() for i in range(300) if i not in gone))
+
+        run(body())
