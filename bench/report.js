@@ -141,12 +141,24 @@ if (wsKeys.length) {
         (w.storm ? `; storm: sockets closed in ${f(w.storm.close_seconds)} s, queued ${JSON.stringify(w.storm.queued_while_away)} ` +
           `in ${f(w.storm.queue_seconds)} s, ${w.storm.connect_failures} reconnect failures` : ''));
     }
+    if (w.warmup) {
+      p(`  warm-up before the measured ingest (not measured): ${int(w.warmup.items)} items at the same rate, ` +
+        `HTTP status ${JSON.stringify(w.warmup.http_status)}, ${int(w.warmup.delivered)} delivered and ` +
+        `${int(w.warmup.acked)} acked after ${f(w.warmup.seconds)} s`);
+    }
     const gen = w.ingest && w.ingest.generator;
     if (gen && gen.sender && gen.devices) {
-      p(`  load generator during the ingest (${int(w.device_procs)} device processes, one sender): ` +
-        `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
-        `in the sender, worst device process ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms; ` +
-        `longest GC pause ${f(gen.sender.gc_max_ms)} ms (sender), ${f(gen.devices.gc_max_ms)} ms (devices)`);
+      if (w.device_impl === 'c') {
+        p(`  load generator during the ingest (the devices in ${int(w.device_procs)} C process, one Node sender): ` +
+          `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
+          `and longest GC pause ${f(gen.sender.gc_max_ms)} ms in the sender; the device process spent p99 / max ` +
+          `${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms on one batch of socket events`);
+      } else {
+        p(`  load generator during the ingest (${int(w.device_procs)} Node device processes, one sender): ` +
+          `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
+          `in the sender, worst device process ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms; ` +
+          `longest GC pause ${f(gen.sender.gc_max_ms)} ms (sender), ${f(gen.devices.gc_max_ms)} ms (devices)`);
+      }
     }
     const pw = w.ingest && w.ingest.pool_waits;
     if (pw) {
@@ -162,8 +174,10 @@ if (wsKeys.length) {
   }
   p();
   p('Latency is measured from sending the ingest POST (in the sender process) to the `scout_proposal` ' +
-    'frame arriving on the device (in a device process), both stamped with process.hrtime, which is ' +
-    'CLOCK_MONOTONIC, one clock for every process of the machine. "exactly own": every device received exactly one proposal, ' +
+    'frame arriving on the device (in the device process), both stamped with CLOCK_MONOTONIC ' +
+    '(process.hrtime in the Node sender, clock_gettime in the C device process), one clock for every process of the machine. The measured ingest follows a ' +
+    'warm-up of one second of the same ingest for the first users (as every REST run follows its ' +
+    'warm-up), whose proposals are delivered and acked before it starts. "exactly own": every device received exactly one proposal, ' +
     'its own, and nothing else. Storm: every device closes, one proposal per user is queued while they ' +
     'are away, then all devices reconnect at once; the time runs from the first connect until the last ' +
     'device holds its proposal.');

@@ -8,6 +8,7 @@
 //   open {}                reconnects the whole slice at once (the storm), no limit
 //   close {}               closes every socket
 //   report {}              waits (bounded) for the acks, returns per-device arrival times
+//   count {}               the phase's counters so far (the warm-up is watched with it)
 //   exit {}
 // and reports {ev: 'delivered'} once every device of the slice holds its proposal.
 const WebSocket = require('ws');
@@ -150,6 +151,7 @@ async function stormOpen() {
 }
 
 function startMonitor() {
+  if (eld) eld.disable(); // a phase that ended without a report (the warm-up)
   eld = monitorEventLoopDelay({ resolution: 1 });
   eld.enable();
   gcs = [];
@@ -206,6 +208,9 @@ process.on('message', async (m) => {
       break;
     case 'report':
       reply = await report();
+      break;
+    case 'count':
+      reply = { delivered, acked, wrong, dup, stray, problems: problems.splice(0) };
       break;
     case 'exit':
       await Promise.all(devices.map((d) => d.close()));

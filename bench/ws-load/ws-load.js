@@ -3,7 +3,10 @@
 // seed.js (one device and one scout per user) it:
 //  1. reads steward's VmRSS, opens --n authenticated device sockets (device_hello, waits
 //     for hello_ok), reads VmRSS again: KiB per connection;
-//  2. ingests one relevant item per user over REST (POST /v1/scouts/{id}/items) at --rate
+//  2. warms up: ingests --warmup seconds' worth of items at --rate for the first users and
+//     waits until their devices hold and have acked them (not measured; every REST
+//     workload of the suite has its warm-up too), then
+//     ingests one relevant item per user over REST (POST /v1/scouts/{id}/items) at --rate
 //     items per second, open loop, and measures for each the time from sending the POST to
 //     the scout_proposal frame on the user's device (every device acks what it gets);
 //     checks that every device got exactly its own proposal and nothing else;
@@ -12,30 +15,36 @@
 //     connect until every device holds its pending proposal (same exactness checks).
 //
 // The work is spread over processes so that the generator measures steward rather than
-// its own event loop: --device-procs processes (ws-devices.js) hold the sockets, one
-// process (ws-ingest.js) sends the ingest POSTs, and this one only orchestrates over IPC
-// and reads /metrics. Every timestamp is process.hrtime, i.e. CLOCK_MONOTONIC, one clock
-// for every process of the machine: a latency is the device process's arrival time of
-// the frame minus the sender's time just before it wrote the POST.
+// its own event loop: a C process (ws-devices.c, or --device-procs Node processes of
+// ws-devices.js with --device-impl node) holds the sockets, one process (ws-ingest.js)
+// sends the ingest POSTs, and this one only orchestrates and reads /metrics. Every
+// timestamp is CLOCK_MONOTONIC (process.hrtime, clock_gettime), one clock for every
+// process of the machine: a latency is the device process's arrival time of the frame
+// minus the sender's time just before it wrote the POST.
 // Prints one JSON object on stdout. Exits 1 when a check fails or a phase times out.
 const fs = require('fs');
 const path = require('path');
-const { fork } = require('child_process');
+const readline = require('readline');
+const { fork, spawn } = require('child_process');
 const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
   'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '',
-  'per-proc': '2500', preconnect: '8',
+  'per-proc': '2500', preconnect: '8', warmup: '1', 'device-impl': 'c',
+  'device-bin': path.join(__dirname, 'ws-devices'),
 });
+// The device sockets are held by ws-devices.c (one process, an epoll loop, no GC) unless
+// --device-impl node asks for the Node processes of ws-devices.js.
+const IMPL = args['device-impl'] === 'node' ? 'node' : 'c';
 const N = Number(args.n);
 const RATE = Number(args.rate);
 const TIMEOUT_MS = Number(args.timeout) * 1000;
 const PID = Number(args.pid);
-// default: one device process per 2,500 sockets, at most 4
-const PROCS = Math.max(1, Math.min(N, Number(args['device-procs']) ||
-  Math.min(4, Math.ceil(N / Number(args['per-proc'])))));
+// default: one C process; with Node one process per 2,500 sockets, at most 4
+const PROCS = Math.max(1, Math.min(N, Number(args['device-procs']) || (IMPL === 'c' ? 1 :
+  Math.min(4, Math.ceil(N / Number(args['per-proc']))))));
 const all = JSON.parse(fs.readFileSync(args.devices, 'utf8'));
 if (all.length < N) throw new Error(`devices file has ${all.length} devices, need ${N}`);
 const devs = all.slice(0, N);
@@ -83,6 +92,40 @@ class Child {
   }
 }
 
+// The same interface over a C child speaking JSON lines on its stdin and stdout.
+class LineChild {
+  constructor(bin, argv, onEvent) {
+    this.proc = spawn(bin, argv, { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.waiters = new Map();
+    this.seq = 0;
+    readline.createInterface({ input: this.proc.stdout }).on('line', (line) => {
+      const m = JSON.parse(line);
+      if (m.ev) { onEvent(m); return; }
+      const w = this.waiters.get(m.id);
+      this.waiters.delete(m.id);
+      if (!w) return;
+      if (m.reply && m.reply.error) w.reject(new Error(`${bin}: ${m.reply.error}`));
+      else w.resolve(m.reply);
+    });
+    this.proc.on('exit', (code) => {
+      for (const w of this.waiters.values()) w.reject(new Error(`${bin} exited ${code}`));
+      this.waiters.clear();
+    });
+  }
+
+  call(cmd, extra) {
+    const id = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.waiters.set(id, { resolve, reject });
+      this.proc.stdin.write(JSON.stringify(Object.assign({ id, cmd }, extra)) + '\n');
+    });
+  }
+
+  exit() {
+    if (this.proc.exitCode === null && this.proc.stdin.writable) this.proc.stdin.write('{"cmd":"exit"}\n');
+  }
+}
+
 let slicesDelivered = 0;
 let allDelivered = null;
 function onEvent(m) {
@@ -94,7 +137,11 @@ function onEvent(m) {
 
 // Device i goes to process i % PROCS.
 const procs = [];
-for (let p = 0; p < PROCS; p++) procs.push(new Child('ws-devices.js', onEvent));
+for (let p = 0; p < PROCS; p++) {
+  procs.push(IMPL === 'c' ? new LineChild(args['device-bin'],
+    [args['ws-url'], args.devices, String(N), String(p), String(PROCS)], onEvent)
+    : new Child('ws-devices.js', onEvent));
+}
 const sender = new Child('ws-ingest.js', () => {});
 const callAll = (cmd, extra) => Promise.all(procs.map((c) => c.call(cmd, extra)));
 
@@ -182,11 +229,13 @@ function worst(monitors) {
     gc_max_ms: max('gc_max_ms'), gc_total_ms: round(ms.reduce((a, m) => a + m.gc_total_ms, 0)) };
 }
 
-const out = { n: N, rate: RATE, device_procs: PROCS };
+const out = { n: N, rate: RATE, device_procs: PROCS, device_impl: IMPL };
 
 async function main() {
-  await Promise.all(procs.map((c, p) => c.call('init', { wsUrl: args['ws-url'],
-    devices: devs.map((d, i) => ({ idx: i, d })).filter((x) => x.idx % PROCS === p) })));
+  if (IMPL === 'node') {
+    await Promise.all(procs.map((c, p) => c.call('init', { wsUrl: args['ws-url'],
+      devices: devs.map((d, i) => ({ idx: i, d })).filter((x) => x.idx % PROCS === p) })));
+  }
 
   // 1. sockets and memory
   const rss0 = rssKiB(PID);
@@ -203,7 +252,36 @@ async function main() {
     rss_before_kib: rss0, rss_after_kib: rss1, kib_per_connection: round((rss1 - rss0) / N, 2) };
   if (failures) throw new Error(`${failures} devices could not connect`);
 
-  // 2. ingest at a controlled rate, open loop, from the sender process
+  // 2. warm-up: the same ingest for the first W users, its proposals delivered and acked
+  // before the measured ingest starts. It takes the first run of every code path (the
+  // generator's JIT, steward's and PostgreSQL's first inserts) out of the measurement.
+  const W = Math.min(N, Math.round(RATE * Number(args.warmup)));
+  if (W > 0) {
+    const warmPrefix = `${args.tag}-w-`;
+    await phase(warmPrefix);
+    const tw = nowMs();
+    const ws = await sender.call('ingest', { url: args.url, key: args.key, rate: RATE,
+      prefix: warmPrefix, preconnect: Number(args.preconnect),
+      items: devs.slice(0, W).map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
+    for (const p of ws.problems) problem(p);
+    let c = null;
+    const done = await waitFor(async () => {
+      const cs = await callAll('count');
+      c = { delivered: 0, acked: 0, wrong: 0, dup: 0, stray: 0 };
+      for (const x of cs) {
+        for (const k of Object.keys(c)) c[k] += x[k];
+        for (const p of x.problems) problem(`warm-up: ${p}`);
+      }
+      return c.delivered >= W && c.acked >= W;
+    }, TIMEOUT_MS, 20);
+    out.warmup = { items: W, seconds: round((nowMs() - tw) / 1000, 2), http_status: ws.status,
+      delivered: c.delivered, acked: c.acked, all_delivered: done };
+    if (!done || c.wrong || c.dup || c.stray) {
+      problem(`warm-up: ${JSON.stringify(out.warmup)}, wrong ${c.wrong}, duplicates ${c.dup}, stray ${c.stray}`);
+    }
+  }
+
+  // 3. ingest at a controlled rate, open loop, from the sender process
   const ingestPrefix = `${args.tag}-i-`;
   await phase(ingestPrefix);
   const pw0 = await poolWaits();
@@ -240,7 +318,7 @@ async function main() {
     pool_waits: poolWaitDelta(pw0, pw1),
     generator: { sender: s.monitor, devices: worst(g.monitors) } };
 
-  // 3. reconnect storm
+  // 4. reconnect storm
   if (args.storm === 'true') {
     const tc = nowMs();
     await callAll('close');
