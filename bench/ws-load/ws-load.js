@@ -58,71 +58,66 @@ function problem(msg) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// A forked child answering {id, cmd, ...} with {id, reply}; {ev} messages go to onEvent.
-class Child {
-  constructor(file, onEvent) {
-    this.proc = fork(path.join(__dirname, file), [], { serialization: 'advanced',
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+// A child process answering {id, cmd, ...} with {id, reply}; {ev} messages go to onEvent.
+// How messages travel is the subclass's: send(m) writes one, and it calls receive(m) for
+// each that arrives.
+class Peer {
+  constructor(name, proc, onEvent) {
+    this.name = name;
+    this.proc = proc;
+    this.onEvent = onEvent;
     this.waiters = new Map();
     this.seq = 0;
-    this.proc.on('message', (m) => {
-      if (m.ev) { onEvent(m); return; }
-      const w = this.waiters.get(m.id);
-      this.waiters.delete(m.id);
-      if (!w) return;
-      if (m.reply && m.reply.error) w.reject(new Error(`${file}: ${m.reply.error}`));
-      else w.resolve(m.reply);
-    });
-    this.proc.on('exit', (code) => {
-      for (const w of this.waiters.values()) w.reject(new Error(`${file} exited ${code}`));
+    proc.on('exit', (code) => {
+      for (const w of this.waiters.values()) w.reject(new Error(`${name} exited ${code}`));
       this.waiters.clear();
     });
+  }
+
+  receive(m) {
+    if (m.ev) { this.onEvent(m); return; }
+    const w = this.waiters.get(m.id);
+    this.waiters.delete(m.id);
+    if (!w) return;
+    if (m.reply && m.reply.error) w.reject(new Error(`${this.name}: ${m.reply.error}`));
+    else w.resolve(m.reply);
   }
 
   call(cmd, extra) {
     const id = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiters.set(id, { resolve, reject });
-      this.proc.send(Object.assign({ id, cmd }, extra));
+      this.send(Object.assign({ id, cmd }, extra));
     });
   }
 
   exit() {
-    if (this.proc.connected) this.proc.send({ cmd: 'exit' });
+    if (this.proc.exitCode === null) this.send({ cmd: 'exit' });
   }
 }
 
-// The same interface over a C child speaking JSON lines on its stdin and stdout.
-class LineChild {
+// A forked Node child, over Node's IPC channel.
+class Child extends Peer {
+  constructor(file, onEvent) {
+    super(file, fork(path.join(__dirname, file), [], { serialization: 'advanced',
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }), onEvent);
+    this.proc.on('message', (m) => this.receive(m));
+  }
+
+  send(m) {
+    if (this.proc.connected) this.proc.send(m);
+  }
+}
+
+// The C device process, over JSON lines on its stdin and stdout.
+class LineChild extends Peer {
   constructor(bin, argv, onEvent) {
-    this.proc = spawn(bin, argv, { stdio: ['pipe', 'pipe', 'inherit'] });
-    this.waiters = new Map();
-    this.seq = 0;
-    readline.createInterface({ input: this.proc.stdout }).on('line', (line) => {
-      const m = JSON.parse(line);
-      if (m.ev) { onEvent(m); return; }
-      const w = this.waiters.get(m.id);
-      this.waiters.delete(m.id);
-      if (!w) return;
-      if (m.reply && m.reply.error) w.reject(new Error(`${bin}: ${m.reply.error}`));
-      else w.resolve(m.reply);
-    });
-    this.proc.on('exit', (code) => {
-      for (const w of this.waiters.values()) w.reject(new Error(`${bin} exited ${code}`));
-      this.waiters.clear();
-    });
+    super(bin, spawn(bin, argv, { stdio: ['pipe', 'pipe', 'inherit'] }), onEvent);
+    readline.createInterface({ input: this.proc.stdout }).on('line', (line) => this.receive(JSON.parse(line)));
   }
 
-  call(cmd, extra) {
-    const id = ++this.seq;
-    return new Promise((resolve, reject) => {
-      this.waiters.set(id, { resolve, reject });
-      this.proc.stdin.write(JSON.stringify(Object.assign({ id, cmd }, extra)) + '\n');
-    });
-  }
-
-  exit() {
-    if (this.proc.exitCode === null && this.proc.stdin.writable) this.proc.stdin.write('{"cmd":"exit"}\n');
+  send(m) {
+    if (this.proc.stdin.writable) this.proc.stdin.write(JSON.stringify(m) + '\n');
   }
 }
 
