@@ -57,6 +57,7 @@ struct dev {
 struct gen {
     struct sockaddr_in addr;
     char host[96], path[256];
+    json_t *all; /* the devices file: device ids and tokens point into it */
     struct dev *d;
     int n;
     int ep;
@@ -468,6 +469,25 @@ static json_t *take_problems(struct gen *g)
     return p;
 }
 
+/* Frees what the loop owns and exits: every socket is closed by now. */
+static void gen_exit(struct gen *g, int code)
+{
+    for (int i = 0; i < g->n; i++) {
+        if (g->d[i].fd >= 0)
+            close(g->d[i].fd);
+        buf_free(&g->d[i].in);
+        buf_free(&g->d[i].out);
+    }
+    free(g->d);
+    free(g->retry);
+    free(g->prefix_own);
+    buf_free(&g->cin);
+    json_decref(g->problems);
+    json_decref(g->all);
+    close(g->ep);
+    exit(code);
+}
+
 /* Finishes the command in progress when it is done. */
 static void progress(struct gen *g, double t)
 {
@@ -512,7 +532,7 @@ static void progress(struct gen *g, double t)
                     dev_closed(g, &g->d[i]);
         if (g->open_fds == 0) {
             if (g->cmd == C_EXIT)
-                exit(0);
+                gen_exit(g, 0);
             reply(g, json_object());
         }
         break;
@@ -544,7 +564,8 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
     const char *cmd = m ? json_string_value(json_object_get(m, "cmd")) : NULL;
     if (!cmd) {
         fprintf(stderr, "ws-devices: bad command line\n");
-        exit(2);
+        json_decref(m);
+        gen_exit(g, 2);
     }
     g->cmd_id = json_integer_value(json_object_get(m, "id"));
     if (strcmp(cmd, "connect") == 0) {
@@ -607,7 +628,7 @@ static void on_stdin(struct gen *g, double t)
     char tmp[65536];
     ssize_t r = read(0, tmp, sizeof(tmp));
     if (r == 0)
-        exit(0); /* the orchestrator is gone */
+        gen_exit(g, 0); /* the orchestrator is gone */
     if (r < 0)
         return;
     buf_add(&g->cin, tmp, (size_t)r);
@@ -645,7 +666,7 @@ int main(int argc, char **argv)
         return 2;
     }
     json_error_t err;
-    json_t *all = json_load_file(argv[2], 0, &err);
+    json_t *all = g.all = json_load_file(argv[2], 0, &err);
     int n = atoi(argv[3]), proc = atoi(argv[4]), procs = atoi(argv[5]);
     if (!all || !json_is_array(all) || (int)json_array_size(all) < n || procs < 1) {
         fprintf(stderr, "ws-devices: cannot read %s\n", argv[2]);
