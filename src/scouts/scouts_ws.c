@@ -561,15 +561,16 @@ void scouts_on_notify(struct scouts *s, const char *payload)
 /* ------------------------------------------------------------ presence */
 
 /* Refreshes the presence of the devices in ids[from, to) in one statement and closes
- * the sessions of those the database no longer has. */
-static void presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t from, size_t to)
+ * the sessions of those the database no longer has. Returns the statement's outcome. */
+static int presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t from, size_t to)
 {
     json_t *chunk = json_array();
     for (size_t i = from; chunk && i < to; i++)
         json_array_append(chunk, json_array_get(ids, i));
     char *text = chunk ? json_dumps(chunk, JSON_COMPACT) : NULL;
     json_t *gone = NULL;
-    if (text && scouts_devices_refresh(s, text, &gone) == ST_OK) {
+    int rc = text ? scouts_devices_refresh(s, text, &gone) : ST_ENOMEM;
+    if (rc == ST_OK) {
         /* a device deleted while its notification was missed */
         size_t i;
         json_t *g;
@@ -587,6 +588,7 @@ static void presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t 
     json_decref(gone);
     free(text);
     json_decref(chunk);
+    return rc;
 }
 
 void scouts_presence_tick(struct scouts *s)
@@ -602,10 +604,15 @@ void scouts_presence_tick(struct scouts *s)
     }
     pthread_mutex_unlock(&s->mu);
     /* In statements of at most PRESENCE_CHUNK devices: one statement for 10,000 held
-     * their row locks (a hello of one of them waits) and a core for 250 ms. */
+     * their row locks (a hello of one of them waits) and a core for 250 ms. The first
+     * that fails ends the tick (the database is away: the next tick tries again), so
+     * the timer never waits out the pool once per chunk. */
     size_t n = json_array_size(ids);
-    for (size_t from = 0; from < n; from += PRESENCE_CHUNK)
-        presence_chunk(s, ids, users, from, from + PRESENCE_CHUNK < n ? from + PRESENCE_CHUNK : n);
+    for (size_t from = 0; from < n; from += PRESENCE_CHUNK) {
+        size_t to = from + PRESENCE_CHUNK < n ? from + PRESENCE_CHUNK : n;
+        if (presence_chunk(s, ids, users, from, to) != ST_OK)
+            break;
+    }
     json_decref(ids);
     json_decref(users);
 }
