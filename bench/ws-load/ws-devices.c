@@ -50,7 +50,7 @@ struct dev {
     int attempts;
     struct buf in, out;
     int got;
-    double got_at, hello_at;
+    double got_at;
 };
 
 /* Everything the loop owns, passed down. */
@@ -61,8 +61,7 @@ struct gen {
     struct dev *d;
     int n;
     int ep;
-    const char *prefix;
-    char *prefix_own;
+    char *prefix; /* the phase's: proposals must carry it + the device's index */
     long delivered, acked, wrong, dup, stray;
     json_t *problems;
     struct buf cin; /* stdin, a line at a time */
@@ -274,7 +273,6 @@ static void on_text(struct gen *g, struct dev *d, const char *p, size_t n, doubl
     } else if (strcmp(type, "hello_ok") == 0) {
         if (!d->authed) {
             d->authed = true;
-            d->hello_at = t;
             if (t > g->last_hello)
                 g->last_hello = t;
             if (g->cmd == C_CONNECT || g->cmd == C_OPEN)
@@ -480,7 +478,7 @@ static void gen_exit(struct gen *g, int code)
     }
     free(g->d);
     free(g->retry);
-    free(g->prefix_own);
+    free(g->prefix);
     buf_free(&g->cin);
     json_decref(g->problems);
     json_decref(g->all);
@@ -578,9 +576,9 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
         g->in_flight = 0;
         g->failures = 0;
     } else if (strcmp(cmd, "phase") == 0) {
-        free(g->prefix_own);
-        g->prefix_own = strdup(json_string_value(json_object_get(m, "prefix")));
-        g->prefix = g->prefix_own;
+        const char *prefix = json_string_value(json_object_get(m, "prefix"));
+        free(g->prefix);
+        g->prefix = prefix ? strdup(prefix) : NULL;
         g->delivered = g->acked = g->wrong = g->dup = g->stray = 0;
         for (int i = 0; i < g->n; i++) {
             g->d[i].got = 0;

@@ -33,7 +33,7 @@ const args = parseArgs(process.argv.slice(2), {
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
   'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '',
   'per-proc': '2500', preconnect: '8', warmup: '1', 'device-impl': 'c',
-  'device-bin': path.join(__dirname, 'ws-devices'),
+  'device-bin': path.join(__dirname, '..', '..', 'build-release', 'bench-ws-devices'),
 });
 // The device sockets are held by ws-devices.c (one process, an epoll loop, no GC) unless
 // --device-impl node asks for the Node processes of ws-devices.js.
@@ -226,6 +226,13 @@ function worst(monitors) {
 
 const out = { n: N, rate: RATE, device_procs: PROCS, device_impl: IMPL };
 
+// Has the sender post one item for each of devs[0, n) at RATE, refs prefix + index.
+function ingestBy(prefix, n) {
+  return sender.call('ingest', { url: args.url, key: args.key, rate: RATE, prefix,
+    preconnect: Number(args.preconnect),
+    items: devs.slice(0, n).map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
+}
+
 async function main() {
   if (IMPL === 'node') {
     await Promise.all(procs.map((c, p) => c.call('init', { wsUrl: args['ws-url'],
@@ -255,9 +262,7 @@ async function main() {
     const warmPrefix = `${args.tag}-w-`;
     await phase(warmPrefix);
     const tw = nowMs();
-    const ws = await sender.call('ingest', { url: args.url, key: args.key, rate: RATE,
-      prefix: warmPrefix, preconnect: Number(args.preconnect),
-      items: devs.slice(0, W).map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
+    const ws = await ingestBy(warmPrefix, W);
     for (const p of ws.problems) problem(p);
     let c = null;
     const done = await waitFor(async () => {
@@ -281,8 +286,7 @@ async function main() {
   await phase(ingestPrefix);
   const pw0 = await poolWaits();
   const delivered = waitDelivered(TIMEOUT_MS + N * 1000 / RATE);
-  const s = await sender.call('ingest', { url: args.url, key: args.key, rate: RATE,
-    prefix: ingestPrefix, preconnect: Number(args.preconnect), items: devs.map((d, i) => ({ idx: i, scout_id: d.scout_id })) });
+  const s = await ingestBy(ingestPrefix, N);
   for (const p of s.problems) problem(p);
   const ok = await delivered;
   const pw1 = await poolWaits();
