@@ -42,12 +42,24 @@ struct pipe_job {
      * reads (one Sync for the group), and again when an earlier read of the group
      * failed. */
     bool read_only;
+    /* Set for a write of one statement that a lane may run in one transaction with other
+     * such writes (one Sync for the group), as this statement instead of st. The lane
+     * sends a group in ascending order of lock_key, so groups take their row locks in
+     * one order; completes none of its jobs before the group committed; and when any of
+     * them failed (so all were rolled back), runs each again alone, as st. Only for a
+     * statement that locks no row but the one lock_key names and may run again after a
+     * rollback; group_st should bound its own lock waits (lock_timeout), since every row
+     * the group locked before stays locked while it waits. */
+    const struct db_stmt *group_st;
+    const char *lock_key;
     /* private to the pipe */
     struct pipe_job *next;
     int64_t queued_us;
     bool prepared_now;
     bool sync_after; /* a Sync was sent right after it */
     bool alone;      /* never grouped (again): a group it was in failed */
+    bool in_group;   /* sent in a group of writes */
+    PGresult *held;  /* its result, kept until its group committed */
 };
 
 struct pipe;
@@ -56,7 +68,7 @@ struct pipe_stats {
     uint64_t jobs;
     uint64_t batches;
     uint64_t expired;   /* jobs that waited longer than the acquire timeout: unavailable */
-    uint64_t regrouped; /* reads sent again because another read of their group failed */
+    uint64_t regrouped; /* statements sent again because another of their group failed */
 };
 
 /* Starts threads database threads on pool (borrowed; it must outlive the pipe) and

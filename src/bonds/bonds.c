@@ -327,15 +327,27 @@ static const struct db_stmt st_rate = {
  * version after waiting, so N concurrent consumers against cap C admit exactly C. A
  * window older than 86400 s restarts at this message. */
 #define WINDOW_OVER "now() - daily_msg_reset_at > interval '86400 seconds'"
-static const struct db_stmt st_consume = {
-    "bonds_consume",
-    "UPDATE bonds SET"
-    " daily_msg_count = CASE WHEN " WINDOW_OVER " THEN 1 ELSE daily_msg_count + 1 END,"
-    " daily_msg_reset_at = CASE WHEN " WINDOW_OVER " THEN now() ELSE daily_msg_reset_at END,"
-    " last_updated = greatest(last_updated, now())"
-    " WHERE user_id = $1 AND (daily_msg_cap = 0 OR daily_msg_count < daily_msg_cap OR "
-    WINDOW_OVER ") RETURNING daily_msg_cap, daily_msg_count, " SQL_US(
-        "daily_msg_reset_at") ", " SQL_US("now()"),
+#define CONSUME_SET                                                                                \
+    "UPDATE bonds SET"                                                                             \
+    " daily_msg_count = CASE WHEN " WINDOW_OVER " THEN 1 ELSE daily_msg_count + 1 END,"            \
+    " daily_msg_reset_at = CASE WHEN " WINDOW_OVER " THEN now() ELSE daily_msg_reset_at END,"      \
+    " last_updated = greatest(last_updated, now())"                                                \
+    " WHERE user_id = $1 AND (daily_msg_cap = 0 OR daily_msg_count < daily_msg_cap "               \
+    "OR " WINDOW_OVER ")"
+#define CONSUME_RETURNING                                                                          \
+    " RETURNING daily_msg_cap, daily_msg_count, " SQL_US("daily_msg_reset_at") ", "                \
+    SQL_US("now()")
+static const struct db_stmt st_consume = {"bonds_consume", CONSUME_SET CONSUME_RETURNING, 1};
+/* The same consume inside an HTTP loop's group of consumes, which commit together
+ * (pipe_job.group_st). It first sets lock_timeout for the rest of the group's transaction:
+ * a row locked elsewhere then holds the rows the group updated before it for at most
+ * that long; the group fails and each consume runs again alone, as st_consume, waiting
+ * as long as statement_timeout allows. */
+#define GROUP_LOCK_WAIT "50ms"
+static const struct db_stmt st_consume_grouped = {
+    "bonds_consume_grouped",
+    CONSUME_SET " AND (SELECT set_config('lock_timeout', '" GROUP_LOCK_WAIT
+                "', true)) IS NOT NULL" CONSUME_RETURNING,
     1};
 
 static const struct db_stmt st_erase = {
@@ -484,6 +496,10 @@ static void op_send(struct bond_op *op, enum op_stage stage, const struct db_stm
 {
     op->stage = stage;
     op->job.st = st;
+    /* The consume locks only its user's row and may run again after a rollback: a lane
+     * may commit it together with other consumes. */
+    op->job.group_st = stage == OP_CONSUME ? &st_consume_grouped : NULL;
+    op->job.lock_key = op->user_id;
     if (!op->b->pipe)
         pipe_run_inline(op->b->pool, &op->job);
     else if (pipe_submit(op->b->pipe, &op->job) != ST_OK)

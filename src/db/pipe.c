@@ -5,13 +5,14 @@
 #include <stdbool.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "steward/err.h"
 
 #define LANE_LINGER_MS 2  /* an idle lane connection is kept this long */
 #define LANE_STALL_MS 20  /* an answer this late: new statements go to another connection */
-#define LANE_GROUP_MAX 32 /* read-only statements sharing one Sync */
+#define LANE_GROUP_MAX 32 /* statements sharing one Sync */
 #define LANE_CONNS PIPE_LANE_FDS
 
 /* Jobs in order, linked through their next field. */
@@ -24,8 +25,10 @@ struct lane_conn {
     struct pool_conn *c;
     struct job_fifo flight;
     int nflight;
-    bool out_pending;   /* libpq still holds data to write */
-    int64_t idle_since; /* holding c with nothing in flight since */
+    struct job_fifo held; /* answered writes of the group in flight, until its Sync */
+    bool held_failed;     /* one of them failed: the group was rolled back */
+    bool out_pending;     /* libpq still holds data to write */
+    int64_t idle_since;   /* holding c with nothing in flight since */
 };
 
 /* A database lane: the pipe's share of one event-loop thread. Jobs submitted on that
@@ -136,6 +139,8 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     job->queued_us = mono_us();
     job->sync_after = false;
     job->alone = false;
+    job->in_group = false;
+    job->held = NULL;
     struct pipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
         fifo_push(&ln->queue, job);
@@ -344,9 +349,18 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
  * none is sent again; each completes as unavailable, and the connection is closed. */
 static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
 {
+    struct pipe_job *held = fifo_take(&lc->held);
     struct pipe_job *list = fifo_take(&lc->flight);
+    lc->held_failed = false;
     lc->nflight = 0;
     lc_drop(ln, lc, true);
+    while (held) {
+        struct pipe_job *next = held->next;
+        PQclear(held->held);
+        held->held = NULL;
+        complete(held, NULL, ST_EUNAVAIL); /* its group's commit is unknown */
+        held = next;
+    }
     while (list) {
         struct pipe_job *next = list->next;
         complete(list, NULL, ST_EUNAVAIL);
@@ -436,13 +450,93 @@ static bool groupable(struct lane_conn *lc, const struct pipe_job *job)
     return job->read_only && !job->alone && pool_pipe_prepared(lc->c, job->st);
 }
 
+/* Whether job may share a transaction with its neighbours: a write with a group_st that
+ * has not failed with a group before. A group_st not prepared on the connection yet is
+ * prepared inside the group; if that fails, the group fails and runs again alone. */
+static bool write_groupable(const struct pipe_job *job)
+{
+    return job->group_st && job->lock_key && !job->alone;
+}
+
+/* Completes job as unavailable when it waited longer than the pipe allows. */
+static bool lane_expired(struct pipe *p, struct pipe_job *job, int64_t now)
+{
+    if (now - job->queued_us <= (int64_t)p->max_wait_ms * 1000)
+        return false;
+    atomic_fetch_add_explicit(&p->expired, 1, memory_order_relaxed);
+    complete(job, NULL, ST_EUNAVAIL);
+    return true;
+}
+
+/* Puts jobs[0..n) back at the head of the lane's queue, in their order. */
+static void lane_requeue(struct pipe_lane *ln, struct pipe_job **jobs, int n)
+{
+    struct job_fifo back = {0};
+    for (int i = 0; i < n; i++)
+        fifo_push(&back, jobs[i]);
+    fifo_prepend(&ln->queue, &back);
+}
+
+/* Sends first and the group_st jobs queued right behind it (up to LANE_GROUP_MAX) as
+ * one transaction: one Sync after the last, in ascending order of lock_key, so groups on
+ * different lanes take their row locks in the same order and never deadlock. Adds to
+ * *sent what went out; returns false when the connection broke (what was not sent is
+ * queued again). */
+static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct pipe_job *first,
+                             int64_t now, uint64_t *sent)
+{
+    struct pipe_job *w[LANE_GROUP_MAX];
+    int n = 0;
+    w[n++] = first;
+    while (n < LANE_GROUP_MAX && ln->queue.head && write_groupable(ln->queue.head)) {
+        struct pipe_job *job = fifo_pop(&ln->queue);
+        if (!lane_expired(ln->p, job, now))
+            w[n++] = job;
+    }
+    for (int i = 1; i < n; i++) { /* insertion sort: stable, and n is small */
+        struct pipe_job *job = w[i];
+        int k = i;
+        for (; k > 0 && strcmp(w[k - 1]->lock_key, job->lock_key) > 0; k--)
+            w[k] = w[k - 1];
+        w[k] = job;
+    }
+    for (int i = 0; i < n; i++) {
+        struct pipe_job *job = w[i];
+        job->queued_us = now;
+        job->sync_after = i == n - 1;
+        job->in_group = n > 1;
+        fifo_push(&lc->flight, job);
+        lc->nflight++;
+        (*sent)++;
+        const struct db_stmt *st = n > 1 ? job->group_st : job->st;
+        if (!pool_pipe_send(lc->c, st, job->params, &job->prepared_now, job->sync_after)) {
+            lane_requeue(ln, w + i + 1, n - i - 1);
+            lc_break(ln, lc);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Ends the read group whose last job is *open with its Sync. Returns false when the
+ * connection broke. */
+static bool lane_close_reads(struct lane_conn *lc, struct pipe_job **open, int *grouped)
+{
+    if (!*open)
+        return true;
+    (*open)->sync_after = true;
+    *open = NULL;
+    *grouped = 0;
+    return pool_pipe_sync(lc->c);
+}
+
 /* Sends every queued job. Consecutive reads (read_only jobs whose statement is prepared
- * on the connection already) share one Sync: libpq writes to the socket at each Sync, and the
- * server answers a group with one write too. Everything else keeps its own Sync, so it
- * is its own transaction. */
+ * on the connection already) share one Sync: libpq writes to the socket at each Sync, and
+ * the server answers a group with one write too. Consecutive group_st jobs share one
+ * Sync too, and so one transaction (lane_send_writes). Everything else keeps its own
+ * Sync, so it is its own transaction. */
 static void lane_send(struct pipe_lane *ln)
 {
-    struct pipe *p = ln->p;
     int64_t now = mono_us();
     struct lane_conn *lc = lane_target(ln, now);
     if (!lc) {
@@ -451,27 +545,25 @@ static void lane_send(struct pipe_lane *ln)
     }
     uint64_t sent = 0;
     struct pipe_job *job;
-    struct pipe_job *open = NULL; /* the last job of a group still without its Sync */
+    struct pipe_job *open = NULL; /* the last job of a read group still without its Sync */
     int grouped = 0;
     while ((job = fifo_pop(&ln->queue))) {
-        if (now - job->queued_us > (int64_t)p->max_wait_ms * 1000) {
-            atomic_fetch_add_explicit(&p->expired, 1, memory_order_relaxed);
-            complete(job, NULL, ST_EUNAVAIL);
+        if (lane_expired(ln->p, job, now))
             continue;
-        }
         bool group = groupable(lc, job) && grouped < LANE_GROUP_MAX;
         if (open && !group) {
-            open->sync_after = true;
-            open = NULL;
-            grouped = 0;
-            if (!pool_pipe_sync(lc->c)) {
+            if (!lane_close_reads(lc, &open, &grouped)) {
                 /* not sent: first in line again, for the next pass on another connection */
-                job->next = NULL;
-                fifo_prepend(&ln->queue, &(struct job_fifo){job, job});
+                lane_requeue(ln, &job, 1);
                 lc_break(ln, lc);
                 break;
             }
             group = groupable(lc, job);
+        }
+        if (!group && write_groupable(job)) {
+            if (!lane_send_writes(ln, lc, job, now, &sent))
+                break;
+            continue;
         }
         job->queued_us = now; /* from here on: when it was sent */
         job->sync_after = !group;
@@ -488,11 +580,8 @@ static void lane_send(struct pipe_lane *ln)
             grouped++;
         }
     }
-    if (open && lc->c) {
-        open->sync_after = true;
-        if (!pool_pipe_sync(lc->c))
-            lc_break(ln, lc);
-    }
+    if (open && lc->c && !lane_close_reads(lc, &open, &grouped))
+        lc_break(ln, lc);
     if (sent) {
         lane_count(&ln->jobs, sent);
         lane_count(&ln->batches, 1);
@@ -540,6 +629,50 @@ int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
     return ln->npolled;
 }
 
+static bool result_ok(const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    return s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK;
+}
+
+/* The Sync of a group of writes was answered. Committed: each job completes with its
+ * result, in the order they ran. Rolled back (one of them failed): each goes to again,
+ * to run alone; the one that failed goes last, so that when it waits again (on a row
+ * locked elsewhere) the others are not pipelined behind it. Returns how many went to
+ * again. */
+static uint64_t lc_end_writes(struct lane_conn *lc, struct job_fifo *again)
+{
+    struct pipe_job *list = fifo_take(&lc->held);
+    bool failed = lc->held_failed;
+    lc->held_failed = false;
+    struct job_fifo culprits = {0};
+    uint64_t n = 0;
+    while (list) {
+        struct pipe_job *next = list->next;
+        PGresult *r = list->held;
+        list->held = NULL;
+        list->in_group = false;
+        if (failed) {
+            bool culprit = PQresultStatus(r) != PGRES_PIPELINE_ABORTED && !result_ok(r);
+            PQclear(r);
+            list->alone = true;
+            fifo_push(culprit ? &culprits : again, list);
+            n++;
+        } else {
+            complete(list, r, ST_OK);
+        }
+        list = next;
+    }
+    if (culprits.head) {
+        if (again->tail)
+            again->tail->next = culprits.head;
+        else
+            again->head = culprits.head;
+        again->tail = culprits.tail;
+    }
+    return n;
+}
+
 /* Reads what arrived on one connection and completes the statements it answers. */
 static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents, int64_t now)
 {
@@ -567,6 +700,16 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         }
         struct pipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
+        if (job->in_group) {
+            /* a write whose transaction ends at its group's Sync */
+            if (!result_ok(r))
+                lc->held_failed = true;
+            job->held = r;
+            fifo_push(&lc->held, job);
+            if (job->sync_after)
+                nagain += lc_end_writes(lc, &again);
+            continue;
+        }
         if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED && job->read_only && !job->alone) {
             /* an earlier read of its group failed: this one did not run; run it alone */
             PQclear(r);

@@ -119,8 +119,8 @@ static void render_pool(struct buf *b, const struct metrics_sources *src)
                "# HELP db_pipeline_expired_total Statements that waited past the acquire "
                "timeout (answered 503).\n"
                "# TYPE db_pipeline_expired_total counter\ndb_pipeline_expired_total %llu\n"
-               "# HELP db_pipeline_regrouped_total Reads run again alone because another "
-               "read of their group failed.\n"
+               "# HELP db_pipeline_regrouped_total Statements run again alone because another "
+               "statement of their group failed.\n"
                "# TYPE db_pipeline_regrouped_total counter\ndb_pipeline_regrouped_total %llu\n",
                (unsigned long long)pp.jobs, (unsigned long long)pp.batches,
                (unsigned long long)pp.expired, (unsigned long long)pp.regrouped);

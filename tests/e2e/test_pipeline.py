@@ -10,6 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+import requests
+
+from harness.steward import ADMIN_KEY
 
 
 def metric(server, name):
@@ -234,3 +237,107 @@ def test_reads_share_a_sync_and_one_failing_read_fails_alone(pg, db_url, sql, ma
     sql.execute("UPDATE bonds SET phase_entered_at = now() WHERE user_id = 'grp-bad'")
     r = s.get('/v1/bonds/grp-bad')
     assert r.status_code == 200 and r.json()['daily_msg_cap'] == 1
+
+
+def test_consumes_share_a_transaction_and_one_failing_consume_fails_alone(pg, db_url, sql,
+                                                                          make_server):
+    """A lane sends consecutive consumes as one group: one transaction, one Sync. None of
+    them is answered before that transaction committed. When one fails inside a group
+    (here a stored count at the integer maximum, which +1 overflows), PostgreSQL rolls
+    back the whole group, so every consume of it runs again alone: each other consume
+    is counted exactly once, and the failing one answers as it does on its own."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1')
+    users = [f'wgrp-{i}' for i in range(24)]
+    for u in users:
+        assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    assert s.put('/v1/bonds/wgrp-bad/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    sql.execute("UPDATE bonds SET daily_msg_count = 2147483647 WHERE user_id = 'wgrp-bad'")
+    alone = s.post('/v1/bonds/wgrp-bad/messages')
+    assert alone.status_code >= 400 and alone.status_code != 500, alone.text
+    assert alone.headers['content-type'].startswith('application/problem+json')
+    stmts0 = metric(s, 'db_pipeline_statements_total')
+    batches0 = metric(s, 'db_pipeline_batches_total')
+    regrouped0 = metric(s, 'db_pipeline_regrouped_total')
+
+    def consume(u):
+        r = s.post(f'/v1/bonds/{u}/messages')
+        return u, r.status_code, r.json()
+
+    admitted = {u: 0 for u in users}
+    total = 0
+    for _ in range(10):  # until a failing consume has landed inside a group at least once
+        work = (users + ['wgrp-bad'] * 6) * 3
+        with ThreadPoolExecutor(32) as ex:
+            results = list(ex.map(consume, work))
+        total += len(work)
+        for u, status, body in results:
+            if u == 'wgrp-bad':
+                assert status == alone.status_code and body == alone.json(), body
+            else:
+                assert status == 200 and body['allowed'] is True and body['cap'] == 0, (u, body)
+                admitted[u] += 1
+        if metric(s, 'db_pipeline_regrouped_total') > regrouped0:
+            break
+    assert metric(s, 'db_pipeline_regrouped_total') > regrouped0
+    stmts = metric(s, 'db_pipeline_statements_total') - stmts0
+    batches = metric(s, 'db_pipeline_batches_total') - batches0
+    assert stmts >= total and batches < stmts, (stmts, batches)
+    counts = dict(sql.execute("SELECT user_id, daily_msg_count FROM bonds "
+                              "WHERE user_id LIKE 'wgrp-%'").fetchall())
+    assert counts.pop('wgrp-bad') == 2147483647
+    assert counts == admitted  # nothing of a rolled-back group lost or counted twice
+
+
+def test_a_locked_row_holds_up_its_group_only_briefly(pg, db_url, sql, make_server):
+    """A consume grouped with others that waits on a row locked elsewhere stops waiting
+    after the group's lock_timeout (50 ms): the group rolls back and its consumes run
+    again alone, the waiting one last. So while the lock is still held, the others of the
+    group are answered and counted; the locked user's consume goes through once the lock
+    is released. statement_timeout is long here: without the group's bound, the others
+    would wait for the lock holder, and no group would ever be run again.
+    A burst whose locked consume went out alone instead (so that later ones were
+    pipelined behind it, which the lane's stall rule bounds, not this) is repeated."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1', STEWARD_DB_STATEMENT_TIMEOUT_MS='30000')
+    users = [f'wlock-{i:02d}' for i in range(40)]
+    for u in users + ['wlock-held']:
+        assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    burst = users[:20] + ['wlock-held'] + users[20:]  # the locked one mid sort order
+    sessions = [requests.Session() for _ in burst]
+    for sess in sessions:  # one open keep-alive connection per request of the burst
+        sess.headers['Authorization'] = f'Bearer {ADMIN_KEY}'
+        assert sess.get(s.url + '/livez', timeout=10).status_code == 200
+    admitted = {u: 0 for u in users + ['wlock-held']}
+    clean = False
+    with ThreadPoolExecutor(len(burst)) as ex:
+        for _ in range(8):
+            regrouped0 = metric(s, 'db_pipeline_regrouped_total')
+            gate = threading.Barrier(len(burst))
+
+            def send(i):
+                gate.wait(10)
+                return sessions[i].post(f'{s.url}/v1/bonds/{burst[i]}/messages', timeout=60)
+
+            with psycopg.connect(db_url) as locker:
+                locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wlock-held' FOR UPDATE")
+                futures = [ex.submit(send, i) for i in range(len(burst))]
+                held = futures[20]
+                others = futures[:20] + futures[21:]
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not all(f.done() for f in others):
+                    time.sleep(0.02)
+                answered_while_locked = all(f.done() for f in others)
+                assert not held.done()  # it waits for the row lock
+                locker.rollback()
+            for u, f in zip(burst, futures):
+                r = f.result(timeout=60)
+                assert r.status_code == 200 and r.json()['allowed'] is True, (u, r.text)
+                admitted[u] += 1
+            if answered_while_locked and metric(s, 'db_pipeline_regrouped_total') > regrouped0:
+                clean = True
+                break
+    for sess in sessions:
+        sess.close()
+    assert clean, 'no burst had its group bounded by lock_timeout'
+    counts = dict(sql.execute("SELECT user_id, daily_msg_count FROM bonds "
+                              "WHERE user_id LIKE 'wlock-%'").fetchall())
+    assert counts == admitted
