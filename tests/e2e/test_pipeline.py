@@ -22,6 +22,34 @@ def metric(server, name):
     return int(m.group(1))
 
 
+def bursts_until_regrouped(s, path, work, check):
+    """Sends GET or POST path.format(key) for every key of work from 32 threads, passes
+    each answer to check(key, status, body), and repeats (10 bursts at most) until a
+    failing statement has landed inside a group: db_pipeline_regrouped_total rose. Then
+    asserts that, and that groups formed (fewer round trips than statements)."""
+    method, _, path = path.partition(' ')
+    stmts0 = metric(s, 'db_pipeline_statements_total')
+    batches0 = metric(s, 'db_pipeline_batches_total')
+    regrouped0 = metric(s, 'db_pipeline_regrouped_total')
+
+    def call(key):
+        r = s.request(method, path.format(key))
+        return key, r.status_code, r.json()
+
+    total = 0
+    for _ in range(10):
+        with ThreadPoolExecutor(32) as ex:
+            for key, status, body in ex.map(call, work):
+                check(key, status, body)
+        total += len(work)
+        if metric(s, 'db_pipeline_regrouped_total') > regrouped0:
+            break
+    assert metric(s, 'db_pipeline_regrouped_total') > regrouped0
+    stmts = metric(s, 'db_pipeline_statements_total') - stmts0
+    batches = metric(s, 'db_pipeline_batches_total') - batches0
+    assert stmts >= total and batches < stmts, (stmts, batches)
+
+
 def test_concurrent_reads_each_get_their_own_entry(server, sql):
     users = [f'pipe-read-{i}' for i in range(60)]
     for i, u in enumerate(users):
@@ -208,32 +236,15 @@ def test_reads_share_a_sync_and_one_failing_read_fails_alone(pg, db_url, sql, ma
     # a stored row that cannot be served is the server's fault, whatever read it is in
     assert alone.status_code == 500 and alone.json()['type'] == '/problems/internal', alone.text
     caps = {u: i + 1 for i, u in enumerate(users)}
-    stmts0 = metric(s, 'db_pipeline_statements_total')
-    batches0 = metric(s, 'db_pipeline_batches_total')
-    regrouped0 = metric(s, 'db_pipeline_regrouped_total')
 
-    def read(u):
-        r = s.get(f'/v1/bonds/{u}')
-        return u, r.status_code, r.json()
+    def check(u, status, body):
+        if u == 'grp-bad':
+            assert status == alone.status_code and body['type'] == alone.json()['type'], body
+        else:
+            assert status == 200 and body['user_id'] == u and \
+                body['daily_msg_cap'] == caps[u], (u, status, body)
 
-    total = 0
-    for _ in range(10):  # until a failing read has landed inside a group at least once
-        work = (users + ['grp-bad'] * 6) * 4
-        with ThreadPoolExecutor(32) as ex:
-            results = list(ex.map(read, work))
-        total += len(work)
-        for u, status, body in results:
-            if u == 'grp-bad':
-                assert status == alone.status_code and body['type'] == alone.json()['type'], body
-            else:
-                assert status == 200 and body['user_id'] == u and \
-                    body['daily_msg_cap'] == caps[u], (u, status, body)
-        if metric(s, 'db_pipeline_regrouped_total') > regrouped0:
-            break
-    assert metric(s, 'db_pipeline_regrouped_total') > regrouped0
-    stmts = metric(s, 'db_pipeline_statements_total') - stmts0
-    batches = metric(s, 'db_pipeline_batches_total') - batches0
-    assert stmts >= total and batches < stmts, (stmts, batches)
+    bursts_until_regrouped(s, 'GET /v1/bonds/{}', (users + ['grp-bad'] * 6) * 4, check)
     sql.execute("UPDATE bonds SET phase_entered_at = now() WHERE user_id = 'grp-bad'")
     r = s.get('/v1/bonds/grp-bad')
     assert r.status_code == 200 and r.json()['daily_msg_cap'] == 1
@@ -255,33 +266,17 @@ def test_consumes_share_a_transaction_and_one_failing_consume_fails_alone(pg, db
     alone = s.post('/v1/bonds/wgrp-bad/messages')
     assert alone.status_code >= 400 and alone.status_code != 500, alone.text
     assert alone.headers['content-type'].startswith('application/problem+json')
-    stmts0 = metric(s, 'db_pipeline_statements_total')
-    batches0 = metric(s, 'db_pipeline_batches_total')
-    regrouped0 = metric(s, 'db_pipeline_regrouped_total')
-
-    def consume(u):
-        r = s.post(f'/v1/bonds/{u}/messages')
-        return u, r.status_code, r.json()
-
     admitted = {u: 0 for u in users}
-    total = 0
-    for _ in range(10):  # until a failing consume has landed inside a group at least once
-        work = (users + ['wgrp-bad'] * 6) * 3
-        with ThreadPoolExecutor(32) as ex:
-            results = list(ex.map(consume, work))
-        total += len(work)
-        for u, status, body in results:
-            if u == 'wgrp-bad':
-                assert status == alone.status_code and body == alone.json(), body
-            else:
-                assert status == 200 and body['allowed'] is True and body['cap'] == 0, (u, body)
-                admitted[u] += 1
-        if metric(s, 'db_pipeline_regrouped_total') > regrouped0:
-            break
-    assert metric(s, 'db_pipeline_regrouped_total') > regrouped0
-    stmts = metric(s, 'db_pipeline_statements_total') - stmts0
-    batches = metric(s, 'db_pipeline_batches_total') - batches0
-    assert stmts >= total and batches < stmts, (stmts, batches)
+
+    def check(u, status, body):
+        if u == 'wgrp-bad':
+            assert status == alone.status_code and body == alone.json(), body
+        else:
+            assert status == 200 and body['allowed'] is True and body['cap'] == 0, (u, body)
+            admitted[u] += 1
+
+    bursts_until_regrouped(s, 'POST /v1/bonds/{}/messages', (users + ['wgrp-bad'] * 6) * 3,
+                           check)
     counts = dict(sql.execute("SELECT user_id, daily_msg_count FROM bonds "
                               "WHERE user_id LIKE 'wgrp-%'").fetchall())
     assert counts.pop('wgrp-bad') == 2147483647
