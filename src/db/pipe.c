@@ -13,6 +13,9 @@
 #define LANE_LINGER_MS 2  /* an idle lane connection is kept this long */
 #define LANE_STALL_MS 20  /* an answer this late: new statements go to another connection */
 #define LANE_GROUP_MAX 32 /* statements sharing one Sync */
+/* Connections a lane runs groups of writes on at once, each one group at a time: loops
+ * are one per two CPUs, so this is one backend per CPU. */
+#define LANE_WRITE_CONNS 2
 #define LANE_CONNS PIPE_LANE_FDS
 
 /* Jobs in order, linked through their next field. */
@@ -27,6 +30,7 @@ struct lane_conn {
     int nflight;
     struct job_fifo held; /* answered writes of the group in flight, until its Sync */
     bool held_failed;     /* one of them failed: the group was rolled back */
+    bool writing;         /* a group of writes is in flight */
     bool out_pending;     /* libpq still holds data to write */
     int64_t idle_since;   /* holding c with nothing in flight since */
 };
@@ -140,6 +144,7 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     job->sync_after = false;
     job->alone = false;
     job->in_group = false;
+    job->ends_writes = false;
     job->held = NULL;
     struct pipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
@@ -340,6 +345,7 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
         atomic_fetch_sub(&ln->p->extra_held, 1);
     lc->c = NULL;
     lc->out_pending = false;
+    lc->writing = false;
     lc->idle_since = 0;
     if (ln->cur >= 0 && &ln->conns[ln->cur] == lc)
         ln->cur = -1;
@@ -504,6 +510,7 @@ static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct 
         struct pipe_job *job = w[i];
         job->queued_us = now;
         job->sync_after = i == n - 1;
+        job->ends_writes = job->sync_after;
         job->in_group = n > 1;
         fifo_push(&lc->flight, job);
         lc->nflight++;
@@ -515,7 +522,40 @@ static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct 
             return false;
         }
     }
+    lc->writing = true;
     return true;
+}
+
+/* The connection for the next group of writes: lc (the lane's current one) when it has
+ * no group of writes in flight; else another held one with none and no late answer;
+ * else a free pool connection while fewer than LANE_WRITE_CONNS run groups that are not
+ * late (one whose answer is LANE_STALL_MS late, say waiting on a row lock, does not
+ * count). NULL: the writes wait in the queue until a group ends, and join the next
+ * group. So while one backend runs a group the next one forms and runs on another
+ * backend: the writes of one loop use more than one CPU of PostgreSQL, and no
+ * connection has more than one group of writes queued. */
+static struct lane_conn *lane_write_conn(struct pipe_lane *ln, struct lane_conn *lc, int64_t now)
+{
+    if (!lc->writing)
+        return lc;
+    int writing = 0;
+    struct lane_conn *free_conn = NULL;
+    for (int i = 0; i < LANE_CONNS; i++) {
+        struct lane_conn *o = &ln->conns[i];
+        if (!o->c)
+            continue;
+        bool late = o->nflight > 0 && now - o->flight.head->queued_us >= LANE_STALL_MS * 1000;
+        if (o->writing)
+            writing += !late;
+        else if (!late && !free_conn)
+            free_conn = o;
+    }
+    if (free_conn)
+        return free_conn;
+    if (writing >= LANE_WRITE_CONNS)
+        return NULL;
+    int slot = lane_take_conn(ln, false);
+    return slot >= 0 ? &ln->conns[slot] : NULL;
 }
 
 /* Ends the read group whose last job is *open with its Sync. Returns false when the
@@ -533,23 +573,29 @@ static bool lane_close_reads(struct lane_conn *lc, struct pipe_job **open, int *
 /* Sends every queued job. Consecutive reads (read_only jobs whose statement is prepared
  * on the connection already) share one Sync: libpq writes to the socket at each Sync, and
  * the server answers a group with one write too. Consecutive group_st jobs share one
- * Sync too, and so one transaction (lane_send_writes). Everything else keeps its own
- * Sync, so it is its own transaction. */
-static void lane_send(struct pipe_lane *ln)
+ * Sync too, and so one transaction (lane_send_writes), on a connection of their own
+ * when lc has one in flight (lane_write_conn); when none is free they stay queued.
+ * Everything else keeps its own Sync, so it is its own transaction. Returns whether
+ * any job was sent or completed. */
+static bool lane_send(struct pipe_lane *ln)
 {
     int64_t now = mono_us();
     struct lane_conn *lc = lane_target(ln, now);
     if (!lc) {
         lane_refuse_queue(ln);
-        return;
+        return true;
     }
     uint64_t sent = 0;
+    bool expired = false;
+    struct job_fifo later = {0}; /* writes waiting for a connection free of writes */
     struct pipe_job *job;
     struct pipe_job *open = NULL; /* the last job of a read group still without its Sync */
     int grouped = 0;
     while ((job = fifo_pop(&ln->queue))) {
-        if (lane_expired(ln->p, job, now))
+        if (lane_expired(ln->p, job, now)) {
+            expired = true;
             continue;
+        }
         bool group = groupable(lc, job) && grouped < LANE_GROUP_MAX;
         if (open && !group) {
             if (!lane_close_reads(lc, &open, &grouped)) {
@@ -561,7 +607,10 @@ static void lane_send(struct pipe_lane *ln)
             group = groupable(lc, job);
         }
         if (!group && write_groupable(job)) {
-            if (!lane_send_writes(ln, lc, job, now, &sent))
+            struct lane_conn *wc = lane_write_conn(ln, lc, now);
+            if (!wc)
+                fifo_push(&later, job);
+            else if (!lane_send_writes(ln, wc, job, now, &sent))
                 break;
             continue;
         }
@@ -582,17 +631,20 @@ static void lane_send(struct pipe_lane *ln)
     }
     if (open && lc->c && !lane_close_reads(lc, &open, &grouped))
         lc_break(ln, lc);
+    fifo_prepend(&ln->queue, &later);
     if (sent) {
         lane_count(&ln->jobs, sent);
         lane_count(&ln->batches, 1);
     }
+    return sent > 0 || expired;
 }
 
 int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
 {
     /* A completion of a failed job may queue a follow-up: a few passes at most. */
     for (int pass = 0; ln->queue.head && pass < 4; pass++)
-        lane_send(ln);
+        if (!lane_send(ln))
+            break; /* only writes waiting for a connection free of writes */
     int64_t now = mono_us();
     int64_t due = -1;
     ln->npolled = 0;
@@ -613,6 +665,11 @@ int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
         if (lc->nflight > 0) {
             lc->idle_since = 0;
             at = lc->flight.head->queued_us + lane_deadline_us(ln);
+            /* writes wait for a connection free of writes: when this one's group turns
+             * late, it stops counting (lane_write_conn), so look again then */
+            int64_t late = lc->flight.head->queued_us + LANE_STALL_MS * 1000;
+            if (ln->queue.head && lc->writing && late > now && late < at)
+                at = late;
             if (lc->out_pending)
                 events |= POLLOUT;
         } else {
@@ -700,6 +757,8 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         }
         struct pipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
+        if (job->ends_writes)
+            lc->writing = false;
         if (job->in_group) {
             /* a write whose transaction ends at its group's Sync */
             if (!result_ok(r))

@@ -336,3 +336,76 @@ def test_a_locked_row_holds_up_its_group_only_briefly(pg, db_url, sql, make_serv
     counts = dict(sql.execute("SELECT user_id, daily_msg_count FROM bonds "
                               "WHERE user_id LIKE 'wlock-%'").fetchall())
     assert counts == admitted
+
+
+def test_consumes_behind_a_waiting_one_run_on_another_backend(pg, db_url, sql, make_server):
+    """While a group of consumes is in flight on a lane's connection, the next group runs
+    on a second connection, not pipelined behind it. So a consume waiting on a row lock
+    held elsewhere does not hold up the consumes that arrive right after it, even within
+    the 20 ms before the lane's stall rule would move new statements elsewhere."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1', STEWARD_DB_STATEMENT_TIMEOUT_MS='30000')
+    users = [f'wnext-{i}' for i in range(12)]
+    for u in users + ['wnext-held']:
+        assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    sessions = [requests.Session() for _ in range(len(users) + 1)]
+    for sess in sessions:
+        sess.headers['Authorization'] = f'Bearer {ADMIN_KEY}'
+        assert sess.get(s.url + '/livez', timeout=10).status_code == 200
+    with ThreadPoolExecutor(len(sessions)) as ex:
+        with psycopg.connect(db_url) as locker:
+            locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wnext-held' FOR UPDATE")
+            held = ex.submit(sessions[0].post, f'{s.url}/v1/bonds/wnext-held/messages',
+                             timeout=60)
+            time.sleep(0.002)  # the held one goes first, alone
+            others = [ex.submit(sess.post, f'{s.url}/v1/bonds/{u}/messages', timeout=60)
+                      for sess, u in zip(sessions[1:], users)]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not all(f.done() for f in others):
+                time.sleep(0.01)
+            answered_while_locked = [f.done() for f in others]
+            assert not held.done()
+            locker.rollback()
+        r = held.result(timeout=60)
+        assert r.status_code == 200 and r.json()['count'] == 1, r.text
+        for f in others:
+            r = f.result(timeout=60)
+            assert r.status_code == 200 and r.json()['count'] == 1, r.text
+    for sess in sessions:
+        sess.close()
+    assert all(answered_while_locked), answered_while_locked
+
+
+def test_consumes_waiting_for_a_free_connection_move_on_when_the_others_turn_late(
+        pg, db_url, sql, make_server):
+    """Two consumes wait on rows locked elsewhere, one on each of the lane's two write
+    connections, so a third consume right behind them waits in the lane for a connection
+    free of writes. Once the two are 20 ms late they no longer count, and the lane wakes
+    up by itself to send the third on another connection: it is answered while both
+    locks are still held."""
+    s = make_server(db_url, STEWARD_HTTP_LOOPS='1', STEWARD_DB_STATEMENT_TIMEOUT_MS='30000')
+    names = ['wlate-a', 'wlate-b', 'wlate-c']
+    for u in names:
+        assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
+    sessions = [requests.Session() for _ in names]
+    for sess in sessions:
+        sess.headers['Authorization'] = f'Bearer {ADMIN_KEY}'
+        assert sess.get(s.url + '/livez', timeout=10).status_code == 200
+    with ThreadPoolExecutor(len(names)) as ex, psycopg.connect(db_url) as locker:
+        locker.execute("SELECT 1 FROM bonds WHERE user_id IN ('wlate-a', 'wlate-b') FOR UPDATE")
+        futures = []
+        for sess, u in zip(sessions, names):
+            futures.append(ex.submit(sess.post, f'{s.url}/v1/bonds/{u}/messages', timeout=60))
+            time.sleep(0.003)
+        free = futures[2]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not free.done():
+            time.sleep(0.01)
+        answered_while_locked = free.done()
+        assert not futures[0].done() and not futures[1].done()
+        locker.rollback()
+        for f in futures:
+            r = f.result(timeout=60)
+            assert r.status_code == 200 and r.json()['count'] == 1, r.text
+    for sess in sessions:
+        sess.close()
+    assert answered_while_locked
