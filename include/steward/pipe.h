@@ -56,11 +56,10 @@ struct pipe_job {
     struct pipe_job *next;
     int64_t queued_us;
     bool prepared_now;
-    bool sync_after;  /* a Sync was sent right after it */
-    bool alone;       /* never grouped (again): a group it was in failed */
-    bool in_group;    /* sent in a group of writes */
-    bool ends_writes; /* the last job of a group of writes (of one or more) */
-    PGresult *held;   /* its result, kept until its group committed */
+    bool sync_after; /* a Sync was sent right after it */
+    bool alone;      /* never grouped (again): a group it was in failed */
+    bool in_group;   /* sent in a group of writes */
+    PGresult *held;  /* its result, kept until its group committed */
 };
 
 struct pipe;

@@ -148,7 +148,6 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     job->sync_after = false;
     job->alone = false;
     job->in_group = false;
-    job->ends_writes = false;
     job->held = NULL;
     struct pipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
@@ -420,12 +419,18 @@ static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
     return slot;
 }
 
+/* Whether lc's oldest statement in flight is LANE_STALL_MS late. */
+static bool lc_late(const struct lane_conn *lc, int64_t now)
+{
+    return lc->nflight > 0 && now - lc->flight.head->queued_us >= LANE_STALL_MS * 1000;
+}
+
 /* Picks the connection for new statements: the current one unless it stalls. */
 static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
 {
     if (ln->cur >= 0) {
         struct lane_conn *lc = &ln->conns[ln->cur];
-        if (lc->nflight == 0 || now - lc->flight.head->queued_us < LANE_STALL_MS * 1000)
+        if (!lc_late(lc, now))
             return lc;
         int slot = lane_take_conn(ln, false);
         if (slot >= 0)
@@ -514,7 +519,6 @@ static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct 
         struct pipe_job *job = w[i];
         job->queued_us = now;
         job->sync_after = i == n - 1;
-        job->ends_writes = job->sync_after;
         job->in_group = n > 1;
         fifo_push(&lc->flight, job);
         lc->nflight++;
@@ -548,7 +552,7 @@ static struct lane_conn *lane_write_conn(struct pipe_lane *ln, struct lane_conn 
         struct lane_conn *o = &ln->conns[i];
         if (!o->c)
             continue;
-        bool late = o->nflight > 0 && now - o->flight.head->queued_us >= LANE_STALL_MS * 1000;
+        bool late = lc_late(o, now);
         if (o->writing)
             writing += !late;
         else if (!late && !free_conn)
@@ -724,13 +728,8 @@ static uint64_t lc_end_writes(struct lane_conn *lc, struct job_fifo *again)
         }
         list = next;
     }
-    if (culprits.head) {
-        if (again->tail)
-            again->tail->next = culprits.head;
-        else
-            again->head = culprits.head;
-        again->tail = culprits.tail;
-    }
+    fifo_prepend(&culprits, again); /* the culprits after the others */
+    *again = culprits;
     return n;
 }
 
@@ -761,8 +760,8 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         }
         struct pipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
-        if (job->ends_writes)
-            lc->writing = false;
+        if (job->sync_after && write_groupable(job))
+            lc->writing = false; /* the end of a group of writes */
         if (job->in_group) {
             /* a write whose transaction ends at its group's Sync */
             if (!result_ok(r))
