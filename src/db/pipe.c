@@ -33,7 +33,6 @@ struct lane_conn {
     struct job_fifo flight;
     int nflight;
     struct job_fifo held; /* answered writes of the group in flight, until its Sync */
-    bool held_failed;     /* one of them failed: the group was rolled back */
     bool writing;         /* a group of writes is in flight */
     bool out_pending;     /* libpq still holds data to write */
     int64_t idle_since;   /* holding c with nothing in flight since */
@@ -185,6 +184,18 @@ static struct pipe_job *take_all(struct pipe *p)
 static void complete(struct pipe_job *job, PGresult *r, int rc)
 {
     job->done(job, r, rc);
+}
+
+/* Completes every job of list as unavailable, dropping a result one still held. */
+static void complete_unavailable(struct pipe_job *list)
+{
+    while (list) {
+        struct pipe_job *next = list->next;
+        PQclear(list->held);
+        list->held = NULL;
+        complete(list, NULL, ST_EUNAVAIL);
+        list = next;
+    }
 }
 
 /* Runs up to POOL_BATCH_MAX jobs (already unlinked into jobs[]) in one pipeline. */
@@ -358,34 +369,18 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
  * none is sent again; each completes as unavailable, and the connection is closed. */
 static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
 {
-    struct pipe_job *held = fifo_take(&lc->held);
+    struct pipe_job *held = fifo_take(&lc->held); /* their group's commit is unknown */
     struct pipe_job *list = fifo_take(&lc->flight);
-    lc->held_failed = false;
     lc->nflight = 0;
     lc_drop(ln, lc, true);
-    while (held) {
-        struct pipe_job *next = held->next;
-        PQclear(held->held);
-        held->held = NULL;
-        complete(held, NULL, ST_EUNAVAIL); /* its group's commit is unknown */
-        held = next;
-    }
-    while (list) {
-        struct pipe_job *next = list->next;
-        complete(list, NULL, ST_EUNAVAIL);
-        list = next;
-    }
+    complete_unavailable(held);
+    complete_unavailable(list);
 }
 
 /* Completes every queued job as unavailable (no connection could be had). */
 static void lane_refuse_queue(struct pipe_lane *ln)
 {
-    struct pipe_job *list = fifo_take(&ln->queue);
-    while (list) {
-        struct pipe_job *next = list->next;
-        complete(list, NULL, ST_EUNAVAIL);
-        list = next;
-    }
+    complete_unavailable(fifo_take(&ln->queue));
 }
 
 /* Takes a connection into a free slot: waiting for one when the lane has none, only a
@@ -708,8 +703,9 @@ static bool result_ok(const PGresult *r)
 static uint64_t lc_end_writes(struct lane_conn *lc, struct job_fifo *again)
 {
     struct pipe_job *list = fifo_take(&lc->held);
-    bool failed = lc->held_failed;
-    lc->held_failed = false;
+    bool failed = false; /* one of them failed: the group was rolled back */
+    for (struct pipe_job *j = list; j; j = j->next)
+        failed |= !result_ok(j->held);
     struct job_fifo culprits = {0};
     uint64_t n = 0;
     while (list) {
@@ -764,8 +760,6 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
             lc->writing = false; /* the end of a group of writes */
         if (job->in_group) {
             /* a write whose transaction ends at its group's Sync */
-            if (!result_ok(r))
-                lc->held_failed = true;
             job->held = r;
             fifo_push(&lc->held, job);
             if (job->sync_after)
@@ -857,13 +851,8 @@ void pipe_free(struct pipe *p)
         pthread_join(p->threads[i], NULL);
     /* A job pushed between a submitter's check and the threads' exit, or queued by a
      * completion after the last thread left: nobody runs it any more. */
-    for (struct pipe_job *list = take_all(p); list; list = take_all(p)) {
-        while (list) {
-            struct pipe_job *next = list->next;
-            complete(list, NULL, ST_EUNAVAIL);
-            list = next;
-        }
-    }
+    for (struct pipe_job *list = take_all(p); list; list = take_all(p))
+        complete_unavailable(list);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
