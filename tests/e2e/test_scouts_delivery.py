@@ -205,11 +205,16 @@ def test_requeued_proposal_goes_again_to_every_session(make_server, fresh_db_url
             pid = ingest(srv, ADMIN_KEY, s['id'], 'slow').json()['proposal_id']
             assert (await a.proposal())['id'] == pid
             assert (await b.proposal())['id'] == pid
-            assert attempts(sql, pid) == 1
+            # One statement marks it for both sessions, unless the pass of a's hello
+            # was still running when the ingest woke it: that pass saw a alone, and the
+            # pass it reran sent b its copy (SPEC 5.2: each hello delivery counts).
+            first = attempts(sql, pid)
+            assert first in (1, 2)
             t0 = time.monotonic()
             assert (await a.proposal(timeout=4))['id'] == pid
             assert (await b.proposal(timeout=4))['id'] == pid
             assert time.monotonic() - t0 >= 0.9
+            assert attempts(sql, pid) == first + 1
             await a.ack(pid)
             assert await a.recv() == {'type': 'ack_ok', 'proposal_id': pid}
             assert await b.recv() == {'type': 'scout_proposal_resolved', 'proposal_id': pid}
@@ -217,11 +222,11 @@ def test_requeued_proposal_goes_again_to_every_session(make_server, fresh_db_url
             await b.nothing(0.1)
             await a.close()
             await b.close()
-            return pid
+            return pid, first
 
-        pid = run(body())
+        pid, first = run(body())
         st = row(sql, pid)
-        assert st[0] == 'acked' and st[1] == 2
+        assert st[0] == 'acked' and st[1] == first + 1
 
 
 def test_presence_refresh_in_chunks(make_server, fresh_db_url):
