@@ -66,6 +66,31 @@ const cpu = (w) => (w.cpu_us_per_req ? `${f(w.cpu_us_per_req.steward, 1)} + ${f(
   `${f(w.cpu_us_per_req.client, 1)} = ${f(w.cpu_us_per_req.total, 1)}` : 'n/a');
 const busy = (w) => (w.cpu_busy != null ? `${f(100 * w.cpu_busy, 0)}%` : 'n/a');
 const errs = (w) => `${w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout} / ${w.non_2xx}`;
+// The pgbench comparisons run in alternating rounds (bench/run compare): NAME_rK, pg_NAME_rK,
+// pg_NAME_st_rK. The table shows the round with the median steward / pgbench ratio, the
+// ratio is that median, and every round is listed below the table.
+const median = (xs) => { const a = xs.filter((x) => x != null).sort((x, y) => x - y); return a.length ? a[Math.floor((a.length - 1) / 2)] : null; };
+const roundsOf = (name) => Object.keys(recs).filter((n) => new RegExp(`^${name}_r\\d+$`).test(n))
+  .sort((a, b) => Number(a.split('_r').pop()) - Number(b.split('_r').pop())).map((n) => recs[n]);
+function cmp(name) {
+  const st = roundsOf(name); const pg = roundsOf(`pg_${name}`); const pgst = roundsOf(`pg_${name}_st`);
+  const n = Math.min(st.length, pg.length);
+  if (!n) return null;
+  const rounds = [];
+  for (let i = 0; i < n; i++) {
+    rounds.push({ st: st[i], pg: pg[i], pgst: pgst[i] || null, r: ratio(st[i].rps, pg[i].tps),
+      rst: pgst[i] ? ratio(st[i].rps, pgst[i].tps) : null, self: pgst[i] ? ratio(pgst[i].tps, pg[i].tps) : null });
+  }
+  const mid = [...rounds].sort((a, b) => a.r - b.r)[Math.floor((n - 1) / 2)];
+  return { rounds, mid, r: mid.r, rst: median(rounds.map((x) => x.rst)), self: median(rounds.map((x) => x.self)) };
+}
+for (const name of ['bond_read', 'consume']) {
+  const c = cmp(name);
+  if (!c) continue;
+  recs[name] = c.mid.st; recs[`pg_${name}`] = c.mid.pg;
+  if (c.mid.pgst) recs[`pg_${name}_st`] = c.mid.pgst;
+  recs[`cmp_${name}`] = c;
+}
 const rows = [
   ['bond_read', 'steward GET /v1/bonds/{user_id}'],
   ['pg_bond_read', 'pgbench -M prepared: the same SELECT'],
@@ -91,8 +116,21 @@ p('pgbench latencies come from a 10% sample of its per-transaction log; wrk late
   'process), and the load generator (wrk or pgbench); "machine busy" is their sum over the ' +
   'machine\'s CPU time. With both cores saturated, throughput is bounded by 1 / total.');
 p();
-const rRead = ratio(g('bond_read') && g('bond_read').rps, g('pg_bond_read') && g('pg_bond_read').tps);
-const rCons = ratio(g('consume') && g('consume').rps, g('pg_consume') && g('pg_consume').tps);
+const cRead = g('cmp_bond_read'); const cCons = g('cmp_consume');
+if (cRead || cCons) {
+  p(`Each comparison ran in ${prm.cmp_rounds} alternating rounds of ${prm.cmp_dur_s} s (steward, then pgbench, ` +
+    'then pgbench with steward\'s statement_timeout), so both sides meet the same phases of the ' +
+    'machine; the rows above are the round with the median ratio, and the ratio is that median. ' +
+    'Every round, steward / pgbench:');
+  p();
+  for (const [c, label] of [[cRead, 'bond read'], [cCons, 'consume']]) {
+    if (!c) continue;
+    p(`- ${label}: ` + c.rounds.map((x) => `${int(x.st.rps)} / ${int(x.pg.tps)} = ${f(x.r)}x`).join('; '));
+  }
+  p();
+}
+const rRead = cRead ? cRead.r : ratio(g('bond_read') && g('bond_read').rps, g('pg_bond_read') && g('pg_bond_read').tps);
+const rCons = cCons ? cCons.r : ratio(g('consume') && g('consume').rps, g('pg_consume') && g('pg_consume').tps);
 const half = g('bond_read_half');
 const ht = g('bond_read_half_target');
 p(`- bond read: steward / pgbench = **${f(rRead)}x**`);
@@ -103,7 +141,10 @@ if (half && ht) {
 }
 p(`- atomic consume: steward / pgbench = **${f(rCons)}x**`);
 const st1 = g('pg_bond_read_st'); const st2 = g('pg_consume_st');
-if (st1 && st2) {
+if (cRead && cCons && cRead.rst != null && cCons.rst != null) {
+  p(`- for reference, against pgbench with the statement_timeout steward's connections carry (median of the rounds): bond read ` +
+    `${f(cRead.rst)}x, consume ${f(cCons.rst)}x (pgbench itself: ${f(cRead.self)}x and ${f(cCons.self)}x of its plain run)`);
+} else if (st1 && st2) {
   p(`- for reference, against pgbench with the statement_timeout steward's connections carry: bond read ` +
     `${f(ratio(g('bond_read').rps, st1.tps))}x, consume ${f(ratio(g('consume').rps, st2.tps))}x ` +
     `(pgbench itself: ${f(ratio(st1.tps, g('pg_bond_read').tps))}x and ${f(ratio(st2.tps, g('pg_consume').tps))}x of its plain run)`);
@@ -209,7 +250,6 @@ p('Each size is measured in 3 alternating rounds (small, big, small, big, ...); 
 p();
 p('| workload | p50 small ms | p50 big ms | big / small | p99 small ms | p99 big ms | rps small | rps big | p50 per round small / big |');
 p('|---|---:|---:|---:|---:|---:|---:|---:|---|');
-const median = (xs) => { const a = xs.filter((x) => x != null).sort((x, y) => x - y); return a.length ? a[Math.floor((a.length - 1) / 2)] : null; };
 for (const [k, label] of [['bond_read', 'GET /v1/bonds/{user_id}'], ['plan', 'POST /v1/posts/{post_id}/plan']]) {
   const rounds = (size) => Object.keys(recs).filter((n) => n.startsWith(`scale_${k}_${size}_`)).sort().map((n) => recs[n]);
   const a = rounds('small'); const b = rounds('big');
