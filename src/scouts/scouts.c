@@ -96,14 +96,16 @@ static const struct db_stmt st_device_delete = {
     "FROM d",
     1};
 
-static const struct db_stmt st_device_auth = {
-    "scouts_device_auth", "SELECT user_id, token_hash FROM devices WHERE id = $1::uuid", 1};
-
-static const struct db_stmt st_device_seen = {
-    "scouts_device_seen",
+/* A device_hello: the token is checked and, when it matches, the device is marked seen
+ * and connected for the presence period, in one round trip (a reconnect storm is bound
+ * by the round trips of each hello). The database compares SHA-256 digests: how long
+ * that takes tells at most how much of the digest of the caller's own guess matches. */
+static const struct db_stmt st_device_hello = {
+    "scouts_device_hello",
     "UPDATE devices SET last_seen_at = now(), "
-    "connected_until = now() + make_interval(secs => $2::int) WHERE id = $1::uuid",
-    2};
+    "connected_until = now() + make_interval(secs => $3::int) "
+    "WHERE id = $1::uuid AND token_hash = $2 RETURNING user_id",
+    3};
 
 static const struct db_stmt st_device_offline = {
     "scouts_device_offline",
@@ -687,52 +689,45 @@ int scouts_device_delete(struct scouts *s, const char *id, const char *actor)
     return pool_tx(s->pool, device_delete_tx, &t);
 }
 
-struct verify_arg {
-    const char *device_id;
-    char hash[65];
+static int presence_period_s(const struct scouts *s)
+{
+    return s->set.ws_heartbeat_s * 2 + 10;
+}
+
+struct hello_arg {
+    const char *params[3];
     char *user;
     size_t ucap;
     bool ok;
 };
 
-static int verify_fn(struct pool_conn *c, void *arg)
+static int hello_fn(struct pool_conn *c, void *arg)
 {
-    struct verify_arg *v = arg;
-    v->ok = false;
-    const char *p[] = {v->device_id};
+    struct hello_arg *h = arg;
     PGresult *r;
-    int rc = run(c, &st_device_auth, p, &r);
+    int rc = run(c, &st_device_hello, h->params, &r);
     if (rc != ST_OK)
         return rc;
-    /* compare against a dummy when the device is unknown, so timing tells nothing */
-    static const char dummy[65] =
-        "0000000000000000000000000000000000000000000000000000000000000000";
-    const char *stored = PQntuples(r) == 1 ? sql_str(r, 0, 1) : dummy;
-    bool eq = strlen(stored) == 64 && crypto_equal(stored, v->hash, 64);
-    if (eq && PQntuples(r) == 1) {
-        snprintf(v->user, v->ucap, "%s", sql_str(r, 0, 0));
-        v->ok = true;
-    }
+    h->ok = PQntuples(r) == 1;
+    if (h->ok)
+        snprintf(h->user, h->ucap, "%s", sql_str(r, 0, 0));
     PQclear(r);
     return ST_OK;
 }
 
-int scouts_device_verify(struct scouts *s, const char *device_id, const char *token, char *user,
-                         size_t ucap)
+int scouts_device_hello(struct scouts *s, const char *device_id, const char *token, char *user,
+                        size_t ucap)
 {
     if (!scouts_uuid_valid(device_id))
         return ST_ENOTFOUND;
-    struct verify_arg v = {device_id, {0}, user, ucap, false};
-    crypto_sha256_hex(token, strlen(token), v.hash);
-    int rc = pool_with(s->pool, verify_fn, &v);
+    char hash[65], secs[24];
+    crypto_sha256_hex(token, strlen(token), hash);
+    struct hello_arg h = {
+        {device_id, hash, sql_fmt_ll(secs, presence_period_s(s))}, user, ucap, false};
+    int rc = pool_with(s->pool, hello_fn, &h);
     if (rc != ST_OK)
         return rc;
-    return v.ok ? ST_OK : ST_ENOTFOUND;
-}
-
-static int presence_period_s(const struct scouts *s)
-{
-    return s->set.ws_heartbeat_s * 2 + 10;
+    return h.ok ? ST_OK : ST_ENOTFOUND;
 }
 
 struct one_arg {
@@ -744,14 +739,6 @@ static int one_fn(struct pool_conn *c, void *arg)
 {
     struct one_arg *o = arg;
     return run_discard(c, o->st, o->params);
-}
-
-int scouts_device_seen(struct scouts *s, const char *device_id)
-{
-    char secs[24];
-    const char *p[] = {device_id, sql_fmt_ll(secs, presence_period_s(s))};
-    struct one_arg o = {&st_device_seen, p};
-    return pool_with(s->pool, one_fn, &o);
 }
 
 int scouts_device_offline(struct scouts *s, const char *device_id)
@@ -1179,16 +1166,13 @@ static int warm_conn(struct scouts *s, struct pool_conn *c)
     const char *pi[] = {NIL_UUID, "warm", "false", NULL, NULL, NULL, NULL,
                         sql_fmt_ll(ttl, s->set.proposal_ttl_days)};
     const char *pd[] = {"", sql_fmt_ll(lim, 1), "[[]]"};
-    const char *pa[] = {NIL_UUID};
-    const char *ps[] = {NIL_UUID, "1"};
+    const char *ph[] = {NIL_UUID, "", "1"};
     const char *pk[] = {NIL_UUID, "", NIL_UUID, "warm"};
     int rc = run_discard(c, &st_ingest, pi);
     if (rc == ST_OK)
         rc = run_discard(c, &st_deliver, pd);
     if (rc == ST_OK)
-        rc = run_discard(c, &st_device_auth, pa);
-    if (rc == ST_OK)
-        rc = run_discard(c, &st_device_seen, ps);
+        rc = run_discard(c, &st_device_hello, ph);
     if (rc == ST_OK)
         rc = run_discard(c, &st_ack, pk);
     return rc;

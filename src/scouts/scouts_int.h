@@ -117,12 +117,11 @@ int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_
                         int64_t cur_b, bool has_cursor, json_t **out);
 int scouts_device_delete(struct scouts *s, const char *id, const char *actor);
 
-/* Checks a device token in constant time; fills user (SCOUTS_USER_MAX*4+1 bytes).
- * ST_ENOTFOUND for an unknown device or a wrong token. */
-int scouts_device_verify(struct scouts *s, const char *device_id, const char *token, char *user,
-                         size_t ucap);
-/* Marks a device seen and connected for the presence period. */
-int scouts_device_seen(struct scouts *s, const char *device_id);
+/* A device_hello: checks the device's token and, when it matches, marks the device seen
+ * and connected for the presence period, in one statement; fills user
+ * (SCOUTS_USER_MAX*4+1 bytes). ST_ENOTFOUND for an unknown device or a wrong token. */
+int scouts_device_hello(struct scouts *s, const char *device_id, const char *token, char *user,
+                        size_t ucap);
 /* Marks devices offline (their last local socket closed). */
 int scouts_device_offline(struct scouts *s, const char *device_id);
 /* Marks the devices (JSON array text of ids) offline at once (graceful shutdown). */

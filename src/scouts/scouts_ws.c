@@ -635,7 +635,7 @@ static void hello_job(struct scouts *s, void *arg)
 {
     struct hello_arg *a = arg;
     char user[SCOUTS_USER_MAX * 4 + 1];
-    int rc = scouts_device_verify(s, a->device_id, a->token, user, sizeof(user));
+    int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user));
     explicit_bzero(a->token, sizeof(a->token));
     if (rc == ST_ENOTFOUND) {
         reject_hello(s, a->sid);
@@ -689,7 +689,6 @@ static void hello_job(struct scouts *s, void *arg)
               json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
                         "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s),
               MC_WS_FRAMES_OUT_HELLO_OK);
-    scouts_device_seen(s, a->device_id);
     pass_now(s, user);
 }
 

@@ -310,6 +310,35 @@ def test_hello_ok_bad_token_revoked_and_early_frames(server, keys, sql):
     assert sql.execute('SELECT count(*) FROM devices WHERE user_id = %s', (user,)).fetchone()[0] == 0
 
 
+def test_hello_checks_the_token_and_marks_presence_in_one_statement(server, sql):
+    """A wrong token (another device's, or none that exists) writes nothing; the right one
+    has the device seen and connected for 2 x heartbeat + 10 s by the time hello_ok
+    arrives (the check and the presence update are one statement)."""
+    user = uid()
+    dev, other = mk_device(server, user, 'a'), mk_device(server, user, 'b')
+
+    def presence(d):
+        return sql.execute('SELECT last_seen_at, connected_until - now() FROM devices '
+                           'WHERE id = %s', (d['device_id'],)).fetchone()
+
+    before = presence(dev), presence(other)
+    assert before[0][1] is None and before[1][1] is None
+
+    async def body():
+        for token in (other['token'], 'dev_' + 'f' * 64, 'x'):
+            bad = await Device.open(server, dev, token=token)
+            code, frames = await bad.closed()
+            assert frames == [{'type': 'error', 'code': 'unauthorized'}] and code == 4401
+        assert (presence(dev), presence(other)) == before
+        d = await Device.hello(server, dev)
+        seen, left = presence(dev)
+        assert seen > before[0][0] and 60 < left.total_seconds() <= 70
+        assert presence(other) == before[1]
+        await d.close()
+
+    run(body())
+
+
 def test_hello_timeout(make_server, db_url):
     s = make_server(db_url, STEWARD_WS_HELLO_TIMEOUT_S=1)
 
