@@ -199,7 +199,8 @@ static const struct db_stmt st_expire = {
     "scouts_expire",
     "WITH e AS (UPDATE proposals SET status = 'expired', expired_at = now(), "
     "raw_subject = NULL, raw_snippet = NULL "
-    "WHERE status IN ('queued', 'delivered', 'failed') AND expires_at <= now() RETURNING 1) "
+    "WHERE status IN ('queued', 'delivered', 'failed') AND expired_at IS NULL "
+    "AND expires_at <= now() RETURNING 1) "
     "SELECT count(*) FROM e",
     0};
 

@@ -266,3 +266,55 @@ def test_presence_refresh_in_chunks(make_server, fresh_db_url):
             await asyncio.gather(*(socks[i].close() for i in range(300) if i not in gone))
 
         run(body())
+
+
+def test_a_pass_reads_only_its_users_pending_proposals(make_server, fresh_db_url):
+    """Statistics taken while nothing was pending (the usual state: proposals are acked
+    within milliseconds) once let the planner serve a user's delivery pass from the
+    expiry index, reading every pending proposal of every user. With 500 proposals
+    pending for other users, 10 hellos each get their own proposal through the per-user
+    index, and the expiry index is not read at all."""
+    srv = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        def add(users, status, per_user):
+            sql.execute(
+                "INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, status, "
+                "expires_at, acked_at) SELECT gen_random_uuid(), u, 'gmail', u || '-' || k, %s, "
+                "now() + interval '1 day', CASE WHEN %s = 'acked' THEN now() END "
+                "FROM unnest(%s::text[]) u, generate_series(1, %s) k", (status, status, users, per_user))
+
+        add([uid('acked') for _ in range(200)], 'acked', 10)
+        sql.execute('ANALYZE proposals')
+        add([uid('other') for _ in range(500)], 'queued', 1)
+        users = [uid('mine') for _ in range(10)]
+        devs = [mk_device(srv, u) for u in users]
+        add(users, 'queued', 1)
+        mine = dict(sql.execute('SELECT user_id, id::text FROM proposals WHERE user_id = ANY(%s)',
+                                (users,)).fetchall())
+
+        def stats():
+            rows = sql.execute("SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes "
+                               "WHERE indexrelname IN ('proposals_pending', 'proposals_expiring')")
+            return {name: (scans, read) for name, scans, read in rows.fetchall()}
+
+        before = stats()
+
+        async def body():
+            for u, d in zip(users, devs):
+                dev = await Device.hello(srv, d)
+                assert (await dev.proposal())['id'] == mine[u]
+                await dev.close()
+
+        run(body())
+        # backends report their counters when idle, at most once a second
+        deadline = time.monotonic() + 15
+        while True:
+            after = stats()
+            delta = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after}
+            if delta['proposals_pending'][0] >= 10 or delta['proposals_expiring'][1] > 0 \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert delta['proposals_expiring'] == (0, 0), delta
+        assert delta['proposals_pending'][0] >= 10 and delta['proposals_pending'][1] < 100, delta
+        assert sql.execute("SELECT count(*) FROM proposals WHERE status = 'delivered'").fetchone()[0] == 10
