@@ -3,8 +3,11 @@ answer from database threads that batch many requests' statements into one round
 These tests prove that batching never mixes answers, that one stuck statement does not
 hold up the others, that a request waiting on the database survives SIGTERM with a real
 answer, and that killed connections never turn into a 500."""
+import json
 import re
+import select
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,48 @@ def metric(server, name):
     m = re.search(rf'^{name} (\d+)$', text, re.M)
     assert m, f'{name} missing from /metrics'
     return int(m.group(1))
+
+
+class RawConn:
+    """One keep-alive HTTP/1.1 connection written to directly: a burst of requests over
+    many of these leaves the test in a few microseconds each, close enough together for
+    the server's loop to read them in the same rounds (requests' threads, taking turns on
+    the GIL, send them 100 us or more apart, often one per round of the loop)."""
+
+    def __init__(self, url):
+        host, port = url.split('//', 1)[1].rsplit(':', 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.buf = b''
+
+    def send(self, method, path):
+        self.sock.sendall(f'{method} {path} HTTP/1.1\r\nHost: steward\r\n'
+                          f'Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 0\r\n\r\n'
+                          .encode())
+
+    def ready(self):
+        return bool(self.buf) or bool(select.select([self.sock], [], [], 0)[0])
+
+    def response(self, timeout):
+        """(status, parsed JSON body), or None when nothing complete came within timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head, sep, rest = self.buf.partition(b'\r\n\r\n')
+            if sep:
+                lines = head.decode().split('\r\n')
+                length = next(int(h.split(':', 1)[1]) for h in lines[1:]
+                              if h.lower().startswith('content-length:'))
+                if len(rest) >= length:
+                    self.buf = rest[length:]
+                    return int(lines[0].split()[1]), json.loads(rest[:length])
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            chunk = self.sock.recv(65536)
+            assert chunk, 'connection closed'
+            self.buf += chunk
+
+    def close(self):
+        self.sock.close()
 
 
 def bursts_until_regrouped(s, path, work, check):
@@ -296,42 +341,39 @@ def test_a_locked_row_holds_up_its_group_only_briefly(pg, db_url, sql, make_serv
     users = [f'wlock-{i:02d}' for i in range(40)]
     for u in users + ['wlock-held']:
         assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
-    burst = users[:20] + ['wlock-held'] + users[20:]  # the locked one mid sort order
-    sessions = [requests.Session() for _ in burst]
-    for sess in sessions:  # one open keep-alive connection per request of the burst
-        sess.headers['Authorization'] = f'Bearer {ADMIN_KEY}'
-        assert sess.get(s.url + '/livez', timeout=10).status_code == 200
+    burst = users[:20] + ['wlock-held'] + users[20:]  # the locked one mid burst
+    conns = [RawConn(s.url) for _ in burst]
+    for c in conns:  # each connection accepted and kept alive before the burst
+        c.send('GET', '/livez')
+        assert c.response(10)[0] == 200
     admitted = {u: 0 for u in users + ['wlock-held']}
     clean = False
-    with ThreadPoolExecutor(len(burst)) as ex:
-        for _ in range(8):
-            regrouped0 = metric(s, 'db_pipeline_regrouped_total')
-            gate = threading.Barrier(len(burst))
-
-            def send(i):
-                gate.wait(10)
-                return sessions[i].post(f'{s.url}/v1/bonds/{burst[i]}/messages', timeout=60)
-
-            with psycopg.connect(db_url) as locker:
-                locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wlock-held' FOR UPDATE")
-                futures = [ex.submit(send, i) for i in range(len(burst))]
-                held = futures[20]
-                others = futures[:20] + futures[21:]
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and not all(f.done() for f in others):
-                    time.sleep(0.02)
-                answered_while_locked = all(f.done() for f in others)
-                assert not held.done()  # it waits for the row lock
-                locker.rollback()
-            for u, f in zip(burst, futures):
-                r = f.result(timeout=60)
-                assert r.status_code == 200 and r.json()['allowed'] is True, (u, r.text)
-                admitted[u] += 1
-            if answered_while_locked and metric(s, 'db_pipeline_regrouped_total') > regrouped0:
-                clean = True
-                break
-    for sess in sessions:
-        sess.close()
+    for _ in range(8):
+        regrouped0 = metric(s, 'db_pipeline_regrouped_total')
+        with psycopg.connect(db_url) as locker:
+            locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wlock-held' FOR UPDATE")
+            for c, u in zip(conns, burst):
+                c.send('POST', f'/v1/bonds/{u}/messages')
+            answers = {}
+            deadline = time.monotonic() + 5
+            for i, c in enumerate(conns):
+                if i != 20:
+                    answers[i] = c.response(max(0.0, deadline - time.monotonic()))
+            answered_while_locked = all(a is not None for a in answers.values())
+            assert not conns[20].ready()  # it waits for the row lock
+            locker.rollback()
+        answers[20] = conns[20].response(60)
+        for i, c in enumerate(conns):
+            if answers[i] is None:
+                answers[i] = c.response(60)
+            status, body = answers[i]
+            assert status == 200 and body['allowed'] is True, (burst[i], status, body)
+            admitted[burst[i]] += 1
+        if answered_while_locked and metric(s, 'db_pipeline_regrouped_total') > regrouped0:
+            clean = True
+            break
+    for c in conns:
+        c.close()
     assert clean, 'no burst had its group bounded by lock_timeout'
     counts = dict(sql.execute("SELECT user_id, daily_msg_count FROM bonds "
                               "WHERE user_id LIKE 'wlock-%'").fetchall())
