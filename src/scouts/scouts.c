@@ -97,9 +97,10 @@ static const struct db_stmt st_device_delete = {
     1};
 
 /* A device_hello: the token is checked and, when it matches, the device is marked seen
- * and connected for the presence period, in one round trip (a reconnect storm is bound
- * by the round trips of each hello). The database compares SHA-256 digests: how long
- * that takes tells at most how much of the digest of the caller's own guess matches. */
+ * and connected for the presence period, in one round trip (the device is present by
+ * the time hello_ok goes out, and a wrong token writes nothing). The database compares
+ * SHA-256 digests: how long that takes tells at most how much of the digest of the
+ * caller's own guess matches, which brings no one closer to a token. */
 static const struct db_stmt st_device_hello = {
     "scouts_device_hello",
     "UPDATE devices SET last_seen_at = now(), "
