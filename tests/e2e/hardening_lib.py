@@ -3,6 +3,7 @@ request line, headers and body), a raw WebSocket client (any opcode, any payload
 invalid UTF-8 in a text frame), and a table-by-table checksum of a database."""
 import base64
 import os
+import select
 import socket
 import struct
 
@@ -39,9 +40,11 @@ class RawHttp:
         self.buf += chunk
 
     def read_response(self, head=False):
+        """(status, headers, body). Nothing is taken from the buffer before the whole
+        answer is in (a read that times out leaves it for the next one)."""
         while b'\r\n\r\n' not in self.buf:
             self._fill()
-        raw, self.buf = self.buf.split(b'\r\n\r\n', 1)
+        raw, _, rest = self.buf.partition(b'\r\n\r\n')
         lines = raw.decode('latin-1').split('\r\n')
         status = int(lines[0].split(' ')[1])
         headers = {}
@@ -49,12 +52,34 @@ class RawHttp:
             k, _, v = line.partition(':')
             headers[k.strip().lower()] = v.strip()
         n = 0 if head or status in (204, 304) else int(headers.get('content-length', '0'))
-        while len(self.buf) < n:
+        while len(rest) < n:
             self._fill()
-        body, self.buf = self.buf[:n], self.buf[n:]
+            rest = self.buf.partition(b'\r\n\r\n')[2]
+        body, self.buf = rest[:n], rest[n:]
         if headers.get('connection', '').lower() == 'close':
             self.close()
         return status, headers, body
+
+    def send(self, method, target, headers=None, body=b''):
+        """Sends one request and leaves its answer to read_response: requests sent this
+        way over many connections leave a few microseconds apart."""
+        if self.sock is None:
+            self.connect()
+        self.sock.sendall(build(method, target, headers or {}, body))
+
+    def answered(self):
+        """Whether bytes of an answer wait to be read."""
+        return bool(self.buf) or bool(select.select([self.sock], [], [], 0)[0])
+
+    def response_within(self, seconds):
+        """read_response() when the whole answer is in within seconds, else None."""
+        self.sock.settimeout(max(seconds, 0.001))
+        try:
+            return self.read_response()
+        except TimeoutError:
+            return None
+        finally:
+            self.sock.settimeout(self.timeout)
 
     def request(self, method, target, headers=None, body=b'', send_length=True):
         """Sends one request (target and header values are bytes or str, sent as they

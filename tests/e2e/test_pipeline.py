@@ -5,9 +5,7 @@ hold up the others, that a request waiting on the database survives SIGTERM with
 answer, and that killed connections never turn into a 500."""
 import json
 import re
-import select
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +14,7 @@ import psycopg
 import requests
 
 from harness.steward import ADMIN_KEY
+from hardening_lib import RawHttp
 
 
 def metric(server, name):
@@ -25,46 +24,27 @@ def metric(server, name):
     return int(m.group(1))
 
 
-class RawConn:
-    """One keep-alive HTTP/1.1 connection written to directly: a burst of requests over
-    many of these leaves the test in a few microseconds each, close enough together for
-    the server's loop to read them in the same rounds (requests' threads, taking turns on
-    the GIL, send them 100 us or more apart, often one per round of the loop)."""
+def raw_conns(s, n):
+    """n keep-alive connections to s, each accepted and used once before it serves a
+    burst. A burst written over them leaves the test in a few microseconds per request,
+    close enough for the server's loop to read it in the same rounds (requests' threads,
+    taking turns on the GIL, send them 100 us or more apart, often one per round)."""
+    conns = [RawHttp(s.http_port) for _ in range(n)]
+    for c in conns:
+        c.send('GET', '/livez')
+        assert c.read_response()[0] == 200
+    return conns
 
-    def __init__(self, url):
-        host, port = url.split('//', 1)[1].rsplit(':', 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.buf = b''
 
-    def send(self, method, path):
-        self.sock.sendall(f'{method} {path} HTTP/1.1\r\nHost: steward\r\n'
-                          f'Authorization: Bearer {ADMIN_KEY}\r\nContent-Length: 0\r\n\r\n'
-                          .encode())
+def consume(conn, user):
+    conn.send('POST', f'/v1/bonds/{user}/messages',
+              {'Authorization': f'Bearer {ADMIN_KEY}', 'Content-Length': '0'})
 
-    def ready(self):
-        return bool(self.buf) or bool(select.select([self.sock], [], [], 0)[0])
 
-    def response(self, timeout):
-        """(status, parsed JSON body), or None when nothing complete came within timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            head, sep, rest = self.buf.partition(b'\r\n\r\n')
-            if sep:
-                lines = head.decode().split('\r\n')
-                length = next(int(h.split(':', 1)[1]) for h in lines[1:]
-                              if h.lower().startswith('content-length:'))
-                if len(rest) >= length:
-                    self.buf = rest[length:]
-                    return int(lines[0].split()[1]), json.loads(rest[:length])
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return None
-            chunk = self.sock.recv(65536)
-            assert chunk, 'connection closed'
-            self.buf += chunk
-
-    def close(self):
-        self.sock.close()
+def answer(conn, seconds):
+    """(status, parsed body) of the next answer on conn, or None after seconds."""
+    r = conn.response_within(seconds)
+    return None if r is None else (r[0], json.loads(r[2]))
 
 
 def bursts_until_regrouped(s, path, work, check):
@@ -342,10 +322,7 @@ def test_a_locked_row_holds_up_its_group_only_briefly(pg, db_url, sql, make_serv
     for u in users + ['wlock-held']:
         assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
     burst = users[:20] + ['wlock-held'] + users[20:]  # the locked one mid burst
-    conns = [RawConn(s.url) for _ in burst]
-    for c in conns:  # each connection accepted and kept alive before the burst
-        c.send('GET', '/livez')
-        assert c.response(10)[0] == 200
+    conns = raw_conns(s, len(burst))
     admitted = {u: 0 for u in users + ['wlock-held']}
     clean = False
     for _ in range(8):
@@ -353,19 +330,19 @@ def test_a_locked_row_holds_up_its_group_only_briefly(pg, db_url, sql, make_serv
         with psycopg.connect(db_url) as locker:
             locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wlock-held' FOR UPDATE")
             for c, u in zip(conns, burst):
-                c.send('POST', f'/v1/bonds/{u}/messages')
+                consume(c, u)
             answers = {}
             deadline = time.monotonic() + 5
             for i, c in enumerate(conns):
                 if i != 20:
-                    answers[i] = c.response(max(0.0, deadline - time.monotonic()))
+                    answers[i] = answer(c, deadline - time.monotonic())
             answered_while_locked = all(a is not None for a in answers.values())
-            assert not conns[20].ready()  # it waits for the row lock
+            assert not conns[20].answered()  # it waits for the row lock
             locker.rollback()
-        answers[20] = conns[20].response(60)
+        answers[20] = answer(conns[20], 60)
         for i, c in enumerate(conns):
             if answers[i] is None:
-                answers[i] = c.response(60)
+                answers[i] = answer(c, 60)
             status, body = answers[i]
             assert status == 200 and body['allowed'] is True, (burst[i], status, body)
             admitted[burst[i]] += 1
@@ -391,25 +368,22 @@ def test_consumes_behind_a_waiting_one_run_on_another_backend(pg, db_url, sql, m
     users = [f'wnext-{i}' for i in range(12)]
     for u in users + ['wnext-held']:
         assert s.put(f'/v1/bonds/{u}/rate-limit', json={'daily_msg_cap': 0}).status_code == 200
-    conns = [RawConn(s.url) for _ in range(len(users) + 1)]
-    for c in conns:
-        c.send('GET', '/livez')
-        assert c.response(10)[0] == 200
+    conns = raw_conns(s, len(users) + 1)
     took = []
     for burst in range(1, 6):
         with psycopg.connect(db_url) as locker:
             locker.execute("SELECT 1 FROM bonds WHERE user_id = 'wnext-held' FOR UPDATE")
-            conns[0].send('POST', '/v1/bonds/wnext-held/messages')
+            consume(conns[0], 'wnext-held')
             time.sleep(0.002)  # the held one goes first, alone
             t0 = time.monotonic()
             for c, u in zip(conns[1:], users):
-                c.send('POST', f'/v1/bonds/{u}/messages')
-            answers = [c.response(5) for c in conns[1:]]
+                consume(c, u)
+            answers = [answer(c, 5) for c in conns[1:]]
             took.append(time.monotonic() - t0)
             assert all(a is not None for a in answers)  # all while the lock is held
-            assert not conns[0].ready()
+            assert not conns[0].answered()
             locker.rollback()
-        for status, body in answers + [conns[0].response(60)]:
+        for status, body in answers + [answer(conns[0], 60)]:
             assert status == 200 and body['count'] == burst, body
         if took[-1] < 0.012:
             break
