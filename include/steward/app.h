@@ -1,6 +1,6 @@
 /* The application context: everything the process owns, created by app_serve and
  * passed down explicitly. There is no other process-wide mutable state (the one
- * thread-local is the pipe's binding of an HTTP loop thread to its own lane). */
+ * thread-local is the dbpipe's binding of an HTTP loop thread to its own lane). */
 #ifndef STEWARD_APP_H
 #define STEWARD_APP_H
 
@@ -29,9 +29,10 @@ struct app {
     struct logger log;
     int64_t started_us;
     struct pool *pool;
-    struct pipe *pipe;                 /* pipelined hot-path statements (bonds) */
-    struct http_loop_guest pipe_guest; /* the pipe's lanes on the HTTP loops */
+    struct dbpipe *dbpipe;               /* pipelined hot-path statements (bonds) */
+    struct http_loop_guest dbpipe_guest; /* the dbpipe's lanes on the HTTP loops */
     struct auth *auth;
+    struct auth_verifier verifier; /* auth as the transports see it */
     struct metrics *metrics;
     struct router router;
     struct workq *workq;

@@ -13,17 +13,9 @@
 
 #include "steward/log.h"
 #include "steward/pool.h"
+#include "steward/principal.h"
 
-enum auth_scope { AUTH_NONE = 0, AUTH_READ = 1, AUTH_SERVICE = 2, AUTH_ADMIN = 3 };
-
-#define AUTH_NAME_MAX 64
 #define AUTH_SECRET_CAP 64 /* buffer size for a generated secret */
-
-struct auth_principal {
-    enum auth_scope scope;
-    long long key_id;
-    char name[AUTH_NAME_MAX * 4 + 1];
-};
 
 struct auth;
 
@@ -33,6 +25,8 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
 int auth_start(struct auth *a);
 /* Stops the refresher and frees everything. */
 void auth_free(struct auth *a);
+/* The verifier the transports use: auth_check and auth_check_cached on a. */
+struct auth_verifier auth_verifier(struct auth *a);
 
 /* Checks a presented secret. ST_OK fills who; ST_ENOTFOUND for an unknown or revoked
  * key; ST_EUNAVAIL when the database was needed and could not answer, or hashing the
@@ -42,9 +36,6 @@ int auth_check(struct auth *a, const char *secret, struct auth_principal *who);
  * loops): *miss is set when the key is not in the snapshot, and only auth_check can
  * tell then. */
 int auth_check_cached(struct auth *a, const char *secret, struct auth_principal *who, bool *miss);
-
-int auth_scope_parse(const char *s, enum auth_scope *out);
-const char *auth_scope_name(enum auth_scope s);
 
 /* Creates a key named name; writes the secret (shown once) into secret[cap >=
  * AUTH_SECRET_CAP]. ST_ECONFLICT when an active key has that name. */

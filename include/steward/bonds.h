@@ -15,7 +15,7 @@
 #include "steward/buf.h"
 #include "steward/log.h"
 #include "steward/pool.h"
-#include "steward/router.h"
+struct router;
 
 struct bonds;
 
@@ -29,14 +29,14 @@ struct bonds_hooks {
     void *ctx;
 };
 
-struct pipe;
+struct dbpipe;
 
 /* Creates the ledger on a pool and logger (both borrowed; they must outlive it). hooks
- * is copied and may be NULL. pipe (borrowed, may be NULL) runs the hot-path reads and
+ * is copied and may be NULL. dbpipe (borrowed, may be NULL) runs the hot-path reads and
  * consumes pipelined on database threads; without it they run at once on the calling
  * thread. Returns NULL when out of memory. */
 struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks, struct pipe *pipe);
+                        const struct bonds_hooks *hooks, struct dbpipe *dbpipe);
 /* Frees the ledger (NULL is fine). */
 void bonds_free(struct bonds *b);
 

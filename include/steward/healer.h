@@ -21,7 +21,7 @@
 #include "steward/log.h"
 #include "steward/metrics.h"
 #include "steward/pool.h"
-#include "steward/router.h"
+struct router;
 
 struct healer;
 struct ws_server;

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "steward/auth.h"
+#include "steward/principal.h"
 #include "steward/log.h"
 #include "steward/router.h"
 

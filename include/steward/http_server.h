@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "steward/auth.h"
+#include "steward/principal.h"
 #include "steward/log.h"
 #include "steward/metrics.h"
 #include "steward/router.h"
@@ -42,7 +42,7 @@ struct http_server_opts {
                   * is suspended (0: at once) */
     bool access_log;
     const struct router *router;
-    struct auth *auth;
+    const struct auth_verifier *auth; /* must outlive the server */
     struct metrics *metrics;
     const struct logger *lg;
     const struct http_loop_guest *guest; /* optional; must outlive the server */

@@ -15,7 +15,7 @@
 #include "steward/log.h"
 #include "steward/metrics.h"
 #include "steward/pool.h"
-#include "steward/router.h"
+struct router;
 
 struct lessons;
 

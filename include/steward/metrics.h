@@ -82,7 +82,7 @@ double metrics_quantile(const uint64_t *buckets, size_t nbuckets, const double *
 #ifndef STEWARD_METRICS_RENDER
 #define STEWARD_METRICS_RENDER
 struct pool;
-struct pipe;
+struct dbpipe;
 struct ws_server;
 
 /* What /metrics reads besides the counters. */
@@ -90,7 +90,7 @@ struct metrics_sources {
     struct metrics *m;
     const struct router *router;
     struct pool *pool;
-    struct pipe *pipe;    /* may be NULL */
+    struct dbpipe *dbpipe;    /* may be NULL */
     struct ws_server *ws; /* may be NULL */
 };
 

@@ -1,11 +1,12 @@
-/* Operational routes: GET /livez, /readyz, /openapi.yaml. */
+/* Operations: liveness, readiness and the OpenAPI document (GET /livez, /readyz,
+ * /openapi.yaml). ops.c holds the readiness check and its SQL; ops_http.c the routes. */
 #ifndef STEWARD_OPS_H
 #define STEWARD_OPS_H
 
 #include <stddef.h>
 
-#include "steward/pool.h"
-#include "steward/router.h"
+struct pool;
+struct router;
 
 struct ops_ctx {
     struct pool *pool;
@@ -15,6 +16,11 @@ struct ops_ctx {
 extern const char ops_openapi[];
 extern const size_t ops_openapi_len;
 
-int ops_register(struct router *r, struct ops_ctx *ctx);
+/* Reads the schema version the database is at into *version. Returns ST_*. */
+int ops_schema_version(struct ops_ctx *o, long long *version);
+/* The schema version this binary expects (the newest embedded migration). */
+int ops_schema_expected(void);
+
+int ops_http_register(struct router *r, struct ops_ctx *ctx);
 
 #endif

@@ -13,12 +13,12 @@
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
-#include "steward/pipe.h"
+#include "steward/dbpipe.h"
 #include "steward/sql.h"
 
 struct bonds {
     struct pool *pool;
-    struct pipe *pipe;
+    struct dbpipe *dbpipe;
     const struct logger *lg;
     struct bonds_hooks hooks;
 };
@@ -339,7 +339,7 @@ static const struct db_stmt st_rate = {
     SQL_US("now()")
 static const struct db_stmt st_consume = {"bonds_consume", CONSUME_SET CONSUME_RETURNING, 1};
 /* The same consume inside an HTTP loop's group of consumes, which commit together
- * (pipe_job.group_st). It first sets lock_timeout for the rest of the group's transaction:
+ * (dbpipe_job.group_st). It first sets lock_timeout for the rest of the group's transaction:
  * a row locked elsewhere then holds the rows the group updated before it for at most
  * that long; the group fails and each consume runs again alone, as st_consume, waiting
  * as long as statement_timeout allows. */
@@ -439,13 +439,13 @@ static int finish_json(int rc, struct buf *o, char **json, size_t *len)
  * ---------------------------------------------------------------------------------- */
 
 struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks, struct pipe *pipe)
+                        const struct bonds_hooks *hooks, struct dbpipe *dbpipe)
 {
     struct bonds *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->pool = pool;
-    b->pipe = pipe;
+    b->dbpipe = dbpipe;
     b->lg = lg;
     if (hooks)
         b->hooks = *hooks;
@@ -461,11 +461,11 @@ void bonds_free(struct bonds *b)
  * Reads
  * ---------------------------------------------------------------------------------- */
 
-/* One hot-path operation in flight: a chain of single statements through the pipe. */
+/* One hot-path operation in flight: a chain of single statements through the dbpipe. */
 enum op_stage { OP_GET, OP_CONSUME, OP_READ, OP_ENSURE };
 
 struct bond_op {
-    struct pipe_job job;
+    struct dbpipe_job job;
     struct bonds *b;
     enum op_stage stage;
     int attempts; /* consume statements sent */
@@ -476,7 +476,7 @@ struct bond_op {
     char user_id[]; /* copied */
 };
 
-static struct bond_op *op_new(struct bonds *b, const char *user_id, pipe_done_fn fn, void *arg)
+static struct bond_op *op_new(struct bonds *b, const char *user_id, dbpipe_done_fn fn, void *arg)
 {
     size_t n = strlen(user_id) + 1;
     struct bond_op *op = calloc(1, sizeof(*op) + n);
@@ -500,13 +500,13 @@ static void op_send(struct bond_op *op, enum op_stage stage, const struct db_stm
      * may commit it together with other consumes. */
     op->job.group_st = stage == OP_CONSUME ? &st_consume_grouped : NULL;
     op->job.lock_key = op->user_id;
-    if (!op->b->pipe)
-        pipe_run_inline(op->b->pool, &op->job);
-    else if (pipe_submit(op->b->pipe, &op->job) != ST_OK)
+    if (!op->b->dbpipe)
+        dbpipe_run_inline(op->b->pool, &op->job);
+    else if (dbpipe_submit(op->b->dbpipe, &op->job) != ST_OK)
         op->job.done(&op->job, NULL, ST_EUNAVAIL);
 }
 
-static void get_done(struct pipe_job *job, PGresult *r, int rc)
+static void get_done(struct dbpipe_job *job, PGresult *r, int rc)
 {
     struct bond_op *op = job->arg;
     struct buf out = {0};
@@ -707,7 +707,7 @@ static void consume_finish(struct bond_op *op, int rc)
 /* Each decision is the single conditional UPDATE; the other statements only find out
  * why nothing was admitted (no entry yet: create it and try again; cap reached: refuse;
  * the state changed in between, e.g. the cap was raised: try again, at most 4 times). */
-static void consume_done(struct pipe_job *job, PGresult *r, int rc)
+static void consume_done(struct dbpipe_job *job, PGresult *r, int rc)
 {
     struct bond_op *op = job->arg;
     if (rc != ST_OK) {

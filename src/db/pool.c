@@ -23,11 +23,11 @@ struct pool_conn {
     int execs; /* statements sent since checkout */
     /* reading a pipeline: results of the current statement so far, the one kept as its
      * answer, NULLs seen in a row, and whether a prepare sent in it failed */
-    int pipe_seen;
-    PGresult *pipe_keep;
-    int pipe_nulls;
-    bool pipe_prep_failed;
-    bool pipe_prep_ended; /* the current statement's prepare has delivered its results */
+    int dbpipe_seen;
+    PGresult *dbpipe_keep;
+    int dbpipe_nulls;
+    bool dbpipe_prep_failed;
+    bool dbpipe_prep_ended; /* the current statement's prepare has delivered its results */
 };
 
 struct pool {
@@ -107,12 +107,12 @@ static void conn_close(struct pool_conn *c)
     }
     memset(c->prepared, 0, sizeof(c->prepared));
     c->nprepared = 0;
-    PQclear(c->pipe_keep);
-    c->pipe_keep = NULL;
-    c->pipe_seen = 0;
-    c->pipe_nulls = 0;
-    c->pipe_prep_failed = false;
-    c->pipe_prep_ended = false;
+    PQclear(c->dbpipe_keep);
+    c->dbpipe_keep = NULL;
+    c->dbpipe_seen = 0;
+    c->dbpipe_nulls = 0;
+    c->dbpipe_prep_failed = false;
+    c->dbpipe_prep_ended = false;
 }
 
 void pool_free(struct pool *p)
@@ -435,12 +435,12 @@ static bool result_ok(const PGresult *r)
 }
 
 /* Hands over what was kept for the statement just completed and resets for the next. */
-static int pipe_hand_over(struct pool_conn *c, PGresult **out)
+static int dbpipe_hand_over(struct pool_conn *c, PGresult **out)
 {
-    *out = c->pipe_keep ? c->pipe_keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
-    c->pipe_keep = NULL;
-    c->pipe_seen = 0;
-    c->pipe_prep_ended = false;
+    *out = c->dbpipe_keep ? c->dbpipe_keep : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    c->dbpipe_keep = NULL;
+    c->dbpipe_seen = 0;
+    c->dbpipe_prep_ended = false;
     return 1;
 }
 
@@ -452,35 +452,35 @@ int pool_pipe_next(struct pool_conn *c, bool prepared_now, bool sync_after, PGre
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
             /* The end of one command's results: the prepare's, or the statement's. */
-            if (c->pipe_seen == 0) {
-                if (++c->pipe_nulls > 2)
+            if (c->dbpipe_seen == 0) {
+                if (++c->dbpipe_nulls > 2)
                     return -1; /* nothing more is queued: libpq lost track of the pipeline */
                 continue;
             }
-            if (prepared_now && c->pipe_seen == 1 && !c->pipe_prep_ended) {
-                c->pipe_prep_ended = true;
+            if (prepared_now && c->dbpipe_seen == 1 && !c->dbpipe_prep_ended) {
+                c->dbpipe_prep_ended = true;
                 continue;
             }
             if (!sync_after)
-                return pipe_hand_over(c, out); /* inside a group: no Sync of its own */
+                return dbpipe_hand_over(c, out); /* inside a group: no Sync of its own */
             continue;
         }
-        c->pipe_nulls = 0;
+        c->dbpipe_nulls = 0;
         if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             if (!sync_after)
                 return -1; /* a Sync where none was sent: libpq lost track */
-            return pipe_hand_over(c, out);
+            return dbpipe_hand_over(c, out);
         }
-        bool is_prepare = prepared_now && c->pipe_seen == 0;
-        c->pipe_seen++;
+        bool is_prepare = prepared_now && c->dbpipe_seen == 0;
+        c->dbpipe_seen++;
         if (is_prepare && !result_ok(r))
-            c->pipe_prep_failed = true;
-        if (c->pipe_keep && !result_ok(c->pipe_keep)) {
+            c->dbpipe_prep_failed = true;
+        if (c->dbpipe_keep && !result_ok(c->dbpipe_keep)) {
             PQclear(r); /* the query aborted by a failed prepare: keep the cause */
         } else {
-            PQclear(c->pipe_keep);
-            c->pipe_keep = r;
+            PQclear(c->dbpipe_keep);
+            c->dbpipe_keep = r;
         }
     }
 }
@@ -546,7 +546,7 @@ void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const 
          * so what is missing reads as unavailable and the next checkout reconnects. */
         conn_close(c);
         batch_fail_rest(done, n, out);
-    } else if (c->pipe_prep_failed) {
+    } else if (c->dbpipe_prep_failed) {
         conn_close(c); /* forget the statement marked prepared that is not */
     }
 }
@@ -593,7 +593,7 @@ void pool_pipe_end(struct pool_conn *c, bool broken)
 {
     if (!c->pg)
         return;
-    if (broken || c->pipe_prep_failed || !PQexitPipelineMode(c->pg) ||
+    if (broken || c->dbpipe_prep_failed || !PQexitPipelineMode(c->pg) ||
         PQsetnonblocking(c->pg, 0) != 0)
         conn_close(c);
 }

@@ -300,7 +300,7 @@ static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
         return;
     }
     bool miss = false;
-    int rc = auth_check_cached(rs->srv->o.auth, h + 7, &rs->who, &miss);
+    int rc = rs->srv->o.auth->check_cached(rs->srv->o.auth->ctx, h + 7, &rs->who, &miss);
     if (miss) {
         rs->auth_secret = h + 7; /* decided on a handler thread, which may ask the database */
         return;
@@ -531,8 +531,9 @@ static void handler_thread_run(void *arg)
     rs->body_json = NULL;
     if (rs->auth_secret) {
         char d[128];
-        int status =
-            auth_verdict(rs, auth_check(rs->srv->o.auth, rs->auth_secret, &rs->who), d, sizeof(d));
+        int status = auth_verdict(
+            rs, rs->srv->o.auth->check(rs->srv->o.auth->ctx, rs->auth_secret, &rs->who), d,
+            sizeof(d));
         if (status) {
             refusal(rs, status, NULL, d, resp);
             json_decref(body);

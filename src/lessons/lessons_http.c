@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "steward/auth.h"
+#include "steward/principal.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/http.h"

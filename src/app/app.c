@@ -17,7 +17,7 @@
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
-#include "steward/pipe.h"
+#include "steward/dbpipe.h"
 #include "steward/lessons.h"
 
 #include "steward/planner.h"
@@ -139,11 +139,11 @@ static int register_routes(struct app *app)
 {
     int rc = 0;
     app->ops.pool = app->pool;
-    rc |= ops_register(&app->router, &app->ops);
+    rc |= ops_http_register(&app->router, &app->ops);
     app->msrc.m = app->metrics;
     app->msrc.router = &app->router;
     app->msrc.pool = app->pool;
-    app->msrc.pipe = app->pipe;
+    app->msrc.dbpipe = app->dbpipe;
     app->msrc.ws = app->ws;
     rc |= metrics_http_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);
@@ -197,7 +197,7 @@ static int create_capabilities(struct app *app)
     if (!app->scouts)
         return -1;
     struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
-    app->bonds = bonds_new(app->pool, &app->log, &bh, app->pipe);
+    app->bonds = bonds_new(app->pool, &app->log, &bh, app->dbpipe);
     if (!app->bonds)
         return -1;
     struct healer_settings hs = {
@@ -243,10 +243,10 @@ static int start_servers(struct app *app)
         .park_ms = app->cfg.http_park_ms,
         .access_log = app->cfg.access_log,
         .router = &app->router,
-        .auth = app->auth,
+        .auth = &app->verifier,
         .metrics = app->metrics,
         .lg = &app->log,
-        .guest = &app->pipe_guest,
+        .guest = &app->dbpipe_guest,
     };
     app->http = http_server_start(&ho, err, sizeof(err));
     if (!app->http) {
@@ -256,27 +256,27 @@ static int start_servers(struct app *app)
     return 0;
 }
 
-/* The pipe's lanes as the HTTP loops' guest. */
+/* The dbpipe's lanes as the HTTP loops' guest. */
 static void *guest_attach(void *ctx)
 {
-    return pipe_lane_attach(ctx);
+    return dbpipe_lane_attach(ctx);
 }
-_Static_assert(HTTP_GUEST_FDS >= PIPE_LANE_FDS, "the HTTP loop polls every lane connection");
+_Static_assert(HTTP_GUEST_FDS >= DBPIPE_LANE_FDS, "the HTTP loop polls every lane connection");
 static int guest_flush(void *st, struct pollfd *fds, int *timeout_ms)
 {
-    return pipe_lane_flush(st, fds, timeout_ms);
+    return dbpipe_lane_flush(st, fds, timeout_ms);
 }
 static void guest_service(void *st, const struct pollfd *fds, int n)
 {
-    pipe_lane_service(st, fds, n);
+    dbpipe_lane_service(st, fds, n);
 }
 static bool guest_busy(void *st)
 {
-    return pipe_lane_busy(st);
+    return dbpipe_lane_busy(st);
 }
 static void guest_detach(void *st)
 {
-    pipe_lane_detach(st);
+    dbpipe_lane_detach(st);
 }
 
 static int build(struct app *app)
@@ -302,15 +302,15 @@ static int build(struct app *app)
      * connection only while statements are in flight; lanes take at most half the pool,
      * so the rest always serves everything else. The HTTP handler threads, and any other
      * caller, use the database threads: a quarter of the pool (2 for the default 8). */
-    int pipe_threads = app->cfg.db_pool_size / 4;
-    pipe_threads = pipe_threads < 1 ? 1 : pipe_threads > 4 ? 4 : pipe_threads;
+    int dbpipe_threads = app->cfg.db_pool_size / 4;
+    dbpipe_threads = dbpipe_threads < 1 ? 1 : dbpipe_threads > 4 ? 4 : dbpipe_threads;
     int lanes = app->cfg.db_pool_size / 2;
     lanes = lanes > app->http_loops ? app->http_loops : lanes;
-    app->pipe = app->pool ? pipe_new(app->pool, pipe_threads, lanes, app->cfg.db_acquire_timeout_ms,
-                                     &app->log)
-                          : NULL;
-    app->pipe_guest = (struct http_loop_guest){
-        .ctx = app->pipe,
+    app->dbpipe = app->pool ? dbpipe_new(app->pool, dbpipe_threads, lanes,
+                                         app->cfg.db_acquire_timeout_ms, &app->log)
+                            : NULL;
+    app->dbpipe_guest = (struct http_loop_guest){
+        .ctx = app->dbpipe,
         .attach = guest_attach,
         .flush = guest_flush,
         .service = guest_service,
@@ -318,8 +318,9 @@ static int build(struct app *app)
         .detach = guest_detach,
     };
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
-    if (!app->pool || !app->metrics || !app->workq || !app->pipe || !app->auth)
+    if (!app->pool || !app->metrics || !app->workq || !app->dbpipe || !app->auth)
         return -1;
+    app->verifier = auth_verifier(app->auth);
     router_init(&app->router);
     if (app->cfg.admin_key &&
         auth_key_ensure(app->pool, "admin-env", app->cfg.admin_key, AUTH_ADMIN) != ST_OK) {
@@ -343,7 +344,7 @@ static void teardown(struct app *app)
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
-    pipe_free(app->pipe);
+    dbpipe_free(app->dbpipe);
     healer_free(app->healer);
     bonds_free(app->bonds);
     scouts_free(app->scouts);

@@ -1,4 +1,4 @@
-/* Command-line entry: picks the command and hands over to src/app.c. */
+/* Command-line entry: picks the command and hands over to src/app/app.c. */
 #include <stdio.h>
 #include <string.h>
 

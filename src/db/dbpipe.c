@@ -1,4 +1,4 @@
-#include "steward/pipe.h"
+#include "steward/dbpipe.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -20,11 +20,11 @@
 /* Connections a lane runs groups of writes on at once, each one group at a time: loops
  * are one per two CPUs, so this is one backend per CPU. */
 #define LANE_WRITE_CONNS 2
-#define LANE_CONNS PIPE_LANE_FDS
+#define LANE_CONNS DBPIPE_LANE_FDS
 
 /* Jobs in order, linked through their next field. */
 struct job_fifo {
-    struct pipe_job *head, *tail;
+    struct dbpipe_job *head, *tail;
 };
 
 /* One connection of a lane and the statements in flight on it, oldest first. */
@@ -46,8 +46,8 @@ struct lane_conn {
  * another free connection for what follows, so one blocked statement holds up only
  * what was pipelined behind it. Everything but the counters is touched only by the
  * owning thread. */
-struct pipe_lane {
-    struct pipe *p;
+struct dbpipe_lane {
+    struct dbpipe *p;
     struct job_fifo queue; /* submitted, not sent yet */
     struct lane_conn conns[LANE_CONNS];
     int cur;                /* the connection new statements go to, -1 for none */
@@ -60,9 +60,9 @@ struct pipe_lane {
 };
 
 /* The lane of the calling thread, if it is an event-loop thread that attached one. */
-static _Thread_local struct pipe_lane *lane_here;
+static _Thread_local struct dbpipe_lane *lane_here;
 
-struct pipe {
+struct dbpipe {
     struct pool *pool;
     const struct logger *lg;
     int max_wait_ms;
@@ -70,7 +70,7 @@ struct pipe {
     pthread_t *threads;
 
     /* Submitted jobs, newest first; a database thread takes the whole stack at once. */
-    _Atomic(struct pipe_job *) head;
+    _Atomic(struct dbpipe_job *) head;
     atomic_bool stopping;
 
     /* Only a thread going to sleep and a submitter that sees a sleeper take this. */
@@ -89,7 +89,7 @@ struct pipe {
      * always left to everything else. */
     atomic_int extra_held;
     int extra_max;
-    struct pipe_lane *lanes;
+    struct dbpipe_lane *lanes;
 };
 
 static int64_t mono_us(void)
@@ -99,7 +99,7 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void fifo_push(struct job_fifo *f, struct pipe_job *job)
+static void fifo_push(struct job_fifo *f, struct dbpipe_job *job)
 {
     job->next = NULL;
     if (f->tail)
@@ -109,9 +109,9 @@ static void fifo_push(struct job_fifo *f, struct pipe_job *job)
     f->tail = job;
 }
 
-static struct pipe_job *fifo_pop(struct job_fifo *f)
+static struct dbpipe_job *fifo_pop(struct job_fifo *f)
 {
-    struct pipe_job *job = f->head;
+    struct dbpipe_job *job = f->head;
     if (job) {
         f->head = job->next;
         if (!f->head)
@@ -132,14 +132,14 @@ static void fifo_prepend(struct job_fifo *f, const struct job_fifo *front)
 }
 
 /* Empties f, returning its jobs as a list. */
-static struct pipe_job *fifo_take(struct job_fifo *f)
+static struct dbpipe_job *fifo_take(struct job_fifo *f)
 {
-    struct pipe_job *list = f->head;
+    struct dbpipe_job *list = f->head;
     f->head = f->tail = NULL;
     return list;
 }
 
-int pipe_submit(struct pipe *p, struct pipe_job *job)
+int dbpipe_submit(struct dbpipe *p, struct dbpipe_job *job)
 {
     if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
         return ST_EUNAVAIL;
@@ -148,12 +148,12 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
     job->alone = false;
     job->in_group = false;
     job->held = NULL;
-    struct pipe_lane *ln = lane_here;
+    struct dbpipe_lane *ln = lane_here;
     if (ln && ln->p == p) {
         fifo_push(&ln->queue, job);
         return ST_OK;
     }
-    struct pipe_job *old = atomic_load_explicit(&p->head, memory_order_relaxed);
+    struct dbpipe_job *old = atomic_load_explicit(&p->head, memory_order_relaxed);
     do {
         job->next = old;
     } while (!atomic_compare_exchange_weak(&p->head, &old, job));
@@ -168,12 +168,12 @@ int pipe_submit(struct pipe *p, struct pipe_job *job)
 }
 
 /* Takes every queued job, oldest first. */
-static struct pipe_job *take_all(struct pipe *p)
+static struct dbpipe_job *take_all(struct dbpipe *p)
 {
-    struct pipe_job *list = atomic_exchange(&p->head, NULL);
-    struct pipe_job *fifo = NULL;
+    struct dbpipe_job *list = atomic_exchange(&p->head, NULL);
+    struct dbpipe_job *fifo = NULL;
     while (list) {
-        struct pipe_job *next = list->next;
+        struct dbpipe_job *next = list->next;
         list->next = fifo;
         fifo = list;
         list = next;
@@ -181,16 +181,16 @@ static struct pipe_job *take_all(struct pipe *p)
     return fifo;
 }
 
-static void complete(struct pipe_job *job, PGresult *r, int rc)
+static void complete(struct dbpipe_job *job, PGresult *r, int rc)
 {
     job->done(job, r, rc);
 }
 
 /* Completes every job of list as unavailable, dropping a result one still held. */
-static void complete_unavailable(struct pipe_job *list)
+static void complete_unavailable(struct dbpipe_job *list)
 {
     while (list) {
-        struct pipe_job *next = list->next;
+        struct dbpipe_job *next = list->next;
         PQclear(list->held);
         list->held = NULL;
         complete(list, NULL, ST_EUNAVAIL);
@@ -199,7 +199,7 @@ static void complete_unavailable(struct pipe_job *list)
 }
 
 /* Runs up to POOL_BATCH_MAX jobs (already unlinked into jobs[]) in one pipeline. */
-static void run_batch(struct pipe *p, struct pipe_job **jobs, size_t n)
+static void run_batch(struct dbpipe *p, struct dbpipe_job **jobs, size_t n)
 {
     const struct db_stmt *st[POOL_BATCH_MAX];
     const char *const *params[POOL_BATCH_MAX];
@@ -238,9 +238,9 @@ static void run_batch(struct pipe *p, struct pipe_job **jobs, size_t n)
 }
 
 /* Runs a FIFO list in batches; a job's completion may queue new jobs meanwhile. */
-static void run_list(struct pipe *p, struct pipe_job *list)
+static void run_list(struct dbpipe *p, struct dbpipe_job *list)
 {
-    struct pipe_job *jobs[POOL_BATCH_MAX];
+    struct dbpipe_job *jobs[POOL_BATCH_MAX];
     while (list) {
         size_t n = 0;
         while (list && n < POOL_BATCH_MAX) {
@@ -251,11 +251,11 @@ static void run_list(struct pipe *p, struct pipe_job *list)
     }
 }
 
-static void *pipe_thread(void *arg)
+static void *dbpipe_thread(void *arg)
 {
-    struct pipe *p = arg;
+    struct dbpipe *p = arg;
     for (;;) {
-        struct pipe_job *list = take_all(p);
+        struct dbpipe_job *list = take_all(p);
         if (list) {
             run_list(p, list);
             continue;
@@ -272,10 +272,10 @@ static void *pipe_thread(void *arg)
     }
 }
 
-struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms,
-                      const struct logger *lg)
+struct dbpipe *dbpipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms,
+                          const struct logger *lg)
 {
-    struct pipe *p = calloc(1, sizeof(*p));
+    struct dbpipe *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->threads = calloc((size_t)(threads > 0 ? threads : 1), sizeof(*p->threads));
@@ -296,9 +296,9 @@ struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     for (int i = 0; i < threads; i++) {
-        if (pthread_create(&p->threads[i], NULL, pipe_thread, p) != 0) {
+        if (pthread_create(&p->threads[i], NULL, dbpipe_thread, p) != 0) {
             log_msg(lg, LOG_ERROR, "cannot start a database thread", NULL);
-            pipe_free(p);
+            dbpipe_free(p);
             return NULL;
         }
         p->nthreads++;
@@ -306,7 +306,7 @@ struct pipe *pipe_new(struct pool *pool, int threads, int lanes, int max_wait_ms
     return p;
 }
 
-void pipe_run_inline(struct pool *pool, struct pipe_job *job)
+void dbpipe_run_inline(struct pool *pool, struct dbpipe_job *job)
 {
     struct pool_conn *c;
     if (pool_acquire(pool, &c) != ST_OK) {
@@ -323,7 +323,7 @@ void pipe_run_inline(struct pool *pool, struct pipe_job *job)
  * Lanes
  * ---------------------------------------------------------------------------------- */
 
-struct pipe_lane *pipe_lane_attach(struct pipe *p)
+struct dbpipe_lane *dbpipe_lane_attach(struct dbpipe *p)
 {
     if (!p || lane_here)
         return NULL;
@@ -332,7 +332,7 @@ struct pipe_lane *pipe_lane_attach(struct pipe *p)
         atomic_fetch_sub(&p->nlanes, 1);
         return NULL;
     }
-    struct pipe_lane *ln = &p->lanes[i];
+    struct dbpipe_lane *ln = &p->lanes[i];
     ln->p = p;
     ln->cur = -1;
     lane_here = ln;
@@ -346,12 +346,12 @@ static void lane_count(_Atomic uint64_t *ctr, uint64_t n)
                           memory_order_relaxed);
 }
 
-static int64_t lane_deadline_us(const struct pipe_lane *ln)
+static int64_t lane_deadline_us(const struct dbpipe_lane *ln)
 {
     return ((int64_t)pool_statement_timeout_ms(ln->p->pool) + 5000) * 1000;
 }
 
-static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
+static void lc_drop(struct dbpipe_lane *ln, struct lane_conn *lc, bool broken)
 {
     pool_pipe_end(lc->c, broken);
     pool_release(ln->p->pool, lc->c);
@@ -367,10 +367,10 @@ static void lc_drop(struct pipe_lane *ln, struct lane_conn *lc, bool broken)
 
 /* The connection failed with statements in flight: they may or may not have run, and
  * none is sent again; each completes as unavailable, and the connection is closed. */
-static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
+static void lc_break(struct dbpipe_lane *ln, struct lane_conn *lc)
 {
-    struct pipe_job *held = fifo_take(&lc->held); /* their group's commit is unknown */
-    struct pipe_job *list = fifo_take(&lc->flight);
+    struct dbpipe_job *held = fifo_take(&lc->held); /* their group's commit is unknown */
+    struct dbpipe_job *list = fifo_take(&lc->flight);
     lc->nflight = 0;
     lc_drop(ln, lc, true);
     complete_unavailable(held);
@@ -378,14 +378,14 @@ static void lc_break(struct pipe_lane *ln, struct lane_conn *lc)
 }
 
 /* Completes every queued job as unavailable (no connection could be had). */
-static void lane_refuse_queue(struct pipe_lane *ln)
+static void lane_refuse_queue(struct dbpipe_lane *ln)
 {
     complete_unavailable(fifo_take(&ln->queue));
 }
 
 /* Takes a connection into a free slot: waiting for one when the lane has none, only a
  * free one otherwise. Returns the slot or -1. */
-static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
+static int lane_take_conn(struct dbpipe_lane *ln, bool may_wait)
 {
     int slot = -1;
     for (int i = 0; i < LANE_CONNS && slot < 0; i++)
@@ -394,7 +394,7 @@ static int lane_take_conn(struct pipe_lane *ln, bool may_wait)
     if (slot < 0)
         return -1;
     struct lane_conn *lc = &ln->conns[slot];
-    struct pipe *p = ln->p;
+    struct dbpipe *p = ln->p;
     if (ln->held >= 1 && atomic_fetch_add(&p->extra_held, 1) >= p->extra_max) {
         atomic_fetch_sub(&p->extra_held, 1);
         return -1;
@@ -421,7 +421,7 @@ static bool lc_late(const struct lane_conn *lc, int64_t now)
 }
 
 /* Picks the connection for new statements: the current one unless it stalls. */
-static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
+static struct lane_conn *lane_target(struct dbpipe_lane *ln, int64_t now)
 {
     if (ln->cur >= 0) {
         struct lane_conn *lc = &ln->conns[ln->cur];
@@ -455,7 +455,7 @@ static struct lane_conn *lane_target(struct pipe_lane *ln, int64_t now)
 
 /* Whether job may share a Sync with its neighbours: a read whose statement is prepared on
  * the connection already, and that has not failed with a group before. */
-static bool groupable(struct lane_conn *lc, const struct pipe_job *job)
+static bool groupable(struct lane_conn *lc, const struct dbpipe_job *job)
 {
     return job->read_only && !job->alone && pool_pipe_prepared(lc->c, job->st);
 }
@@ -463,13 +463,13 @@ static bool groupable(struct lane_conn *lc, const struct pipe_job *job)
 /* Whether job may share a transaction with its neighbours: a write with a group_st that
  * has not failed with a group before. A group_st not prepared on the connection yet is
  * prepared inside the group; if that fails, the group fails and runs again alone. */
-static bool write_groupable(const struct pipe_job *job)
+static bool write_groupable(const struct dbpipe_job *job)
 {
     return job->group_st && job->lock_key && !job->alone;
 }
 
 /* Completes job as unavailable when it waited longer than the pipe allows. */
-static bool lane_expired(struct pipe *p, struct pipe_job *job, int64_t now)
+static bool lane_expired(struct dbpipe *p, struct dbpipe_job *job, int64_t now)
 {
     if (now - job->queued_us <= (int64_t)p->max_wait_ms * 1000)
         return false;
@@ -479,7 +479,7 @@ static bool lane_expired(struct pipe *p, struct pipe_job *job, int64_t now)
 }
 
 /* Puts jobs[0..n) back at the head of the lane's queue, in their order. */
-static void lane_requeue(struct pipe_lane *ln, struct pipe_job **jobs, int n)
+static void lane_requeue(struct dbpipe_lane *ln, struct dbpipe_job **jobs, int n)
 {
     struct job_fifo back = {0};
     for (int i = 0; i < n; i++)
@@ -492,26 +492,26 @@ static void lane_requeue(struct pipe_lane *ln, struct pipe_job **jobs, int n)
  * different lanes take their row locks in the same order and never deadlock. Adds to
  * *sent what went out; returns false when the connection broke (what was not sent is
  * queued again). */
-static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct pipe_job *first,
+static bool lane_send_writes(struct dbpipe_lane *ln, struct lane_conn *lc, struct dbpipe_job *first,
                              int64_t now, uint64_t *sent)
 {
-    struct pipe_job *w[LANE_GROUP_MAX];
+    struct dbpipe_job *w[LANE_GROUP_MAX];
     int n = 0;
     w[n++] = first;
     while (n < LANE_GROUP_MAX && ln->queue.head && write_groupable(ln->queue.head)) {
-        struct pipe_job *job = fifo_pop(&ln->queue);
+        struct dbpipe_job *job = fifo_pop(&ln->queue);
         if (!lane_expired(ln->p, job, now))
             w[n++] = job;
     }
     for (int i = 1; i < n; i++) { /* insertion sort: stable, and n is small */
-        struct pipe_job *job = w[i];
+        struct dbpipe_job *job = w[i];
         int k = i;
         for (; k > 0 && strcmp(w[k - 1]->lock_key, job->lock_key) > 0; k--)
             w[k] = w[k - 1];
         w[k] = job;
     }
     for (int i = 0; i < n; i++) {
-        struct pipe_job *job = w[i];
+        struct dbpipe_job *job = w[i];
         job->queued_us = now;
         job->sync_after = i == n - 1;
         job->in_group = n > 1;
@@ -537,7 +537,7 @@ static bool lane_send_writes(struct pipe_lane *ln, struct lane_conn *lc, struct 
  * group. So while one backend runs a group the next one forms and runs on another
  * backend: the writes of one loop use more than one CPU of PostgreSQL, and no
  * connection has more than one group of writes queued. */
-static struct lane_conn *lane_write_conn(struct pipe_lane *ln, struct lane_conn *lc, int64_t now)
+static struct lane_conn *lane_write_conn(struct dbpipe_lane *ln, struct lane_conn *lc, int64_t now)
 {
     if (!lc->writing)
         return lc;
@@ -563,7 +563,7 @@ static struct lane_conn *lane_write_conn(struct pipe_lane *ln, struct lane_conn 
 
 /* Ends the read group whose last job is *open with its Sync. Returns false when the
  * connection broke. */
-static bool lane_close_reads(struct lane_conn *lc, struct pipe_job **open, int *grouped)
+static bool lane_close_reads(struct lane_conn *lc, struct dbpipe_job **open, int *grouped)
 {
     if (!*open)
         return true;
@@ -580,7 +580,7 @@ static bool lane_close_reads(struct lane_conn *lc, struct pipe_job **open, int *
  * when lc has one in flight (lane_write_conn); when none is free they stay queued.
  * Everything else keeps its own Sync, so it is its own transaction. Returns whether
  * any job was sent or completed. */
-static bool lane_send(struct pipe_lane *ln)
+static bool lane_send(struct dbpipe_lane *ln)
 {
     int64_t now = mono_us();
     struct lane_conn *lc = lane_target(ln, now);
@@ -591,8 +591,8 @@ static bool lane_send(struct pipe_lane *ln)
     uint64_t sent = 0;
     bool expired = false;
     struct job_fifo later = {0}; /* writes waiting for a connection free of writes */
-    struct pipe_job *job;
-    struct pipe_job *open = NULL; /* the last job of a read group still without its Sync */
+    struct dbpipe_job *job;
+    struct dbpipe_job *open = NULL; /* the last job of a read group still without its Sync */
     int grouped = 0;
     while ((job = fifo_pop(&ln->queue))) {
         if (lane_expired(ln->p, job, now)) {
@@ -642,7 +642,7 @@ static bool lane_send(struct pipe_lane *ln)
     return sent > 0 || expired;
 }
 
-int pipe_lane_flush(struct pipe_lane *ln, struct pollfd *fds, int *timeout_ms)
+int dbpipe_lane_flush(struct dbpipe_lane *ln, struct pollfd *fds, int *timeout_ms)
 {
     /* A completion of a failed job may queue a follow-up: a few passes at most. */
     for (int pass = 0; ln->queue.head && pass < 4; pass++)
@@ -702,14 +702,14 @@ static bool result_ok(const PGresult *r)
  * again. */
 static uint64_t lc_end_writes(struct lane_conn *lc, struct job_fifo *again)
 {
-    struct pipe_job *list = fifo_take(&lc->held);
+    struct dbpipe_job *list = fifo_take(&lc->held);
     bool failed = false; /* one of them failed: the group was rolled back */
-    for (struct pipe_job *j = list; j; j = j->next)
+    for (struct dbpipe_job *j = list; j; j = j->next)
         failed |= !result_ok(j->held);
     struct job_fifo culprits = {0};
     uint64_t n = 0;
     while (list) {
-        struct pipe_job *next = list->next;
+        struct dbpipe_job *next = list->next;
         PGresult *r = list->held;
         list->held = NULL;
         list->in_group = false;
@@ -730,7 +730,7 @@ static uint64_t lc_end_writes(struct lane_conn *lc, struct job_fifo *again)
 }
 
 /* Reads what arrived on one connection and completes the statements it answers. */
-static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents, int64_t now)
+static void lc_service(struct dbpipe_lane *ln, struct lane_conn *lc, short revents, int64_t now)
 {
     if (lc->nflight == 0) {
         /* Idle: input now can only be the server going away; lingering ends anyway. */
@@ -746,7 +746,7 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
     uint64_t nagain = 0;
     while (lc->nflight > 0) {
         PGresult *r = NULL;
-        struct pipe_job *head = lc->flight.head;
+        struct dbpipe_job *head = lc->flight.head;
         int got = pool_pipe_next(lc->c, head->prepared_now, head->sync_after, &r);
         if (got == 0)
             break;
@@ -754,7 +754,7 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
             lc_break(ln, lc);
             break;
         }
-        struct pipe_job *job = fifo_pop(&lc->flight);
+        struct dbpipe_job *job = fifo_pop(&lc->flight);
         lc->nflight--;
         if (job->sync_after && write_groupable(job))
             lc->writing = false; /* the end of a group of writes */
@@ -786,7 +786,7 @@ static void lc_service(struct pipe_lane *ln, struct lane_conn *lc, short revents
         lc_break(ln, lc); /* silent far past statement_timeout: the connection is gone */
 }
 
-void pipe_lane_service(struct pipe_lane *ln, const struct pollfd *fds, int n)
+void dbpipe_lane_service(struct dbpipe_lane *ln, const struct pollfd *fds, int n)
 {
     int64_t now = mono_us();
     short rev[LANE_CONNS] = {0};
@@ -797,7 +797,7 @@ void pipe_lane_service(struct pipe_lane *ln, const struct pollfd *fds, int n)
             lc_service(ln, &ln->conns[i], rev[i], now);
 }
 
-bool pipe_lane_busy(const struct pipe_lane *ln)
+bool dbpipe_lane_busy(const struct dbpipe_lane *ln)
 {
     if (ln->queue.head)
         return true;
@@ -807,7 +807,7 @@ bool pipe_lane_busy(const struct pipe_lane *ln)
     return false;
 }
 
-void pipe_lane_detach(struct pipe_lane *ln)
+void dbpipe_lane_detach(struct dbpipe_lane *ln)
 {
     if (!ln)
         return;
@@ -825,7 +825,7 @@ void pipe_lane_detach(struct pipe_lane *ln)
         lane_here = NULL;
 }
 
-void pipe_stats(struct pipe *p, struct pipe_stats *out)
+void dbpipe_stats(struct dbpipe *p, struct dbpipe_stats *out)
 {
     out->jobs = atomic_load(&p->jobs);
     out->batches = atomic_load(&p->batches);
@@ -839,7 +839,7 @@ void pipe_stats(struct pipe *p, struct pipe_stats *out)
     }
 }
 
-void pipe_free(struct pipe *p)
+void dbpipe_free(struct dbpipe *p)
 {
     if (!p)
         return;
@@ -851,7 +851,7 @@ void pipe_free(struct pipe *p)
         pthread_join(p->threads[i], NULL);
     /* A job pushed between a submitter's check and the threads' exit, or queued by a
      * completion after the last thread left: nobody runs it any more. */
-    for (struct pipe_job *list = take_all(p); list; list = take_all(p))
+    for (struct dbpipe_job *list = take_all(p); list; list = take_all(p))
         complete_unavailable(list);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);

@@ -1,3 +1,4 @@
+/* The operational routes: GET /livez, /readyz and /openapi.yaml. */
 #include "steward/ops.h"
 
 #include <stdio.h>
@@ -6,11 +7,6 @@
 
 #include "steward/err.h"
 #include "steward/http.h"
-#include "steward/migrate.h"
-#include "steward/sql.h"
-
-static const struct db_stmt st_schema = {
-    "ops_schema", "SELECT coalesce(max(version), 0) FROM schema_migrations", 0};
 
 static void livez(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
@@ -19,37 +15,27 @@ static void livez(void *ctx, const struct http_req *req, struct http_resp *resp)
     http_json(resp, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-static int read_schema(struct pool_conn *c, void *arg)
-{
-    PGresult *r = pool_exec(c, &st_schema, NULL);
-    int rc = pool_result_err(c, r);
-    if (rc == ST_OK)
-        *(long long *)arg = sql_ll(r, 0, 0);
-    PQclear(r);
-    return rc;
-}
-
 static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     (void)req;
     struct ops_ctx *o = ctx;
     long long version = -1;
-    int rc = pool_with(o->pool, read_schema, &version);
+    int rc = ops_schema_version(o, &version);
     if (rc != ST_OK) {
         http_problem(resp, 503, "the database is unreachable");
         http_header(resp, "Retry-After", "1");
         return;
     }
-    if (version != migrate_latest()) {
+    if (version != ops_schema_expected()) {
         char d[128];
         snprintf(d, sizeof(d), "schema version %lld, this binary expects %d", version,
-                 migrate_latest());
+                 ops_schema_expected());
         http_problem(resp, 503, d);
         http_header(resp, "Retry-After", "5");
         return;
     }
-    http_json(resp, 200, json_pack("{s:s, s:I}", "status", "ready", "schema_version",
-                                   (json_int_t)version));
+    http_json(resp, 200,
+              json_pack("{s:s, s:I}", "status", "ready", "schema_version", (json_int_t)version));
 }
 
 static void openapi(void *ctx, const struct http_req *req, struct http_resp *resp)
@@ -67,7 +53,7 @@ static void openapi(void *ctx, const struct http_req *req, struct http_resp *res
     resp->content_type = "application/yaml";
 }
 
-int ops_register(struct router *r, struct ops_ctx *ctx)
+int ops_http_register(struct router *r, struct ops_ctx *ctx)
 {
     int rc = 0;
     rc |= http_route(r, "GET", "/livez", AUTH_NONE, livez, ctx);

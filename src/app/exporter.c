@@ -6,7 +6,7 @@
 #include "steward/buf.h"
 #include "steward/http.h"
 #include "steward/metrics.h"
-#include "steward/pipe.h"
+#include "steward/dbpipe.h"
 #include "steward/pool.h"
 #include "steward/ws.h"
 
@@ -107,10 +107,10 @@ static void render_pool(struct buf *b, const struct metrics_sources *src)
     buf_printf(b, "# HELP db_pool_timeouts_total Acquires that gave up waiting.\n"
                   "# TYPE db_pool_timeouts_total counter\ndb_pool_timeouts_total %llu\n",
                (unsigned long long)ps.timeouts_total);
-    if (!src->pipe)
+    if (!src->dbpipe)
         return;
-    struct pipe_stats pp;
-    pipe_stats(src->pipe, &pp);
+    struct dbpipe_stats pp;
+    dbpipe_stats(src->dbpipe, &pp);
     buf_printf(b,
                "# HELP db_pipeline_statements_total Hot-path statements run pipelined.\n"
                "# TYPE db_pipeline_statements_total counter\ndb_pipeline_statements_total %llu\n"

@@ -66,33 +66,6 @@ static const struct db_stmt st_ensure = {
     "ON CONFLICT DO NOTHING",
     3};
 
-int auth_scope_parse(const char *s, enum auth_scope *out)
-{
-    if (strcmp(s, "read") == 0)
-        *out = AUTH_READ;
-    else if (strcmp(s, "service") == 0)
-        *out = AUTH_SERVICE;
-    else if (strcmp(s, "admin") == 0)
-        *out = AUTH_ADMIN;
-    else
-        return -1;
-    return 0;
-}
-
-const char *auth_scope_name(enum auth_scope s)
-{
-    switch (s) {
-    case AUTH_READ:
-        return "read";
-    case AUTH_SERVICE:
-        return "service";
-    case AUTH_ADMIN:
-        return "admin";
-    default:
-        return "none";
-    }
-}
-
 bool auth_name_valid(const char *name)
 {
     size_t n = 0;
@@ -381,4 +354,19 @@ int auth_key_ensure(struct pool *pool, const char *name, const char *secret, enu
     crypto_sha256_hex(secret, strlen(secret), hex);
     struct key_write kw = {&st_ensure, {name, auth_scope_name(scope), hex}, false};
     return pool_tx(pool, ensure_tx, &kw);
+}
+
+static int verify(void *ctx, const char *secret, struct auth_principal *who)
+{
+    return auth_check(ctx, secret, who);
+}
+
+static int verify_cached(void *ctx, const char *secret, struct auth_principal *who, bool *miss)
+{
+    return auth_check_cached(ctx, secret, who, miss);
+}
+
+struct auth_verifier auth_verifier(struct auth *a)
+{
+    return (struct auth_verifier){.ctx = a, .check = verify, .check_cached = verify_cached};
 }
