@@ -23,7 +23,10 @@ struct auth;
 struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms);
 /* Loads the snapshot once and starts the refresher thread. Returns ST_*. */
 int auth_start(struct auth *a);
-/* Stops the refresher and frees everything. */
+/* Reloads the snapshot from the database once and publishes it; what the refresher
+ * thread runs every refresh_ms, callable from any thread. Returns ST_*. */
+int auth_refresh(struct auth *a);
+/* Stops the refresher and frees everything; no check may be running or start after. */
 void auth_free(struct auth *a);
 /* The verifier the transports use: auth_check and auth_check_cached on a. */
 struct auth_verifier auth_verifier(struct auth *a);

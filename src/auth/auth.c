@@ -2,36 +2,22 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "auth_int.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/sql.h"
-
-#define RETIRED 4 /* snapshots kept after replacement: readers hold one for microseconds */
-
-struct key_entry {
-    unsigned char hash[32];
-    enum auth_scope scope;
-    long long id;
-    char name[AUTH_NAME_MAX * 4 + 1];
-};
-
-struct snapshot {
-    size_t count;
-    struct key_entry keys[];
-};
 
 struct auth {
     struct pool *pool;
     const struct logger *lg;
     int refresh_ms;
-    _Atomic(struct snapshot *) current;
-    struct snapshot *retired[RETIRED];
-    int retired_next;
+    struct auth_snaps snaps;
     pthread_t thread;
     bool running;
     pthread_mutex_t mu;
@@ -91,7 +77,7 @@ static int hex_to_bin(const char *hex, unsigned char *out, size_t n)
     return 0;
 }
 
-static void fill_entry(struct key_entry *e, const PGresult *r, int row)
+static void fill_entry(struct auth_key *e, const PGresult *r, int row)
 {
     memset(e, 0, sizeof(*e));
     hex_to_bin(PQgetvalue(r, row, 0), e->hash, sizeof(e->hash));
@@ -101,26 +87,152 @@ static void fill_entry(struct key_entry *e, const PGresult *r, int row)
     snprintf(e->name, sizeof(e->name), "%s", PQgetvalue(r, row, 3));
 }
 
-static int cmp_entry(const void *a, const void *b)
+/* ---- the snapshot cell: the lifetime rule is stated in auth_int.h ---- */
+
+#define CUR_SHIFT 48
+#define CUR_COUNT ((UINT64_C(1) << CUR_SHIFT) - 1)
+
+int auth_snaps_init(struct auth_snaps *c)
 {
-    return memcmp(((const struct key_entry *)a)->hash, ((const struct key_entry *)b)->hash, 32);
+    atomic_init(&c->cur, 0);
+    for (size_t i = 0; i < AUTH_SNAP_SLOTS; i++)
+        atomic_init(&c->slot[i], NULL);
+    c->next = 0;
+    atomic_init(&c->published, 0);
+    atomic_init(&c->freed, 0);
+    return pthread_mutex_init(&c->publish_mu, NULL) == 0 ? 0 : -1;
 }
+
+struct auth_snapshot *auth_snapshot_new(size_t count)
+{
+    if (count > (SIZE_MAX - sizeof(struct auth_snapshot)) / sizeof(struct auth_key))
+        return NULL;
+    struct auth_snapshot *s = malloc(sizeof(*s) + count * sizeof(struct auth_key));
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 0);
+    s->slot = 0;
+    s->count = count;
+    return s;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return memcmp(((const struct auth_key *)a)->hash, ((const struct auth_key *)b)->hash, 32);
+}
+
+void auth_snapshot_sort(struct auth_snapshot *s)
+{
+    qsort(s->keys, s->count, sizeof(struct auth_key), cmp_key);
+}
+
+const struct auth_key *auth_snapshot_find(const struct auth_snapshot *s,
+                                          const unsigned char hash[32])
+{
+    size_t lo = 0, hi = s->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (memcmp(s->keys[mid].hash, hash, 32) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo >= s->count || !crypto_equal(s->keys[lo].hash, hash, 32))
+        return NULL;
+    return &s->keys[lo];
+}
+
+/* Called by whoever took refs to 0: nobody holds s and cur no longer names it. */
+static void snapshot_free(struct auth_snaps *c, struct auth_snapshot *s)
+{
+    unsigned k = s->slot;
+    free(s);
+    atomic_fetch_add_explicit(&c->freed, 1, memory_order_relaxed);
+    /* release: a publisher that finds the slot empty reuses it after this free */
+    atomic_store_explicit(&c->slot[k], NULL, memory_order_release);
+}
+
+/* Settles the snapshot named by a word just taken out of cur. */
+static void retire(struct auth_snaps *c, uint64_t word)
+{
+    unsigned k = (unsigned)(word >> CUR_SHIFT);
+    if (k == 0)
+        return; /* slot 0 holds no snapshot: its acquisitions hold nothing */
+    struct auth_snapshot *s = atomic_load_explicit(&c->slot[k], memory_order_relaxed);
+    long long n = (long long)(word & CUR_COUNT);
+    /* acq_rel: if this makes refs 0, every reader's release happens before the free */
+    if (atomic_fetch_add_explicit(&s->refs, n, memory_order_acq_rel) + n == 0)
+        snapshot_free(c, s);
+}
+
+int auth_snaps_publish(struct auth_snaps *c, struct auth_snapshot *s)
+{
+    pthread_mutex_lock(&c->publish_mu);
+    unsigned k = 0;
+    for (unsigned i = 0; i < AUTH_SNAP_SLOTS - 1 && k == 0; i++) {
+        unsigned j = 1 + (c->next + i) % (AUTH_SNAP_SLOTS - 1);
+        /* acquire: pairs with the release in snapshot_free of the slot's last snapshot */
+        if (!atomic_load_explicit(&c->slot[j], memory_order_acquire))
+            k = j;
+    }
+    if (k == 0) {
+        pthread_mutex_unlock(&c->publish_mu);
+        return -1;
+    }
+    c->next = k;
+    s->slot = k;
+    atomic_store_explicit(&s->refs, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->slot[k], s, memory_order_relaxed);
+    /* release: a reader whose fetch_add reads this word (or a later one) sees s whole */
+    uint64_t old =
+        atomic_exchange_explicit(&c->cur, (uint64_t)k << CUR_SHIFT, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&c->published, 1, memory_order_relaxed);
+    retire(c, old);
+    pthread_mutex_unlock(&c->publish_mu);
+    return 0;
+}
+
+const struct auth_snapshot *auth_snaps_acquire(struct auth_snaps *c)
+{
+    /* acquire: synchronises with the exchange in auth_snaps_publish that set the slot */
+    uint64_t word = atomic_fetch_add_explicit(&c->cur, 1, memory_order_acquire);
+    unsigned k = (unsigned)(word >> CUR_SHIFT);
+    return k ? atomic_load_explicit(&c->slot[k], memory_order_relaxed) : NULL;
+}
+
+void auth_snaps_release(struct auth_snaps *c, const struct auth_snapshot *cs)
+{
+    if (!cs)
+        return;
+    struct auth_snapshot *s = (struct auth_snapshot *)cs;
+    /* release: this reader's reads of s happen before the free; acquire: if this is the
+     * last reference, everyone else's do too */
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+        snapshot_free(c, s);
+}
+
+void auth_snaps_destroy(struct auth_snaps *c)
+{
+    retire(c, atomic_exchange_explicit(&c->cur, 0, memory_order_acq_rel));
+    pthread_mutex_destroy(&c->publish_mu);
+}
+
+/* ---- loading from the database ---- */
 
 static int load_snapshot(struct pool_conn *c, void *arg)
 {
-    struct snapshot **out = arg;
+    struct auth_snapshot **out = arg;
     PGresult *r = pool_exec(c, &st_active, NULL);
     int rc = pool_result_err(c, r);
     if (rc == ST_OK) {
         size_t n = (size_t)PQntuples(r);
-        struct snapshot *s = malloc(sizeof(*s) + n * sizeof(struct key_entry));
+        struct auth_snapshot *s = auth_snapshot_new(n);
         if (!s) {
             rc = ST_ENOMEM;
         } else {
-            s->count = n;
             for (size_t i = 0; i < n; i++)
                 fill_entry(&s->keys[i], r, (int)i);
-            qsort(s->keys, n, sizeof(struct key_entry), cmp_entry);
+            auth_snapshot_sort(s);
             *out = s;
         }
     }
@@ -128,23 +240,18 @@ static int load_snapshot(struct pool_conn *c, void *arg)
     return rc;
 }
 
-/* Publishes a new snapshot; the old one is freed only RETIRED refreshes later, long
- * after any reader that loaded it has finished its lookup. */
-static void publish(struct auth *a, struct snapshot *s)
+int auth_refresh(struct auth *a)
 {
-    struct snapshot *old = atomic_exchange(&a->current, s);
-    free(a->retired[a->retired_next]);
-    a->retired[a->retired_next] = old;
-    a->retired_next = (a->retired_next + 1) % RETIRED;
-}
-
-static int refresh(struct auth *a)
-{
-    struct snapshot *s = NULL;
+    struct auth_snapshot *s = NULL;
     int rc = pool_with(a->pool, load_snapshot, &s);
-    if (rc == ST_OK)
-        publish(a, s);
-    return rc;
+    if (rc != ST_OK)
+        return rc;
+    if (auth_snaps_publish(&a->snaps, s) != 0) {
+        free(s);
+        log_msg(a->lg, LOG_WARN, "api key snapshot not replaced: all slots held by readers", NULL);
+        return ST_EUNAVAIL;
+    }
+    return ST_OK;
 }
 
 static void *refresher(void *arg)
@@ -164,7 +271,7 @@ static void *refresher(void *arg)
         if (a->stop)
             break;
         pthread_mutex_unlock(&a->mu);
-        refresh(a);
+        auth_refresh(a);
         pthread_mutex_lock(&a->mu);
     }
     pthread_mutex_unlock(&a->mu);
@@ -181,6 +288,11 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
         free(a);
         return NULL;
     }
+    if (auth_snaps_init(&a->snaps) != 0) {
+        crypto_md_free(a->sha256);
+        free(a);
+        return NULL;
+    }
     a->pool = pool;
     a->lg = lg;
     a->refresh_ms = refresh_ms;
@@ -191,7 +303,7 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
 
 int auth_start(struct auth *a)
 {
-    int rc = refresh(a);
+    int rc = auth_refresh(a);
     if (rc != ST_OK)
         log_msg(a->lg, LOG_WARN, "api key cache not loaded yet; keys are checked in the database",
                 NULL);
@@ -212,9 +324,7 @@ void auth_free(struct auth *a)
         pthread_mutex_unlock(&a->mu);
         pthread_join(a->thread, NULL);
     }
-    free(atomic_load(&a->current));
-    for (int i = 0; i < RETIRED; i++)
-        free(a->retired[i]);
+    auth_snaps_destroy(&a->snaps);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
     crypto_md_free(a->sha256);
@@ -223,7 +333,7 @@ void auth_free(struct auth *a)
 
 struct lookup {
     char hex[65];
-    struct key_entry entry;
+    struct auth_key entry;
     bool found;
 };
 
@@ -242,27 +352,20 @@ static int lookup_db(struct pool_conn *c, void *arg)
 }
 
 /* Looks the hash up in the snapshot: 1 found (who filled), 0 found but not usable
- * (revoked), -1 absent. */
+ * (revoked), -1 absent. Holds the snapshot only for the lookup. */
 static int snapshot_lookup(struct auth *a, const unsigned char *hash, struct auth_principal *who)
 {
-    struct snapshot *s = atomic_load(&a->current);
-    if (!s)
-        return -1;
-    size_t lo = 0, hi = s->count;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        int c = memcmp(s->keys[mid].hash, hash, 32);
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    const struct auth_snapshot *s = auth_snaps_acquire(&a->snaps);
+    const struct auth_key *k = s ? auth_snapshot_find(s, hash) : NULL;
+    int found = -1;
+    if (k) {
+        who->scope = k->scope;
+        who->key_id = k->id;
+        memcpy(who->name, k->name, sizeof(who->name));
+        found = who->scope == AUTH_NONE ? 0 : 1;
     }
-    if (lo >= s->count || !crypto_equal(s->keys[lo].hash, hash, 32))
-        return -1;
-    who->scope = s->keys[lo].scope;
-    who->key_id = s->keys[lo].id;
-    memcpy(who->name, s->keys[lo].name, sizeof(who->name));
-    return who->scope == AUTH_NONE ? 0 : 1;
+    auth_snaps_release(&a->snaps, s);
+    return found;
 }
 
 int auth_check_cached(struct auth *a, const char *secret, struct auth_principal *who, bool *miss)
