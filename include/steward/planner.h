@@ -1,7 +1,7 @@
 /* Planner (SPEC 2): stagnation evaluation, guarded action plans, outcomes and the
  * retry policy, over the tables of migrations/0003_planner.sql.
  *
- * The pure rules live in planner_eval.h; this module adds storage, the per-request
+ * The pure rules live in src/planner/planner_int.h; this module adds storage, the per-request
  * config row, claims (a plan that records its action as running in the same
  * transaction, with the post serialised by a transaction-scoped advisory lock) and
  * the sweeps the healer calls. Every function returns ST_* (include/steward/err.h);
@@ -14,7 +14,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "steward/planner_eval.h"
+/* The three corrective actions, in tier order (tier_1 comment .. tier_3 thread). */
+enum planner_action { PLANNER_COMMENT = 0, PLANNER_EDIT = 1, PLANNER_THREAD = 2 };
+#define PLANNER_NACTIONS 3
+
+/* "sheal_" + 32 hex digits + NUL */
+#define PLANNER_KEY_LEN 39
+
+/* One metric sample of a post: cumulative counters at a time. */
+struct planner_point {
+    int64_t ts_us; /* microseconds since the epoch */
+    long long impressions;
+    long long engagements;
+};
+
 
 struct planner;
 struct pool;

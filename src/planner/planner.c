@@ -2,6 +2,8 @@
  * requests to these calls. */
 #include "steward/planner.h"
 
+#include "planner_int.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
-/* Pure planner rules; see include/steward/planner_eval.h. */
-#include "steward/planner_eval.h"
+/* Pure planner rules; see planner_int.h. */
+#include "planner_int.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -11,6 +11,8 @@
 #include "steward/json.h"
 #include "steward/planner.h"
 
+#include "planner_int.h"
+
 #define CONFIG_INT_MAX 2147483647LL
 #define ERROR_CODE_MAX 128
 

@@ -19,7 +19,7 @@
 #include "steward/log.h"
 #include "steward/metrics.h"
 #include "steward/planner.h"
-#include "steward/planner_eval.h"
+#include "planner/planner_int.h"
 #include "steward/pool.h"
 #include "unit.h"
 

@@ -1,30 +1,18 @@
-/* The planner's pure rules (SPEC 2 baseline): window filter, stagnation score, tiers,
+/* The planner's pure rules: window filter, stagnation score, tiers,
  * idempotency keys, the retry decision and its backoff. No I/O and no database, so
  * every rule is unit-testable on its own; src/planner/planner.c feeds it rows. */
-#ifndef STEWARD_PLANNER_EVAL_H
-#define STEWARD_PLANNER_EVAL_H
+#ifndef STEWARD_PLANNER_INT_H
+#define STEWARD_PLANNER_INT_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* The three corrective actions, in tier order (tier_1 comment .. tier_3 thread). */
-enum planner_action { PLANNER_COMMENT = 0, PLANNER_EDIT = 1, PLANNER_THREAD = 2 };
-#define PLANNER_NACTIONS 3
-
-/* "sheal_" + 32 hex digits + NUL */
-#define PLANNER_KEY_LEN 39
+#include "steward/planner.h"
 
 /* Backoff: base delay, doubled per attempt, capped. */
 #define PLANNER_BACKOFF_BASE_S 30
 #define PLANNER_BACKOFF_CAP_S 3600
-
-/* One metric sample of a post: cumulative counters at a time. */
-struct planner_point {
-    int64_t ts_us; /* microseconds since the epoch */
-    long long impressions;
-    long long engagements;
-};
 
 /* The result of evaluating one post's samples. */
 struct planner_eval {
