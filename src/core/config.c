@@ -75,7 +75,7 @@ static const struct setting settings[] = {
     {"STEWARD_WS_MAX_QUEUE_BYTES", K_INT, OFF(ws_max_queue_bytes), "1048576", 1024, 1073741824,
      "outbound bytes queued for a device before it is dropped (close 1008)"},
     {"STEWARD_WS_HEARTBEAT_S", K_INT, OFF(ws_heartbeat_s), "30", 1, 3600,
-     "server ping interval; a peer silent for two intervals is dropped"},
+     "server ping interval; a peer silent for two intervals plus 5 s is dropped"},
     {"STEWARD_WS_HELLO_TIMEOUT_S", K_INT, OFF(ws_hello_timeout_s), "10", 1, 600,
      "close 4408 when no `device_hello` arrives within this"},
     {"STEWARD_WS_MAX_CONNECTIONS", K_INT, OFF(ws_max_connections), "20000", 1, 1000000,
