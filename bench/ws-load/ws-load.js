@@ -1,5 +1,5 @@
 'use strict';
-// WebSocket device load generator for steward (SPEC 5). With the devices written by
+// WebSocket device load generator for steward (docs/protocol.md). With the devices written by
 // seed.js (one device and one scout per user) it:
 //  1. reads steward's VmRSS, opens --n authenticated device sockets (device_hello, waits
 //     for hello_ok), reads VmRSS again: KiB per connection;

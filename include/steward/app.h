@@ -48,7 +48,7 @@ struct app {
     struct healer *healer;
 };
 
-/* The commands of SPEC 7. Each returns the process exit status. */
+/* The commands of docs/operations.md. Each returns the process exit status. */
 int app_serve(void);
 int app_migrate(void);
 int app_keys_create(const char *name, const char *scope);

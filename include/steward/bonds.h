@@ -1,4 +1,4 @@
-/* Bond ledger (SPEC 4): per-user phase, risk and daily message cap, with an audit trail
+/* Bond ledger (docs/api.md): per-user phase, risk and daily message cap, with an audit trail
  * of at most 500 events per user. Everything lives in PostgreSQL (tables bonds and
  * bond_events), so every instance sees the same ledger. Every write is one transaction
  * holding the user's row lock; the message consume is one conditional statement.
@@ -40,7 +40,7 @@ struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
 /* Frees the ledger (NULL is fine). */
 void bonds_free(struct bonds *b);
 
-/* Registers every SPEC 4 route. Does not dereference b (the route table command passes
+/* Registers every bonds route. Does not dereference b (the route table command passes
  * NULL). Returns 0, or -1 when the route table is full. */
 int bonds_http_register(struct router *r, struct bonds *b);
 
@@ -165,7 +165,7 @@ void bonds_json_str(struct buf *out, const char *s);
 /* Appends v as the shortest JSON number text that reads back as v. v must be finite. */
 void bonds_json_num(struct buf *out, double v);
 
-/* The rate-limit rule of SPEC 4 on a stored state: cap 0 answers allowed with remaining
+/* The rate-limit rule (docs/api.md) on a stored state: cap 0 answers allowed with remaining
  * -1 and the stored count; otherwise more than 86400 s since reset_at counts as 0, and
  * remaining = max(0, cap - count), allowed = remaining > 0. reset_in_s is set too. */
 void bonds_rate_eval(long long cap, long long count, int64_t reset_at_us, int64_t now_us,

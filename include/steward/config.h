@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "steward/log.h"
 
@@ -60,7 +61,7 @@ int config_load(struct config *cfg, config_getenv_fn get, void *arg, char *err, 
 
 void config_release(struct config *cfg);
 
-/* Describes every setting (name, default, meaning) for `steward help`/README. */
+/* Describes every setting (name, default, meaning), one at a time. */
 struct config_doc {
     const char *name;
     const char *def;
@@ -68,5 +69,10 @@ struct config_doc {
 };
 /* Fills out with setting number i; returns -1 past the last one. */
 int config_doc_at(size_t i, struct config_doc *out);
+
+/* Writes docs/configuration.md (a fixed introduction and a table of every setting:
+ * variable, default, allowed values, meaning) to out; `steward config --markdown`.
+ * Returns 0, or -1 when writing failed. */
+int config_describe(FILE *out);
 
 #endif

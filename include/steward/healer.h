@@ -1,4 +1,4 @@
-/* Healer: self-healing sweeps, performance reports and the status summary (SPEC 6).
+/* Healer: self-healing sweeps, performance reports and the status summary (docs/api.md).
  *
  * A sweep repairs what got stuck (through hooks the other capabilities provide), measures
  * health and writes a "self_healing_report" to system_events. Only one instance sweeps at

@@ -1,4 +1,4 @@
-/* Lessons: a machine-readable journal of deviations (SPEC 3).
+/* Lessons: a machine-readable journal of deviations (docs/api.md).
  *
  * The journal is an observer. With the kill switch off (enabled = false) every
  * function here is a no-op that touches no table. Recording goes through the
@@ -78,13 +78,13 @@ bool lessons_enabled(const struct lessons *l);
 bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char *work_item_id,
                          const char *stage, json_t *detail);
 
-/* The SPEC 3 snapshot {"enabled", "total", "by_type", "by_status", "last_24h",
+/* The snapshot {"enabled", "total", "by_type", "by_status", "last_24h",
  * "newest_at"} read in one statement, so the counts agree with each other. With the
  * kill switch off *out is {"enabled": false} and no table is read. Returns ST_OK with
  * *out a new reference, or ST_EUNAVAIL / ST_EINTERNAL / ST_ENOMEM (*out NULL). */
 int lessons_snapshot(struct lessons *l, json_t **out);
 
-/* Checks a POST body against SPEC 3 and fills in (strings borrowed from body).
+/* Checks a POST body against the input rules and fills in (strings borrowed from body).
  * Appends one {"field","message"} per problem to errs (unknown fields included).
  * Pure: touches no database. Returns true when valid. */
 bool lessons_parse_new(const json_t *body, struct lesson_input *in, json_t *errs);
@@ -119,7 +119,7 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
  * ST_EDISABLED or a database failure. */
 int lessons_update(struct lessons *l, long long id, const json_t *changes, json_t **out);
 
-/* Registers the SPEC 3 routes. Does not dereference l (it may be NULL when only the
+/* Registers the lessons routes. Does not dereference l (it may be NULL when only the
  * route table is listed). Returns 0 or -1 when the route table is full. */
 int lessons_http_register(struct router *r, struct lessons *l);
 

@@ -1,4 +1,4 @@
-/* Planner (SPEC 2): stagnation evaluation, guarded action plans, outcomes and the
+/* Planner (docs/api.md): stagnation evaluation, guarded action plans, outcomes and the
  * retry policy, over the tables of migrations/0003_planner.sql.
  *
  * The pure rules live in src/planner/planner_int.h; this module adds storage, the per-request
@@ -55,7 +55,7 @@ struct planner *planner_new(struct pool *pool, const struct logger *lg, struct l
 /* Frees the planner (NULL is fine). */
 void planner_free(struct planner *p);
 
-/* Registers the SPEC 2 routes. Does not dereference p (the route listing passes NULL).
+/* Registers the planner routes. Does not dereference p (the route listing passes NULL).
  * Returns 0, or -1 when the route table is full. */
 int planner_http_register(struct router *r, struct planner *p);
 
@@ -74,7 +74,7 @@ struct planner_plan_req {
     size_t nmetrics;
     bool claim;                         /* record an eligible plan as a running action */
 };
-/* Plans one post: the SPEC 2 checks in order (samples, duplicate, frequency,
+/* Plans one post: the documented checks in order (samples, duplicate, frequency,
  * cooldown). *out is the plan result object; with claim and an eligible result the
  * action row is inserted (or a failed one reset) as running, attempts unchanged
  * (0 for a new key), initiated_at = the database clock, in the same transaction, and

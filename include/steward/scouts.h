@@ -1,4 +1,4 @@
-/* Scouts, devices and at-least-once proposal delivery over WebSocket (SPEC 5).
+/* Scouts, devices and at-least-once proposal delivery over WebSocket (docs/protocol.md).
  *
  * A scout watches one source of a user; the triage worker posts its verdicts as items;
  * relevant items become proposals queued for the user and delivered to the user's
@@ -53,7 +53,7 @@ int scouts_http_register(struct router *r, struct scouts *ctx);
  * ws_server_start. Returns 0 or -1. */
 int scouts_ws_register(struct ws_server *ws, struct scouts *s);
 
-/* One ack-timeout pass (SPEC 5.7), safe on several instances at once (conditional
+/* One ack-timeout pass (docs/protocol.md), safe on several instances at once (conditional
  * UPDATE ... RETURNING): proposals delivered more than ack_timeout_s ago and unacked
  * go back to queued and their users' connected devices get them again (counted in
  * *requeued); those that already had max_delivery_attempts become failed with one

@@ -1,4 +1,4 @@
-/* Pure helpers of the scouts module's delivery pass (SPEC 5.2, 5.6): how the in-flight
+/* Pure helpers of the scouts module's delivery pass (docs/protocol.md): how the in-flight
  * windows of a user's sessions travel to the fetch-and-mark statement and how its
  * answer names the sessions a proposal goes to. No I/O; unit-tested. */
 #ifndef STEWARD_SCOUTS_PASS_H

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "steward/app.h"
+#include "steward/config.h"
 #include "steward/migrate.h"
 
 static int usage(FILE *out, int status)
@@ -14,7 +15,9 @@ static int usage(FILE *out, int status)
                  "       steward healthcheck\n"
                  "       steward version\n"
                  "       steward routes [--scopes]\n"
-                 "Settings come from STEWARD_* environment variables (see README).\n");
+                 "       steward config --markdown\n"
+                 "Settings come from STEWARD_* environment variables (see\n"
+                 "docs/configuration.md, which `steward config --markdown` prints).\n");
     return status;
 }
 
@@ -37,6 +40,8 @@ int main(int argc, char **argv)
         return app_healthcheck();
     if (strcmp(cmd, "routes") == 0)
         return app_routes(argc > 2 && strcmp(argv[2], "--scopes") == 0);
+    if (strcmp(cmd, "config") == 0 && argc == 3 && strcmp(argv[2], "--markdown") == 0)
+        return config_describe(stdout) == 0 ? 0 : 1;
     if (strcmp(cmd, "version") == 0) {
         printf("steward %s (schema %d)\n", STEWARD_VERSION, migrate_latest());
         return 0;

@@ -1,4 +1,4 @@
-/* Bond ledger logic and SQL (SPEC 4). No transport here: the HTTP adapter validates
+/* Bond ledger logic and SQL (docs/api.md). No transport here: the HTTP adapter validates
  * input and calls these functions. Answers are built as JSON text directly from the
  * result rows (jsonb columns are passed through as PostgreSQL prints them). */
 #include "steward/bonds.h"

@@ -23,35 +23,47 @@ struct setting {
 
 static const struct setting settings[] = {
     {"STEWARD_DATABASE_URL", K_STR, OFF(database_url), "", 0, 0,
-     "libpq URI or conninfo; empty uses libpq's PG* defaults"},
+     "libpq URI or conninfo string of the database; empty uses libpq's `PG*` environment "
+     "defaults"},
     {"STEWARD_DATABASE_LISTEN_URL", K_STR, OFF(database_listen_url), NULL, 0, 0,
-     "direct connection for LISTEN/NOTIFY when the main URL points at a pooler"},
-    {"STEWARD_BIND", K_STR, OFF(bind), "127.0.0.1", 0, 0, "address both servers listen on"},
+     "direct connection for LISTEN/NOTIFY, for when `STEWARD_DATABASE_URL` points at a "
+     "transaction-mode pooler; unset, the database URL is used"},
+    {"STEWARD_BIND", K_STR, OFF(bind), "127.0.0.1", 0, 0,
+     "address both servers listen on (`0.0.0.0` in the Docker image); must not be empty"},
     {"STEWARD_ADMIN_KEY", K_STR, OFF(admin_key), NULL, 0, 0,
-     "ensures an admin key with this secret exists (at least 16 characters)"},
-    {"STEWARD_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error"},
-    {"STEWARD_ACCESS_LOG", K_BOOL, OFF(access_log), "true", 0, 0, "one JSON line per request"},
-    {"STEWARD_HTTP_PORT", K_INT, OFF(http_port), "8080", 0, 65535, "REST port (0 = any free)"},
-    {"STEWARD_WS_PORT", K_INT, OFF(ws_port), "8081", 0, 65535, "WebSocket port"},
-    {"STEWARD_DB_POOL_SIZE", K_INT, OFF(db_pool_size), "8", 1, 512, "database connections"},
+     "at least 16 characters: makes sure an admin API key named `admin-env` with this "
+     "secret exists; changing it replaces the old one"},
+    {"STEWARD_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0,
+     "lowest level of the JSON log lines written to stderr"},
+    {"STEWARD_ACCESS_LOG", K_BOOL, OFF(access_log), "true", 0, 0,
+     "one JSON log line per HTTP request"},
+    {"STEWARD_HTTP_PORT", K_INT, OFF(http_port), "8080", 0, 65535,
+     "REST port; 0 picks a free one (the `serving` log line says which)"},
+    {"STEWARD_WS_PORT", K_INT, OFF(ws_port), "8081", 0, 65535,
+     "WebSocket port; must differ from `STEWARD_HTTP_PORT`"},
+    {"STEWARD_DB_POOL_SIZE", K_INT, OFF(db_pool_size), "8", 1, 512,
+     "connections in the one pool both layers share"},
     {"STEWARD_DB_ACQUIRE_TIMEOUT_MS", K_INT, OFF(db_acquire_timeout_ms), "2000", 1, 600000,
-     "wait for a free connection before answering 503"},
+     "how long a caller waits for a free connection before the answer is 503 with "
+     "`Retry-After`"},
     {"STEWARD_DB_STATEMENT_TIMEOUT_MS", K_INT, OFF(db_statement_timeout_ms), "5000", 1, 3600000,
-     "statement_timeout of every pooled connection"},
+     "`statement_timeout` of every pooled connection"},
     {"STEWARD_HTTP_THREADS", K_INT, OFF(http_threads), "4", 1, 256,
-     "threads running the HTTP handlers that wait on the database"},
+     "threads running the HTTP handlers that may wait on the database"},
     {"STEWARD_HTTP_LOOPS", K_INT, OFF(http_loops), "0", 0, 256,
-     "HTTP event loops (0 = one per two CPUs, at least 1, at most STEWARD_HTTP_THREADS)"},
+     "HTTP event loops; 0 means one per two CPUs (at least 1); never more than "
+     "`STEWARD_HTTP_THREADS`"},
     {"STEWARD_HTTP_PARK_MS", K_INT, OFF(http_park_ms), "2", 0, 1000,
-     "how long a bond read or consume waits for the database unsuspended (0 = suspend at once)"},
+     "how long a bond read or consume waits for the database before its connection is "
+     "suspended; 0 suspends at once"},
     {"STEWARD_WORKER_THREADS", K_INT, OFF(worker_threads), "4", 1, 256,
-     "threads doing database work for the WebSocket layer and timers"},
+     "threads of the work queue: database work of the WebSocket layer and of the timers"},
     {"STEWARD_SHUTDOWN_TIMEOUT_S", K_INT, OFF(shutdown_timeout_s), "8", 1, 300,
-     "bound on draining in-flight work at SIGTERM"},
+     "bound on draining in-flight work at SIGTERM (inside Docker's 10 s)"},
     {"STEWARD_LESSONS_ENABLED", K_BOOL, OFF(lessons_enabled), "true", 0, 0,
-     "kill switch of the lessons journal"},
+     "kill switch of the lessons journal: false makes every lessons operation a no-op"},
     {"STEWARD_LESSONS_DEDUP_WINDOW_S", K_INT, OFF(lessons_dedup_window_s), "3600", 0, 31536000,
-     "dedup window of auto lessons (0 disables)"},
+     "dedup window of `auto` lessons; 0 turns dedup off"},
     {"STEWARD_PROPOSAL_TTL_DAYS", K_INT, OFF(proposal_ttl_days), "30", 1, 3650,
      "proposals expire this long after triage"},
     {"STEWARD_ACK_TIMEOUT_S", K_INT, OFF(ack_timeout_s), "300", 1, 86400,
@@ -59,13 +71,13 @@ static const struct setting settings[] = {
     {"STEWARD_MAX_DELIVERY_ATTEMPTS", K_INT, OFF(max_delivery_attempts), "10", 1, 1000,
      "after this many deliveries an unacked proposal fails"},
     {"STEWARD_MAX_INFLIGHT", K_INT, OFF(max_inflight), "32", 1, 10000,
-     "unacked proposals outstanding per device"},
+     "unacked proposals outstanding per device session"},
     {"STEWARD_WS_MAX_QUEUE_BYTES", K_INT, OFF(ws_max_queue_bytes), "1048576", 1024, 1073741824,
-     "outbound bytes queued for a device before it is dropped (1008)"},
+     "outbound bytes queued for a device before it is dropped (close 1008)"},
     {"STEWARD_WS_HEARTBEAT_S", K_INT, OFF(ws_heartbeat_s), "30", 1, 3600,
-     "server ping interval; a silent peer is dropped"},
+     "server ping interval; a peer silent for two intervals plus 5 s is dropped"},
     {"STEWARD_WS_HELLO_TIMEOUT_S", K_INT, OFF(ws_hello_timeout_s), "10", 1, 600,
-     "close 4408 when no device_hello arrives within this"},
+     "close 4408 when no `device_hello` arrives within this"},
     {"STEWARD_WS_MAX_CONNECTIONS", K_INT, OFF(ws_max_connections), "20000", 1, 1000000,
      "device sockets per instance"},
     {"STEWARD_HEAL_INTERVAL_S", K_INT, OFF(heal_interval_s), "900", 1, 604800,
@@ -73,21 +85,22 @@ static const struct setting settings[] = {
     {"STEWARD_PERF_INTERVAL_S", K_INT, OFF(perf_interval_s), "7200", 1, 604800,
      "performance report period"},
     {"STEWARD_STUCK_AFTER_S", K_INT, OFF(stuck_after_s), "1800", 1, 604800,
-     "running actions older than this are reset to failed/timeout"},
+     "running planner actions older than this are reset to failed/timeout"},
     {"STEWARD_ARCHIVE_AFTER_DAYS", K_INT, OFF(archive_after_days), "7", 1, 3650,
-     "failed actions older than this are archived"},
+     "failed planner actions older than this are archived; job heartbeats of instances "
+     "silent this long are pruned"},
     {"STEWARD_DEGRADED_DB_LATENCY_MS", K_INT, OFF(degraded_db_latency_ms), "250", 1, 600000,
      "a sweep measuring a slower database round trip reports degraded"},
     {"STEWARD_DEGRADED_POOL_WAITING", K_INT, OFF(degraded_pool_waiting), "4", 1, 100000,
-     "requests waiting for a connection at which a sweep reports degraded"},
+     "callers waiting for a connection at which a sweep reports degraded"},
     {"STEWARD_PERF_POOL_WAIT_P95_MS", K_INT, OFF(perf_pool_wait_p95_ms), "50", 1, 600000,
-     "pool wait p95 above which the report recommends a larger pool"},
+     "pool wait p95 above which the performance report recommends a larger pool"},
     {"STEWARD_PERF_ERROR_RATE_PCT", K_INT, OFF(perf_error_rate_pct), "5", 1, 100,
-     "route error rate above which the report names the route"},
+     "5xx rate of a route above which the performance report names the route"},
     {"STEWARD_PERF_ROUTE_P99_MS", K_INT, OFF(perf_route_p99_ms), "250", 1, 600000,
-     "route p99 latency above which the report names the route"},
+     "p99 latency of a route above which the performance report names the route"},
     {"STEWARD_AUTH_CACHE_REFRESH_MS", K_INT, OFF(auth_cache_refresh_ms), "2000", 100, 600000,
-     "API key cache refresh period (revocation takes effect within it)"},
+     "API key cache refresh period: a revocation reaches every instance within it"},
 };
 
 static const char *env_get(const char *name, void *arg)
@@ -220,4 +233,59 @@ int config_doc_at(size_t i, struct config_doc *out)
     out->def = settings[i].def ? settings[i].def : "(unset)";
     out->help = settings[i].help;
     return 0;
+}
+
+/* The fixed part of docs/configuration.md, before the table. */
+static const char describe_intro[] =
+    "<!-- Generated by `steward config --markdown` from the table in src/core/config.c.\n"
+    "     Do not edit by hand: change the table, then run\n"
+    "     ./build/steward config --markdown > docs/configuration.md -->\n"
+    "# Configuration\n"
+    "\n"
+    "steward reads its settings from `STEWARD_*` environment variables, once, at start-up.\n"
+    "Every value is checked before anything starts: an invalid one stops the process with\n"
+    "a message naming the variable and exit status 2. Besides the ranges below, the\n"
+    "WebSocket port must differ from the REST port (unless the REST port is 0).\n"
+    "\n"
+    "Integers are written in decimal. Booleans accept `true`, `false`, `1`, `0`, `yes`,\n"
+    "`no`, `on` and `off`, in any case. A variable that is set but empty counts as set:\n"
+    "for an integer or a boolean that is an error.\n"
+    "\n"
+    "`./scripts/run` sets `STEWARD_DATABASE_URL` and `STEWARD_ADMIN_KEY` for its local\n"
+    "cluster when they are unset; the Docker image presets `STEWARD_BIND=0.0.0.0` and the\n"
+    "two ports (see [operations](operations.md)).\n"
+    "\n"
+    "| variable | default | allowed values | meaning |\n"
+    "|---|---|---|---|\n";
+
+int config_describe(FILE *out)
+{
+    fputs(describe_intro, out);
+    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+        const struct setting *st = &settings[i];
+        fprintf(out, "| `%s` | ", st->name);
+        if (!st->def)
+            fputs("(unset)", out);
+        else if (!st->def[0])
+            fputs("(empty)", out);
+        else
+            fprintf(out, "`%s`", st->def);
+        fputs(" | ", out);
+        switch (st->kind) {
+        case K_STR:
+            fputs("text", out);
+            break;
+        case K_INT:
+            fprintf(out, "%ld to %ld", st->min, st->max);
+            break;
+        case K_BOOL:
+            fputs("boolean", out);
+            break;
+        case K_LEVEL:
+            fputs("`debug`, `info`, `warn`, `error`", out);
+            break;
+        }
+        fprintf(out, " | %s |\n", st->help);
+    }
+    return fflush(out) == 0 && !ferror(out) ? 0 : -1;
 }

@@ -1,5 +1,5 @@
 /* Healer: the self-healing sweep, the performance report, the status summary and the
- * report list (SPEC 6). Logic and SQL only: no transport header, no other capability's
+ * report list (docs/api.md). Logic and SQL only: no transport header, no other capability's
  * header (their work arrives through struct healer_hooks). */
 #include "steward/healer.h"
 

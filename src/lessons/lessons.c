@@ -1,4 +1,5 @@
-/* Lessons journal: validation, recording with dedup, list, update and snapshot (SPEC 3).
+/* Lessons journal: validation, recording with dedup, list, update and snapshot
+ * (docs/api.md, "Lessons journal").
  * No transport here; the HTTP adapter is lessons_http.c. */
 #include "steward/lessons.h"
 

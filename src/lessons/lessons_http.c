@@ -1,4 +1,4 @@
-/* Lessons over REST (SPEC 3): adapts requests to the calls of lessons.c. */
+/* Lessons over REST (docs/api.md, "Lessons journal"): adapts requests to the calls of lessons.c. */
 #include <stdlib.h>
 #include <string.h>
 

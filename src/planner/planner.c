@@ -1,4 +1,4 @@
-/* Planner logic and SQL (SPEC 2). No transport here: src/planner/planner_http.c adapts
+/* Planner logic and SQL (docs/api.md). No transport here: src/planner/planner_http.c adapts
  * requests to these calls. */
 #include "steward/planner.h"
 
@@ -23,7 +23,7 @@ struct planner {
     struct lessons *lessons;
 };
 
-/* The SPEC 2 defaults, used only if the seeded row has been removed by hand. */
+/* The documented defaults, used only if the seeded row has been removed by hand. */
 static const struct planner_config config_defaults = {
     .window_minutes = 90,
     .min_samples = 3,

@@ -1,4 +1,4 @@
-/* HTTP adapter of the planner (SPEC 2 routes): validates requests, calls planner.c,
+/* HTTP adapter of the planner (docs/api.md routes): validates requests, calls planner.c,
  * renders results. */
 #include <limits.h>
 #include <stdint.h>

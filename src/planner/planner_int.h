@@ -1,4 +1,4 @@
-/* The planner's pure rules: window filter, stagnation score, tiers,
+/* The planner's pure rules (docs/api.md): window filter, stagnation score, tiers,
  * idempotency keys, the retry decision and its backoff. No I/O and no database, so
  * every rule is unit-testable on its own; src/planner/planner.c feeds it rows. */
 #ifndef STEWARD_PLANNER_INT_H

@@ -1,4 +1,4 @@
-/* Scouts, devices and proposals: the logic and every SQL statement (SPEC 5). No
+/* Scouts, devices and proposals: the logic and every SQL statement (docs/api.md). No
  * transport here: the HTTP and WebSocket adapters call these functions. */
 #include <ctype.h>
 #include <stdio.h>
@@ -130,7 +130,7 @@ static const struct db_stmt st_devices_refresh = {
 /* One delivery pass for a user's sessions on this instance, fetch and mark in one
  * statement. c: the first $2 (the in-flight window) pending proposals of the user, oldest
  * first. $3 is a JSON array with one element per session: the ids that session has in
- * flight. Per session (s.si, 1-based), the rules of SPEC 5.2/5.6/5.7: a proposal it
+ * flight. Per session (s.si, 1-based), the rules of docs/protocol.md: a proposal it
  * already has goes out again only when the ack-timeout sweep queued it again; the others
  * go out oldest first while its window has room (room = window - how many of c it has).
  * upd marks what any session is sent delivered; a row acked or expired meanwhile fails

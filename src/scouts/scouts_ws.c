@@ -1,4 +1,4 @@
-/* The device protocol on the WebSocket layer (SPEC 5): device_hello, scout_proposal
+/* The device protocol on the WebSocket layer (docs/protocol.md): device_hello, scout_proposal
  * delivery within the in-flight window, scout_proposal_ack and resolved frames.
  *
  * Frame handlers run on the libwebsockets service thread: they only parse, look at the

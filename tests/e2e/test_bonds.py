@@ -1,4 +1,4 @@
-"""Bond ledger (SPEC 4): baseline rules, atomic consume, admin audit, erasure, listing,
+"""Bond ledger (docs/api.md): baseline rules, atomic consume, admin audit, erasure, listing,
 validation and concurrency, asserted on bodies and on rows."""
 import datetime
 import re

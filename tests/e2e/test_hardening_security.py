@@ -19,8 +19,8 @@ from harness.pgcluster import wait_for
 from harness.steward import ADMIN_KEY, binary
 from conftest import make_key
 
-# SPEC 1 to 6, route tables: the scope each documented route needs.
-SPEC_SCOPES = {
+# The route tables of docs/api.md: the scope each documented route needs.
+DOCUMENTED_SCOPES = {
     ('POST', '/v1/posts/{post_id}/metrics'): 'service',
     ('POST', '/v1/posts/{post_id}/plan'): 'service',
     ('PUT', '/v1/actions/{idempotency_key}'): 'service',
@@ -79,11 +79,11 @@ def fill(pattern, value='x'):
 
 def test_binary_scopes_match_the_documented_table():
     routes = binary_routes()
-    assert len(routes) == len(SPEC_SCOPES)
+    assert len(routes) == len(DOCUMENTED_SCOPES)
     for method, pattern, scope in routes:
-        assert (method, pattern) in SPEC_SCOPES, f'{method} {pattern} is not in SPEC'
-        assert SPEC_SCOPES[(method, pattern)] == scope, (method, pattern, scope)
-        # the general rule of SPEC 1: every /v1 GET needs read; writes need more
+        assert (method, pattern) in DOCUMENTED_SCOPES, f'{method} {pattern} is not documented'
+        assert DOCUMENTED_SCOPES[(method, pattern)] == scope, (method, pattern, scope)
+        # the scope rule of docs/api.md: every /v1 GET needs read; writes need more
         if pattern.startswith('/v1/'):
             assert (scope == 'read') == (method == 'GET'), (method, pattern, scope)
         else:
@@ -101,7 +101,7 @@ def all_keys(server, db_url, keys):
 
 
 def expected(route_scope, who):
-    """The status class SPEC 1 gives: 401, 403, or 'pass' (authorised)."""
+    """The status class the scope rule gives: 401, 403, or 'pass' (authorised)."""
     if route_scope == 'none':
         return 'pass'
     if who in ('none', 'revoked'):
@@ -130,7 +130,7 @@ def test_every_route_with_every_scope(server, all_keys, sql):
                 if want == 401:
                     assert r.headers.get('WWW-Authenticate') == 'Bearer', ctx
             seen += 1
-    assert seen == len(SPEC_SCOPES) * 5
+    assert seen == len(DOCUMENTED_SCOPES) * 5
     # {} is not a lesson: nothing was stored by the authorised POSTs either
     assert sql.execute('SELECT count(*) FROM lessons').fetchone()[0] == before
 

@@ -1,4 +1,4 @@
-"""Self-healing sweeps, performance reports, status and /metrics (SPEC 6, issue 7),
+"""Self-healing sweeps, performance reports, status and /metrics (docs/api.md, issue 7),
 against a real PostgreSQL and the real binary."""
 import asyncio
 import concurrent.futures

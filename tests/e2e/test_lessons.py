@@ -1,4 +1,4 @@
-"""Lessons journal (SPEC 3, issue 3) against a real PostgreSQL: REST routes, the kill
+"""Lessons journal (docs/api.md, issue 3) against a real PostgreSQL: REST routes, the kill
 switch, dedup under concurrency, validation, PATCH rules, the snapshot, and the
 never-raise internal C API (driven through the test_lessons helper binary)."""
 import json

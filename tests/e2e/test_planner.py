@@ -1,4 +1,4 @@
-"""Planner (SPEC 2, issue 4) through the real API against a real PostgreSQL: metrics
+"""Planner (docs/api.md, issue 4) through the real API against a real PostgreSQL: metrics
 ingest, every plan reason string, check order, cooldown expiry and the window cap by
 pinned `now`, the claim race, outcomes and attempts, the retry policy, the retry
 budget's lesson (and that a broken journal never fails the outcome), the config row,

@@ -1,4 +1,4 @@
-"""Scouts, devices and proposal delivery over WebSocket (SPEC 5), against the real binary
+"""Scouts, devices and proposal delivery over WebSocket (docs/protocol.md), against the real binary
 and a real PostgreSQL, with python3-websockets (asyncio) as the Electron device."""
 import asyncio
 import concurrent.futures

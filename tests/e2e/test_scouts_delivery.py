@@ -1,5 +1,5 @@
 """Item ingest in one round trip and delivery passes that fetch and mark in one statement
-(SPEC 5): the order of the ingest rules, concurrent ingest counted in answers, rows and
+(docs/protocol.md): the order of the ingest rules, concurrent ingest counted in answers, rows and
 frames, and the in-flight window rules with several sessions of one user."""
 import asyncio
 import concurrent.futures
@@ -207,7 +207,7 @@ def test_requeued_proposal_goes_again_to_every_session(make_server, fresh_db_url
             assert (await b.proposal())['id'] == pid
             # One statement marks it for both sessions, unless the pass of a's hello
             # was still running when the ingest woke it: that pass saw a alone, and the
-            # pass it reran sent b its copy (SPEC 5.2: each hello delivery counts).
+            # pass it reran sent b its copy (each hello delivery counts).
             first = attempts(sql, pid)
             assert first in (1, 2)
             t0 = time.monotonic()

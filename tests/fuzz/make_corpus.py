@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/) from real
 requests and frames: the README walk-through, the e2e tests' bodies, the WebSocket
-protocol of SPEC 5. Run it again after changing the input format of a target; the
+protocol (docs/protocol.md). Run it again after changing the input format of a target; the
 files are committed. Files named by a hash were added by `fuzz_<target> -merge=1` after
 the long runs (inputs that reach new code); drop them when the input format changes."""
 import hashlib
