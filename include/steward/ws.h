@@ -98,10 +98,6 @@ void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const ch
 void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
                    const char *proposal_id);
 
-/* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
- * nothing above U+10FFFF). Text frames that are not get close 1007. */
-bool ws_utf8_valid(const unsigned char *p, size_t n);
-
 /* Sessions awaiting device_hello, oldest first. Every session gets the same timeout, so
  * arrival order is deadline order: one timer armed for the head serves them all, and a
  * connect or a close costs O(1) (a per-connection timer would be a sorted insert).

@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "steward/json.h"
+#include "steward/utf8.h"
 
 #define BUCKETS 16384 /* power of two */
 #define MAX_HANDLERS 16
@@ -590,7 +591,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
         return 0;
     if (lws_frame_is_binary(wsi)) {
         reject(ws, s->sid, "bad_frame", false);
-    } else if (!ws_utf8_valid(s->rx, s->rx_len)) {
+    } else if (!utf8_valid(s->rx, s->rx_len)) {
         /* RFC 6455 8.1; lws' own check (LWS_SERVER_OPTION_VALIDATE_UTF8) would close
          * through a -1 return, see close_later */
         abort_session(ws, s, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
@@ -663,46 +664,6 @@ static void service_pending(struct ws_server *ws)
         s = next;
     }
     pthread_mutex_unlock(&ws->mu);
-}
-
-bool ws_utf8_valid(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            if (c == 0xe0)
-                lo = 0xa0; /* overlong */
-            else if (c == 0xed)
-                hi = 0x9f; /* UTF-16 surrogates */
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            if (c == 0xf0)
-                lo = 0x90; /* overlong */
-            else if (c == 0xf4)
-                hi = 0x8f; /* above U+10FFFF */
-        } else {
-            return false; /* 0x80..0xc1 (continuation or overlong lead), 0xf5..0xff */
-        }
-        if (n - i <= need)
-            return false;
-        if (p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= need; k++)
-            if ((p[i + k] & 0xc0) != 0x80)
-                return false;
-        i += need + 1;
-    }
-    return true;
 }
 
 void ws_hello_push(struct ws_hello_fifo *q, struct ws_hello_node *n, int64_t deadline_ms)
