@@ -144,9 +144,6 @@ int bonds_erase(struct bonds *b, const char *user_id);
  * printf("%.4f") prints. */
 double bonds_round4(double value);
 
-/* Byte length of the first max_chars characters of the UTF-8 string s. */
-size_t bonds_utf8_prefix(const char *s, size_t max_chars);
-
 /* True when s is valid UTF-8 of 1..max_chars characters without control characters
  * (the rule for user ids and label filters). */
 bool bonds_valid_id(const char *s, size_t max_chars);

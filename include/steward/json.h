@@ -47,8 +47,6 @@ int jv_time(const json_t *obj, const char *key, const char *prefix, bool require
 
 /* True when s matches ^[a-z0-9_]{1,64}$. */
 bool jv_is_slug(const char *s);
-/* Number of UTF-8 code points in s (s is valid UTF-8, as jansson guarantees). */
-size_t jv_utf8_len(const char *s);
 /* True when s is 1..max characters, all printable (no control characters). */
 bool jv_is_printable_id(const char *s, size_t max_chars);
 

@@ -4,7 +4,12 @@
  * Handlers run on the service thread and must not block: database work goes to a
  * workq, and results come back through ws_send / ws_close, which any thread may call
  * (they queue per session and wake the loop with lws_cancel_service). Sessions are
- * named by a 64-bit id that is never reused while the process lives. */
+ * named by a 64-bit id that is never reused while the process lives.
+ *
+ * A session is an id plus an opaque tag: whoever accepts it (ws_session_accept, after
+ * its device_hello checked out) hands in a tag, and gets it back in the closed callback,
+ * where it may free it. This layer never looks inside a tag and knows no device or user:
+ * the acceptor keeps its own registry of its sessions. */
 #ifndef STEWARD_WS_H
 #define STEWARD_WS_H
 
@@ -18,6 +23,18 @@
 
 #define WS_MAX_FRAME (64 * 1024)
 #define WS_PATH "/v1/devices/ws"
+
+/* Close codes this server sends (RFC 6455 7.4.1; 4000-4999 are ours). */
+enum {
+    WS_CLOSE_GOING_AWAY = 1001,    /* the server is shutting down */
+    WS_CLOSE_INVALID_DATA = 1007,  /* a text frame that is not UTF-8 */
+    WS_CLOSE_POLICY = 1008,        /* the peer does not read: its queue overflowed */
+    WS_CLOSE_TOO_BIG = 1009,       /* a frame over WS_MAX_FRAME */
+    WS_CLOSE_TRY_AGAIN = 1013,     /* the database is away or the server is busy */
+    WS_CLOSE_UNAUTHORIZED = 4401,  /* no device_hello yet, or a wrong one */
+    WS_CLOSE_REVOKED = 4403,       /* the device was deleted or its user erased */
+    WS_CLOSE_HELLO_TIMEOUT = 4408, /* no device_hello within hello_timeout_s */
+};
 
 struct ws_server;
 
@@ -36,48 +53,43 @@ struct ws_server_opts {
  * authed tells whether the session completed device_hello. */
 typedef void (*ws_frame_fn)(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
                             json_t *frame);
-/* Called on the service thread when an authenticated session closes. */
-typedef void (*ws_closed_fn)(void *ctx, struct ws_server *ws, uint64_t sid, const char *device_id,
-                             const char *user_id);
+/* Called on the service thread when an accepted session closes, with the tag it was
+ * accepted with; the session id is already unknown to every ws_* call (ws_send gets
+ * -1), so the callee may free the tag. Not called for sessions never accepted. */
+typedef void (*ws_closed_fn)(void *ctx, struct ws_server *ws, uint64_t sid, void *tag);
 
 /* Creates the server and binds its port; no thread runs yet. NULL + err on failure. */
 struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_t errlen);
 /* Registers a handler (before ws_server_start). before_hello: also called for
- * unauthenticated sessions; other types sent before hello get error + close 4401. */
+ * unauthenticated sessions; other types sent before hello get error + close
+ * WS_CLOSE_UNAUTHORIZED. */
 int ws_server_on(struct ws_server *ws, const char *type, bool before_hello, ws_frame_fn fn,
                  void *ctx);
 void ws_server_on_closed(struct ws_server *ws, ws_closed_fn fn, void *ctx);
 /* Starts the service thread. Returns 0 or -1. */
 int ws_server_start(struct ws_server *ws);
 int ws_server_port(const struct ws_server *ws);
-/* Closes every session with 1001 (after flushing what is queued), stops the service
+/* Closes every session with WS_CLOSE_GOING_AWAY (after flushing what is queued), stops the service
  * thread within timeout_ms and frees the server. */
 void ws_server_stop(struct ws_server *ws, int timeout_ms);
 
 /* Thread-safe. Queues a text frame (copied) for the session. Returns 0, or -1 when the
- * session is gone. A session whose queue would pass max_queue_bytes is closed 1008. */
+ * session is gone. A session whose queue would pass max_queue_bytes is closed
+ * WS_CLOSE_POLICY. */
 int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len);
 /* Thread-safe. Serialises frame (borrowed) and queues it. */
 int ws_send_json(struct ws_server *ws, uint64_t sid, const json_t *frame);
 /* Thread-safe. Closes the session with code after what is already queued is sent. */
 void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason);
-/* Thread-safe. Marks a session authenticated as device_id of user_id (stops the hello
- * timer). Returns -1 when the session is gone. */
-int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id,
-                    const char *user_id);
-
-/* Thread-safe. Copies up to cap ids of authenticated sessions of a user / a device
- * into out; returns how many there are. */
-size_t ws_sessions_of_user(struct ws_server *ws, const char *user_id, uint64_t *out, size_t cap);
-size_t ws_sessions_of_device(struct ws_server *ws, const char *device_id, uint64_t *out,
-                             size_t cap);
-/* Thread-safe. Copies up to cap distinct user ids with authenticated sessions (each a
- * malloc'd string the caller frees) into out; returns how many were copied. */
-size_t ws_connected_users(struct ws_server *ws, char **out, size_t cap);
-/* Thread-safe: the device and user of an authenticated session (copied into the
- * buffers); -1 when the session is gone or not authenticated. */
-int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, size_t dcap,
-                        char *user_id, size_t ucap);
+/* Thread-safe. Accepts the session: marks it authenticated (its hello deadline no
+ * longer applies; frames of every registered type reach their handlers) and attaches
+ * tag, which the closed callback hands back. Returns -1, and keeps nothing, when the
+ * session is gone, already accepted or closing (also after a hello timeout): the
+ * closed callback will then never see tag. On 0 the tag belongs to the session until
+ * that callback runs on the service thread, which may be at once: a caller on another
+ * thread must not touch tag after a 0 except by finding it again in its own registry,
+ * under the lock its closed callback takes to unlink it. */
+int ws_session_accept(struct ws_server *ws, uint64_t sid, void *tag);
 
 struct ws_stats {
     int connections;
@@ -87,20 +99,17 @@ struct ws_stats {
 void ws_server_stats(struct ws_server *ws, struct ws_stats *out);
 
 /* Handles one complete text frame (text[0..len), need not be NUL-terminated) as if it
- * had arrived on session sid: parses it, answers bad_frame / unauthorized (+ close 4401
- * before hello) / unknown_type, or calls the registered handler. The socket side calls
- * it for every frame; fuzz targets call it with a session id that has no socket (what
- * is sent to it is then dropped). Service thread only (or a thread standing in for it). */
+ * had arrived on session sid: parses it, answers bad_frame / unauthorized (+ close
+ * WS_CLOSE_UNAUTHORIZED before hello) / unknown_type, or calls the registered handler.
+ * The socket side calls it for every frame; fuzz targets call it with a session id that
+ * has no socket (what is sent to it is then dropped). Service thread only (or a thread
+ * standing in for it). */
 void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const char *text,
                        size_t len);
 
 /* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
 void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
                    const char *proposal_id);
-
-/* Whether p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
- * nothing above U+10FFFF). Text frames that are not get close 1007. */
-bool ws_utf8_valid(const unsigned char *p, size_t n);
 
 /* Sessions awaiting device_hello, oldest first. Every session gets the same timeout, so
  * arrival order is deadline order: one timer armed for the head serves them all, and a

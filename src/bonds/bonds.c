@@ -15,6 +15,7 @@
 #include "steward/json.h"
 #include "steward/dbpipe.h"
 #include "steward/sql.h"
+#include "steward/utf8.h"
 
 struct bonds {
     struct pool *pool;
@@ -36,62 +37,15 @@ double bonds_round4(double value)
     return strtod(text, NULL);
 }
 
-size_t bonds_utf8_prefix(const char *s, size_t max_chars)
-{
-    size_t i = 0, chars = 0;
-    while (s[i]) {
-        if (((unsigned char)s[i] & 0xC0) != 0x80) {
-            if (chars == max_chars)
-                break;
-            chars++;
-        }
-        i++;
-    }
-    return i;
-}
-
-/* Length of the UTF-8 sequence at s, or 0 when it is not well formed. */
-static size_t utf8_seq(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t n;
-    unsigned int cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    if (cp >= 0x80 && cp <= 0x9F) /* C1 control characters */
-        return 0;
-    return n;
-}
-
 bool bonds_valid_id(const char *s, size_t max_chars)
 {
     const unsigned char *p = (const unsigned char *)s;
+    const unsigned char *end = p + strlen(s);
     size_t chars = 0;
-    while (*p) {
-        if (*p < 0x20 || *p == 0x7F)
-            return false;
-        size_t n = utf8_seq(p);
-        if (n == 0)
+    while (p < end) {
+        uint32_t cp;
+        size_t n = utf8_decode(p, (size_t)(end - p), &cp);
+        if (n == 0 || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) /* C0, DEL, C1 */
             return false;
         p += n;
         if (++chars > max_chars)
@@ -132,7 +86,7 @@ void bonds_detail_note(struct buf *out, const char *note)
 {
     static const char prefix[] = "note added: ";
     buf_append(out, prefix, sizeof(prefix) - 1);
-    buf_append(out, note, bonds_utf8_prefix(note, 100));
+    buf_append(out, note, utf8_prefix(note, 100));
 }
 
 void bonds_json_str(struct buf *out, const char *s)
@@ -1111,7 +1065,7 @@ static int add_note_fn(struct pool_conn *c, void *arg)
 int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const char *actor,
                    char **json, size_t *len)
 {
-    size_t chars = jv_utf8_len(note);
+    size_t chars = utf8_count(note);
     if (chars < 1 || chars > BONDS_NOTE_MAX)
         return ST_EINVALID;
     struct admin_args a = {.user_id = user_id, .note = note, .actor = actor};

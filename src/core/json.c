@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/utf8.h"
+
 json_t *jv_parse(const char *buf, size_t len, char *err, size_t errlen)
 {
     json_error_t je;
@@ -69,15 +71,6 @@ static int lookup(const json_t *obj, const char *key, const char *prefix, bool r
     return 1;
 }
 
-size_t jv_utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
 bool jv_is_slug(const char *s)
 {
     size_t n = 0;
@@ -94,7 +87,7 @@ bool jv_is_printable_id(const char *s, size_t max_chars)
     for (const unsigned char *p = (const unsigned char *)s; *p; p++)
         if (*p < 0x20 || *p == 0x7f)
             return false;
-    size_t n = jv_utf8_len(s);
+    size_t n = utf8_count(s); /* jansson's strings are well formed */
     return n >= 1 && n <= max_chars;
 }
 
@@ -114,7 +107,7 @@ int jv_string(const json_t *obj, const char *key, const char *prefix, bool requi
         jv_error(errs, path, "must not contain NUL characters");
         return -1;
     }
-    size_t n = jv_utf8_len(s);
+    size_t n = utf8_count(s);
     if (n < min_chars || n > max_chars) {
         jv_error(errs, path, "must be %zu to %zu characters", min_chars, max_chars);
         return -1;

@@ -9,24 +9,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "steward/hash.h"
 #include "steward/scouts.h"
 #include "steward/scouts_pass.h"
 
 #define SCOUTS_USER_MAX 200     /* characters of a user id */
-#define SCOUTS_BUCKETS 16384    /* power of two */
+#define SCOUTS_BUCKETS 16384    /* of each registry table */
 #define SCOUTS_CHANNEL "steward_scouts"
 
-/* One authenticated device session on this instance. */
+/* One device session on this instance whose device_hello checked out; guarded by
+ * scouts->mu. Linked before ws_session_accept and handed to it as the session's tag:
+ * from then on only the closed callback (service thread) unlinks and frees it, so
+ * every other thread reaches it by sid through by_sid under scouts->mu and keeps no
+ * pointer to it past the unlock. */
 struct scouts_sess {
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     struct scouts_user *user;
+    /* hello_ok is queued: delivery passes and resolved frames may reach the session */
+    bool live;
     /* proposals sent in this session and not resolved yet (the in-flight window) */
     char (*sent)[SCOUTS_ID_LEN + 1];
     int nsent;
     int capsent;
     struct scouts_sess *user_next; /* sessions of the same user */
-    struct scouts_sess *hash_next; /* by sid */
+    struct hash_node by_sid;       /* in scouts->by_sid */
 };
 
 /* A user with sessions here; carries the single-flight flags of delivery passes. */
@@ -35,7 +42,7 @@ struct scouts_user {
     struct scouts_sess *sessions;
     bool running; /* a pass job owns the user's deliveries */
     bool dirty;   /* something changed while it ran: run again */
-    struct scouts_user *hash_next;
+    struct hash_node by_id; /* in scouts->by_user */
 };
 
 struct scouts {
@@ -50,9 +57,8 @@ struct scouts {
     char instance[17]; /* random, names this process in notifications */
 
     pthread_mutex_t mu; /* the session registry below */
-    struct scouts_sess *by_sid[SCOUTS_BUCKETS];
-    struct scouts_user *by_user[SCOUTS_BUCKETS];
-    size_t nsessions;
+    struct hash_table by_sid;  /* struct scouts_sess by sid */
+    struct hash_table by_user; /* struct scouts_user by user id */
 
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */

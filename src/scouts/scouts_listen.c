@@ -42,7 +42,10 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     s->listen_url = strdup(set->database_listen_url ? set->database_listen_url : "");
     s->set.database_listen_url = s->listen_url;
     unsigned char rnd[8];
-    if (!s->listen_url || crypto_random(rnd, sizeof(rnd)) != 0) {
+    if (!s->listen_url || crypto_random(rnd, sizeof(rnd)) != 0 ||
+        hash_init(&s->by_sid, SCOUTS_BUCKETS) != 0 || hash_init(&s->by_user, SCOUTS_BUCKETS) != 0) {
+        hash_release(&s->by_sid);
+        hash_release(&s->by_user);
         free(s->listen_url);
         free(s);
         return NULL;
@@ -260,6 +263,8 @@ void scouts_free(struct scouts *s)
     if (!s)
         return;
     scouts_sessions_free(s);
+    hash_release(&s->by_sid);
+    hash_release(&s->by_user);
     for (int i = 0; i < 2; i++)
         if (s->wake_pipe[i] >= 0)
             close(s->wake_pipe[i]);

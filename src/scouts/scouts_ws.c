@@ -18,35 +18,19 @@
 #include "steward/json.h"
 #include "steward/ws.h"
 
-#define CLOSE_UNAUTHORIZED 4401
-#define CLOSE_REVOKED 4403
-#define CLOSE_TRY_AGAIN 1013
 #define TOKEN_MAX 256
 #define PRESENCE_CHUNK 256 /* devices per presence refresh statement */
-
-static size_t hash_u64(uint64_t v)
-{
-    v ^= v >> 33;
-    v *= 0xff51afd7ed558ccdull;
-    v ^= v >> 33;
-    return (size_t)v & (SCOUTS_BUCKETS - 1);
-}
-
-static size_t hash_str(const char *str)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *str; str++)
-        h = (h ^ (unsigned char)*str) * 1099511628211ull;
-    return hash_u64(h);
-}
 
 /* ------------------------------------------------------------ registry (s->mu held) */
 
 static struct scouts_user *user_find_locked(struct scouts *s, const char *user_id)
 {
-    for (struct scouts_user *u = s->by_user[hash_str(user_id)]; u; u = u->hash_next)
+    uint64_t h = hash_str(user_id);
+    for (struct hash_node *n = hash_first(&s->by_user, h); n; n = hash_next(n)) {
+        struct scouts_user *u = hash_entry(n, struct scouts_user, by_id);
         if (strcmp(u->user_id, user_id) == 0)
             return u;
+    }
     return NULL;
 }
 
@@ -63,32 +47,30 @@ static struct scouts_user *user_get_locked(struct scouts *s, const char *user_id
         free(u);
         return NULL;
     }
-    size_t b = hash_str(user_id);
-    u->hash_next = s->by_user[b];
-    s->by_user[b] = u;
+    hash_insert(&s->by_user, &u->by_id, hash_str(user_id));
     return u;
 }
 
-static void user_maybe_free_locked(struct scouts *s, struct scouts_user *u)
+static void user_free_locked(struct scouts *s, struct scouts_user *u)
 {
-    if (u->sessions || u->running)
-        return;
-    for (struct scouts_user **pp = &s->by_user[hash_str(u->user_id)]; *pp;
-         pp = &(*pp)->hash_next) {
-        if (*pp == u) {
-            *pp = u->hash_next;
-            break;
-        }
-    }
+    hash_remove(&s->by_user, &u->by_id);
     free(u->user_id);
     free(u);
 }
 
+static void user_maybe_free_locked(struct scouts *s, struct scouts_user *u)
+{
+    if (!u->sessions && !u->running)
+        user_free_locked(s, u);
+}
+
 static struct scouts_sess *sess_find_locked(struct scouts *s, uint64_t sid)
 {
-    for (struct scouts_sess *x = s->by_sid[hash_u64(sid)]; x; x = x->hash_next)
+    for (struct hash_node *n = hash_first(&s->by_sid, hash_u64(sid)); n; n = hash_next(n)) {
+        struct scouts_sess *x = hash_entry(n, struct scouts_sess, by_sid);
         if (x->sid == sid)
             return x;
+    }
     return NULL;
 }
 
@@ -96,12 +78,7 @@ static struct scouts_sess *sess_find_locked(struct scouts *s, uint64_t sid)
  * left on this instance. */
 static bool sess_remove_locked(struct scouts *s, struct scouts_sess *x)
 {
-    for (struct scouts_sess **pp = &s->by_sid[hash_u64(x->sid)]; *pp; pp = &(*pp)->hash_next) {
-        if (*pp == x) {
-            *pp = x->hash_next;
-            break;
-        }
-    }
+    hash_remove(&s->by_sid, &x->by_sid);
     struct scouts_user *u = x->user;
     bool last = true;
     for (struct scouts_sess **pp = &u->sessions; *pp;) {
@@ -113,7 +90,6 @@ static bool sess_remove_locked(struct scouts *s, struct scouts_sess *x)
             last = false;
         pp = &(*pp)->user_next;
     }
-    s->nsessions--;
     free(x->sent);
     free(x);
     user_maybe_free_locked(s, u);
@@ -241,10 +217,12 @@ static struct snap *snapshot(struct scouts *s, const char *user_id, size_t *n)
     struct scouts_user *u = user_find_locked(s, user_id);
     size_t count = 0;
     for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next)
-        count++;
+        count += x->live;
     struct snap *sn = count ? calloc(count, sizeof(*sn)) : NULL;
     if (sn) {
         for (struct scouts_sess *x = u->sessions; x; x = x->user_next) {
+            if (!x->live)
+                continue;
             struct snap *p = &sn[*n];
             p->sid = x->sid;
             if (x->nsent) {
@@ -434,16 +412,15 @@ static void pass_now(struct scouts *s, const char *user_id)
 static size_t local_users(struct scouts *s, char ***out)
 {
     pthread_mutex_lock(&s->mu);
-    size_t cap = 0;
-    for (size_t b = 0; b < SCOUTS_BUCKETS; b++)
-        for (struct scouts_user *u = s->by_user[b]; u; u = u->hash_next)
-            cap++;
+    size_t cap = s->by_user.len;
     char **list = cap ? calloc(cap, sizeof(char *)) : NULL;
     size_t n = 0;
-    for (size_t b = 0; list && b < SCOUTS_BUCKETS; b++)
-        for (struct scouts_user *u = s->by_user[b]; u; u = u->hash_next)
-            if (u->sessions && (list[n] = strdup(u->user_id)))
-                n++;
+    struct hash_iter it = hash_iter(&s->by_user);
+    for (struct hash_node *h; list && (h = hash_iter_next(&it)) != NULL;) {
+        struct scouts_user *u = hash_entry(h, struct scouts_user, by_id);
+        if (u->sessions && (list[n] = strdup(u->user_id)))
+            n++;
+    }
     pthread_mutex_unlock(&s->mu);
     *out = list;
     return n;
@@ -479,7 +456,7 @@ static void close_where(struct scouts *s, const char *user_id, const char *devic
 void scouts_user_erased(struct scouts *s, const char *user_id)
 {
     if (s && s->ws)
-        close_where(s, user_id, NULL, CLOSE_REVOKED);
+        close_where(s, user_id, NULL, WS_CLOSE_REVOKED);
 }
 
 /* A proposal of the user was acked (here or elsewhere): it leaves every window, and
@@ -503,7 +480,7 @@ static bool resolved(struct scouts *s, const char *user_id, const char *pid,
     for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next) {
         full |= x->nsent >= s->set.max_inflight;
         sent_remove(x, pid);
-        if (strcmp(x->device_id, acking_device) != 0 && n < 64)
+        if (x->live && strcmp(x->device_id, acking_device) != 0 && n < 64)
             sids[n++] = x->sid;
     }
     pthread_mutex_unlock(&s->mu);
@@ -547,11 +524,11 @@ void scouts_on_notify(struct scouts *s, const char *payload)
         break;
     case 'd': /* d|device|user: device deleted */
         if (n == 3)
-            close_where(s, f[2], f[1], CLOSE_REVOKED);
+            close_where(s, f[2], f[1], WS_CLOSE_REVOKED);
         break;
     case 'u': /* u|user: user erased */
         if (n == 2)
-            close_where(s, f[1], NULL, CLOSE_REVOKED);
+            close_where(s, f[1], NULL, WS_CLOSE_REVOKED);
         break;
     default:
         break;
@@ -579,7 +556,7 @@ static int presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t f
             for (size_t k = from; k < to; k++) {
                 if (json_equal(g, json_array_get(ids, k))) {
                     close_where(s, json_string_value(json_array_get(users, k)),
-                                json_string_value(g), CLOSE_REVOKED);
+                                json_string_value(g), WS_CLOSE_REVOKED);
                     break;
                 }
             }
@@ -596,11 +573,11 @@ void scouts_presence_tick(struct scouts *s)
     json_t *ids = json_array();
     json_t *users = json_array();
     pthread_mutex_lock(&s->mu);
-    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
-        for (struct scouts_sess *x = s->by_sid[b]; x; x = x->hash_next) {
-            json_array_append_new(ids, json_string(x->device_id));
-            json_array_append_new(users, json_string(x->user->user_id));
-        }
+    struct hash_iter it = hash_iter(&s->by_sid);
+    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;) {
+        struct scouts_sess *x = hash_entry(h, struct scouts_sess, by_sid);
+        json_array_append_new(ids, json_string(x->device_id));
+        json_array_append_new(users, json_string(x->user->user_id));
     }
     pthread_mutex_unlock(&s->mu);
     /* In statements of at most PRESENCE_CHUNK devices: one statement for 10,000 held
@@ -628,7 +605,7 @@ struct hello_arg {
 static void reject_hello(struct scouts *s, uint64_t sid)
 {
     send_error(s, sid, "unauthorized", NULL);
-    ws_close(s->ws, sid, CLOSE_UNAUTHORIZED, "unauthorized");
+    ws_close(s->ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
 }
 
 static void hello_job(struct scouts *s, void *arg)
@@ -643,11 +620,12 @@ static void hello_job(struct scouts *s, void *arg)
     }
     if (rc != ST_OK) {
         send_error(s, a->sid, "unavailable", NULL);
-        ws_close(s->ws, a->sid, CLOSE_TRY_AGAIN, "try again later");
+        ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "try again later");
         return;
     }
-    /* registered before ws_authenticate: the close callback only fires for
-     * authenticated sessions, so a session that dies in between is caught below */
+    /* Linked before ws_session_accept, not live yet (no pass sends to it before its
+     * hello_ok); the closed callback only fires for accepted sessions, so one that dies
+     * in between is unlinked below. */
     pthread_mutex_lock(&s->mu);
     if (sess_find_locked(s, a->sid)) {
         pthread_mutex_unlock(&s->mu);
@@ -660,7 +638,7 @@ static void hello_job(struct scouts *s, void *arg)
             user_maybe_free_locked(s, u);
         pthread_mutex_unlock(&s->mu);
         send_error(s, a->sid, "unavailable", NULL);
-        ws_close(s->ws, a->sid, CLOSE_TRY_AGAIN, "out of memory");
+        ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "out of memory");
         return;
     }
     x->sid = a->sid;
@@ -668,20 +646,19 @@ static void hello_job(struct scouts *s, void *arg)
     x->user = u;
     x->user_next = u->sessions;
     u->sessions = x;
-    size_t b = hash_u64(a->sid);
-    x->hash_next = s->by_sid[b];
-    s->by_sid[b] = x;
-    s->nsessions++;
+    hash_insert(&s->by_sid, &x->by_sid, hash_u64(a->sid));
     pthread_mutex_unlock(&s->mu);
 
-    if (ws_authenticate(s->ws, a->sid, a->device_id, user) != 0) {
+    if (ws_session_accept(s->ws, a->sid, x) != 0) {
+        /* gone or closing: x never became the session's tag, so it is still ours */
         pthread_mutex_lock(&s->mu);
-        struct scouts_sess *gone = sess_find_locked(s, a->sid);
-        if (gone)
-            sess_remove_locked(s, gone);
+        sess_remove_locked(s, x);
         pthread_mutex_unlock(&s->mu);
         return;
     }
+    /* x is the session's now: on_closed may free it at any moment, so it is found
+     * again by sid below and not used directly */
+    x = NULL;
     char sess_id[48], now[32];
     snprintf(sess_id, sizeof(sess_id), "%s-%llu", s->instance, (unsigned long long)a->sid);
     jtime_format(jtime_now_us(), now);
@@ -689,7 +666,13 @@ static void hello_job(struct scouts *s, void *arg)
               json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
                         "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s),
               MC_WS_FRAMES_OUT_HELLO_OK);
-    pass_now(s, user);
+    pthread_mutex_lock(&s->mu);
+    struct scouts_sess *mine = sess_find_locked(s, a->sid);
+    if (mine)
+        mine->live = true;
+    pthread_mutex_unlock(&s->mu);
+    if (mine)
+        pass_now(s, user);
 }
 
 static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
@@ -717,7 +700,7 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
     snprintf(a->device_id, sizeof(a->device_id), "%s", device);
     snprintf(a->token, sizeof(a->token), "%s", token);
     if (submit(s, hello_job, a, false) != 0)
-        ws_close(s->ws, sid, CLOSE_TRY_AGAIN, "busy");
+        ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
 }
 
 /* ------------------------------------------------------------ acks */
@@ -802,19 +785,20 @@ static void offline_job(struct scouts *s, void *arg)
     scouts_device_offline(s, ((struct device_arg *)arg)->device_id);
 }
 
-static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, const char *device_id,
-                      const char *user_id)
+/* Service thread: tag is the session's struct scouts_sess (see hello_job); the sid is
+ * already unknown to ws, so nothing sends to it any more. */
+static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, void *tag)
 {
     struct scouts *s = ctx;
+    struct scouts_sess *x = tag;
     (void)ws;
-    (void)user_id;
-    bool last = false;
+    (void)sid;
+    char device_id[SCOUTS_ID_LEN + 1];
     pthread_mutex_lock(&s->mu);
-    struct scouts_sess *x = sess_find_locked(s, sid);
-    if (x)
-        last = sess_remove_locked(s, x);
+    snprintf(device_id, sizeof(device_id), "%s", x->device_id);
+    bool last = sess_remove_locked(s, x);
     pthread_mutex_unlock(&s->mu);
-    if (!x || !last || atomic_load(&s->stopping))
+    if (!last || atomic_load(&s->stopping))
         return;
     struct device_arg *a = malloc(sizeof(*a));
     if (!a)
@@ -838,9 +822,10 @@ char *scouts_local_devices_json(struct scouts *s)
 {
     json_t *ids = json_array();
     pthread_mutex_lock(&s->mu);
-    for (size_t b = 0; b < SCOUTS_BUCKETS; b++)
-        for (struct scouts_sess *x = s->by_sid[b]; x; x = x->hash_next)
-            json_array_append_new(ids, json_string(x->device_id));
+    struct hash_iter it = hash_iter(&s->by_sid);
+    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)
+        json_array_append_new(ids,
+                              json_string(hash_entry(h, struct scouts_sess, by_sid)->device_id));
     pthread_mutex_unlock(&s->mu);
     char *text = json_array_size(ids) ? json_dumps(ids, JSON_COMPACT) : NULL;
     json_decref(ids);
@@ -850,17 +835,11 @@ char *scouts_local_devices_json(struct scouts *s)
 void scouts_sessions_free(struct scouts *s)
 {
     pthread_mutex_lock(&s->mu);
-    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
-        while (s->by_sid[b])
-            sess_remove_locked(s, s->by_sid[b]);
-    }
-    for (size_t b = 0; b < SCOUTS_BUCKETS; b++) {
-        while (s->by_user[b]) {
-            struct scouts_user *u = s->by_user[b];
-            s->by_user[b] = u->hash_next;
-            free(u->user_id);
-            free(u);
-        }
-    }
+    struct hash_iter it = hash_iter(&s->by_sid);
+    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)
+        sess_remove_locked(s, hash_entry(h, struct scouts_sess, by_sid));
+    it = hash_iter(&s->by_user); /* users a pass still held */
+    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)
+        user_free_locked(s, hash_entry(h, struct scouts_user, by_id));
     pthread_mutex_unlock(&s->mu);
 }

@@ -22,9 +22,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "steward/hash.h"
 #include "steward/json.h"
+#include "steward/utf8.h"
 
-#define BUCKETS 16384 /* power of two */
+#define SID_BUCKETS 16384
 #define MAX_HANDLERS 16
 
 struct frame {
@@ -44,10 +46,8 @@ struct session {
     bool authed;
     bool pending;
     struct session *pending_next;
-    struct session *sid_next;
-    struct session *user_next;
-    char *device_id;
-    char *user_id;
+    struct hash_node sid_node; /* in ws->by_sid */
+    void *tag;                 /* the acceptor's, from ws_session_accept */
     const char *close_reason; /* a literal or NULL; guarded by ws->mu */
     /* service thread only */
     unsigned char *rx;
@@ -100,25 +100,8 @@ struct ws_server {
     int authenticated;
     uint64_t queued_bytes;
     struct session *pending_head;
-    struct session *by_sid[BUCKETS];
-    struct session *by_user[BUCKETS];
+    struct hash_table by_sid; /* struct session by sid */
 };
-
-static size_t hash_u64(uint64_t v)
-{
-    v ^= v >> 33;
-    v *= 0xff51afd7ed558ccdull;
-    v ^= v >> 33;
-    return (size_t)v & (BUCKETS - 1);
-}
-
-static size_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return hash_u64(h);
-}
 
 static int64_t now_ms(void)
 {
@@ -130,20 +113,12 @@ static int64_t now_ms(void)
 /* Registry helpers; all with ws->mu held. */
 static struct session *find_locked(struct ws_server *ws, uint64_t sid)
 {
-    for (struct session *s = ws->by_sid[hash_u64(sid)]; s; s = s->sid_next)
+    for (struct hash_node *n = hash_first(&ws->by_sid, hash_u64(sid)); n; n = hash_next(n)) {
+        struct session *s = hash_entry(n, struct session, sid_node);
         if (s->sid == sid)
             return s;
-    return NULL;
-}
-
-static void unlink_chain(struct session **head, struct session *s, bool user_chain)
-{
-    for (struct session **pp = head; *pp; pp = user_chain ? &(*pp)->user_next : &(*pp)->sid_next) {
-        if (*pp == s) {
-            *pp = user_chain ? s->user_next : s->sid_next;
-            return;
-        }
     }
+    return NULL;
 }
 
 static bool on_service_thread(struct ws_server *ws)
@@ -211,7 +186,7 @@ int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
     if (s->qbytes + len > (size_t)ws->o.max_queue_bytes) {
         /* the peer does not read: drop it; what it had not acked stays deliverable */
         drop_queue_locked(ws, s);
-        s->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+        s->close_code = WS_CLOSE_POLICY;
         free(f);
         f = NULL;
     } else {
@@ -264,100 +239,19 @@ void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason)
         wake(ws);
 }
 
-int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id, const char *user_id)
+int ws_session_accept(struct ws_server *ws, uint64_t sid, void *tag)
 {
-    char *d = strdup(device_id), *u = strdup(user_id);
-    if (!d || !u) {
-        free(d);
-        free(u);
-        return -1;
-    }
     pthread_mutex_lock(&ws->mu);
     struct session *s = find_locked(ws, sid);
     if (!s || s->authed || s->close_code) {
         pthread_mutex_unlock(&ws->mu);
-        free(d);
-        free(u);
         return -1;
     }
-    s->device_id = d;
-    s->user_id = u;
+    s->tag = tag;
     s->authed = true;
     ws->authenticated++;
-    size_t b = hash_str(u);
-    s->user_next = ws->by_user[b];
-    ws->by_user[b] = s;
     pthread_mutex_unlock(&ws->mu);
     return 0;
-}
-
-size_t ws_sessions_of_user(struct ws_server *ws, const char *user_id, uint64_t *out, size_t cap)
-{
-    size_t n = 0;
-    pthread_mutex_lock(&ws->mu);
-    for (struct session *s = ws->by_user[hash_str(user_id)]; s; s = s->user_next) {
-        if (strcmp(s->user_id, user_id) != 0 || s->close_code)
-            continue;
-        if (n < cap)
-            out[n] = s->sid;
-        n++;
-    }
-    pthread_mutex_unlock(&ws->mu);
-    return n;
-}
-
-size_t ws_sessions_of_device(struct ws_server *ws, const char *device_id, uint64_t *out,
-                             size_t cap)
-{
-    size_t n = 0;
-    pthread_mutex_lock(&ws->mu);
-    for (size_t b = 0; b < BUCKETS; b++) {
-        for (struct session *s = ws->by_user[b]; s; s = s->user_next) {
-            if (strcmp(s->device_id, device_id) != 0)
-                continue;
-            if (n < cap)
-                out[n] = s->sid;
-            n++;
-        }
-    }
-    pthread_mutex_unlock(&ws->mu);
-    return n;
-}
-
-size_t ws_connected_users(struct ws_server *ws, char **out, size_t cap)
-{
-    size_t n = 0;
-    pthread_mutex_lock(&ws->mu);
-    for (size_t b = 0; b < BUCKETS && n < cap; b++) {
-        for (struct session *s = ws->by_user[b]; s && n < cap; s = s->user_next) {
-            bool seen = false;
-            for (struct session *t = ws->by_user[b]; t != s; t = t->user_next)
-                if (strcmp(t->user_id, s->user_id) == 0)
-                    seen = true;
-            if (seen)
-                continue;
-            out[n] = strdup(s->user_id);
-            if (out[n])
-                n++;
-        }
-    }
-    pthread_mutex_unlock(&ws->mu);
-    return n;
-}
-
-int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, size_t dcap,
-                        char *user_id, size_t ucap)
-{
-    int rc = -1;
-    pthread_mutex_lock(&ws->mu);
-    struct session *s = find_locked(ws, sid);
-    if (s && s->authed) {
-        snprintf(device_id, dcap, "%s", s->device_id);
-        snprintf(user_id, ucap, "%s", s->user_id);
-        rc = 0;
-    }
-    pthread_mutex_unlock(&ws->mu);
-    return rc;
 }
 
 void ws_server_stats(struct ws_server *ws, struct ws_stats *out)
@@ -375,13 +269,11 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     s->wsi = wsi;
     pthread_mutex_lock(&ws->mu);
     s->sid = ++ws->next_sid;
-    size_t b = hash_u64(s->sid);
-    s->sid_next = ws->by_sid[b];
-    ws->by_sid[b] = s;
+    hash_insert(&ws->by_sid, &s->sid_node, hash_u64(s->sid));
     s->registered = true;
     ws->connections++;
     if (atomic_load(&ws->stopping))
-        s->close_code = LWS_CLOSE_STATUS_GOINGAWAY; /* the caller asks for writeable */
+        s->close_code = WS_CLOSE_GOING_AWAY; /* the caller asks for writeable */
     pthread_mutex_unlock(&ws->mu);
 }
 
@@ -425,19 +317,16 @@ static void close_unlist(struct ws_server *ws, struct session *s)
 
 static void session_unregister(struct ws_server *ws, struct session *s)
 {
-    char *device = NULL, *user = NULL;
-    bool authed;
     pthread_mutex_lock(&ws->mu);
     if (!s->registered) {
         pthread_mutex_unlock(&ws->mu);
         return;
     }
-    unlink_chain(&ws->by_sid[hash_u64(s->sid)], s, false);
-    authed = s->authed;
-    if (authed) {
-        unlink_chain(&ws->by_user[hash_str(s->user_id)], s, true);
+    hash_remove(&ws->by_sid, &s->sid_node);
+    bool authed = s->authed;
+    void *tag = s->tag;
+    if (authed)
         ws->authenticated--;
-    }
     if (s->pending) {
         for (struct session **pp = &ws->pending_head; *pp; pp = &(*pp)->pending_next) {
             if (*pp == s) {
@@ -449,19 +338,17 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     drop_queue_locked(ws, s);
     s->registered = false;
     ws->connections--;
-    device = s->device_id;
-    user = s->user_id;
-    s->device_id = s->user_id = NULL;
+    s->tag = NULL;
     pthread_mutex_unlock(&ws->mu);
     free(s->rx);
     s->rx = NULL;
     ws_hello_remove(&ws->hello_q, &s->hello);
     close_unlist(ws, s);
     all_unlink(ws, s);
+    /* the sid is out of the registry: no thread finds the session from now on, and the
+     * acceptor may free its tag */
     if (authed && ws->on_closed)
-        ws->on_closed(ws->on_closed_ctx, ws, s->sid, device, user);
-    free(device);
-    free(user);
+        ws->on_closed(ws->on_closed_ctx, ws, s->sid, tag);
 }
 
 static const struct handler *find_handler(struct ws_server *ws, const char *type)
@@ -482,12 +369,12 @@ static void count_in(struct ws_server *ws, const char *type)
     metrics_count(ws->o.metrics, c, 1);
 }
 
-static void reject(struct ws_server *ws, uint64_t sid, const char *code, bool close4401)
+static void reject(struct ws_server *ws, uint64_t sid, const char *code, bool close_unauthorized)
 {
     metrics_count(ws->o.metrics, MC_WS_FRAMES_OUT_ERROR, 1);
     ws_send_error(ws, sid, code, NULL);
-    if (close4401)
-        ws_close(ws, sid, 4401, "unauthorized");
+    if (close_unauthorized)
+        ws_close(ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
 }
 
 void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const char *text,
@@ -577,7 +464,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
         return 0;
     s->last_rx_ms = now_ms();
     if (s->rx_len + len > WS_MAX_FRAME) {
-        abort_session(ws, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "too large");
+        abort_session(ws, s, WS_CLOSE_TOO_BIG, "too large");
         return 0;
     }
     unsigned char *nb = realloc(s->rx, s->rx_len + len + 1);
@@ -590,10 +477,10 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
         return 0;
     if (lws_frame_is_binary(wsi)) {
         reject(ws, s->sid, "bad_frame", false);
-    } else if (!ws_utf8_valid(s->rx, s->rx_len)) {
+    } else if (!utf8_valid(s->rx, s->rx_len)) {
         /* RFC 6455 8.1; lws' own check (LWS_SERVER_OPTION_VALIDATE_UTF8) would close
          * through a -1 return, see close_later */
-        abort_session(ws, s, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+        abort_session(ws, s, WS_CLOSE_INVALID_DATA, "invalid UTF-8");
         return 0;
     } else {
         s->rx[s->rx_len] = '\0';
@@ -663,46 +550,6 @@ static void service_pending(struct ws_server *ws)
         s = next;
     }
     pthread_mutex_unlock(&ws->mu);
-}
-
-bool ws_utf8_valid(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            if (c == 0xe0)
-                lo = 0xa0; /* overlong */
-            else if (c == 0xed)
-                hi = 0x9f; /* UTF-16 surrogates */
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            if (c == 0xf0)
-                lo = 0x90; /* overlong */
-            else if (c == 0xf4)
-                hi = 0x8f; /* above U+10FFFF */
-        } else {
-            return false; /* 0x80..0xc1 (continuation or overlong lead), 0xf5..0xff */
-        }
-        if (n - i <= need)
-            return false;
-        if (p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= need; k++)
-            if ((p[i + k] & 0xc0) != 0x80)
-                return false;
-        i += need + 1;
-    }
-    return true;
 }
 
 void ws_hello_push(struct ws_hello_fifo *q, struct ws_hello_node *n, int64_t deadline_ms)
@@ -777,7 +624,7 @@ static void hello_expect(struct ws_server *ws, struct session *s)
 }
 
 /* Closes (4408) every overdue session that has not authenticated; authenticated ones
- * just leave the queue. ws_authenticate refuses a session once close_code is set, so
+ * just leave the queue. ws_session_accept refuses a session once close_code is set, so
  * a hello that races the deadline either wins entirely or loses entirely. */
 static void hello_sweep(uv_timer_t *t)
 {
@@ -790,7 +637,7 @@ static void hello_sweep(uv_timer_t *t)
         struct session *s = (struct session *)((char *)n - offsetof(struct session, hello));
         if (s->authed || s->close_code)
             continue;
-        s->close_code = 4408;
+        s->close_code = WS_CLOSE_HELLO_TIMEOUT;
         s->close_reason = "hello timeout";
         need_wake |= mark_pending_locked(ws, s);
     }
@@ -944,8 +791,9 @@ static void close_loop(struct ws_server *ws)
 struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_t errlen)
 {
     struct ws_server *ws = calloc(1, sizeof(*ws));
-    if (!ws) {
+    if (!ws || hash_init(&ws->by_sid, SID_BUCKETS) != 0) {
         snprintf(err, errlen, "out of memory");
+        free(ws);
         return NULL;
     }
     ws->o = *o;
@@ -981,6 +829,7 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     if (rc != 0) {
         snprintf(err, errlen, "cannot create the event loop: %s", uv_strerror(rc));
         pthread_mutex_destroy(&ws->mu);
+        hash_release(&ws->by_sid);
         free(ws);
         return NULL;
     }
@@ -1001,6 +850,7 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
                  o->bind, o->port);
         close_loop(ws);
         pthread_mutex_destroy(&ws->mu);
+        hash_release(&ws->by_sid);
         free(ws);
         return NULL;
     }
@@ -1058,12 +908,12 @@ void ws_server_stop(struct ws_server *ws, int timeout_ms)
         return;
     atomic_store(&ws->stopping, true);
     pthread_mutex_lock(&ws->mu);
-    for (size_t b = 0; b < BUCKETS; b++) {
-        for (struct session *s = ws->by_sid[b]; s; s = s->sid_next) {
-            if (!s->close_code)
-                s->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
-            mark_pending_locked(ws, s);
-        }
+    struct hash_iter it = hash_iter(&ws->by_sid);
+    for (struct hash_node *n; (n = hash_iter_next(&it)) != NULL;) {
+        struct session *s = hash_entry(n, struct session, sid_node);
+        if (!s->close_code)
+            s->close_code = WS_CLOSE_GOING_AWAY;
+        mark_pending_locked(ws, s);
     }
     pthread_mutex_unlock(&ws->mu);
     wake(ws);
@@ -1082,5 +932,6 @@ void ws_server_stop(struct ws_server *ws, int timeout_ms)
     }
     close_loop(ws);
     pthread_mutex_destroy(&ws->mu);
+    hash_release(&ws->by_sid);
     free(ws);
 }

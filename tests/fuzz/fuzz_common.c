@@ -84,7 +84,7 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     app.msrc.router = &world.router;
     app.msrc.pool = app.pool;
     app.msrc.ws = app.ws;
-    int rc = ops_register(&world.router, &app.ops);
+    int rc = ops_http_register(&world.router, &app.ops);
     rc |= metrics_http_register(&world.router, &app.msrc);
     rc |= lessons_http_register(&world.router, app.lessons);
     rc |= planner_http_register(&world.router, app.planner);
