@@ -29,7 +29,7 @@ struct ws_server_opts {
     int max_queue_bytes;
     int max_connections;
     const struct logger *lg;
-    struct metrics *metrics;
+    struct metrics *metrics; /* frame counters; the MG_WS_* gauges (may be NULL) */
 };
 
 /* Called on the service thread for a frame of the registered type. frame is borrowed.
@@ -78,13 +78,6 @@ size_t ws_connected_users(struct ws_server *ws, char **out, size_t cap);
  * buffers); -1 when the session is gone or not authenticated. */
 int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, size_t dcap,
                         char *user_id, size_t ucap);
-
-struct ws_stats {
-    int connections;
-    int authenticated;
-    uint64_t queued_bytes;
-};
-void ws_server_stats(struct ws_server *ws, struct ws_stats *out);
 
 /* Handles one complete text frame (text[0..len), need not be NUL-terminated) as if it
  * had arrived on session sid: parses it, answers bad_frame / unauthorized (+ close 4401

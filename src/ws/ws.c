@@ -96,9 +96,7 @@ struct ws_server {
     pthread_mutex_t mu;
     bool wakeable; /* the context takes lws_cancel_service (until it is destroyed) */
     uint64_t next_sid;
-    int connections;
-    int authenticated;
-    uint64_t queued_bytes;
+    int connections; /* admission and stop read it; metrics' ws gauges mirror it */
     struct session *pending_head;
     struct session *by_sid[BUCKETS];
     struct session *by_user[BUCKETS];
@@ -188,7 +186,7 @@ static void drop_queue_locked(struct ws_server *ws, struct session *s)
         free(f);
         f = next;
     }
-    ws->queued_bytes -= s->qbytes;
+    metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)s->qbytes);
     s->qhead = s->qtail = NULL;
     s->qbytes = 0;
 }
@@ -221,7 +219,7 @@ int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
             s->qhead = f;
         s->qtail = f;
         s->qbytes += len;
-        ws->queued_bytes += len;
+        metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, (int64_t)len);
     }
     bool need_wake = mark_pending_locked(ws, s);
     pthread_mutex_unlock(&ws->mu);
@@ -283,7 +281,7 @@ int ws_authenticate(struct ws_server *ws, uint64_t sid, const char *device_id, c
     s->device_id = d;
     s->user_id = u;
     s->authed = true;
-    ws->authenticated++;
+    metrics_gauge_add(ws->o.metrics, MG_WS_AUTHENTICATED, 1);
     size_t b = hash_str(u);
     s->user_next = ws->by_user[b];
     ws->by_user[b] = s;
@@ -360,15 +358,6 @@ int ws_session_identity(struct ws_server *ws, uint64_t sid, char *device_id, siz
     return rc;
 }
 
-void ws_server_stats(struct ws_server *ws, struct ws_stats *out)
-{
-    pthread_mutex_lock(&ws->mu);
-    out->connections = ws->connections;
-    out->authenticated = ws->authenticated;
-    out->queued_bytes = ws->queued_bytes;
-    pthread_mutex_unlock(&ws->mu);
-}
-
 static void session_register(struct ws_server *ws, struct session *s, struct lws *wsi)
 {
     memset(s, 0, sizeof(*s));
@@ -380,6 +369,7 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     ws->by_sid[b] = s;
     s->registered = true;
     ws->connections++;
+    metrics_gauge_add(ws->o.metrics, MG_WS_CONNECTIONS, 1);
     if (atomic_load(&ws->stopping))
         s->close_code = LWS_CLOSE_STATUS_GOINGAWAY; /* the caller asks for writeable */
     pthread_mutex_unlock(&ws->mu);
@@ -436,7 +426,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     authed = s->authed;
     if (authed) {
         unlink_chain(&ws->by_user[hash_str(s->user_id)], s, true);
-        ws->authenticated--;
+        metrics_gauge_add(ws->o.metrics, MG_WS_AUTHENTICATED, -1);
     }
     if (s->pending) {
         for (struct session **pp = &ws->pending_head; *pp; pp = &(*pp)->pending_next) {
@@ -449,6 +439,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     drop_queue_locked(ws, s);
     s->registered = false;
     ws->connections--;
+    metrics_gauge_add(ws->o.metrics, MG_WS_CONNECTIONS, -1);
     device = s->device_id;
     user = s->user_id;
     s->device_id = s->user_id = NULL;
@@ -630,7 +621,7 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         if (!s->qhead)
             s->qtail = NULL;
         s->qbytes -= f->len;
-        ws->queued_bytes -= f->len;
+        metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)f->len);
     }
     bool more = s->qhead != NULL;
     int close_code = s->close_code;
