@@ -18,11 +18,20 @@
 #include "steward/workq.h"
 #include "steward/ws.h"
 
+/* What GET /metrics reads (src/app/exporter.c): all borrowed. */
+struct exporter_sources {
+    struct metrics *m;
+    const struct router *router; /* names the route slots of m */
+    struct pool *pool;
+    struct dbpipe *dbpipe; /* may be NULL */
+};
+
 struct lessons;
 struct planner;
 struct bonds;
 struct scouts;
 struct healer;
+struct healer_route;
 
 struct app {
     struct config cfg;
@@ -40,12 +49,13 @@ struct app {
     int http_loops; /* resolved STEWARD_HTTP_LOOPS */
     struct ws_server *ws;
     struct ops_ctx ops;
-    struct metrics_sources msrc;
+    struct exporter_sources msrc;
     struct lessons *lessons;
     struct planner *planner;
     struct bonds *bonds;
     struct scouts *scouts;
     struct healer *healer;
+    struct healer_route *route_labels; /* how the healer names the metrics' route slots */
 };
 
 /* The commands of docs/operations.md. Each returns the process exit status. */

@@ -24,7 +24,13 @@
 struct router;
 
 struct healer;
-struct ws_server;
+
+/* How the performance report names route slot i of struct metrics (app builds the table
+ * from the route table; the strings are borrowed). */
+struct healer_route {
+    const char *method;  /* "GET" */
+    const char *pattern; /* "/v1/bonds/{user_id}" */
+};
 
 /* Intervals and thresholds (from struct config). */
 struct healer_settings {
@@ -64,17 +70,15 @@ struct healer_hooks {
                           const char *stage, json_t *detail);
 };
 
-/* Creates the healer. pool, lg, m and router are borrowed and must outlive it; ws may be
- * NULL (ws_connections then reads 0). settings and hooks are copied. No thread runs and
- * nothing touches the database until healer_start / a call. Returns NULL when out of
- * memory. */
+/* Creates the healer. pool, lg, m and routes are borrowed and must outlive it; routes
+ * names the first nroutes route slots of m (the slots after them read "unmatched") and
+ * may be filled in until healer_start. The WebSocket figures are m's ws gauges.
+ * settings and hooks are copied. No thread runs and nothing touches the database until
+ * healer_start / a call. Returns NULL when out of memory. */
 struct healer *healer_new(struct pool *pool, const struct logger *lg, struct metrics *m,
-                          const struct router *router, struct ws_server *ws,
+                          const struct healer_route *routes, size_t nroutes,
                           const struct healer_settings *settings,
                           const struct healer_hooks *hooks);
-/* Sets the WebSocket server whose figures the sweep and the status read (the server is
- * created after the capabilities). Call before healer_start; ws may be NULL. */
-void healer_set_ws(struct healer *h, struct ws_server *ws);
 /* Starts the two timer threads (sweep, performance report); the first run of each comes
  * one interval after the start. Returns 0, or -1 when a thread could not start. */
 int healer_start(struct healer *h);

@@ -1,14 +1,13 @@
-/* In-process counters and histograms, updated lock-free (relaxed atomics) on hot paths
- * and rendered as Prometheus text on demand. */
+/* In-process counters, gauges and histograms, updated lock-free (relaxed atomics) on hot
+ * paths. A leaf: it knows no route table, transport or database. Whoever renders the
+ * figures (the Prometheus exporter in src/app, the healer's reports) names the route
+ * slots itself. */
 #ifndef STEWARD_METRICS_H
 #define STEWARD_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "steward/router.h"
-
-#define METRICS_ROUTES (ROUTER_MAX_ROUTES + 1) /* the last slot is "unmatched" */
 #define METRICS_LAT_BUCKETS 14
 #define METRICS_STATUS_SLOTS 20
 
@@ -41,72 +40,53 @@ enum metrics_counter {
     MC_COUNT
 };
 
-struct metrics_route {
-    _Atomic uint64_t by_status[METRICS_STATUS_SLOTS];
-    _Atomic uint64_t buckets[METRICS_LAT_BUCKETS]; /* per bucket, not cumulative */
-    _Atomic uint64_t sum_us;
+/* Named gauges: levels that go up and down, kept by the module that owns the thing. */
+enum metrics_gauge {
+    MG_WS_CONNECTIONS,   /* open device WebSocket connections */
+    MG_WS_AUTHENTICATED, /* of those, the ones that completed device_hello */
+    MG_WS_QUEUED_BYTES,  /* bytes queued for sending on all of them */
+    MG_COUNT
 };
 
-struct metrics {
-    struct metrics_route routes[METRICS_ROUTES];
-    _Atomic uint64_t counters[MC_COUNT];
-};
+struct metrics;
 
-/* A plain copy of the route figures, for reports that diff two moments. */
+/* A plain copy of the figures of one route slot, for reports that diff two moments. */
 struct metrics_route_snap {
     uint64_t by_status[METRICS_STATUS_SLOTS];
-    uint64_t buckets[METRICS_LAT_BUCKETS];
+    uint64_t buckets[METRICS_LAT_BUCKETS]; /* per bucket, not cumulative */
     uint64_t sum_us;
 };
 
-/* All counters at zero; NULL when out of memory. Free with metrics_free (NULL is a no-op). */
-struct metrics *metrics_new(void);
+/* All figures at zero, with nroutes route slots (indices 0..nroutes-1, as the route
+ * table numbers its routes) plus one last slot for requests no route matched. NULL when
+ * out of memory or nroutes is absurd (> METRICS_MAX_ROUTES). Free with metrics_free
+ * (NULL is a no-op). */
+#define METRICS_MAX_ROUTES 65536
+struct metrics *metrics_new(size_t nroutes);
 void metrics_free(struct metrics *m);
 
-/* Records one request: route index from the router, or -1 when nothing matched.
- * Lock-free (relaxed atomics); micros is the request duration. */
+/* The number of route slots including the "unmatched" one (nroutes + 1); that one is
+ * always the last, metrics_route_slots(m) - 1. */
+size_t metrics_route_slots(const struct metrics *m);
+
+/* Records one request: the route's index, or -1 when nothing matched (any index outside
+ * 0..nroutes-1 is counted as unmatched). Lock-free (relaxed atomics); micros is the
+ * request duration. */
 void metrics_http_observe(struct metrics *m, int route_index, int status, int64_t micros);
 /* Adds n to a named counter (m may be NULL: nothing happens). Lock-free. */
 void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n);
 /* The current value of a named counter. */
 uint64_t metrics_counter_value(const struct metrics *m, enum metrics_counter c);
-/* Copies the figures of one route slot (0..METRICS_ROUTES-1; the last is "unmatched").
- * The copy is not atomic as a whole: a request finishing meanwhile may show in one
- * field and not yet in another, which a later snapshot evens out. */
-void metrics_route_snapshot(const struct metrics *m, int slot, struct metrics_route_snap *out);
+/* Adds delta (may be negative) to a named gauge (m may be NULL: nothing happens).
+ * Lock-free. */
+void metrics_gauge_add(struct metrics *m, enum metrics_gauge g, int64_t delta);
+/* The current value of a named gauge. */
+int64_t metrics_gauge_value(const struct metrics *m, enum metrics_gauge g);
+/* Copies the figures of one route slot (0..metrics_route_slots(m)-1; all zero for a slot
+ * outside that range). The copy is not atomic as a whole: a request finishing meanwhile
+ * may show in one field and not yet in another, which a later snapshot evens out. */
+void metrics_route_snapshot(const struct metrics *m, size_t slot, struct metrics_route_snap *out);
 /* Estimated quantile q (0..1) in seconds from histogram bucket counts; 0 when empty. */
-double metrics_quantile(const uint64_t *buckets, size_t nbuckets, const double *bounds,
-                        double q);
-
-
-#ifndef STEWARD_METRICS_RENDER
-#define STEWARD_METRICS_RENDER
-struct pool;
-struct dbpipe;
-struct ws_server;
-
-/* What /metrics reads besides the counters. */
-struct metrics_sources {
-    struct metrics *m;
-    const struct router *router;
-    struct pool *pool;
-    struct dbpipe *dbpipe;    /* may be NULL */
-    struct ws_server *ws; /* may be NULL */
-};
-
-/* WebSocket figures for modules that may not include the transport header (the healer):
- * all zero when ws is NULL. */
-struct metrics_ws_figures {
-    int connections;
-    int authenticated;
-    uint64_t queued_bytes;
-};
-void metrics_ws_figures(struct ws_server *ws, struct metrics_ws_figures *out);
-
-/* Prometheus text exposition of everything; the caller frees the result. */
-char *metrics_render(const struct metrics_sources *src, size_t *len);
-/* Registers GET /metrics (unauthenticated). */
-int metrics_http_register(struct router *r, struct metrics_sources *src);
-#endif
+double metrics_quantile(const uint64_t *buckets, size_t nbuckets, const double *bounds, double q);
 
 #endif /* STEWARD_METRICS_H */

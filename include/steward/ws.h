@@ -46,7 +46,7 @@ struct ws_server_opts {
     int max_queue_bytes;
     int max_connections;
     const struct logger *lg;
-    struct metrics *metrics;
+    struct metrics *metrics; /* frame counters; the MG_WS_* gauges (may be NULL) */
 };
 
 /* Called on the service thread for a frame of the registered type. frame is borrowed.
@@ -90,13 +90,6 @@ void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason);
  * thread must not touch tag after a 0 except by finding it again in its own registry,
  * under the lock its closed callback takes to unlink it. */
 int ws_session_accept(struct ws_server *ws, uint64_t sid, void *tag);
-
-struct ws_stats {
-    int connections;
-    int authenticated;
-    uint64_t queued_bytes;
-};
-void ws_server_stats(struct ws_server *ws, struct ws_stats *out);
 
 /* Handles one complete text frame (text[0..len), need not be NUL-terminated) as if it
  * had arrived on session sid: parses it, answers bad_frame / unauthorized (+ close

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "exporter.h"
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
@@ -144,8 +145,7 @@ static int register_routes(struct app *app)
     app->msrc.router = &app->router;
     app->msrc.pool = app->pool;
     app->msrc.dbpipe = app->dbpipe;
-    app->msrc.ws = app->ws;
-    rc |= metrics_http_register(&app->router, &app->msrc);
+    rc |= exporter_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);
     rc |= planner_http_register(&app->router, app->planner);
     rc |= bonds_http_register(&app->router, app->bonds);
@@ -214,14 +214,46 @@ static int create_capabilities(struct app *app)
     };
     struct healer_hooks hk = {.ctx = app};
     healer_wire_hooks(app, &hk);
-    app->healer = healer_new(app->pool, &app->log, app->metrics, &app->router, app->ws, &hs, &hk);
+    /* the performance report names the metrics' route slots; label_routes fills them */
+    size_t nroutes = metrics_route_slots(app->metrics) - 1;
+    app->route_labels = calloc(nroutes + 1, sizeof(*app->route_labels));
+    if (!app->route_labels)
+        return -1;
+    app->healer =
+        healer_new(app->pool, &app->log, app->metrics, app->route_labels, nroutes, &hs, &hk);
     return app->healer ? 0 : -1;
+}
+
+/* How many routes register_routes adds: the metrics get one slot per route, and they
+ * are created before the capabilities whose routes are registered. */
+static size_t route_count(void)
+{
+    struct app scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    router_init(&scratch.router);
+    return register_routes(&scratch) == 0 ? scratch.router.count : ROUTER_MAX_ROUTES;
+}
+
+/* After register_routes: the route table must be the one route_count counted, slot for
+ * slot; the healer's labels then point into it. */
+static int label_routes(struct app *app)
+{
+    if (app->router.count != metrics_route_slots(app->metrics) - 1)
+        return -1;
+    for (size_t i = 0; i < app->router.count; i++)
+        app->route_labels[i] =
+            (struct healer_route){app->router.routes[i].method, app->router.routes[i].pattern};
+    return 0;
 }
 
 static int start_servers(struct app *app)
 {
     if (register_routes(app) != 0) {
         log_msg(&app->log, LOG_ERROR, "route table full", NULL);
+        return -1;
+    }
+    if (label_routes(app) != 0) {
+        log_msg(&app->log, LOG_ERROR, "route table differs from its count", NULL);
         return -1;
     }
     if (scouts_ws_register(app->ws, app->scouts) != 0 || scouts_start(app->scouts) != 0) {
@@ -287,7 +319,7 @@ static int build(struct app *app)
     app->pool =
         pool_new(app->cfg.database_url, app->cfg.db_pool_size, app->cfg.db_acquire_timeout_ms,
                  app->cfg.db_statement_timeout_ms, &app->log);
-    app->metrics = metrics_new();
+    app->metrics = metrics_new(route_count());
     app->workq = workq_new(app->cfg.worker_threads);
     /* HTTP event loops: one per two CPUs unless set (an event loop keeps a core busy on
      * its own; more loops than cores only add wake-ups), never more than handler threads. */
@@ -352,6 +384,7 @@ static void teardown(struct app *app)
     lessons_free(app->lessons);
     auth_free(app->auth);
     metrics_free(app->metrics);
+    free(app->route_labels);
     pool_free(app->pool);
     config_release(&app->cfg);
 }

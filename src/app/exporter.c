@@ -1,14 +1,16 @@
 /* Prometheus text exposition (format 0.0.4) and the /metrics route. */
+#include "exporter.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "steward/buf.h"
+#include "steward/dbpipe.h"
 #include "steward/http.h"
 #include "steward/metrics.h"
-#include "steward/dbpipe.h"
 #include "steward/pool.h"
-#include "steward/ws.h"
+#include "steward/router.h"
 
 static const char *status_label(int slot, char *tmp)
 {
@@ -18,10 +20,16 @@ static const char *status_label(int slot, char *tmp)
     return tmp;
 }
 
-static void route_labels(const struct metrics_sources *src, int slot, const char **route,
-                         const char **method)
+/* Whether slot is shown: a slot the route table names, or the "unmatched" one (the last). */
+static bool slot_shown(const struct exporter_sources *src, size_t slot, size_t nslots)
 {
-    if (slot < (int)src->router->count) {
+    return slot == nslots - 1 || slot < src->router->count;
+}
+
+static void route_labels(const struct exporter_sources *src, size_t slot, size_t nslots,
+                         const char **route, const char **method)
+{
+    if (slot < nslots - 1 && slot < src->router->count) {
         *route = src->router->routes[slot].pattern;
         *method = src->router->routes[slot].method;
     } else {
@@ -30,18 +38,23 @@ static void route_labels(const struct metrics_sources *src, int slot, const char
     }
 }
 
-static void render_http(struct buf *b, const struct metrics_sources *src)
+static void render_http(struct buf *b, const struct exporter_sources *src)
 {
+    size_t nslots = metrics_route_slots(src->m);
+    struct metrics_route_snap *snaps = calloc(nslots, sizeof(*snaps));
+    if (!snaps) {
+        b->oom = true;
+        return;
+    }
     buf_printf(b, "# HELP http_requests_total HTTP requests by route template, method and "
                   "status.\n# TYPE http_requests_total counter\n");
-    struct metrics_route_snap snaps[METRICS_ROUTES];
-    for (int i = 0; i < METRICS_ROUTES; i++)
+    for (size_t i = 0; i < nslots; i++)
         metrics_route_snapshot(src->m, i, &snaps[i]);
-    for (int i = 0; i < METRICS_ROUTES; i++) {
-        if (i >= (int)src->router->count && i != METRICS_ROUTES - 1)
+    for (size_t i = 0; i < nslots; i++) {
+        if (!slot_shown(src, i, nslots))
             continue;
         const char *route, *method;
-        route_labels(src, i, &route, &method);
+        route_labels(src, i, nslots, &route, &method);
         for (int st = 0; st < METRICS_STATUS_SLOTS; st++) {
             if (!snaps[i].by_status[st])
                 continue;
@@ -53,11 +66,11 @@ static void render_http(struct buf *b, const struct metrics_sources *src)
     }
     buf_printf(b, "# HELP http_request_duration_seconds Request latency by route template.\n"
                   "# TYPE http_request_duration_seconds histogram\n");
-    for (int i = 0; i < METRICS_ROUTES; i++) {
-        if (i >= (int)src->router->count && i != METRICS_ROUTES - 1)
+    for (size_t i = 0; i < nslots; i++) {
+        if (!slot_shown(src, i, nslots))
             continue;
         const char *route, *method;
-        route_labels(src, i, &route, &method);
+        route_labels(src, i, nslots, &route, &method);
         uint64_t cum = 0;
         for (int k = 0; k < METRICS_LAT_BUCKETS; k++) {
             cum += snaps[i].buckets[k];
@@ -72,14 +85,15 @@ static void render_http(struct buf *b, const struct metrics_sources *src)
                            "le=\"+Inf\"} %llu\n",
                            route, method, (unsigned long long)cum);
         }
-        buf_printf(b, "http_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.6f\n",
-                   route, method, (double)snaps[i].sum_us / 1e6);
+        buf_printf(b, "http_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.6f\n", route,
+                   method, (double)snaps[i].sum_us / 1e6);
         buf_printf(b, "http_request_duration_seconds_count{route=\"%s\",method=\"%s\"} %llu\n",
                    route, method, (unsigned long long)cum);
     }
+    free(snaps);
 }
 
-static void render_pool(struct buf *b, const struct metrics_sources *src)
+static void render_pool(struct buf *b, const struct exporter_sources *src)
 {
     struct pool_stats ps;
     pool_stats(src->pool, &ps);
@@ -102,10 +116,11 @@ static void render_pool(struct buf *b, const struct metrics_sources *src)
             buf_printf(b, "db_pool_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
                        (unsigned long long)cum);
     }
-    buf_printf(b, "db_pool_wait_seconds_sum %.6f\ndb_pool_wait_seconds_count %llu\n",
-               ps.wait_sum_s, (unsigned long long)cum);
-    buf_printf(b, "# HELP db_pool_timeouts_total Acquires that gave up waiting.\n"
-                  "# TYPE db_pool_timeouts_total counter\ndb_pool_timeouts_total %llu\n",
+    buf_printf(b, "db_pool_wait_seconds_sum %.6f\ndb_pool_wait_seconds_count %llu\n", ps.wait_sum_s,
+               (unsigned long long)cum);
+    buf_printf(b,
+               "# HELP db_pool_timeouts_total Acquires that gave up waiting.\n"
+               "# TYPE db_pool_timeouts_total counter\ndb_pool_timeouts_total %llu\n",
                (unsigned long long)ps.timeouts_total);
     if (!src->dbpipe)
         return;
@@ -131,17 +146,16 @@ struct counter_label {
     const char *labels;
 };
 
-static void render_counters(struct buf *b, const struct metrics_sources *src)
+static void render_counters(struct buf *b, const struct exporter_sources *src)
 {
-    struct ws_stats ws = {0};
-    if (src->ws)
-        ws_server_stats(src->ws, &ws);
-    buf_printf(b, "# HELP ws_connections Open device WebSocket connections.\n"
-                  "# TYPE ws_connections gauge\nws_connections %d\n",
-               ws.connections);
-    buf_printf(b, "# HELP ws_authenticated_connections Connections that completed hello.\n"
-                  "# TYPE ws_authenticated_connections gauge\nws_authenticated_connections %d\n",
-               ws.authenticated);
+    buf_printf(b,
+               "# HELP ws_connections Open device WebSocket connections.\n"
+               "# TYPE ws_connections gauge\nws_connections %lld\n",
+               (long long)metrics_gauge_value(src->m, MG_WS_CONNECTIONS));
+    buf_printf(b,
+               "# HELP ws_authenticated_connections Connections that completed hello.\n"
+               "# TYPE ws_authenticated_connections gauge\nws_authenticated_connections %lld\n",
+               (long long)metrics_gauge_value(src->m, MG_WS_AUTHENTICATED));
     static const struct counter_label frames[] = {
         {MC_WS_FRAMES_IN_HELLO, "direction=\"in\",type=\"device_hello\""},
         {MC_WS_FRAMES_IN_ACK, "direction=\"in\",type=\"scout_proposal_ack\""},
@@ -158,8 +172,8 @@ static void render_counters(struct buf *b, const struct metrics_sources *src)
         buf_printf(b, "ws_frames_total{%s} %llu\n", frames[i].labels,
                    (unsigned long long)metrics_counter_value(src->m, frames[i].c));
     static const struct counter_label props[] = {
-        {MC_PROPOSALS_QUEUED, "event=\"queued\""},   {MC_PROPOSALS_DELIVERED, "event=\"delivered\""},
-        {MC_PROPOSALS_ACKED, "event=\"acked\""},     {MC_PROPOSALS_EXPIRED, "event=\"expired\""},
+        {MC_PROPOSALS_QUEUED, "event=\"queued\""}, {MC_PROPOSALS_DELIVERED, "event=\"delivered\""},
+        {MC_PROPOSALS_ACKED, "event=\"acked\""},   {MC_PROPOSALS_EXPIRED, "event=\"expired\""},
         {MC_PROPOSALS_FAILED, "event=\"failed\""},
     };
     buf_printf(b, "# HELP proposals_total Proposal lifecycle events.\n"
@@ -167,39 +181,35 @@ static void render_counters(struct buf *b, const struct metrics_sources *src)
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++)
         buf_printf(b, "proposals_total{%s} %llu\n", props[i].labels,
                    (unsigned long long)metrics_counter_value(src->m, props[i].c));
-    buf_printf(b, "# HELP heal_runs_total Self-healing sweeps run by this instance.\n"
-                  "# TYPE heal_runs_total counter\nheal_runs_total %llu\n",
+    buf_printf(b,
+               "# HELP heal_runs_total Self-healing sweeps run by this instance.\n"
+               "# TYPE heal_runs_total counter\nheal_runs_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_HEAL_RUNS));
-    buf_printf(b, "# HELP lessons_recorded_total Lessons written by this instance.\n"
-                  "# TYPE lessons_recorded_total counter\nlessons_recorded_total %llu\n",
+    buf_printf(b,
+               "# HELP lessons_recorded_total Lessons written by this instance.\n"
+               "# TYPE lessons_recorded_total counter\nlessons_recorded_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_LESSONS_RECORDED));
-    buf_printf(b, "# HELP heal_skipped_total Sweeps skipped because another run held the "
-                  "turn.\n# TYPE heal_skipped_total counter\nheal_skipped_total %llu\n",
+    buf_printf(b,
+               "# HELP heal_skipped_total Sweeps skipped because another run held the "
+               "turn.\n# TYPE heal_skipped_total counter\nheal_skipped_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_HEAL_SKIPPED));
-    buf_printf(b, "# HELP heal_step_failures_total Sweep steps that failed.\n"
-                  "# TYPE heal_step_failures_total counter\nheal_step_failures_total %llu\n",
+    buf_printf(b,
+               "# HELP heal_step_failures_total Sweep steps that failed.\n"
+               "# TYPE heal_step_failures_total counter\nheal_step_failures_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_HEAL_FAILURES));
-    buf_printf(b, "# HELP perf_reports_total Performance reports written by this instance.\n"
-                  "# TYPE perf_reports_total counter\nperf_reports_total %llu\n",
+    buf_printf(b,
+               "# HELP perf_reports_total Performance reports written by this instance.\n"
+               "# TYPE perf_reports_total counter\nperf_reports_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_PERF_REPORTS));
-    buf_printf(b, "# HELP http_requests_parked_total Bond reads and consumes whose database "
-                  "answer took longer than STEWARD_HTTP_PARK_MS, so that their connection was "
-                  "suspended.\n# TYPE http_requests_parked_total counter\n"
-                  "http_requests_parked_total %llu\n",
+    buf_printf(b,
+               "# HELP http_requests_parked_total Bond reads and consumes whose database "
+               "answer took longer than STEWARD_HTTP_PARK_MS, so that their connection was "
+               "suspended.\n# TYPE http_requests_parked_total counter\n"
+               "http_requests_parked_total %llu\n",
                (unsigned long long)metrics_counter_value(src->m, MC_HTTP_PARKED));
 }
 
-void metrics_ws_figures(struct ws_server *ws, struct metrics_ws_figures *out)
-{
-    struct ws_stats st = {0};
-    if (ws)
-        ws_server_stats(ws, &st);
-    out->connections = st.connections;
-    out->authenticated = st.authenticated;
-    out->queued_bytes = st.queued_bytes;
-}
-
-char *metrics_render(const struct metrics_sources *src, size_t *len)
+char *exporter_render(const struct exporter_sources *src, size_t *len)
 {
     struct buf b = {0};
     render_http(&b, src);
@@ -216,7 +226,7 @@ static void metrics_route(void *ctx, const struct http_req *req, struct http_res
 {
     (void)req;
     size_t len = 0;
-    char *text = metrics_render(ctx, &len);
+    char *text = exporter_render(ctx, &len);
     if (!text) {
         http_problem(resp, 500, "out of memory");
         return;
@@ -227,7 +237,7 @@ static void metrics_route(void *ctx, const struct http_req *req, struct http_res
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
 
-int metrics_http_register(struct router *r, struct metrics_sources *src)
+int exporter_register(struct router *r, struct exporter_sources *src)
 {
     return http_route(r, "GET", "/metrics", AUTH_NONE, metrics_route, src);
 }

@@ -35,8 +35,9 @@ struct healer {
     struct pool *pool;
     const struct logger *lg;
     struct metrics *m;
-    const struct router *router;
-    struct ws_server *ws;
+    const struct healer_route *routes; /* names the first nroutes slots of m */
+    size_t nroutes;
+    size_t nslots; /* route slots of m, the "unmatched" one last */
     struct healer_settings s;
     struct healer_hooks hk;
     char instance[160];
@@ -46,7 +47,7 @@ struct healer {
     json_t *last_report;      /* the last report this instance produced, stored or not */
 
     pthread_mutex_t perf_mu; /* one performance report at a time; guards the baseline */
-    struct metrics_route_snap *prev_routes; /* METRICS_ROUTES slots */
+    struct metrics_route_snap *prev_routes; /* nslots slots */
     uint64_t prev_pool_buckets[POOL_WAIT_BUCKETS];
     uint64_t prev_pool_timeouts;
     int64_t prev_us;
@@ -290,14 +291,15 @@ static int64_t mono_us(void)
 }
 
 struct healer *healer_new(struct pool *pool, const struct logger *lg, struct metrics *m,
-                          const struct router *router, struct ws_server *ws,
+                          const struct healer_route *routes, size_t nroutes,
                           const struct healer_settings *settings,
                           const struct healer_hooks *hooks)
 {
     struct healer *h = calloc(1, sizeof(*h));
     if (!h)
         return NULL;
-    h->prev_routes = calloc(METRICS_ROUTES, sizeof(*h->prev_routes));
+    h->nslots = metrics_route_slots(m);
+    h->prev_routes = calloc(h->nslots, sizeof(*h->prev_routes));
     if (!h->prev_routes) {
         free(h);
         return NULL;
@@ -305,8 +307,8 @@ struct healer *healer_new(struct pool *pool, const struct logger *lg, struct met
     h->pool = pool;
     h->lg = lg;
     h->m = m;
-    h->router = router;
-    h->ws = ws;
+    h->routes = routes;
+    h->nroutes = nroutes;
     h->s = *settings;
     if (hooks)
         h->hk = *hooks;
@@ -329,11 +331,6 @@ struct healer *healer_new(struct pool *pool, const struct logger *lg, struct met
     /* the first performance report covers everything since start-up */
     h->prev_us = settings->started_us ? settings->started_us : jtime_now_us();
     return h;
-}
-
-void healer_set_ws(struct healer *h, struct ws_server *ws)
-{
-    h->ws = ws;
 }
 
 const char *healer_instance(const struct healer *h)
@@ -557,9 +554,7 @@ static void measure(struct healer *h, struct healer_sweep_figures *f, json_t *po
     struct pool_stats ps;
     pool_stats(h->pool, &ps);
     f->pool_waiting = ps.waiting;
-    struct metrics_ws_figures ws;
-    metrics_ws_figures(h->ws, &ws);
-    f->ws_connections = ws.connections;
+    f->ws_connections = (int)metrics_gauge_value(h->m, MG_WS_CONNECTIONS);
     json_object_set_new(pool_obj, "size", json_integer(ps.size));
     json_object_set_new(pool_obj, "open", json_integer(ps.open));
     json_object_set_new(pool_obj, "busy", json_integer(ps.busy));
@@ -733,8 +728,8 @@ static int perf_locked(struct healer *h, json_t **report)
 {
     int64_t t0 = mono_us();
     int64_t now_us = jtime_now_us();
-    struct metrics_route_snap *now = calloc(METRICS_ROUTES, sizeof(*now));
-    struct healer_route_figures *figs = calloc(METRICS_ROUTES, sizeof(*figs));
+    struct metrics_route_snap *now = calloc(h->nslots, sizeof(*now));
+    struct healer_route_figures *figs = calloc(h->nslots, sizeof(*figs));
     if (!now || !figs) {
         free(now);
         free(figs);
@@ -742,7 +737,7 @@ static int perf_locked(struct healer *h, json_t **report)
     }
     size_t nfigs = 0;
     json_t *routes = json_array();
-    for (int i = 0; i < METRICS_ROUTES; i++) {
+    for (size_t i = 0; i < h->nslots; i++) {
         metrics_route_snapshot(h->m, i, &now[i]);
         struct metrics_route_snap d;
         healer_route_delta(&now[i], &h->prev_routes[i], &d);
@@ -750,9 +745,9 @@ static int perf_locked(struct healer *h, json_t **report)
         healer_route_figures(&d, fg);
         if (fg->requests == 0)
             continue;
-        if (i < (int)h->router->count) {
-            fg->route = h->router->routes[i].pattern;
-            fg->method = h->router->routes[i].method;
+        if (i < h->nroutes && i < h->nslots - 1) {
+            fg->route = h->routes[i].pattern;
+            fg->method = h->routes[i].method;
         } else {
             fg->route = "unmatched";
             fg->method = "any";
@@ -831,7 +826,7 @@ static int perf_locked(struct healer *h, json_t **report)
         free(now);
         return rc;
     }
-    memcpy(h->prev_routes, now, METRICS_ROUTES * sizeof(*now));
+    memcpy(h->prev_routes, now, h->nslots * sizeof(*now));
     memcpy(h->prev_pool_buckets, ps.wait_buckets, sizeof(h->prev_pool_buckets));
     h->prev_pool_timeouts = ps.timeouts_total;
     h->prev_us = now_us;
@@ -926,14 +921,12 @@ json_t *healer_status(struct healer *h)
                              ps.open, "busy", ps.busy, "idle", ps.size - ps.busy, "waiting",
                              ps.waiting, "acquired_total", (json_int_t)ps.acquired_total,
                              "timeouts_total", (json_int_t)ps.timeouts_total);
-    json_t *ws = json_null();
-    if (h->ws) {
-        struct metrics_ws_figures wf;
-        metrics_ws_figures(h->ws, &wf);
-        json_decref(ws);
-        ws = json_pack("{s:i, s:i, s:I}", "connections", wf.connections, "authenticated",
-                       wf.authenticated, "queued_bytes", (json_int_t)wf.queued_bytes);
-    }
+    json_t *ws = json_pack("{s:I, s:I, s:I}", "connections",
+                           (json_int_t)metrics_gauge_value(h->m, MG_WS_CONNECTIONS),
+                           "authenticated",
+                           (json_int_t)metrics_gauge_value(h->m, MG_WS_AUTHENTICATED),
+                           "queued_bytes",
+                           (json_int_t)metrics_gauge_value(h->m, MG_WS_QUEUED_BYTES));
     struct ping pg = {0};
     bool reachable = pool_with(h->pool, ping_fn, &pg) == ST_OK;
     json_t *delivery = NULL, *lessons = NULL, *last = NULL;

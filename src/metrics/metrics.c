@@ -10,9 +10,33 @@ const double metrics_lat_bounds[METRICS_LAT_BUCKETS - 1] = {
 const int metrics_statuses[METRICS_STATUS_SLOTS - 1] = {
     200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, 431, 500, 503, 0, 0};
 
-struct metrics *metrics_new(void)
+struct metrics_route {
+    _Atomic uint64_t by_status[METRICS_STATUS_SLOTS];
+    _Atomic uint64_t buckets[METRICS_LAT_BUCKETS]; /* per bucket, not cumulative */
+    _Atomic uint64_t sum_us;
+};
+
+struct metrics {
+    _Atomic uint64_t counters[MC_COUNT];
+    _Atomic int64_t gauges[MG_COUNT];
+    size_t nroutes;                /* route slots before the "unmatched" one */
+    struct metrics_route routes[]; /* nroutes + 1 */
+};
+
+struct metrics *metrics_new(size_t nroutes)
 {
-    return calloc(1, sizeof(struct metrics));
+    if (nroutes > METRICS_MAX_ROUTES)
+        return NULL;
+    struct metrics *m =
+        calloc(1, sizeof(struct metrics) + (nroutes + 1) * sizeof(struct metrics_route));
+    if (m)
+        m->nroutes = nroutes;
+    return m;
+}
+
+size_t metrics_route_slots(const struct metrics *m)
+{
+    return m->nroutes + 1;
 }
 
 void metrics_free(struct metrics *m)
@@ -30,8 +54,8 @@ static int status_slot(int status)
 
 void metrics_http_observe(struct metrics *m, int route_index, int status, int64_t micros)
 {
-    int slot = route_index >= 0 && route_index < ROUTER_MAX_ROUTES ? route_index
-                                                                   : METRICS_ROUTES - 1;
+    size_t slot =
+        route_index >= 0 && (size_t)route_index < m->nroutes ? (size_t)route_index : m->nroutes;
     struct metrics_route *r = &m->routes[slot];
     double s = (double)micros / 1e6;
     int b = 0;
@@ -51,11 +75,26 @@ void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n)
 
 uint64_t metrics_counter_value(const struct metrics *m, enum metrics_counter c)
 {
-    return atomic_load_explicit(&m->counters[c], memory_order_relaxed);
+    return c < MC_COUNT ? atomic_load_explicit(&m->counters[c], memory_order_relaxed) : 0;
 }
 
-void metrics_route_snapshot(const struct metrics *m, int slot, struct metrics_route_snap *out)
+void metrics_gauge_add(struct metrics *m, enum metrics_gauge g, int64_t delta)
 {
+    if (m && g < MG_COUNT)
+        atomic_fetch_add_explicit(&m->gauges[g], delta, memory_order_relaxed);
+}
+
+int64_t metrics_gauge_value(const struct metrics *m, enum metrics_gauge g)
+{
+    return g < MG_COUNT ? atomic_load_explicit(&m->gauges[g], memory_order_relaxed) : 0;
+}
+
+void metrics_route_snapshot(const struct metrics *m, size_t slot, struct metrics_route_snap *out)
+{
+    if (slot > m->nroutes) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
     const struct metrics_route *r = &m->routes[slot];
     for (int i = 0; i < METRICS_STATUS_SLOTS; i++)
         out->by_status[i] = atomic_load_explicit(&r->by_status[i], memory_order_relaxed);

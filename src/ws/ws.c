@@ -96,9 +96,7 @@ struct ws_server {
     pthread_mutex_t mu;
     bool wakeable; /* the context takes lws_cancel_service (until it is destroyed) */
     uint64_t next_sid;
-    int connections;
-    int authenticated;
-    uint64_t queued_bytes;
+    int connections; /* admission and stop read it; metrics' ws gauges mirror it */
     struct session *pending_head;
     struct hash_table by_sid; /* struct session by sid */
 };
@@ -163,7 +161,7 @@ static void drop_queue_locked(struct ws_server *ws, struct session *s)
         free(f);
         f = next;
     }
-    ws->queued_bytes -= s->qbytes;
+    metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)s->qbytes);
     s->qhead = s->qtail = NULL;
     s->qbytes = 0;
 }
@@ -196,7 +194,7 @@ int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
             s->qhead = f;
         s->qtail = f;
         s->qbytes += len;
-        ws->queued_bytes += len;
+        metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, (int64_t)len);
     }
     bool need_wake = mark_pending_locked(ws, s);
     pthread_mutex_unlock(&ws->mu);
@@ -249,18 +247,9 @@ int ws_session_accept(struct ws_server *ws, uint64_t sid, void *tag)
     }
     s->tag = tag;
     s->authed = true;
-    ws->authenticated++;
+    metrics_gauge_add(ws->o.metrics, MG_WS_AUTHENTICATED, 1);
     pthread_mutex_unlock(&ws->mu);
     return 0;
-}
-
-void ws_server_stats(struct ws_server *ws, struct ws_stats *out)
-{
-    pthread_mutex_lock(&ws->mu);
-    out->connections = ws->connections;
-    out->authenticated = ws->authenticated;
-    out->queued_bytes = ws->queued_bytes;
-    pthread_mutex_unlock(&ws->mu);
 }
 
 static void session_register(struct ws_server *ws, struct session *s, struct lws *wsi)
@@ -272,6 +261,7 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     hash_insert(&ws->by_sid, &s->sid_node, hash_u64(s->sid));
     s->registered = true;
     ws->connections++;
+    metrics_gauge_add(ws->o.metrics, MG_WS_CONNECTIONS, 1);
     if (atomic_load(&ws->stopping))
         s->close_code = WS_CLOSE_GOING_AWAY; /* the caller asks for writeable */
     pthread_mutex_unlock(&ws->mu);
@@ -326,7 +316,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     bool authed = s->authed;
     void *tag = s->tag;
     if (authed)
-        ws->authenticated--;
+        metrics_gauge_add(ws->o.metrics, MG_WS_AUTHENTICATED, -1);
     if (s->pending) {
         for (struct session **pp = &ws->pending_head; *pp; pp = &(*pp)->pending_next) {
             if (*pp == s) {
@@ -338,6 +328,7 @@ static void session_unregister(struct ws_server *ws, struct session *s)
     drop_queue_locked(ws, s);
     s->registered = false;
     ws->connections--;
+    metrics_gauge_add(ws->o.metrics, MG_WS_CONNECTIONS, -1);
     s->tag = NULL;
     pthread_mutex_unlock(&ws->mu);
     free(s->rx);
@@ -517,7 +508,7 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         if (!s->qhead)
             s->qtail = NULL;
         s->qbytes -= f->len;
-        ws->queued_bytes -= f->len;
+        metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)f->len);
     }
     bool more = s->qhead != NULL;
     int close_code = s->close_code;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "app/exporter.h"
 #include "steward/app.h"
 #include "steward/bonds.h"
 #include "steward/crypto.h"
@@ -50,7 +51,7 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     if (!quiet.out)
         fuzz_fail("setup", "cannot open /dev/null");
     app.pool = pool_new(DEAD_DB, 2, 100, 1000, &quiet);
-    app.metrics = metrics_new();
+    app.metrics = metrics_new(ROUTER_MAX_ROUTES);
     app.workq = workq_new(1);
     if (!app.pool || !app.metrics || !app.workq)
         fuzz_fail("setup", "pool, metrics or workq");
@@ -83,9 +84,8 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     app.msrc.m = app.metrics;
     app.msrc.router = &world.router;
     app.msrc.pool = app.pool;
-    app.msrc.ws = app.ws;
     int rc = ops_http_register(&world.router, &app.ops);
-    rc |= metrics_http_register(&world.router, &app.msrc);
+    rc |= exporter_register(&world.router, &app.msrc);
     rc |= lessons_http_register(&world.router, app.lessons);
     rc |= planner_http_register(&world.router, app.planner);
     rc |= bonds_http_register(&world.router, app.bonds);

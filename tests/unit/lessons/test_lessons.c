@@ -208,7 +208,7 @@ static int driver(int argc, char **argv)
     if (argc < 6)
         return 2;
     struct logger lg = {LOG_INFO, stderr};
-    struct metrics *m = metrics_new();
+    struct metrics *m = metrics_new(0);
     struct pool *pool = pool_new(argv[2], 8, 2000, 5000, &lg);
     struct lessons *l = lessons_new(pool, &lg, m, strcmp(argv[3], "1") == 0, atoi(argv[4]));
     int rc = 0;

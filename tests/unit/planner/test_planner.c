@@ -216,7 +216,7 @@ static int driver(int argc, char **argv)
     if (argc < 5)
         return 2;
     struct logger lg = {LOG_INFO, stderr};
-    struct metrics *m = metrics_new();
+    struct metrics *m = metrics_new(0);
     struct pool *pool = pool_new(argv[2], 2, 2000, 5000, &lg);
     struct lessons *l = lessons_new(pool, &lg, m, true, 0);
     struct planner *p = planner_new(pool, &lg, l);
