@@ -11,6 +11,8 @@
  * our handles, so uv_run returns once nothing is left; then the loop is closed. */
 #include "steward/ws.h"
 
+#include "ws_int.h"
+
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stddef.h>

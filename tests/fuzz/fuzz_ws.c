@@ -8,6 +8,7 @@
 
 #include "fuzz_common.h"
 #include "steward/ws.h"
+#include "ws/ws_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "steward/ws.h"
+#include "ws/ws_int.h"
 #include "unit.h"
 
 static void test_hello_fifo(void)
