@@ -39,7 +39,7 @@ p(`- ${v.steward}, commit ${v.commit}, release build (meson buildtype=release, n
   (env ? `settings \`STEWARD_ACCESS_LOG=false ${env}\`, the rest default`
     : 'defaults except `STEWARD_ACCESS_LOG=false` (pool of 8 connections, 4 HTTP threads, 4 worker threads)'));
 p(`- PostgreSQL ${v.postgresql} (throwaway cluster, unix socket, fsync/synchronous_commit off, shared_buffers 1GB)`);
-p(`- wrk ${v.wrk}, node ${v.node} with ws ${v.ws}; libmicrohttpd ${v.libmicrohttpd}, ` +
+p(`- wrk ${v.wrk}, node ${v.node}; libmicrohttpd ${v.libmicrohttpd}, ` +
   `libwebsockets ${v.libwebsockets}, libpq ${v.libpq}, jansson ${v.jansson}; ${v.cc}`);
 p(`- mode ${m.mode}: ${prm.dur_s} s per measured run after ${prm.warm_s} s warm-up, ` +
   `${prm.conc} clients, ${prm.threads} client threads` +
@@ -189,17 +189,10 @@ if (wsKeys.length) {
     }
     const gen = w.ingest && w.ingest.generator;
     if (gen && gen.sender && gen.devices) {
-      if (w.device_impl === 'c') {
-        p(`  load generator during the ingest (the devices in ${int(w.device_procs)} C process, one Node sender): ` +
-          `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
-          `and longest GC pause ${f(gen.sender.gc_max_ms)} ms in the sender; the device process spent p99 / max ` +
-          `${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms on one batch of socket events`);
-      } else {
-        p(`  load generator during the ingest (${int(w.device_procs)} Node device processes, one sender): ` +
-          `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
-          `in the sender, worst device process ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms; ` +
-          `longest GC pause ${f(gen.sender.gc_max_ms)} ms (sender), ${f(gen.devices.gc_max_ms)} ms (devices)`);
-      }
+      p(`  load generator during the ingest (the devices in ${int(w.device_procs)} C process${w.device_procs === 1 ? '' : 'es'}, one Node sender): ` +
+        `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
+        `and longest GC pause ${f(gen.sender.gc_max_ms)} ms in the sender; the device process spent p99 / max ` +
+        `${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms on one batch of socket events`);
     }
     const pw = w.ingest && w.ingest.pool_waits;
     if (pw) {

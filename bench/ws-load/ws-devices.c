@@ -1,12 +1,15 @@
-/* The device side of the WebSocket load generator, in C: one process holding many
- * authenticated device sockets on one epoll loop, with no garbage collector and no JIT,
- * so that what it measures is steward rather than its own pauses. It replaces the Node
- * device processes (ws-devices.js, still there with --device-impl node) and speaks the
- * same commands, as JSON lines on stdin, answering JSON lines on stdout:
+/* The device side of the WebSocket load generator (started by ws-load.js): one process
+ * holding many authenticated device sockets on one epoll loop, with no garbage collector
+ * and no JIT, so that what it measures is steward rather than its own pauses. Commands
+ * come as JSON lines on stdin, each answered by a JSON line on stdout with the same id:
  *   {"id":1,"cmd":"connect","concurrency":200}  opens the sockets (device_hello, hello_ok)
  *   {"id":2,"cmd":"phase","prefix":"x-i-"}     resets the counters; proposals must now
  *                                               carry prefix + the device's index
- *   count / report / open / close / exit        as in ws-devices.js
+ *   count    the phase's counters so far
+ *   report   waits (bounded) for the acks, returns per-device arrival times
+ *   open     reconnects every device at once (the storm), no limit
+ *   close    closes every socket
+ *   exit
  * and {"ev":"delivered"} once every device holds its proposal.
  *
  * usage: ws-devices URL DEVICES_JSON N PROC PROCS

@@ -15,9 +15,9 @@
 //     connect until every device holds its pending proposal (same exactness checks).
 //
 // The work is spread over processes so that the generator measures steward rather than
-// its own event loop: a C process (ws-devices.c, or --device-procs Node processes of
-// ws-devices.js with --device-impl node) holds the sockets, one process (ws-ingest.js)
-// sends the ingest POSTs, and this one only orchestrates and reads /metrics. Every
+// its own event loop: a C process (ws-devices.c, built by bench/run; --device-procs splits
+// the devices over several) holds the sockets, one process (ws-ingest.js) sends the
+// ingest POSTs, and this one only orchestrates and reads /metrics. Every
 // timestamp is CLOCK_MONOTONIC (process.hrtime, clock_gettime), one clock for every
 // process of the machine: a latency is the device process's arrival time of the frame
 // minus the sender's time just before it wrote the POST.
@@ -31,20 +31,17 @@ const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round } = require('.
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
-  'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '',
-  'per-proc': '2500', preconnect: '8', warmup: '1', 'device-impl': 'c',
+  'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '1',
+  preconnect: '8', warmup: '1',
   'device-bin': path.join(__dirname, '..', '..', 'build-release', 'bench-ws-devices'),
 });
-// The device sockets are held by ws-devices.c (one process, an epoll loop, no GC) unless
-// --device-impl node asks for the Node processes of ws-devices.js.
-const IMPL = args['device-impl'] === 'node' ? 'node' : 'c';
 const N = Number(args.n);
 const RATE = Number(args.rate);
 const TIMEOUT_MS = Number(args.timeout) * 1000;
 const PID = Number(args.pid);
-// default: one C process; with Node one process per 2,500 sockets, at most 4
-const PROCS = Math.max(1, Math.min(N, Number(args['device-procs']) || (IMPL === 'c' ? 1 :
-  Math.min(4, Math.ceil(N / Number(args['per-proc']))))));
+// The device sockets are held by ws-devices.c: one process (an epoll loop, no GC) unless
+// --device-procs asks for more.
+const PROCS = Math.max(1, Math.min(N, Number(args['device-procs']) || 1));
 const all = JSON.parse(fs.readFileSync(args.devices, 'utf8'));
 if (all.length < N) throw new Error(`devices file has ${all.length} devices, need ${N}`);
 const devs = all.slice(0, N);
@@ -133,9 +130,8 @@ function onEvent(m) {
 // Device i goes to process i % PROCS.
 const procs = [];
 for (let p = 0; p < PROCS; p++) {
-  procs.push(IMPL === 'c' ? new LineChild(args['device-bin'],
-    [args['ws-url'], args.devices, String(N), String(p), String(PROCS)], onEvent)
-    : new Child('ws-devices.js', onEvent));
+  procs.push(new LineChild(args['device-bin'],
+    [args['ws-url'], args.devices, String(N), String(p), String(PROCS)], onEvent));
 }
 const sender = new Child('ws-ingest.js', () => {});
 const callAll = (cmd, extra) => Promise.all(procs.map((c) => c.call(cmd, extra)));
@@ -216,7 +212,8 @@ async function gather() {
   return { got, gotAt, ex, monitors };
 }
 
-// The worst of the processes' event-loop and GC figures.
+// The worst of the device processes' figures (the time spent on one batch of socket
+// events, reported as loop_delay; the gc_ figures are 0 in C).
 function worst(monitors) {
   const ms = monitors.filter(Boolean);
   const max = (k) => round(Math.max(...ms.map((m) => m[k])));
@@ -224,7 +221,7 @@ function worst(monitors) {
     gc_max_ms: max('gc_max_ms'), gc_total_ms: round(ms.reduce((a, m) => a + m.gc_total_ms, 0)) };
 }
 
-const out = { n: N, rate: RATE, device_procs: PROCS, device_impl: IMPL };
+const out = { n: N, rate: RATE, device_procs: PROCS };
 
 // Has the sender post one item for each of devs[0, n) at RATE, refs prefix + index.
 function ingestBy(prefix, n) {
@@ -234,11 +231,6 @@ function ingestBy(prefix, n) {
 }
 
 async function main() {
-  if (IMPL === 'node') {
-    await Promise.all(procs.map((c, p) => c.call('init', { wsUrl: args['ws-url'],
-      devices: devs.map((d, i) => ({ idx: i, d })).filter((x) => x.idx % PROCS === p) })));
-  }
-
   // 1. sockets and memory
   const rss0 = rssKiB(PID);
   const tc0 = nowMs();
