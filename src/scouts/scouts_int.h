@@ -14,7 +14,6 @@
 
 #define SCOUTS_USER_MAX 200     /* characters of a user id */
 #define SCOUTS_BUCKETS 16384    /* power of two */
-#define SCOUTS_CHANNEL "steward_scouts"
 
 /* One authenticated device session on this instance. */
 struct scouts_sess {
