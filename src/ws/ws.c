@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "steward/json.h"
+#include "steward/jsonw.h"
 
 #define BUCKETS 16384 /* power of two */
 #define MAX_HANDLERS 16
@@ -887,7 +888,7 @@ static void lws_emit(int level, const char *line)
     char raw[400], esc[512];
     snprintf(raw, sizeof(raw), "%s", line);
     raw[strcspn(raw, "\n")] = '\0';
-    log_escape(esc, 0, sizeof(esc), raw);
+    jsonw_escape(esc, 0, sizeof(esc), raw);
     fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"libwebsockets\",\"detail\":\"%s\"}\n",
             level == LLL_ERR ? "error" : "warn", esc);
 }
