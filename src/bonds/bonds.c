@@ -981,36 +981,56 @@ struct admin_args {
     struct buf out;
 };
 
-static int set_cap_fn(struct pool_conn *c, void *arg)
+/* What one admin write changes, from the locked row: value is the UPDATE's $2 (the new
+ * column value), detail and data the admin_action event's. */
+typedef void (*admin_parts_fn)(const struct admin_args *a, const struct locked *l,
+                               struct buf *value, struct buf *detail, struct buf *data);
+
+/* The transaction of an admin write: lock the row, update it with st ($1 user, $2 the
+ * value, $3 the time of the lock, $4 the event count), record one admin_action event and
+ * drop the events past the kept number. The entry's JSON goes to a->out. */
+static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_stmt *st,
+                    admin_parts_fn parts)
 {
-    struct admin_args *a = arg;
     buf_release(&a->out);
     struct locked l;
     int rc = lock_row(c, a->user_id, &l);
     if (rc != ST_OK)
         return rc;
-    struct buf detail = {0}, data = {0};
-    bonds_detail_cap(&detail, l.cap, a->cap);
-    buf_printf(&data, "{\"old_cap\":%lld,\"new_cap\":%lld,\"actor\":", l.cap, a->cap);
-    jsonw_str(&data, a->actor);
-    buf_append(&data, "}", 1);
+    struct buf value = {0}, detail = {0}, data = {0};
+    parts(a, &l, &value, &detail, &data);
     long long drop;
     long long count = events_after(&l, 1, &drop);
-    char capbuf[24], countbuf[24];
-    const char *p[4] = {a->user_id, sql_fmt_ll(capbuf, a->cap), l.now_text,
-                        sql_fmt_ll(countbuf, count)};
-    if (detail.oom || data.oom)
+    char countbuf[24];
+    const char *p[4] = {a->user_id, value.data, l.now_text, sql_fmt_ll(countbuf, count)};
+    if (value.oom || detail.oom || data.oom)
         rc = ST_ENOMEM;
     if (rc == ST_OK)
-        rc = update_bond(c, &st_set_cap, p, &a->out);
+        rc = update_bond(c, st, p, &a->out);
     if (rc == ST_OK)
         rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
     if (rc == ST_OK)
         rc = trim_events(c, a->user_id, drop);
+    buf_release(&value);
     buf_release(&detail);
     buf_release(&data);
     unlock_row(&l);
     return rc;
+}
+
+static void cap_parts(const struct admin_args *a, const struct locked *l, struct buf *value,
+                      struct buf *detail, struct buf *data)
+{
+    buf_printf(value, "%lld", a->cap);
+    bonds_detail_cap(detail, l->cap, a->cap);
+    buf_printf(data, "{\"old_cap\":%lld,\"new_cap\":%lld,\"actor\":", l->cap, a->cap);
+    jsonw_str(data, a->actor);
+    buf_append(data, "}", 1);
+}
+
+static int set_cap_fn(struct pool_conn *c, void *arg)
+{
+    return admin_tx(c, arg, &st_set_cap, cap_parts);
 }
 
 int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const char *actor,
@@ -1022,39 +1042,21 @@ int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const cha
     return finish_json(pool_tx(b->pool, set_cap_fn, &a), &a.out, json, len);
 }
 
+static void note_parts(const struct admin_args *a, const struct locked *l, struct buf *value,
+                       struct buf *detail, struct buf *data)
+{
+    bonds_note_format(value, l->now_us, a->note);
+    bonds_detail_note(detail, a->note);
+    buf_append(data, "{\"note\":", 8);
+    jsonw_str(data, a->note);
+    buf_append(data, ",\"actor\":", 9);
+    jsonw_str(data, a->actor);
+    buf_append(data, "}", 1);
+}
+
 static int add_note_fn(struct pool_conn *c, void *arg)
 {
-    struct admin_args *a = arg;
-    buf_release(&a->out);
-    struct locked l;
-    int rc = lock_row(c, a->user_id, &l);
-    if (rc != ST_OK)
-        return rc;
-    struct buf stored = {0}, detail = {0}, data = {0};
-    bonds_note_format(&stored, l.now_us, a->note);
-    bonds_detail_note(&detail, a->note);
-    buf_append(&data, "{\"note\":", 8);
-    jsonw_str(&data, a->note);
-    buf_append(&data, ",\"actor\":", 9);
-    jsonw_str(&data, a->actor);
-    buf_append(&data, "}", 1);
-    long long drop;
-    long long count = events_after(&l, 1, &drop);
-    char countbuf[24];
-    const char *p[4] = {a->user_id, stored.data, l.now_text, sql_fmt_ll(countbuf, count)};
-    if (stored.oom || detail.oom || data.oom)
-        rc = ST_ENOMEM;
-    if (rc == ST_OK)
-        rc = update_bond(c, &st_add_note, p, &a->out);
-    if (rc == ST_OK)
-        rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
-    if (rc == ST_OK)
-        rc = trim_events(c, a->user_id, drop);
-    buf_release(&stored);
-    buf_release(&detail);
-    buf_release(&data);
-    unlock_row(&l);
-    return rc;
+    return admin_tx(c, arg, &st_add_note, note_parts);
 }
 
 int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const char *actor,
