@@ -157,11 +157,6 @@ void bonds_detail_risk(struct buf *out, const char *from, const char *to);
 void bonds_detail_cap(struct buf *out, long long old_cap, long long new_cap);
 void bonds_detail_note(struct buf *out, const char *note);
 
-/* Appends s as a quoted JSON string (escaping quotes, backslashes and control bytes). */
-void bonds_json_str(struct buf *out, const char *s);
-/* Appends v as the shortest JSON number text that reads back as v. v must be finite. */
-void bonds_json_num(struct buf *out, double v);
-
 /* The rate-limit rule (docs/api.md) on a stored state: cap 0 answers allowed with remaining
  * -1 and the stored count; otherwise more than 86400 s since reset_at counts as 0, and
  * remaining = max(0, cap - count), allowed = remaining > 0. reset_in_s is set too. */

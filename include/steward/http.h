@@ -86,6 +86,10 @@ bool http_body_object(const struct http_req *req, struct http_resp *resp, bool r
  * answers 422 and returns false. *cursor is NULL when absent. */
 bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,
                       const char **cursor);
+/* The same for a handler that checks more of the query string and answers every problem
+ * at once: appends what is wrong to errs (an array of {"field","message"}) instead. */
+void http_list_params_into(const struct http_req *req, json_t *errs, int *limit,
+                           const char **cursor);
 
 /* Route registration for capabilities: scope is an enum auth_scope. */
 /* Registers a route for a capability; scope is an enum auth_scope (AUTH_NONE = open).

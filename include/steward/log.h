@@ -44,8 +44,4 @@ void log_msg(const struct logger *lg, enum log_level lvl, const char *msg, ...);
  * tests. */
 char *log_fmt_int(char *out, long long val);
 
-/* Appends s to buf as JSON string content (no quotes), escaping as needed.
- * Returns the new length, never past cap - 1; exposed for tests. */
-size_t log_escape(char *buf, size_t len, size_t cap, const char *s);
-
 #endif

@@ -13,6 +13,7 @@
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/jsonw.h"
 #include "steward/dbpipe.h"
 #include "steward/sql.h"
 #include "steward/utf8.h"
@@ -87,58 +88,6 @@ void bonds_detail_note(struct buf *out, const char *note)
     static const char prefix[] = "note added: ";
     buf_append(out, prefix, sizeof(prefix) - 1);
     buf_append(out, note, utf8_prefix(note, 100));
-}
-
-void bonds_json_str(struct buf *out, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    buf_append(out, "\"", 1);
-    const char *run = s;
-    for (const char *p = s;; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        buf_append(out, run, (size_t)(p - run));
-        if (!c)
-            break;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t n = 2;
-        switch (c) {
-        case '"':
-        case '\\':
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0xF];
-            n = 6;
-        }
-        buf_append(out, esc, n);
-        run = p + 1;
-    }
-    buf_append(out, "\"", 1);
-}
-
-void bonds_json_num(struct buf *out, double v)
-{
-    char text[40];
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(text, sizeof(text), "%.*g", prec, v);
-        if (strtod(text, NULL) == v)
-            break;
-    }
-    buf_append(out, text, strlen(text));
 }
 
 void bonds_rate_eval(long long cap, long long count, int64_t reset_at_us, int64_t now_us,
@@ -328,13 +277,13 @@ static void json_key(struct buf *o, const char *key)
 static void bond_json(struct buf *o, const PGresult *r, int row)
 {
     json_key(o, "{\"user_id\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_USER));
+    jsonw_str(o, PQgetvalue(r, row, BC_USER));
     json_key(o, ",\"phase\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_PHASE));
+    jsonw_str(o, PQgetvalue(r, row, BC_PHASE));
     json_key(o, ",\"prev_phase\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_PREV));
+    jsonw_str(o, PQgetvalue(r, row, BC_PREV));
     json_key(o, ",\"archetype\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_ARCH));
+    jsonw_str(o, PQgetvalue(r, row, BC_ARCH));
     json_key(o, ",\"phase_entered_at\":");
     json_time(o, sql_ll(r, row, BC_ENTERED));
     json_key(o, ",\"turn_count\":");
@@ -342,7 +291,7 @@ static void bond_json(struct buf *o, const PGresult *r, int row)
     json_key(o, ",\"peak_nodes\":");
     json_key(o, PQgetvalue(r, row, BC_PEAKS));
     json_key(o, ",\"risk_level\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_RISK));
+    jsonw_str(o, PQgetvalue(r, row, BC_RISK));
     json_key(o, ",\"daily_msg_cap\":");
     json_key(o, PQgetvalue(r, row, BC_CAP));
     json_key(o, ",\"daily_msg_count\":");
@@ -350,7 +299,7 @@ static void bond_json(struct buf *o, const PGresult *r, int row)
     json_key(o, ",\"daily_msg_reset_at\":");
     json_time(o, sql_ll(r, row, BC_RESET));
     json_key(o, ",\"egg_status\":");
-    bonds_json_str(o, PQgetvalue(r, row, BC_EGG));
+    jsonw_str(o, PQgetvalue(r, row, BC_EGG));
     json_key(o, ",\"notes\":");
     json_key(o, PQgetvalue(r, row, BC_NOTES));
     json_key(o, ",\"last_updated\":");
@@ -364,9 +313,9 @@ static void event_json(struct buf *o, const PGresult *r, int row, int col)
     json_key(o, "{\"timestamp\":");
     json_time(o, sql_ll(r, row, col));
     json_key(o, ",\"event_type\":");
-    bonds_json_str(o, PQgetvalue(r, row, col + 1));
+    jsonw_str(o, PQgetvalue(r, row, col + 1));
     json_key(o, ",\"detail\":");
-    bonds_json_str(o, PQgetvalue(r, row, col + 2));
+    jsonw_str(o, PQgetvalue(r, row, col + 2));
     json_key(o, ",\"data\":");
     json_key(o, PQgetvalue(r, row, col + 3));
     json_key(o, "}");
@@ -514,7 +463,7 @@ static int list_fn(struct pool_conn *c, void *arg)
         if (n > a->limit) {
             char cur[CURSOR_LEN];
             cursor_encode(cur, sql_ll(r, shown - 1, BC_UPDATED), sql_ll(r, shown - 1, BC_ID));
-            bonds_json_str(&a->out, cur);
+            jsonw_str(&a->out, cur);
         } else {
             json_key(&a->out, "null");
         }
@@ -581,7 +530,7 @@ static int events_fn(struct pool_conn *c, void *arg)
         if (n > a->limit) {
             char cur[CURSOR_LEN];
             cursor_encode(cur, sql_ll(r, shown - 1, 1), sql_ll(r, shown - 1, 5));
-            bonds_json_str(&a->out, cur);
+            jsonw_str(&a->out, cur);
         } else {
             json_key(&a->out, "null");
         }
@@ -862,9 +811,9 @@ static int merge_peaks(const char *stored, const struct bonds_detection *d, char
             if (!first)
                 buf_append(&o, ",", 1);
             first = false;
-            bonds_json_str(&o, key);
+            jsonw_str(&o, key);
             buf_append(&o, ":", 1);
-            bonds_json_num(&o, json_number_value(val));
+            jsonw_num(&o, json_number_value(val));
         }
         buf_append(&o, "}", 1);
         if (o.oom)
@@ -905,21 +854,21 @@ static int detect_fn(struct pool_conn *c, void *arg)
     if (phase_moved) {
         bonds_detail_phase(&phase_detail, l.phase, phase);
         buf_append(&phase_data, "{\"from\":", 8);
-        bonds_json_str(&phase_data, l.phase);
+        jsonw_str(&phase_data, l.phase);
         buf_append(&phase_data, ",\"to\":", 6);
-        bonds_json_str(&phase_data, phase);
+        jsonw_str(&phase_data, phase);
         buf_append(&phase_data, ",\"confidence\":", 14);
-        bonds_json_num(&phase_data, d->confidence);
+        jsonw_num(&phase_data, d->confidence);
         buf_append(&phase_data, ",\"primary_signal\":", 18);
-        bonds_json_str(&phase_data, d->primary_signal ? d->primary_signal : "");
+        jsonw_str(&phase_data, d->primary_signal ? d->primary_signal : "");
         buf_append(&phase_data, "}", 1);
     }
     if (risk_moved) {
         bonds_detail_risk(&risk_detail, l.risk, risk);
         buf_append(&risk_data, "{\"from\":", 8);
-        bonds_json_str(&risk_data, l.risk);
+        jsonw_str(&risk_data, l.risk);
         buf_append(&risk_data, ",\"to\":", 6);
-        bonds_json_str(&risk_data, risk);
+        jsonw_str(&risk_data, risk);
         buf_append(&risk_data, "}", 1);
     }
     if (phase_detail.oom || phase_data.oom || risk_detail.oom || risk_data.oom) {
@@ -986,36 +935,56 @@ struct admin_args {
     struct buf out;
 };
 
-static int set_cap_fn(struct pool_conn *c, void *arg)
+/* What one admin write changes, from the locked row: value is the UPDATE's $2 (the new
+ * column value), detail and data the admin_action event's. */
+typedef void (*admin_parts_fn)(const struct admin_args *a, const struct locked *l,
+                               struct buf *value, struct buf *detail, struct buf *data);
+
+/* The transaction of an admin write: lock the row, update it with st ($1 user, $2 the
+ * value, $3 the time of the lock, $4 the event count), record one admin_action event and
+ * drop the events past the kept number. The entry's JSON goes to a->out. */
+static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_stmt *st,
+                    admin_parts_fn parts)
 {
-    struct admin_args *a = arg;
     buf_release(&a->out);
     struct locked l;
     int rc = lock_row(c, a->user_id, &l);
     if (rc != ST_OK)
         return rc;
-    struct buf detail = {0}, data = {0};
-    bonds_detail_cap(&detail, l.cap, a->cap);
-    buf_printf(&data, "{\"old_cap\":%lld,\"new_cap\":%lld,\"actor\":", l.cap, a->cap);
-    bonds_json_str(&data, a->actor);
-    buf_append(&data, "}", 1);
+    struct buf value = {0}, detail = {0}, data = {0};
+    parts(a, &l, &value, &detail, &data);
     long long drop;
     long long count = events_after(&l, 1, &drop);
-    char capbuf[24], countbuf[24];
-    const char *p[4] = {a->user_id, sql_fmt_ll(capbuf, a->cap), l.now_text,
-                        sql_fmt_ll(countbuf, count)};
-    if (detail.oom || data.oom)
+    char countbuf[24];
+    const char *p[4] = {a->user_id, value.data, l.now_text, sql_fmt_ll(countbuf, count)};
+    if (value.oom || detail.oom || data.oom)
         rc = ST_ENOMEM;
     if (rc == ST_OK)
-        rc = update_bond(c, &st_set_cap, p, &a->out);
+        rc = update_bond(c, st, p, &a->out);
     if (rc == ST_OK)
         rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
     if (rc == ST_OK)
         rc = trim_events(c, a->user_id, drop);
+    buf_release(&value);
     buf_release(&detail);
     buf_release(&data);
     unlock_row(&l);
     return rc;
+}
+
+static void cap_parts(const struct admin_args *a, const struct locked *l, struct buf *value,
+                      struct buf *detail, struct buf *data)
+{
+    buf_printf(value, "%lld", a->cap);
+    bonds_detail_cap(detail, l->cap, a->cap);
+    buf_printf(data, "{\"old_cap\":%lld,\"new_cap\":%lld,\"actor\":", l->cap, a->cap);
+    jsonw_str(data, a->actor);
+    buf_append(data, "}", 1);
+}
+
+static int set_cap_fn(struct pool_conn *c, void *arg)
+{
+    return admin_tx(c, arg, &st_set_cap, cap_parts);
 }
 
 int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const char *actor,
@@ -1027,39 +996,21 @@ int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const cha
     return finish_json(pool_tx(b->pool, set_cap_fn, &a), &a.out, json, len);
 }
 
+static void note_parts(const struct admin_args *a, const struct locked *l, struct buf *value,
+                       struct buf *detail, struct buf *data)
+{
+    bonds_note_format(value, l->now_us, a->note);
+    bonds_detail_note(detail, a->note);
+    buf_append(data, "{\"note\":", 8);
+    jsonw_str(data, a->note);
+    buf_append(data, ",\"actor\":", 9);
+    jsonw_str(data, a->actor);
+    buf_append(data, "}", 1);
+}
+
 static int add_note_fn(struct pool_conn *c, void *arg)
 {
-    struct admin_args *a = arg;
-    buf_release(&a->out);
-    struct locked l;
-    int rc = lock_row(c, a->user_id, &l);
-    if (rc != ST_OK)
-        return rc;
-    struct buf stored = {0}, detail = {0}, data = {0};
-    bonds_note_format(&stored, l.now_us, a->note);
-    bonds_detail_note(&detail, a->note);
-    buf_append(&data, "{\"note\":", 8);
-    bonds_json_str(&data, a->note);
-    buf_append(&data, ",\"actor\":", 9);
-    bonds_json_str(&data, a->actor);
-    buf_append(&data, "}", 1);
-    long long drop;
-    long long count = events_after(&l, 1, &drop);
-    char countbuf[24];
-    const char *p[4] = {a->user_id, stored.data, l.now_text, sql_fmt_ll(countbuf, count)};
-    if (stored.oom || detail.oom || data.oom)
-        rc = ST_ENOMEM;
-    if (rc == ST_OK)
-        rc = update_bond(c, &st_add_note, p, &a->out);
-    if (rc == ST_OK)
-        rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
-    if (rc == ST_OK)
-        rc = trim_events(c, a->user_id, drop);
-    buf_release(&stored);
-    buf_release(&detail);
-    buf_release(&data);
-    unlock_row(&l);
-    return rc;
+    return admin_tx(c, arg, &st_add_note, note_parts);
 }
 
 int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const char *actor,

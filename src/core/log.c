@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "steward/json.h"
+#include "steward/jsonw.h"
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -23,35 +24,6 @@ int log_level_parse(const char *s, enum log_level *out)
     else
         return -1;
     return 0;
-}
-
-size_t log_escape(char *buf, size_t len, size_t cap, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[7];
-        size_t n = 0;
-        if (*p == '"' || *p == '\\') {
-            esc[n++] = '\\';
-            esc[n++] = (char)*p;
-        } else if (*p == '\n') {
-            esc[n++] = '\\';
-            esc[n++] = 'n';
-        } else if (*p < 0x20 || *p == 0x7f) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[*p >> 4];
-            esc[5] = hex[*p & 15];
-            n = 6;
-        } else {
-            esc[n++] = (char)*p;
-        }
-        if (len + n >= cap)
-            break;
-        memcpy(buf + len, esc, n);
-        len += n;
-    }
-    buf[len < cap ? len : cap - 1] = '\0';
-    return len;
 }
 
 char *log_fmt_int(char *out, long long val)
@@ -85,7 +57,7 @@ static void put_raw(struct log_line *l, const char *s)
 static void put_key(struct log_line *l, const char *key)
 {
     put_raw(l, ",\"");
-    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 2, key);
+    l->len = jsonw_escape(l->buf, l->len, sizeof(l->buf) - 2, key);
     put_raw(l, "\":");
 }
 
@@ -113,7 +85,7 @@ void log_begin(struct log_line *l, const struct logger *lg, enum log_level lvl, 
     put_raw(l, "\",\"level\":\"");
     put_raw(l, level_names[lvl]);
     put_raw(l, "\",\"msg\":\"");
-    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 2, msg ? msg : "");
+    l->len = jsonw_escape(l->buf, l->len, sizeof(l->buf) - 2, msg ? msg : "");
     put_raw(l, "\"");
 }
 
@@ -127,7 +99,7 @@ void log_str(struct log_line *l, const char *key, const char *val)
         return;
     }
     put_raw(l, "\"");
-    l->len = log_escape(l->buf, l->len, sizeof(l->buf) - 3, val);
+    l->len = jsonw_escape(l->buf, l->len, sizeof(l->buf) - 3, val);
     put_raw(l, "\"");
 }
 

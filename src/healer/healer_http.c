@@ -62,19 +62,9 @@ static void reports(void *ctx, const struct http_req *req, struct http_resp *res
     json_t *errs = json_array();
     static const char *const allowed[] = {"event_type", "limit", "cursor", NULL};
     unknown_query(req, allowed, errs);
-    int limit = 50;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end;
-        long v = strtol(l, &end, 10);
-        if (!*l || *end || v < 1 || v > 500)
-            jv_error(errs, "limit", "must be an integer from 1 to 500");
-        else
-            limit = (int)v;
-    }
-    const char *cursor = http_query(req, "cursor");
-    if (cursor && !*cursor)
-        cursor = NULL;
+    int limit;
+    const char *cursor;
+    http_list_params_into(req, errs, &limit, &cursor);
     const char *type = http_query(req, "event_type");
     if (type && !*type)
         type = NULL;

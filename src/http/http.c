@@ -109,10 +109,9 @@ bool http_body_object(const struct http_req *req, struct http_resp *resp, bool r
     return true;
 }
 
-bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,
-                      const char **cursor)
+void http_list_params_into(const struct http_req *req, json_t *errs, int *limit,
+                           const char **cursor)
 {
-    json_t *errs = json_array();
     *limit = 50;
     *cursor = http_query(req, "cursor");
     const char *l = http_query(req, "limit");
@@ -126,6 +125,13 @@ bool http_list_params(const struct http_req *req, struct http_resp *resp, int *l
     }
     if (*cursor && !**cursor)
         *cursor = NULL;
+}
+
+bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,
+                      const char **cursor)
+{
+    json_t *errs = json_array();
+    http_list_params_into(req, errs, limit, cursor);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return false;

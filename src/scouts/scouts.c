@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "scouts_int.h"
+#include "scouts_notify.h"
 #include "steward/crypto.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
@@ -53,9 +54,9 @@ static const struct db_stmt st_scout_patch = {
 static const struct db_stmt st_scout_delete = {
     "scouts_scout_delete", "DELETE FROM scouts WHERE id = $1::uuid RETURNING user_id", 1};
 
-/* Ingest in one round trip (migrations/0007_scouts_ingest.sql): scout check, spam,
- * pause rule, idempotent insert and the NOTIFY on the channel SCOUTS_CHANNEL names, in
- * one autocommitted statement. */
+/* Ingest in one round trip (migrations/0007_scouts_ingest.sql, its notification sent
+ * through steward_notify since 0009_notify.sql): scout check, spam, pause rule,
+ * idempotent insert and the q notification, in one autocommitted statement. */
 static const struct db_stmt st_ingest = {
     "scouts_ingest",
     "SELECT outcome, proposal_id, archive FROM scouts_ingest($1::uuid, $2, $3::bool, $4, $5, "
@@ -92,7 +93,7 @@ static const struct db_stmt st_devices_list = {
 static const struct db_stmt st_device_delete = {
     "scouts_device_delete",
     "WITH d AS (DELETE FROM devices WHERE id = $1::uuid RETURNING id, user_id) "
-    "SELECT d.user_id, pg_notify('" SCOUTS_CHANNEL "', 'd|' || d.id || '|' || d.user_id) "
+    "SELECT d.user_id, steward_notify(" SCOUTS_NOTIFY_SQL_DEVICE_GONE ", d.id::text, d.user_id) "
     "FROM d",
     1};
 
@@ -163,21 +164,25 @@ static const struct db_stmt st_deliver = {
     3};
 
 /* The ack and, when it flipped the proposal, the notification other instances act on
- * ($4: a|instance|proposal|device|user), sent at commit; one autocommitted statement. */
+ * (a|instance|proposal|device|user, $4 the instance), sent at commit; one autocommitted
+ * statement. The ids are text parameters, cast to uuid where compared, so that the
+ * notification carries the parameters' own text. */
 static const struct db_stmt st_ack = {
     "scouts_ack",
-    "WITH p AS (SELECT id FROM proposals WHERE id = $1::uuid AND user_id = $2), "
+    "WITH p AS (SELECT id FROM proposals WHERE id = $1::text::uuid AND user_id = $2::text), "
     "u AS (UPDATE proposals SET status = 'acked', acked_at = now(), "
-    "acked_device_id = $3::uuid, raw_subject = NULL, raw_snippet = NULL "
-    "WHERE id = $1::uuid AND user_id = $2 AND status IN ('queued', 'delivered', 'failed') "
-    "RETURNING id), "
-    "n AS (SELECT pg_notify('" SCOUTS_CHANNEL "', $4) FROM u) "
+    "acked_device_id = $3::text::uuid, raw_subject = NULL, raw_snippet = NULL "
+    "WHERE id = $1::text::uuid AND user_id = $2::text "
+    "AND status IN ('queued', 'delivered', 'failed') RETURNING id), "
+    "n AS (SELECT steward_notify(" SCOUTS_NOTIFY_SQL_ACKED ", $4::text, $1::text, $3::text, "
+    "$2::text) FROM u) "
     "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
     4};
 
 static const struct db_stmt st_notify_users = {
     "scouts_notify_users",
-    "SELECT pg_notify('" SCOUTS_CHANNEL "', 'q|' || u) FROM json_array_elements_text($1::json) u",
+    "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_QUEUED ", u) "
+    "FROM json_array_elements_text($1::json) u",
     1};
 
 static const struct db_stmt st_sweep_fail = {
@@ -231,7 +236,7 @@ static const struct db_stmt st_erase_devices = {
 static const struct db_stmt st_erase_scouts = {
     "scouts_erase_scouts", "DELETE FROM scouts WHERE user_id = $1", 1};
 static const struct db_stmt st_erase_notify = {
-    "scouts_erase_notify", "SELECT pg_notify('" SCOUTS_CHANNEL "', 'u|' || $1)", 1};
+    "scouts_erase_notify", "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_USER_ERASED ", $1::text)", 1};
 
 bool scouts_uuid_valid(const char *s)
 {
@@ -959,11 +964,8 @@ static int ack_fn(struct pool_conn *c, void *arg)
 {
     struct ack_arg *a = arg;
     a->found = a->changed = false;
-    /* a|instance|proposal|device|user: other instances tell their sessions */
-    char payload[SCOUTS_USER_MAX * 4 + 128];
-    snprintf(payload, sizeof(payload), "a|%s|%s|%s|%s", a->s->instance, a->pid, a->device_id,
-             a->user_id);
-    const char *p[] = {a->pid, a->user_id, a->device_id, payload};
+    /* other instances hear of the ack and tell their sessions */
+    const char *p[] = {a->pid, a->user_id, a->device_id, a->s->instance};
     PGresult *r;
     int rc = run(c, &st_ack, p, &r);
     if (rc != ST_OK)

@@ -15,7 +15,6 @@
 
 #define SCOUTS_USER_MAX 200     /* characters of a user id */
 #define SCOUTS_BUCKETS 16384    /* of each registry table */
-#define SCOUTS_CHANNEL "steward_scouts"
 
 /* One device session on this instance whose device_hello checked out; guarded by
  * scouts->mu. Linked before ws_session_accept and handed to it as the session's tag:

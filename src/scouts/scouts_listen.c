@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "scouts_int.h"
+#include "scouts_notify.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
 

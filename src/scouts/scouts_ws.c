@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "scouts_int.h"
+#include "scouts_notify.h"
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/ws.h"
@@ -491,46 +492,25 @@ static bool resolved(struct scouts *s, const char *user_id, const char *pid,
     return full;
 }
 
-/* Splits "a|b|c..." in place into at most max fields; the last keeps the rest. */
-static int split(char *p, char **f, int max)
-{
-    int n = 0;
-    while (n < max - 1) {
-        f[n++] = p;
-        char *bar = strchr(p, '|');
-        if (!bar)
-            return n;
-        *bar = '\0';
-        p = bar + 1;
-    }
-    f[n++] = p;
-    return n;
-}
-
 void scouts_on_notify(struct scouts *s, const char *payload)
 {
-    char buf[8192];
-    snprintf(buf, sizeof(buf), "%s", payload);
-    char *f[5];
-    int n = split(buf, f, buf[0] == 'a' ? 5 : buf[0] == 'd' ? 3 : 2);
-    switch (buf[0]) {
-    case 'q': /* q|user: something queued (or queued again) for the user */
-        if (n == 2)
-            scouts_request_pass(s, f[1]);
+    struct scouts_notify n;
+    if (scouts_notify_parse(payload, &n) != 0)
+        return; /* not ours, or from a newer instance: nothing to do here */
+    switch (n.kind) {
+    case SCOUTS_NOTIFY_QUEUED:
+        scouts_request_pass(s, n.user);
         break;
-    case 'a': /* a|instance|proposal|device|user: acked on some instance */
-        if (n == 5 && strcmp(f[1], s->instance) != 0 && resolved(s, f[4], f[2], f[3]))
-            scouts_request_pass(s, f[4]);
+    case SCOUTS_NOTIFY_ACKED:
+        /* this instance told its own sessions when it took the ack */
+        if (strcmp(n.instance, s->instance) != 0 && resolved(s, n.user, n.proposal, n.device))
+            scouts_request_pass(s, n.user);
         break;
-    case 'd': /* d|device|user: device deleted */
-        if (n == 3)
-            close_where(s, f[2], f[1], WS_CLOSE_REVOKED);
+    case SCOUTS_NOTIFY_DEVICE_GONE:
+        close_where(s, n.user, n.device, WS_CLOSE_REVOKED);
         break;
-    case 'u': /* u|user: user erased */
-        if (n == 2)
-            close_where(s, f[1], NULL, WS_CLOSE_REVOKED);
-        break;
-    default:
+    case SCOUTS_NOTIFY_USER_ERASED:
+        close_where(s, n.user, NULL, WS_CLOSE_REVOKED);
         break;
     }
 }

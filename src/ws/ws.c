@@ -26,6 +26,7 @@
 
 #include "steward/hash.h"
 #include "steward/json.h"
+#include "steward/jsonw.h"
 #include "steward/utf8.h"
 
 #define SID_BUCKETS 16384
@@ -727,7 +728,7 @@ static void lws_emit(int level, const char *line)
     char raw[400], esc[512];
     snprintf(raw, sizeof(raw), "%s", line);
     raw[strcspn(raw, "\n")] = '\0';
-    log_escape(esc, 0, sizeof(esc), raw);
+    jsonw_escape(esc, 0, sizeof(esc), raw);
     fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"libwebsockets\",\"detail\":\"%s\"}\n",
             level == LLL_ERR ? "error" : "warn", esc);
 }

@@ -499,6 +499,62 @@ def test_two_instances_live_resolved_and_delete(server, keys, sql, make_server, 
     run(body())
 
 
+def test_notification_payloads_byte_for_byte(server, keys, sql, db_url):
+    """What the instances tell each other on the channel steward_scouts, as a listener
+    receives it (src/scouts/scouts_notify.h): instances of the previous version read
+    these payloads during a rolling upgrade, so they must stay exactly the same."""
+    got = []
+    user, gone = uid('a|b'), uid()  # the user id is the last field and may hold '|'
+    s, sg = mk_scout(server, user), mk_scout(server, gone)
+    dev = mk_device(server, user)
+    with psycopg.connect(db_url, autocommit=True) as listen:
+        listen.add_notify_handler(
+            lambda n: got.append(n.payload) if n.channel == 'steward_scouts' else None)
+        listen.execute('LISTEN steward_scouts')
+
+        def expect(want):
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                listen.execute('SELECT 1')  # takes in what arrived meanwhile
+                hit = [p for p in got if want(p)]
+                if hit:
+                    got.clear()
+                    return hit
+                time.sleep(0.05)
+            raise AssertionError(f'not among {got}')
+
+        pid = ingest(server, keys['service'], s['id'], 'n1').json()['proposal_id']
+        assert expect(lambda p: p.endswith(user)) == [f'q|{user}']
+
+        async def ack():
+            d = await Device.hello(server, dev)
+            assert (await d.proposal())['id'] == pid
+            await d.ack(pid.upper())  # taken in lowercase, and notified so
+            assert await d.recv() == {'type': 'ack_ok', 'proposal_id': pid}
+            await d.close()
+
+        run(ack())
+        acked = expect(lambda p: p.startswith('a|'))
+        assert len(acked) == 1
+        kind, instance, rest = acked[0].split('|', 2)
+        assert len(instance) == 16 and all(c in '0123456789abcdef' for c in instance)
+        assert rest == f'{pid}|{dev["device_id"]}|{user}'
+
+        assert server.delete(f'/v1/devices/{dev["device_id"]}').status_code == 204
+        assert expect(lambda p: p.startswith('d|')) == [f'd|{dev["device_id"]}|{user}']
+
+        assert server.delete(f'/v1/users/{gone}').status_code == 204
+        assert expect(lambda p: p.startswith('u|')) == [f'u|{gone}']
+
+        # the one sender: kind and parts joined with '|'; a NULL part sends an empty
+        # payload, as the concatenations it replaced did
+        sql.execute("SELECT steward_notify('a', 'i', 'p', 'd', 'x|y')")
+        assert expect(lambda p: p.startswith('a|i|')) == ['a|i|p|d|x|y']
+        sql.execute("SELECT steward_notify('q', NULL)")
+        assert expect(lambda p: p == '') == ['']
+    assert sg['user_id'] == gone
+
+
 def test_user_erasure_removes_scouts_devices_proposals_and_closes_sockets(
         server, keys, sql, make_server, db_url):
     other = make_server(db_url)

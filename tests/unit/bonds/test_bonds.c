@@ -1,5 +1,5 @@
 /* The pure part of the bond ledger: rounding, note and detail formats, truncation by
- * characters, JSON text helpers and the rate-limit rule. */
+ * characters and the rate-limit rule (the JSON text helpers are core/test_jsonw.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,28 +96,6 @@ static void test_formats(void)
     buf_release(&want);
 }
 
-static void test_json_text(void)
-{
-    struct buf b = {0};
-    bonds_json_str(&b, "plain");
-    CHECK(text_is(&b, "\"plain\""));
-    bonds_json_str(&b, "q\"b\\n\nt\tc\x01 \xc3\xa9");
-    CHECK(text_is(&b, "\"q\\\"b\\\\n\\nt\\tc\\u0001 \xc3\xa9\""));
-    bonds_json_str(&b, "");
-    CHECK(text_is(&b, "\"\""));
-
-    bonds_json_num(&b, 0.85);
-    CHECK(text_is(&b, "0.85"));
-    bonds_json_num(&b, 0.1235);
-    CHECK(text_is(&b, "0.1235"));
-    bonds_json_num(&b, 1.0);
-    CHECK(text_is(&b, "1"));
-    bonds_json_num(&b, 0.1 + 0.2); /* needs 17 digits to read back */
-    CHECK(text_is(&b, "0.30000000000000004"));
-    bonds_json_num(&b, -2.5e-7);
-    CHECK(text_is(&b, "-2.5e-07"));
-}
-
 static void test_rate_eval(void)
 {
     const int64_t day = 86400LL * 1000000;
@@ -153,7 +131,6 @@ int main(void)
     test_round4();
     test_valid_id();
     test_formats();
-    test_json_text();
     test_rate_eval();
     return unit_done();
 }

@@ -1,3 +1,4 @@
+#include <jansson.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,14 +75,6 @@ static void check_int(void)
 
 int main(void)
 {
-    char buf[64];
-    size_t n = log_escape(buf, 0, sizeof(buf), "a\"b\\c\nd\x01");
-    CHECK(n == strlen("a\\\"b\\\\c\\nd\\u0001"));
-    CHECK_STR(buf, "a\\\"b\\\\c\\nd\\u0001");
-    char small[8];
-    n = log_escape(small, 0, sizeof(small), "0123456789");
-    CHECK(n < sizeof(small) && small[n] == '\0');
-
     char out[512] = {0};
     FILE *f = fmemopen(out, sizeof(out), "w");
     struct logger lg = {LOG_INFO, f};
@@ -92,6 +85,26 @@ int main(void)
     CHECK(strstr(out, "\"level\":\"warn\"") && strstr(out, "\"msg\":\"shown\""));
     CHECK(strstr(out, "\"k\":\"v\\\"q\"") != NULL);
     CHECK(out[strlen(out) - 1] == '\n');
+
+    /* control bytes, DEL and an overlong value: still one line of JSON, read back as
+     * written up to where the line had to end */
+    static char big[LOG_LINE_MAX * 2];
+    memset(big, 'v', sizeof(big) - 1);
+    memcpy(big + 100, "\t\r\x01\x7f\"", 5);
+    static char line[LOG_LINE_MAX + 64];
+    f = fmemopen(line, sizeof(line), "w");
+    struct logger lg2 = {LOG_INFO, f};
+    log_msg(&lg2, LOG_ERROR, "m\n", "k", big, NULL);
+    fclose(f);
+    char *nl = strchr(line, '\n');
+    CHECK(nl && nl[1] == '\0' && (size_t)(nl - line) < LOG_LINE_MAX);
+    json_error_t err;
+    json_t *v = json_loads(line, 0, &err);
+    const char *k = json_string_value(json_object_get(v, "k"));
+    CHECK(k && strlen(k) > 3000 && strncmp(k, big, strlen(k)) == 0);
+    CHECK(json_is_string(json_object_get(v, "msg")) &&
+          strcmp(json_string_value(json_object_get(v, "msg")), "m\n") == 0);
+    json_decref(v);
     enum log_level lvl;
     CHECK(log_level_parse("Error", &lvl) == 0 && lvl == LOG_ERROR);
     CHECK(log_level_parse("verbose", &lvl) == -1);
