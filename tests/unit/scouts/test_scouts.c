@@ -1,9 +1,9 @@
-/* The pure helpers of the scouts delivery pass (steward/scouts_pass.h). */
+/* The pure helpers of the scouts delivery pass (src/scouts/scouts_int.h). */
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "steward/scouts_pass.h"
+#include "scouts/scouts_int.h"
 #include "unit.h"
 
 static const char ids[3][SCOUTS_ID_LEN + 1] = {
