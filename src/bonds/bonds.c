@@ -3,6 +3,8 @@
  * result rows (jsonb columns are passed through as PostgreSQL prints them). */
 #include "steward/bonds.h"
 
+#include "bonds_int.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "steward/bonds.h"
+
+#include "bonds_int.h"
 #include "steward/err.h"
 #include "steward/http.h"
 #include "steward/json.h"

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "steward/bonds.h"
+#include "bonds/bonds_int.h"
 #include "steward/buf.h"
 #include "unit.h"
 
