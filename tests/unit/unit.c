@@ -15,6 +15,7 @@ void unit_check(int ok, const char *expr, const char *file, int line)
     if (!ok)
         state.failed++;
     printf("%s %d - %s (%s:%d)\n", ok ? "ok" : "not ok", state.run, expr, file, line);
+    fflush(stdout); /* a sanitizer ending the process must not swallow the lines so far */
 }
 
 int unit_done(void)
