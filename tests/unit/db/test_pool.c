@@ -1,0 +1,289 @@
+/* The connection pool (steward/pool.h) against a real PostgreSQL: checkouts under
+ * contention, the acquire timeout when every connection is out, a database that cannot
+ * be reached, and a connection whose backend was terminated while idle. */
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "steward/err.h"
+#include "steward/pool.h"
+#include "unit.h"
+
+static const struct db_stmt st_echo = {"unit_pool_echo", "SELECT $1::int + 0, pg_backend_pid()", 1};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- N threads x M checkouts on a pool of K connections ---- */
+
+#define THREADS 8
+#define CHECKOUTS 150
+#define CONNS 3
+#define MAX_SEEN 16
+
+struct contention {
+    struct pool *pool;
+    pthread_barrier_t start;
+    pthread_mutex_t mu; /* guards seen[] and nseen */
+    struct pool_conn *seen[MAX_SEEN];
+    int nseen;
+    atomic_int holder[MAX_SEEN]; /* threads holding seen[i] right now */
+    atomic_int held_now;
+    atomic_int held_max;
+    atomic_int acquired;
+    atomic_int failed;    /* acquire did not answer ST_OK */
+    atomic_int overlaps;  /* a connection handed to two threads at once */
+    atomic_int bad_reply; /* a statement that did not answer what was sent */
+};
+
+static int conn_index(struct contention *t, struct pool_conn *c)
+{
+    pthread_mutex_lock(&t->mu);
+    int i = 0;
+    while (i < t->nseen && t->seen[i] != c)
+        i++;
+    if (i == t->nseen && i < MAX_SEEN)
+        t->seen[t->nseen++] = c;
+    pthread_mutex_unlock(&t->mu);
+    return i < MAX_SEEN ? i : MAX_SEEN - 1;
+}
+
+static void *checkout_loop(void *arg)
+{
+    struct contention *t = ((void **)arg)[0];
+    int id = (int)(intptr_t)((void **)arg)[1];
+    pthread_barrier_wait(&t->start);
+    for (int i = 0; i < CHECKOUTS; i++) {
+        struct pool_conn *c;
+        if (pool_acquire(t->pool, &c) != ST_OK) {
+            atomic_fetch_add(&t->failed, 1);
+            continue;
+        }
+        atomic_fetch_add(&t->acquired, 1);
+        int k = conn_index(t, c);
+        if (atomic_fetch_add(&t->holder[k], 1) != 0)
+            atomic_fetch_add(&t->overlaps, 1);
+        int now = atomic_fetch_add(&t->held_now, 1) + 1;
+        int max = atomic_load(&t->held_max);
+        while (now > max && !atomic_compare_exchange_weak(&t->held_max, &max, now))
+            ;
+        char v[16];
+        snprintf(v, sizeof(v), "%d", id * 100000 + i);
+        const char *params[] = {v};
+        PGresult *r = pool_exec(c, &st_echo, params);
+        if (pool_result_err(c, r) != ST_OK || PQntuples(r) != 1 ||
+            strcmp(PQgetvalue(r, 0, 0), v) != 0)
+            atomic_fetch_add(&t->bad_reply, 1);
+        PQclear(r);
+        atomic_fetch_sub(&t->held_now, 1);
+        atomic_fetch_sub(&t->holder[k], 1);
+        pool_release(t->pool, c);
+    }
+    return NULL;
+}
+
+static void contention(const char *url, const struct logger *lg)
+{
+    static struct contention t;
+    t.pool = pool_new(url, CONNS, 30000, 10000, lg);
+    CHECK(t.pool != NULL);
+    pthread_mutex_init(&t.mu, NULL);
+    pthread_barrier_init(&t.start, NULL, THREADS);
+    pthread_t th[THREADS];
+    void *args[THREADS][2];
+    for (int i = 0; i < THREADS; i++) {
+        args[i][0] = &t;
+        args[i][1] = (void *)(intptr_t)i;
+        pthread_create(&th[i], NULL, checkout_loop, args[i]);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+
+    CHECK(atomic_load(&t.failed) == 0);
+    CHECK(atomic_load(&t.acquired) == THREADS * CHECKOUTS);
+    CHECK(atomic_load(&t.overlaps) == 0);
+    CHECK(atomic_load(&t.bad_reply) == 0);
+    CHECK(atomic_load(&t.held_max) <= CONNS);
+    CHECK(t.nseen == CONNS); /* contention used every connection, and no other */
+    struct pool_stats s;
+    pool_stats(t.pool, &s);
+    CHECK(s.size == CONNS);
+    CHECK(s.acquired_total == THREADS * CHECKOUTS);
+    CHECK(s.timeouts_total == 0);
+    CHECK(s.wait_count == THREADS * CHECKOUTS);
+    CHECK(s.busy == 0);
+    CHECK(s.waiting == 0);
+    CHECK(s.open == CONNS);
+    pool_free(t.pool);
+    pthread_barrier_destroy(&t.start);
+    pthread_mutex_destroy(&t.mu);
+}
+
+/* ---- every connection out: the timeout, a try without wait, a waiter handed one ---- */
+
+struct waiter {
+    struct pool *pool;
+    struct pool_conn *got;
+    int rc;
+};
+
+static void *wait_for_conn(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = pool_acquire_within(w->pool, 20000, &w->got);
+    return NULL;
+}
+
+static void exhausted(const char *url, const struct logger *lg)
+{
+    struct pool *p = pool_new(url, 2, 150, 10000, lg);
+    CHECK(p != NULL);
+    struct pool_conn *a = NULL, *b = NULL, *c = NULL;
+    CHECK(pool_acquire(p, &a) == ST_OK);
+    CHECK(pool_acquire(p, &b) == ST_OK);
+    CHECK(a != NULL && b != NULL && a != b);
+
+    int64_t t0 = now_ms();
+    CHECK(pool_acquire(p, &c) == ST_EUNAVAIL);
+    int64_t waited = now_ms() - t0;
+    CHECK(waited >= 140); /* it waited its acquire timeout (150 ms) */
+    CHECK(c == NULL);
+    struct pool_stats s;
+    pool_stats(p, &s);
+    CHECK(s.timeouts_total == 1);
+    CHECK(s.busy == 2);
+
+    /* a try without a wait is refused at once and is no timeout */
+    t0 = now_ms();
+    CHECK(pool_acquire_within(p, 0, &c) == ST_EUNAVAIL);
+    CHECK(now_ms() - t0 < 100);
+    pool_stats(p, &s);
+    CHECK(s.timeouts_total == 1);
+
+    /* a waiter is handed the connection given back */
+    struct waiter w = {p, NULL, -1};
+    pthread_t th;
+    pthread_create(&th, NULL, wait_for_conn, &w);
+    for (int i = 0; i < 20000; i++) {
+        pool_stats(p, &s);
+        if (s.waiting == 1)
+            break;
+        sleep_ms(1);
+    }
+    CHECK(s.waiting == 1);
+    pool_release(p, a);
+    pthread_join(th, NULL);
+    CHECK(w.rc == ST_OK);
+    CHECK(w.got == a);
+    pool_release(p, w.got);
+    pool_release(p, b);
+
+    pool_stats(p, &s);
+    CHECK(s.busy == 0);
+    CHECK(s.waiting == 0);
+    CHECK(s.acquired_total == 3);
+    CHECK(s.timeouts_total == 1);
+    CHECK(s.wait_count == 4); /* three checkouts and the timeout; not the try */
+    pool_free(p);
+}
+
+/* ---- no database: a checkout answers unavailable at once and gives its slot back ---- */
+
+static void unreachable(const struct logger *lg)
+{
+    struct pool *p =
+        pool_new("postgresql:///none?host=/nonexistent-steward-dir&port=1", 1, 1000, 1000, lg);
+    CHECK(p != NULL);
+    struct pool_conn *c = NULL;
+    int64_t t0 = now_ms();
+    CHECK(pool_acquire(p, &c) == ST_EUNAVAIL);
+    CHECK(pool_acquire(p, &c) == ST_EUNAVAIL); /* the only slot came back: no wait */
+    CHECK(now_ms() - t0 < 900);
+    struct pool_stats s;
+    pool_stats(p, &s);
+    CHECK(s.timeouts_total == 0);
+    CHECK(s.busy == 0);
+    CHECK(s.open == 0);
+    pool_free(p);
+}
+
+/* ---- a backend terminated while its connection was idle: the next checkout heals ---- */
+
+static int backend_pid(struct pool_conn *c)
+{
+    const char *params[] = {"1"};
+    PGresult *r = pool_exec(c, &st_echo, params);
+    int pid = pool_result_err(c, r) == ST_OK && PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 1)) : -1;
+    PQclear(r);
+    return pid;
+}
+
+/* Runs sql with one parameter on its own connection; returns the first value as a number. */
+static long query_one(const char *url, const char *sql, const char *param)
+{
+    PGconn *pg = PQconnectdb(url);
+    long v = -1;
+    if (PQstatus(pg) == CONNECTION_OK) {
+        PGresult *r = PQexecParams(pg, sql, 1, NULL, &param, NULL, NULL, 0);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+    }
+    PQfinish(pg);
+    return v;
+}
+
+static void heals(const char *url, const struct logger *lg)
+{
+    struct pool *p = pool_new(url, 1, 5000, 10000, lg);
+    struct pool_conn *c;
+    CHECK(pool_acquire(p, &c) == ST_OK);
+    int pid = backend_pid(c);
+    CHECK(pid > 0);
+    pool_release(p, c);
+
+    char spid[16];
+    snprintf(spid, sizeof(spid), "%d", pid);
+    CHECK(query_one(url, "SELECT pg_terminate_backend($1::int)::int", spid) == 1);
+    long left = -1;
+    for (int i = 0; i < 10000 && left != 0; i++) {
+        left = query_one(url, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int", spid);
+        sleep_ms(1);
+    }
+    CHECK(left == 0);
+
+    CHECK(pool_acquire(p, &c) == ST_OK);
+    int pid2 = backend_pid(c);
+    CHECK(pid2 > 0 && pid2 != pid);
+    pool_release(p, c);
+    struct pool_stats s;
+    pool_stats(p, &s);
+    CHECK(s.open == 1);
+    CHECK(s.busy == 0);
+    pool_free(p);
+}
+
+int main(void)
+{
+    const char *url = unit_database_url();
+    struct logger lg = {LOG_WARN, stderr};
+    contention(url, &lg);
+    exhausted(url, &lg);
+    unreachable(&lg);
+    heals(url, &lg);
+    return unit_done();
+}
