@@ -40,8 +40,4 @@ void log_end(struct log_line *l);
 /* One-shot line: msg plus string pairs key, value, ..., terminated by NULL. */
 void log_msg(const struct logger *lg, enum log_level lvl, const char *msg, ...);
 
-/* val in decimal, as "%lld" writes it, into out (24 bytes); returns out. Exposed for
- * tests. */
-char *log_fmt_int(char *out, long long val);
-
 #endif

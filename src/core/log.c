@@ -1,5 +1,7 @@
 #include "steward/log.h"
 
+#include "log_int.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "steward/log.h"
+#include "core/log_int.h"
 #include "unit.h"
 
 /* The line's "ts" is the time of the call, formatted as "%04d-%02d-%02dT%02d:%02d:%02d"
