@@ -15,6 +15,7 @@
 #include "steward/ops.h"
 #include "steward/pool.h"
 #include "steward/router.h"
+#include "steward/sched.h"
 #include "steward/workq.h"
 #include "steward/ws.h"
 
@@ -45,6 +46,7 @@ struct app {
     struct metrics *metrics;
     struct router router;
     struct workq *workq;
+    struct sched *sched; /* the periodic jobs (healer, scouts, auth), run on workq */
     struct http_server *http;
     int http_loops; /* resolved STEWARD_HTTP_LOOPS */
     struct ws_server *ws;
@@ -57,6 +59,25 @@ struct app {
     struct healer *healer;
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */
 };
+
+/* The process's threads, event loops and lanes. */
+struct app_sizing {
+    int http_loops;     /* HTTP event loops */
+    int http_threads;   /* HTTP handler threads */
+    int dbpipe_threads; /* database threads of the dbpipe */
+    int dbpipe_lanes;   /* pipelined lanes, one per HTTP loop at most */
+    int worker_threads; /* the work queue (device work and periodic jobs) */
+};
+
+/* The sizing rules, from the configuration and the online CPU count (cpus < 1: unknown):
+ * - http_loops: STEWARD_HTTP_LOOPS, or when 0 one per two CPUs (1 below 4 CPUs); never
+ *   more than http_threads (an event loop keeps a core busy; more loops than cores only
+ *   add wake-ups);
+ * - http_threads, worker_threads: as configured;
+ * - dbpipe_threads: a quarter of the pool, clamped to 1..4;
+ * - dbpipe_lanes: half the pool (the rest always serves everything else), at most one
+ *   per HTTP loop. */
+struct app_sizing app_size(const struct config *cfg, long cpus);
 
 /* The commands of docs/operations.md. Each returns the process exit status. */
 int app_serve(void);

@@ -1,8 +1,8 @@
 /* API keys: random secrets shown once, stored as SHA-256, scoped read/service/admin.
  *
- * Checking a key reads an in-memory snapshot of the active keys that a background
- * thread reloads every STEWARD_AUTH_CACHE_REFRESH_MS, so requests do not hit the
- * database and revocation reaches every instance within that period. A key missing
+ * Checking a key reads an in-memory snapshot of the active keys that a periodic job
+ * reloads every STEWARD_AUTH_CACHE_REFRESH_MS, so requests do not hit the database
+ * and revocation reaches every instance within that period. A key missing
  * from the snapshot (created a moment ago, maybe on another instance) is looked up in
  * the database. */
 #ifndef STEWARD_AUTH_H
@@ -18,15 +18,18 @@
 #define AUTH_SECRET_CAP 64 /* buffer size for a generated secret */
 
 struct auth;
+struct sched;
 
-/* Creates the cache; call auth_start to load it and start the refresher. */
+/* Creates the cache; call auth_start to load it and schedule its refresh. */
 struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms);
-/* Loads the snapshot once and starts the refresher thread. Returns ST_*. */
-int auth_start(struct auth *a);
-/* Reloads the snapshot from the database once and publishes it; what the refresher
- * thread runs every refresh_ms, callable from any thread. Returns ST_*. */
+/* Loads the snapshot once and adds its refresh, every refresh_ms, to sc (which must be
+ * stopped before auth_free). Returns ST_*. */
+int auth_start(struct auth *a, struct sched *sc);
+/* Reloads the snapshot from the database once and publishes it; what the periodic job
+ * runs every refresh_ms, callable from any thread. Returns ST_*. */
 int auth_refresh(struct auth *a);
-/* Stops the refresher and frees everything; no check may be running or start after. */
+/* Frees everything; the refresh's scheduler is stopped by then, and no check may be
+ * running or start after. */
 void auth_free(struct auth *a);
 /* The verifier the transports use: auth_check and auth_check_cached on a. */
 struct auth_verifier auth_verifier(struct auth *a);

@@ -32,6 +32,8 @@ struct healer_route {
     const char *pattern; /* "/v1/bonds/{user_id}" */
 };
 
+struct sched;
+
 /* Intervals and thresholds (from struct config). */
 struct healer_settings {
     int heal_interval_s;        /* STEWARD_HEAL_INTERVAL_S: sweep period */
@@ -79,13 +81,12 @@ struct healer *healer_new(struct pool *pool, const struct logger *lg, struct met
                           const struct healer_route *routes, size_t nroutes,
                           const struct healer_settings *settings,
                           const struct healer_hooks *hooks);
-/* Starts the two timer threads (sweep, performance report); the first run of each comes
- * one interval after the start. Returns 0, or -1 when a thread could not start. */
-int healer_start(struct healer *h);
-/* Stops the timers, letting a run in progress finish. Safe to call twice, or without
- * healer_start. */
-void healer_stop(struct healer *h);
-/* Frees the healer (stopping it first). NULL is a no-op. */
+/* Adds the two periodic jobs (sweep every heal_interval_s, performance report every
+ * perf_interval_s) to sc; the first run of each comes one interval after the start, the
+ * next one interval after the previous run ended. sc must be stopped before
+ * healer_free. Returns 0, or -1 when sc refused a job. */
+int healer_start(struct healer *h, struct sched *sc);
+/* Frees the healer. NULL is a no-op. */
 void healer_free(struct healer *h);
 
 /* The outcome of healer_sweep besides its ST_* result. */
@@ -106,9 +107,9 @@ enum healer_skip {
 int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_skip *skip,
                  char *holder, size_t cap);
 
-/* Writes one performance report now (what the timer does). *report (may be NULL) gets
- * the written report, new reference. ST_EUNAVAIL when it could not be stored (the next
- * report then covers the longer interval). */
+/* Writes one performance report now (what the periodic job does). *report (may be
+ * NULL) gets the written report, new reference. ST_EUNAVAIL when it could not be stored
+ * (the next report then covers the longer interval). */
 int healer_perf_report(struct healer *h, json_t **report);
 
 /* Lists reports newest first. event_type is NULL (both kinds) or one of

@@ -60,7 +60,7 @@ void jtime_format(int64_t us, char *out);
 size_t jtime_format_secs(int64_t secs, char *out);
 /* A JSON string of jtime_format(us); new reference. */
 json_t *jtime_json(int64_t us);
-/* Current time in microseconds since the epoch. */
+/* Current wall-clock time in microseconds since the epoch (clock_wall_us). */
 int64_t jtime_now_us(void);
 
 #endif

@@ -17,6 +17,7 @@
 #include "steward/workq.h"
 
 struct scouts;
+struct sched;
 struct lessons;
 struct router;
 struct ws_server;
@@ -36,9 +37,11 @@ struct scouts_settings {
 struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct metrics *metrics,
                           struct workq *workq, struct ws_server *ws, struct lessons *lessons,
                           const struct scouts_settings *set);
-/* Starts the LISTEN/NOTIFY thread and the delivery timer thread. Returns 0 or -1. */
-int scouts_start(struct scouts *s);
-/* Stops both threads, refuses new device work and waits (bounded) for delivery jobs
+/* Starts the LISTEN/NOTIFY thread and adds the periodic jobs (ack-timeout sweep,
+ * presence refresh, retry of failed passes) to sc, which must be stopped before
+ * scouts_stop. Returns 0 or -1. */
+int scouts_start(struct scouts *s, struct sched *sc);
+/* Stops the LISTEN thread, refuses new device work and waits (bounded) for delivery jobs
  * already running, so the WebSocket server can be stopped after it. Idempotent. */
 void scouts_stop(struct scouts *s);
 /* Frees the context (after scouts_stop and after the ws server and workq are gone).

@@ -256,12 +256,13 @@ static int start_servers(struct app *app)
         log_msg(&app->log, LOG_ERROR, "route table differs from its count", NULL);
         return -1;
     }
-    if (scouts_ws_register(app->ws, app->scouts) != 0 || scouts_start(app->scouts) != 0) {
+    if (scouts_ws_register(app->ws, app->scouts) != 0 ||
+        scouts_start(app->scouts, app->sched) != 0) {
         log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
         return -1;
     }
-    if (healer_start(app->healer) != 0) {
-        log_msg(&app->log, LOG_ERROR, "cannot start the healer timers", NULL);
+    if (healer_start(app->healer, app->sched) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot schedule the healer's jobs", NULL);
         return -1;
     }
     if (ws_server_start(app->ws) != 0)
@@ -320,25 +321,16 @@ static int build(struct app *app)
         pool_new(app->cfg.database_url, app->cfg.db_pool_size, app->cfg.db_acquire_timeout_ms,
                  app->cfg.db_statement_timeout_ms, &app->log);
     app->metrics = metrics_new(route_count());
-    app->workq = workq_new(app->cfg.worker_threads);
-    /* HTTP event loops: one per two CPUs unless set (an event loop keeps a core busy on
-     * its own; more loops than cores only add wake-ups), never more than handler threads. */
-    app->http_loops = app->cfg.http_loops;
-    if (app->http_loops == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        app->http_loops = cpus >= 4 ? (int)(cpus / 2) : 1;
+    struct app_sizing z = app_size(&app->cfg, sysconf(_SC_NPROCESSORS_ONLN));
+    app->http_loops = z.http_loops;
+    app->workq = workq_new(z.worker_threads);
+    /* one thread for every periodic job; the runs go to the work queue */
+    app->sched = app->workq ? sched_new(app->workq) : NULL;
+    if (app->sched && sched_start(app->sched) != 0) {
+        sched_free(app->sched);
+        app->sched = NULL;
     }
-    if (app->http_loops > app->cfg.http_threads)
-        app->http_loops = app->cfg.http_threads;
-    /* Each HTTP loop thread pipelines its own hot-path statements on a lane, holding a
-     * connection only while statements are in flight; lanes take at most half the pool,
-     * so the rest always serves everything else. The HTTP handler threads, and any other
-     * caller, use the database threads: a quarter of the pool (2 for the default 8). */
-    int dbpipe_threads = app->cfg.db_pool_size / 4;
-    dbpipe_threads = dbpipe_threads < 1 ? 1 : dbpipe_threads > 4 ? 4 : dbpipe_threads;
-    int lanes = app->cfg.db_pool_size / 2;
-    lanes = lanes > app->http_loops ? app->http_loops : lanes;
-    app->dbpipe = app->pool ? dbpipe_new(app->pool, dbpipe_threads, lanes,
+    app->dbpipe = app->pool ? dbpipe_new(app->pool, z.dbpipe_threads, z.dbpipe_lanes,
                                          app->cfg.db_acquire_timeout_ms, &app->log)
                             : NULL;
     app->dbpipe_guest = (struct http_loop_guest){
@@ -350,7 +342,7 @@ static int build(struct app *app)
         .detach = guest_detach,
     };
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
-    if (!app->pool || !app->metrics || !app->workq || !app->dbpipe || !app->auth)
+    if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
         return -1;
     app->verifier = auth_verifier(app->auth);
     router_init(&app->router);
@@ -359,23 +351,26 @@ static int build(struct app *app)
         log_msg(&app->log, LOG_ERROR, "cannot ensure STEWARD_ADMIN_KEY", NULL);
         return -1;
     }
-    if (auth_start(app->auth) != ST_OK || create_ws(app) != 0 || create_capabilities(app) != 0)
+    if (auth_start(app->auth, app->sched) != ST_OK || create_ws(app) != 0 ||
+        create_capabilities(app) != 0)
         return -1;
     return start_servers(app);
 }
 
-/* Reverse order: no new requests, then the timers (they call into the capabilities),
- * then delivery, then the sockets, then the workers, then everything else. */
+/* Reverse order: no new requests, then the periodic jobs (they call into the
+ * capabilities, auth and the pool; a run in progress finishes on the still running work
+ * queue), then delivery, then the sockets, then the workers, then everything else. */
 static void teardown(struct app *app)
 {
     int ms = app->cfg.shutdown_timeout_s * 1000;
     if (app->http)
         http_server_stop(app->http, ms / 2);
-    healer_stop(app->healer);
+    sched_stop(app->sched);
     scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
+    sched_free(app->sched);
     dbpipe_free(app->dbpipe);
     healer_free(app->healer);
     bonds_free(app->bonds);

@@ -11,6 +11,7 @@
 #include "auth_int.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
+#include "steward/sched.h"
 #include "steward/sql.h"
 
 struct auth {
@@ -18,11 +19,6 @@ struct auth {
     const struct logger *lg;
     int refresh_ms;
     struct auth_snaps snaps;
-    pthread_t thread;
-    bool running;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
     struct crypto_md *sha256; /* fetched once: every request hashes its key */
 };
 
@@ -254,28 +250,10 @@ int auth_refresh(struct auth *a)
     return ST_OK;
 }
 
-static void *refresher(void *arg)
+/* The periodic refresh, run by the scheduler. */
+static void refresh_job(void *arg)
 {
-    struct auth *a = arg;
-    pthread_mutex_lock(&a->mu);
-    while (!a->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += a->refresh_ms / 1000;
-        ts.tv_nsec += (long)(a->refresh_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&a->cv, &a->mu, &ts);
-        if (a->stop)
-            break;
-        pthread_mutex_unlock(&a->mu);
-        auth_refresh(a);
-        pthread_mutex_lock(&a->mu);
-    }
-    pthread_mutex_unlock(&a->mu);
-    return NULL;
+    auth_refresh(arg);
 }
 
 struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms)
@@ -296,20 +274,19 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     a->pool = pool;
     a->lg = lg;
     a->refresh_ms = refresh_ms;
-    pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->cv, NULL);
     return a;
 }
 
-int auth_start(struct auth *a)
+int auth_start(struct auth *a, struct sched *sc)
 {
     int rc = auth_refresh(a);
     if (rc != ST_OK)
         log_msg(a->lg, LOG_WARN, "api key cache not loaded yet; keys are checked in the database",
                 NULL);
-    if (pthread_create(&a->thread, NULL, refresher, a) != 0)
+    const struct sched_job job = {
+        .name = "auth_refresh", .fn = refresh_job, .ctx = a, .period_ms = a->refresh_ms};
+    if (sched_add(sc, &job) != 0)
         return ST_EINTERNAL;
-    a->running = true;
     return ST_OK;
 }
 
@@ -317,16 +294,7 @@ void auth_free(struct auth *a)
 {
     if (!a)
         return;
-    if (a->running) {
-        pthread_mutex_lock(&a->mu);
-        a->stop = true;
-        pthread_cond_signal(&a->cv);
-        pthread_mutex_unlock(&a->mu);
-        pthread_join(a->thread, NULL);
-    }
     auth_snaps_destroy(&a->snaps);
-    pthread_mutex_destroy(&a->mu);
-    pthread_cond_destroy(&a->cv);
     crypto_md_free(a->sha256);
     free(a);
 }

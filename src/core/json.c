@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/clock.h"
 #include "steward/utf8.h"
 
 json_t *jv_parse(const char *buf, size_t len, char *err, size_t errlen)
@@ -396,7 +397,5 @@ json_t *jtime_json(int64_t us)
 
 int64_t jtime_now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return clock_wall_us();
 }

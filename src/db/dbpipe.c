@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/clock.h"
 #include "steward/err.h"
 
 #define LANE_LINGER_MS 2  /* an idle lane connection is kept this long */
@@ -92,13 +93,6 @@ struct dbpipe {
     struct dbpipe_lane *lanes;
 };
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void fifo_push(struct job_fifo *f, struct dbpipe_job *job)
 {
     job->next = NULL;
@@ -143,7 +137,7 @@ int dbpipe_submit(struct dbpipe *p, struct dbpipe_job *job)
 {
     if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
         return ST_EUNAVAIL;
-    job->queued_us = mono_us();
+    job->queued_us = clock_now_us();
     job->sync_after = false;
     job->alone = false;
     job->in_group = false;
@@ -205,7 +199,7 @@ static void run_batch(struct dbpipe *p, struct dbpipe_job **jobs, size_t n)
     const char *const *params[POOL_BATCH_MAX];
     PGresult *out[POOL_BATCH_MAX];
     int rcs[POOL_BATCH_MAX];
-    int64_t now = mono_us();
+    int64_t now = clock_now_us();
     size_t live = 0;
     for (size_t i = 0; i < n; i++) {
         if (now - jobs[i]->queued_us > (int64_t)p->max_wait_ms * 1000) {
@@ -582,7 +576,7 @@ static bool lane_close_reads(struct lane_conn *lc, struct dbpipe_job **open, int
  * any job was sent or completed. */
 static bool lane_send(struct dbpipe_lane *ln)
 {
-    int64_t now = mono_us();
+    int64_t now = clock_now_us();
     struct lane_conn *lc = lane_target(ln, now);
     if (!lc) {
         lane_refuse_queue(ln);
@@ -648,7 +642,7 @@ int dbpipe_lane_flush(struct dbpipe_lane *ln, struct pollfd *fds, int *timeout_m
     for (int pass = 0; ln->queue.head && pass < 4; pass++)
         if (!lane_send(ln))
             break; /* only writes waiting for a connection free of writes */
-    int64_t now = mono_us();
+    int64_t now = clock_now_us();
     int64_t due = -1;
     ln->npolled = 0;
     for (int i = 0; i < LANE_CONNS; i++) {
@@ -788,7 +782,7 @@ static void lc_service(struct dbpipe_lane *ln, struct lane_conn *lc, short reven
 
 void dbpipe_lane_service(struct dbpipe_lane *ln, const struct pollfd *fds, int n)
 {
-    int64_t now = mono_us();
+    int64_t now = clock_now_us();
     short rev[LANE_CONNS] = {0};
     for (int i = 0; i < n && i < ln->npolled; i++)
         rev[ln->polled[i]] = fds[i].revents;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/clock.h"
 #include "steward/err.h"
 
 #define STMT_SLOTS 256 /* power of two; more statements than this run unprepared */
@@ -56,13 +57,6 @@ struct pool {
     atomic_uint_fast64_t wait_sum_us;
 };
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
                       int statement_timeout_ms, const struct logger *lg)
 {
@@ -78,11 +72,8 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
     p->acquire_timeout_ms = acquire_timeout_ms;
     p->statement_timeout_ms = statement_timeout_ms;
     p->lg = lg;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    if (clock_cond_init(&p->cv) != 0)
+        goto fail;
     pthread_mutex_init(&p->mu, NULL);
     for (int i = 0; i < size; i++) {
         p->conns[i].pool = p;
@@ -214,20 +205,13 @@ static void put_back(struct pool *p, struct pool_conn *c)
 /* Slow path: sleeps until a connection is pushed back or the deadline passes. */
 static int wait_free(struct pool *p, int timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct deadline deadline = deadline_in_ms(timeout_ms);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add(&p->waiting, 1);
     int slot = pop_free(p);
     int rc = 0;
     while (slot < 0 && rc != ETIMEDOUT) {
-        rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
+        rc = clock_cond_wait_until(&p->cv, &p->mu, deadline);
         slot = pop_free(p);
     }
     atomic_fetch_sub(&p->waiting, 1);
@@ -261,7 +245,7 @@ int pool_acquire(struct pool *p, struct pool_conn **out)
 
 int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
 {
-    int64_t start = mono_us();
+    int64_t start = clock_now_us();
     int slot = pop_free(p);
     if (slot < 0 && timeout_ms > 0)
         slot = wait_free(p, timeout_ms);
@@ -270,13 +254,13 @@ int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
          * neither a timeout nor a wait. */
         if (timeout_ms > 0) {
             atomic_fetch_add(&p->timeouts_total, 1);
-            record_wait(p, mono_us() - start);
+            record_wait(p, clock_now_us() - start);
         }
         return ST_EUNAVAIL;
     }
     atomic_fetch_add(&p->busy, 1);
     struct pool_conn *c = &p->conns[slot];
-    record_wait(p, mono_us() - start);
+    record_wait(p, clock_now_us() - start);
     atomic_fetch_add_explicit(&p->acquired_total, 1, memory_order_relaxed);
 
     if (!c->pg || !conn_idle_alive(c)) {
@@ -408,7 +392,7 @@ static bool batch_queue(struct pool_conn *c, const struct db_stmt *st, const cha
 
 /* Waits until a result can be taken without blocking, sending what is still buffered
  * meanwhile. Returns false when the connection broke or stayed silent past the limit. */
-static bool batch_wait(struct pool_conn *c, int64_t deadline_us)
+static bool batch_wait(struct pool_conn *c, struct deadline deadline)
 {
     for (;;) {
         int pending = PQflush(c->pg);
@@ -416,7 +400,7 @@ static bool batch_wait(struct pool_conn *c, int64_t deadline_us)
             return false;
         if (!PQisBusy(c->pg))
             return true;
-        int64_t left_ms = (deadline_us - mono_us()) / 1000;
+        int64_t left_ms = deadline_left_ms(deadline);
         if (left_ms <= 0)
             return false;
         struct pollfd pfd = {.fd = PQsocket(c->pg), .events = POLLIN | (pending ? POLLOUT : 0)};
@@ -489,7 +473,7 @@ int pool_pipe_next(struct pool_conn *c, bool prepared_now, bool sync_after, PGre
  * completed; fewer than n means the connection failed. */
 static size_t batch_read(struct pool_conn *c, size_t n, const bool *prepared_now, PGresult **out)
 {
-    int64_t deadline = mono_us() + ((int64_t)c->pool->statement_timeout_ms + 5000) * 1000;
+    struct deadline deadline = deadline_in_ms((int64_t)c->pool->statement_timeout_ms + 5000);
     size_t done = 0;
     while (done < n) {
         if (!batch_wait(c, deadline))

@@ -13,9 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "steward/clock.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/sched.h"
 #include "steward/sql.h"
 
 /* How long a claimed turn lasts when its holder dies mid-sweep. */
@@ -51,12 +53,6 @@ struct healer {
     uint64_t prev_pool_buckets[POOL_WAIT_BUCKETS];
     uint64_t prev_pool_timeouts;
     int64_t prev_us;
-
-    pthread_mutex_t timer_mu;
-    pthread_cond_t timer_cv;
-    bool stopping;
-    bool sweep_started, perf_started;
-    pthread_t sweep_thread, perf_thread;
 };
 
 /* ------------------------------------------------------------------ statements */
@@ -283,13 +279,6 @@ json_t *healer_recommendations(const struct healer_perf_figures *p,
 
 /* ------------------------------------------------------------------ construction */
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 struct healer *healer_new(struct pool *pool, const struct logger *lg, struct metrics *m,
                           const struct healer_route *routes, size_t nroutes,
                           const struct healer_settings *settings,
@@ -317,17 +306,11 @@ struct healer *healer_new(struct pool *pool, const struct logger *lg, struct met
         snprintf(host, sizeof(host), "localhost");
     host[sizeof(host) - 1] = '\0';
     if (crypto_token(rnd, sizeof(rnd), "", 4) != 0)
-        snprintf(rnd, sizeof(rnd), "%08x", (unsigned)mono_us());
+        snprintf(rnd, sizeof(rnd), "%08x", (unsigned)clock_now_us());
     snprintf(h->instance, sizeof(h->instance), "%s:%ld:%s", host, (long)getpid(), rnd);
     pthread_mutex_init(&h->sweep_mu, NULL);
     pthread_mutex_init(&h->state_mu, NULL);
     pthread_mutex_init(&h->perf_mu, NULL);
-    pthread_mutex_init(&h->timer_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->timer_cv, &ca);
-    pthread_condattr_destroy(&ca);
     /* the first performance report covers everything since start-up */
     h->prev_us = settings->started_us ? settings->started_us : jtime_now_us();
     return h;
@@ -423,11 +406,11 @@ struct ping {
 static int ping_fn(struct pool_conn *c, void *arg)
 {
     struct ping *pg = arg;
-    int64_t t0 = mono_us();
+    int64_t t0 = clock_now_us();
     PGresult *r = pool_exec(c, &st_ping, NULL);
     int rc = pool_result_err(c, r);
     PQclear(r);
-    pg->ms = (double)(mono_us() - t0) / 1e3;
+    pg->ms = (double)(clock_now_us() - t0) / 1e3;
     return rc;
 }
 
@@ -612,7 +595,7 @@ static void note_skip(struct healer *h, enum healer_skip why, const char *holder
 static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
                         enum healer_skip *skip, char *holder, size_t cap)
 {
-    int64_t t0 = mono_us();
+    int64_t t0 = clock_now_us();
     struct claim cl = {.instance = h->instance};
     char gap[32];
     if (!on_demand) {
@@ -626,7 +609,7 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
         log_msg(h->lg, LOG_WARN, "sweep could not claim its turn", "error", st_strerror(rc),
                 NULL);
         json_t *detail = json_pack("{s:s}", "error", st_strerror(rc));
-        heartbeat_alone(h, JOB_SWEEP, (double)(mono_us() - t0) / 1e3, "failed", detail);
+        heartbeat_alone(h, JOB_SWEEP, (double)(clock_now_us() - t0) / 1e3, "failed", detail);
         json_decref(detail);
         return rc;
     }
@@ -634,18 +617,18 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
         *skip = cl.running || on_demand ? HEALER_SKIP_RUNNING_ELSEWHERE : HEALER_SKIP_RAN_RECENTLY;
         if (holder && cap)
             snprintf(holder, cap, "%s", cl.holder);
-        note_skip(h, *skip, cl.holder, (double)(mono_us() - t0) / 1e3);
+        note_skip(h, *skip, cl.holder, (double)(clock_now_us() - t0) / 1e3);
         return ST_ECONFLICT;
     }
     metrics_count(h->m, MC_HEAL_RUNS, 1);
 
     /* timestamp and duration cover the time this instance held the turn */
-    t0 = mono_us();
+    t0 = clock_now_us();
     struct healer_sweep_figures f = {.started_us = jtime_now_us(), .errors = json_array()};
     run_steps(h, &f);
     json_t *pool_obj = json_object();
     measure(h, &f, pool_obj);
-    f.duration_ms = (double)(mono_us() - t0) / 1e3;
+    f.duration_ms = (double)(clock_now_us() - t0) / 1e3;
     json_t *reasons = json_array();
     bool degraded = healer_judge_health(&f, &h->s, reasons);
     json_t *event = healer_sweep_event(&f, h->instance, degraded);
@@ -726,7 +709,7 @@ static json_t *route_json(const struct healer_route_figures *r)
 
 static int perf_locked(struct healer *h, json_t **report)
 {
-    int64_t t0 = mono_us();
+    int64_t t0 = clock_now_us();
     int64_t now_us = jtime_now_us();
     struct metrics_route_snap *now = calloc(h->nslots, sizeof(*now));
     struct healer_route_figures *figs = calloc(h->nslots, sizeof(*figs));
@@ -811,10 +794,10 @@ static int perf_locked(struct healer *h, json_t **report)
     free(figs);
     char *text = event ? json_dumps(event, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
     json_t *hb_detail = json_object();
-    struct record rec = {.event_type = EV_PERF,
-                         .data = text,
-                         .hb = {JOB_PERF, h->instance, (double)(mono_us() - t0) / 1e3, "ok",
-                                hb_detail}};
+    struct record rec = {
+        .event_type = EV_PERF,
+        .data = text,
+        .hb = {JOB_PERF, h->instance, (double)(clock_now_us() - t0) / 1e3, "ok", hb_detail}};
     int rc = text ? pool_tx(h->pool, record_fn, &rec) : ST_ENOMEM;
     free(text);
     json_decref(hb_detail);
@@ -966,91 +949,46 @@ json_t *healer_status(struct healer *h)
                      lessons ? lessons : json_null(), "last_sweep", last ? last : json_null());
 }
 
-/* ------------------------------------------------------------------ timers */
+/* ------------------------------------------------------------------ periodic jobs */
 
-/* Waits interval_s or until stopped; returns false when stopping. */
-static bool timer_wait(struct healer *h, int interval_s)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += interval_s;
-    pthread_mutex_lock(&h->timer_mu);
-    int rc = 0;
-    while (!h->stopping && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&h->timer_cv, &h->timer_mu, &deadline);
-    bool go = !h->stopping;
-    pthread_mutex_unlock(&h->timer_mu);
-    return go;
-}
-
-static void *sweep_main(void *arg)
+static void sweep_job(void *arg)
 {
     struct healer *h = arg;
-    while (timer_wait(h, h->s.heal_interval_s)) {
-        json_t *rep = NULL;
-        enum healer_skip skip;
-        healer_sweep(h, false, &rep, &skip, NULL, 0);
-        json_decref(rep);
-    }
-    return NULL;
+    json_t *rep = NULL;
+    enum healer_skip skip;
+    healer_sweep(h, false, &rep, &skip, NULL, 0);
+    json_decref(rep);
 }
 
-static void *perf_main(void *arg)
+static void perf_job(void *arg)
 {
-    struct healer *h = arg;
-    while (timer_wait(h, h->s.perf_interval_s))
-        healer_perf_report(h, NULL);
-    return NULL;
+    healer_perf_report(arg, NULL);
 }
 
-int healer_start(struct healer *h)
+int healer_start(struct healer *h, struct sched *sc)
 {
-    pthread_mutex_lock(&h->timer_mu);
-    h->stopping = false;
-    pthread_mutex_unlock(&h->timer_mu);
-    if (!h->sweep_started) {
-        if (pthread_create(&h->sweep_thread, NULL, sweep_main, h) != 0)
-            return -1;
-        h->sweep_started = true;
-    }
-    if (!h->perf_started) {
-        if (pthread_create(&h->perf_thread, NULL, perf_main, h) != 0)
-            return -1;
-        h->perf_started = true;
-    }
+    const struct sched_job sweep = {.name = JOB_SWEEP,
+                                    .fn = sweep_job,
+                                    .ctx = h,
+                                    .period_ms = (int64_t)h->s.heal_interval_s * 1000};
+    const struct sched_job perf = {.name = JOB_PERF,
+                                   .fn = perf_job,
+                                   .ctx = h,
+                                   .period_ms = (int64_t)h->s.perf_interval_s * 1000};
+    if (sched_add(sc, &sweep) != 0 || sched_add(sc, &perf) != 0)
+        return -1;
     log_msg(h->lg, LOG_INFO, "healer started", "instance", h->instance, NULL);
     return 0;
-}
-
-void healer_stop(struct healer *h)
-{
-    if (!h)
-        return;
-    pthread_mutex_lock(&h->timer_mu);
-    h->stopping = true;
-    pthread_cond_broadcast(&h->timer_cv);
-    pthread_mutex_unlock(&h->timer_mu);
-    if (h->sweep_started) {
-        pthread_join(h->sweep_thread, NULL);
-        h->sweep_started = false;
-    }
-    if (h->perf_started) {
-        pthread_join(h->perf_thread, NULL);
-        h->perf_started = false;
-    }
 }
 
 void healer_free(struct healer *h)
 {
     if (!h)
         return;
-    healer_stop(h);
     json_decref(h->last_report);
     pthread_mutex_destroy(&h->sweep_mu);
     pthread_mutex_destroy(&h->state_mu);
     pthread_mutex_destroy(&h->perf_mu);
-    pthread_mutex_destroy(&h->timer_mu);
-    pthread_cond_destroy(&h->timer_cv);
     free(h->prev_routes);
     free(h);
 }

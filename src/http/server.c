@@ -1,6 +1,7 @@
 /* libmicrohttpd adapter: per-request state is allocated on the first call, the body is
  * accumulated up to HTTP_BODY_LIMIT, the handler runs on the final call, and the state
  * is freed (and the access line written) in the completion callback. */
+#include "steward/clock.h"
 #include "steward/http_server.h"
 
 #include <arpa/inet.h>
@@ -159,13 +160,6 @@ static void rs_free(struct http_loop *l, struct reqstate *rs)
     rs->next_spare = l->spare;
     l->spare = rs;
     l->nspare++;
-}
-
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static size_t no_unescape(void *cls, struct MHD_Connection *c, char *uri)
@@ -335,7 +329,7 @@ static void start_request(struct reqstate *rs, struct MHD_Connection *conn, cons
                           const char *method)
 {
     struct http_server *srv = rs->srv;
-    rs->start_us = mono_us();
+    rs->start_us = clock_now_us();
     snprintf(rs->method, sizeof(rs->method), "%s", method);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && sane_request_id(rid))
@@ -715,7 +709,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!rs)
         return;
     rs->loop->progress = true; /* the connection reads its next request on the next run */
-    int64_t dur = mono_us() - rs->start_us;
+    int64_t dur = clock_now_us() - rs->start_us;
     int route_index = rs->match.route ? rs->match.route->index : -1;
     int status = rs->status ? rs->status : 499;
     if (srv->o.metrics)
@@ -832,7 +826,7 @@ static void *loop_main(void *arg)
         if (gs)
             g->service(gs, fds + 3, n > 0 ? gn : 0);
         l->progress = false;
-        l->now_us = mono_us();
+        l->now_us = clock_now_us();
         MHD_run(l->daemon);
     }
     MHD_run(l->daemon); /* let the last resumed connections be processed */

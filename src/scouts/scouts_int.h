@@ -84,11 +84,11 @@ struct scouts {
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
     atomic_int jobs; /* delivery jobs submitted and not finished */
 
-    pthread_mutex_t tmu; /* timer/listener sleep */
+    pthread_mutex_t tmu; /* listener sleep */
     pthread_cond_t tcv;
     bool stop_threads;
-    pthread_t timer_thr, listen_thr;
-    bool timer_started, listen_started;
+    pthread_t listen_thr;
+    bool listen_started;
     int wake_pipe[2];
 };
 

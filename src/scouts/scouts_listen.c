@@ -7,9 +7,10 @@
  * backoff, LISTENs again and catches up: every user with a socket here gets a pass,
  * which delivers whatever was queued meanwhile.
  *
- * Timer: runs the ack-timeout sweep every ack_timeout_s/4 (1..30 s), refreshes the
- * presence of the devices connected here every heartbeat_s/2, and retries passes that
- * failed while the database was away. */
+ * Periodic jobs, on the process's scheduler (scouts_start registers them): the
+ * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the presence refresh of the devices
+ * connected here every heartbeat_s/2 (at least 1 s), and, every 250 ms, a retry of the
+ * passes that failed while the database was away. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -20,9 +21,11 @@
 #include <unistd.h>
 
 #include "scouts_int.h"
+#include "steward/clock.h"
 #include "scouts_notify.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
+#include "steward/sched.h"
 
 #define STOP_WAIT_MS 10000
 
@@ -55,34 +58,22 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     s->wake_pipe[0] = s->wake_pipe[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->tmu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->tcv, &ca);
-    pthread_condattr_destroy(&ca);
+    if (clock_cond_init(&s->tcv) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->tmu);
+        free(s->listen_url);
+        free(s);
+        return NULL;
+    }
     return s;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Sleeps up to ms unless asked to stop; returns true when stopping. */
 static bool nap(struct scouts *s, int ms)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct deadline dl = deadline_in_ms(ms);
     pthread_mutex_lock(&s->tmu);
-    while (!s->stop_threads && pthread_cond_timedwait(&s->tcv, &s->tmu, &dl) != ETIMEDOUT) {
+    while (!s->stop_threads && clock_cond_wait_until(&s->tcv, &s->tmu, dl) != ETIMEDOUT) {
     }
     bool stop = s->stop_threads;
     pthread_mutex_unlock(&s->tmu);
@@ -97,36 +88,38 @@ static bool stopping_threads(struct scouts *s)
     return stop;
 }
 
-static void *timer_main(void *arg)
+/* The periodic jobs do nothing once scouts_stop began (the scheduler is stopped before
+ * it, so this only guards a wrong order: a presence refresh after the shutdown marked
+ * the devices offline would mark them connected again). */
+static bool jobs_off(struct scouts *s)
+{
+    return atomic_load(&s->stopping) || stopping_threads(s);
+}
+
+/* Inline on the scheduler thread: an atomic flag, and when set only queues passes. */
+static void retry_job(void *arg)
 {
     struct scouts *s = arg;
-    int sweep_ms = s->set.ack_timeout_s * 1000 / 4;
-    if (sweep_ms < 1000)
-        sweep_ms = 1000;
-    if (sweep_ms > 30000)
-        sweep_ms = 30000;
-    int presence_ms = s->set.ws_heartbeat_s * 1000 / 2;
-    if (presence_ms < 1000)
-        presence_ms = 1000;
-    int64_t next_sweep = mono_ms() + sweep_ms, next_presence = mono_ms() + presence_ms;
-    while (!nap(s, 250)) {
-        int64_t now = mono_ms();
-        if (atomic_exchange(&s->retry_all, false))
-            scouts_catch_up(s);
-        if (now >= next_sweep) {
-            long long requeued, failed;
-            int rc = scouts_delivery_sweep(s, &requeued, &failed);
-            if (rc != ST_OK && rc != ST_EUNAVAIL)
-                log_msg(s->lg, LOG_WARN, "delivery sweep failed", "error", st_strerror(rc),
-                        NULL);
-            next_sweep = mono_ms() + sweep_ms;
-        }
-        if (now >= next_presence) {
-            scouts_presence_tick(s);
-            next_presence = mono_ms() + presence_ms;
-        }
-    }
-    return NULL;
+    if (!jobs_off(s) && atomic_exchange(&s->retry_all, false))
+        scouts_catch_up(s);
+}
+
+static void sweep_job(void *arg)
+{
+    struct scouts *s = arg;
+    if (jobs_off(s))
+        return;
+    long long requeued, failed;
+    int rc = scouts_delivery_sweep(s, &requeued, &failed);
+    if (rc != ST_OK && rc != ST_EUNAVAIL)
+        log_msg(s->lg, LOG_WARN, "delivery sweep failed", "error", st_strerror(rc), NULL);
+}
+
+static void presence_job(void *arg)
+{
+    struct scouts *s = arg;
+    if (!jobs_off(s))
+        scouts_presence_tick(s);
 }
 
 static PGconn *listen_connect(struct scouts *s)
@@ -154,13 +147,13 @@ static PGconn *listen_connect(struct scouts *s)
  * proposals, which would otherwise wait 5-50 ms each on a cold connection. */
 static void warm(struct scouts *s)
 {
-    int64_t t0 = mono_ms();
+    int64_t t0 = clock_now_ms();
     int n = 0;
     int rc = scouts_warm(s, &n);
     struct log_line l;
     log_begin(&l, s->lg, rc == ST_OK ? LOG_INFO : LOG_WARN, "database connections warmed");
     log_int(&l, "connections", n);
-    log_int(&l, "duration_ms", (long long)(mono_ms() - t0));
+    log_int(&l, "duration_ms", (long long)(clock_now_ms() - t0));
     if (rc != ST_OK)
         log_str(&l, "error", st_strerror(rc));
     log_end(&l);
@@ -218,16 +211,29 @@ static void *listen_main(void *arg)
     return NULL;
 }
 
-int scouts_start(struct scouts *s)
+int scouts_start(struct scouts *s, struct sched *sc)
 {
     if (pipe2(s->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
         return -1;
     if (pthread_create(&s->listen_thr, NULL, listen_main, s) != 0)
         return -1;
     s->listen_started = true;
-    if (pthread_create(&s->timer_thr, NULL, timer_main, s) != 0)
-        return -1;
-    s->timer_started = true;
+    int sweep_ms = s->set.ack_timeout_s * 1000 / 4;
+    if (sweep_ms < 1000)
+        sweep_ms = 1000;
+    if (sweep_ms > 30000)
+        sweep_ms = 30000;
+    int presence_ms = s->set.ws_heartbeat_s * 1000 / 2;
+    if (presence_ms < 1000)
+        presence_ms = 1000;
+    const struct sched_job jobs[] = {
+        {.name = "scouts_retry", .fn = retry_job, .ctx = s, .period_ms = 250, .inline_run = true},
+        {.name = "delivery_sweep", .fn = sweep_job, .ctx = s, .period_ms = sweep_ms},
+        {.name = "presence_refresh", .fn = presence_job, .ctx = s, .period_ms = presence_ms},
+    };
+    for (size_t i = 0; i < sizeof(jobs) / sizeof(jobs[0]); i++)
+        if (sched_add(sc, &jobs[i]) != 0)
+            return -1;
     return 0;
 }
 
@@ -245,13 +251,11 @@ void scouts_stop(struct scouts *s)
     }
     if (s->listen_started)
         pthread_join(s->listen_thr, NULL);
-    if (s->timer_started)
-        pthread_join(s->timer_thr, NULL);
-    s->listen_started = s->timer_started = false;
+    s->listen_started = false;
     /* no new device work; let what is running finish before the sockets go */
     atomic_store(&s->stopping, true);
-    int64_t deadline = mono_ms() + STOP_WAIT_MS;
-    while (atomic_load(&s->jobs) > 0 && mono_ms() < deadline)
+    struct deadline deadline = deadline_in_ms(STOP_WAIT_MS);
+    while (atomic_load(&s->jobs) > 0 && !deadline_passed(deadline))
         usleep(5000);
     char *ids = scouts_local_devices_json(s);
     if (ids)

@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "steward/clock.h"
 #include "steward/hash.h"
 #include "steward/json.h"
 #include "steward/jsonw.h"
@@ -103,13 +104,6 @@ struct ws_server {
     struct session *pending_head;
     struct hash_table by_sid; /* struct session by sid */
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Registry helpers; all with ws->mu held. */
 static struct session *find_locked(struct ws_server *ws, uint64_t sid)
@@ -456,7 +450,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
 {
     if (s->closing)
         return 0;
-    s->last_rx_ms = now_ms();
+    s->last_rx_ms = clock_now_ms();
     if (s->rx_len + len > WS_MAX_FRAME) {
         abort_session(ws, s, WS_CLOSE_TOO_BIG, "too large");
         return 0;
@@ -610,7 +604,7 @@ static void hello_arm(struct ws_server *ws, int64_t now)
 /* A new session must say device_hello within hello_timeout_s. */
 static void hello_expect(struct ws_server *ws, struct session *s)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_now_ms();
     bool was_empty = ws->hello_q.head == NULL;
     ws_hello_push(&ws->hello_q, &s->hello, now + (int64_t)ws->o.hello_timeout_s * 1000);
     if (was_empty && !uv_is_closing((uv_handle_t *)&ws->hello_timer))
@@ -623,7 +617,7 @@ static void hello_expect(struct ws_server *ws, struct session *s)
 static void hello_sweep(uv_timer_t *t)
 {
     struct ws_server *ws = t->data;
-    int64_t now = now_ms();
+    int64_t now = clock_now_ms();
     bool need_wake = false;
     struct ws_hello_node *n;
     pthread_mutex_lock(&ws->mu);
@@ -650,7 +644,7 @@ static void hello_sweep(uv_timer_t *t)
 static void beat(uv_timer_t *t)
 {
     struct ws_server *ws = t->data;
-    int64_t now = now_ms();
+    int64_t now = clock_now_ms();
     int64_t ping_after = (int64_t)ws->o.heartbeat_s * 1000;
     int64_t drop_after = ((int64_t)ws->o.heartbeat_s * 2 + 5) * 1000;
     struct session *next;
@@ -698,7 +692,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED:
         session_register(ws, s, wsi);
         hello_expect(ws, s);
-        s->last_rx_ms = now_ms();
+        s->last_rx_ms = clock_now_ms();
         all_link(ws, s);
         if (atomic_load(&ws->stopping))
             lws_callback_on_writable(wsi);
@@ -706,7 +700,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_RECEIVE:
         return on_receive(ws, s, wsi, in, len);
     case LWS_CALLBACK_RECEIVE_PONG:
-        s->last_rx_ms = now_ms();
+        s->last_rx_ms = clock_now_ms();
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(ws, s, wsi);

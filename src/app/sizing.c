@@ -1,0 +1,29 @@
+/* How many threads, event loops and pipelined lanes the process runs, from the
+ * configuration and the CPU count (see app_size in steward/app.h). */
+#include "steward/app.h"
+
+struct app_sizing app_size(const struct config *cfg, long cpus)
+{
+    struct app_sizing z = {
+        .http_threads = cfg->http_threads,
+        .worker_threads = cfg->worker_threads,
+    };
+    /* HTTP event loops: one per two CPUs unless set (an event loop keeps a core busy on
+     * its own; more loops than cores only add wake-ups), never more than handler threads. */
+    z.http_loops = cfg->http_loops;
+    if (z.http_loops == 0)
+        z.http_loops = cpus >= 4 ? (int)(cpus / 2) : 1;
+    if (z.http_loops > cfg->http_threads)
+        z.http_loops = cfg->http_threads;
+    /* Each HTTP loop thread pipelines its own hot-path statements on a lane, holding a
+     * connection only while statements are in flight; lanes take at most half the pool,
+     * so the rest always serves everything else. The HTTP handler threads, and any other
+     * caller, use the database threads: a quarter of the pool (2 for the default 8),
+     * 1 to 4. */
+    z.dbpipe_threads = cfg->db_pool_size / 4;
+    z.dbpipe_threads = z.dbpipe_threads < 1 ? 1 : z.dbpipe_threads > 4 ? 4 : z.dbpipe_threads;
+    z.dbpipe_lanes = cfg->db_pool_size / 2;
+    if (z.dbpipe_lanes > z.http_loops)
+        z.dbpipe_lanes = z.http_loops;
+    return z;
+}

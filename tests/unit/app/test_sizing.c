@@ -1,0 +1,86 @@
+#include "steward/app.h"
+#include "unit.h"
+
+/* The defaults of STEWARD_DB_POOL_SIZE, STEWARD_HTTP_THREADS, STEWARD_HTTP_LOOPS and
+ * STEWARD_WORKER_THREADS. */
+static struct config defaults(void)
+{
+    return (struct config){
+        .db_pool_size = 8, .http_threads = 4, .http_loops = 0, .worker_threads = 4};
+}
+
+static void check_http_loops(void)
+{
+    struct config c = defaults();
+    /* one loop per two CPUs, one below four CPUs (or when the count is unknown) */
+    CHECK(app_size(&c, 1).http_loops == 1);
+    CHECK(app_size(&c, 2).http_loops == 1);
+    CHECK(app_size(&c, 3).http_loops == 1);
+    CHECK(app_size(&c, 4).http_loops == 2);
+    CHECK(app_size(&c, 7).http_loops == 3);
+    CHECK(app_size(&c, 0).http_loops == 1);
+    CHECK(app_size(&c, -1).http_loops == 1);
+    /* never more than the handler threads */
+    CHECK(app_size(&c, 16).http_loops == 4);
+    c.http_threads = 16;
+    CHECK(app_size(&c, 16).http_loops == 8);
+    /* a configured count wins over the CPUs, still capped by the threads */
+    c.http_loops = 3;
+    CHECK(app_size(&c, 64).http_loops == 3);
+    CHECK(app_size(&c, 1).http_loops == 3);
+    c.http_threads = 2;
+    CHECK(app_size(&c, 1).http_loops == 2);
+    CHECK(app_size(&c, 1).http_threads == 2);
+}
+
+static void check_dbpipe_threads(void)
+{
+    struct config c = defaults();
+    CHECK(app_size(&c, 2).dbpipe_threads == 2); /* a quarter of 8 */
+    int pools[] = {1, 3, 4, 7, 12, 16, 17, 40, 512};
+    int want[] = {1, 1, 1, 1, 3, 4, 4, 4, 4};
+    int ok = 0;
+    for (int i = 0; i < 9; i++) {
+        c.db_pool_size = pools[i];
+        ok += app_size(&c, 2).dbpipe_threads == want[i];
+    }
+    CHECK(ok == 9);
+}
+
+static void check_lanes(void)
+{
+    struct config c = defaults();
+    /* half the pool, at most one per HTTP loop */
+    CHECK(app_size(&c, 2).dbpipe_lanes == 1);
+    CHECK(app_size(&c, 8).dbpipe_lanes == 4);
+    c.http_threads = 64;
+    CHECK(app_size(&c, 32).http_loops == 16);
+    CHECK(app_size(&c, 32).dbpipe_lanes == 4);
+    c.db_pool_size = 100;
+    c.http_loops = 3;
+    CHECK(app_size(&c, 32).dbpipe_lanes == 3);
+    c.db_pool_size = 1;
+    CHECK(app_size(&c, 32).dbpipe_lanes == 0);
+    c.db_pool_size = 5;
+    CHECK(app_size(&c, 32).dbpipe_lanes == 2);
+}
+
+static void check_workers(void)
+{
+    struct config c = defaults();
+    CHECK(app_size(&c, 2).worker_threads == 4);
+    c.worker_threads = 7;
+    c.http_threads = 9;
+    struct app_sizing z = app_size(&c, 2);
+    CHECK(z.worker_threads == 7);
+    CHECK(z.http_threads == 9);
+}
+
+int main(void)
+{
+    check_http_loops();
+    check_dbpipe_threads();
+    check_lanes();
+    check_workers();
+    return unit_done();
+}
