@@ -725,6 +725,12 @@ def test_postgres_restart_keeps_live_delivery(make_server):
             await d.close()
 
         run(body())
+        # the proposal may have come through a retried pass before the listener's backoff
+        # (100, 200, 400 ms ...) ended: wait for the listener's reconnect, not assume it
+        deadline = time.monotonic() + 10
+        while not any(rec.get('msg') == 'notification listener connected'
+                      for rec in srv.log_records()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert any(rec.get('msg') == 'notification listener connected'
                    for rec in srv.log_records())
     finally:
@@ -743,7 +749,7 @@ def test_1000_devices_each_get_their_own(make_server, db_url, keys, sql):
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     srv = make_server(db_url)
-    # STEWARD_SCOUTS_LOAD_N=10000 with a release build gives the figures in docs/scouts.md
+    # STEWARD_SCOUTS_LOAD_N=10000 with a release build gives the figures in docs/performance.md
     n = int(os.environ.get('STEWARD_SCOUTS_LOAD_N', '1000'))
     tag = uuid.uuid4().hex[:8]
     users = [f'load-{tag}-{i}' for i in range(n)]
