@@ -679,6 +679,14 @@ int dbpipe_lane_flush(struct dbpipe_lane *ln, struct pollfd *fds, int *timeout_m
         fds[ln->npolled] = (struct pollfd){.fd = pool_pipe_socket(lc->c), .events = events};
         ln->polled[ln->npolled++] = i;
     }
+    /* Jobs still queued wait for a connection the pool could not give at once (all busy,
+     * or still being opened by the warm-up): nothing on our sockets may ever say when one
+     * is free, so look again shortly rather than only when a statement in flight ends. */
+    if (ln->queue.head) {
+        int64_t again = now + LANE_STALL_MS * 1000;
+        if (due < 0 || again < due)
+            due = again;
+    }
     *timeout_ms = due < 0 ? -1 : due > now ? (int)((due - now + 999) / 1000) : 0;
     return ln->npolled;
 }
