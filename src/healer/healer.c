@@ -3,6 +3,8 @@
  * header (their work arrives through struct healer_hooks). */
 #include "steward/healer.h"
 
+#include "healer_int.h"
+
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>

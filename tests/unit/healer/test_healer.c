@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "steward/healer.h"
+#include "healer/healer_int.h"
 #include "steward/metrics.h"
 #include "unit.h"
 
