@@ -91,9 +91,7 @@ void ws_close(struct ws_server *ws, uint64_t sid, int code, const char *reason);
  * under the lock its closed callback takes to unlink it. */
 int ws_session_accept(struct ws_server *ws, uint64_t sid, void *tag);
 
-
 /* Sends {"type":"error","code":code} (and proposal_id when not NULL). Thread-safe. */
-void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code,
-                   const char *proposal_id);
+void ws_send_error(struct ws_server *ws, uint64_t sid, const char *code, const char *proposal_id);
 
 #endif

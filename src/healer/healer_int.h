@@ -17,7 +17,7 @@ struct healer_sweep_figures {
     long long stuck_actions, requeued_deliveries, failed_deliveries, expired_proposals,
         archived_actions;
     bool ran_recover, ran_delivery, ran_expire, ran_archive; /* the step ran and succeeded */
-    double db_latency_ms; /* < 0: the database did not answer */
+    double db_latency_ms;                                    /* < 0: the database did not answer */
     int pool_waiting;
     int ws_connections;
     double duration_ms;
@@ -50,11 +50,10 @@ struct healer_route_figures {
 };
 
 /* out = now - prev, bucket by bucket (a counter that went backwards reads 0). */
-void healer_route_delta(const struct metrics_route_snap *now,
-                        const struct metrics_route_snap *prev, struct metrics_route_snap *out);
+void healer_route_delta(const struct metrics_route_snap *now, const struct metrics_route_snap *prev,
+                        struct metrics_route_snap *out);
 /* Fills counts, error rate and quantiles (from metrics_lat_bounds) of one delta. */
-void healer_route_figures(const struct metrics_route_snap *delta,
-                          struct healer_route_figures *out);
+void healer_route_figures(const struct metrics_route_snap *delta, struct healer_route_figures *out);
 /* Quantile q of a pool wait histogram (per-bucket counts, pool_wait_bounds_us), in ms. */
 double healer_pool_wait_quantile_ms(const uint64_t *buckets, double q);
 

@@ -34,8 +34,8 @@ char *scouts_windows_json(const struct scouts_window *w, size_t n);
  * malformed or out of range, -2 when out of memory; *out is NULL on failure. */
 int scouts_parse_sessions(const char *list, size_t nsess, int **out, size_t *n);
 
-#define SCOUTS_USER_MAX 200     /* characters of a user id */
-#define SCOUTS_BUCKETS 16384    /* of each registry table */
+#define SCOUTS_USER_MAX 200  /* characters of a user id */
+#define SCOUTS_BUCKETS 16384 /* of each registry table */
 
 /* One device session on this instance whose device_hello checked out; guarded by
  * scouts->mu. Linked before ws_session_accept and handed to it as the session's tag:
@@ -60,8 +60,8 @@ struct scouts_sess {
 struct scouts_user {
     char *user_id;
     struct scouts_sess *sessions;
-    bool running; /* a pass job owns the user's deliveries */
-    bool dirty;   /* something changed while it ran: run again */
+    bool running;           /* a pass job owns the user's deliveries */
+    bool dirty;             /* something changed while it ran: run again */
     struct hash_node by_id; /* in scouts->by_user */
 };
 
@@ -76,13 +76,13 @@ struct scouts {
     char *listen_url;
     char instance[17]; /* random, names this process in notifications */
 
-    pthread_mutex_t mu; /* the session registry below */
+    pthread_mutex_t mu;        /* the session registry below */
     struct hash_table by_sid;  /* struct scouts_sess by sid */
     struct hash_table by_user; /* struct scouts_user by user id */
 
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
-    atomic_int jobs; /* delivery jobs submitted and not finished */
+    atomic_int jobs;       /* delivery jobs submitted and not finished */
 
     pthread_mutex_t tmu; /* listener sleep */
     pthread_cond_t tcv;
@@ -95,7 +95,7 @@ struct scouts {
 /* A pending proposal as a delivery pass sees it. */
 struct scouts_pending {
     char id[SCOUTS_ID_LEN + 1];
-    char *frame;   /* the scout_proposal frame text (malloc'd), NULL when sent to nobody */
+    char *frame; /* the scout_proposal frame text (malloc'd), NULL when sent to nobody */
     size_t len;
     int *sessions; /* indexes of the pass's sessions to send it to (malloc'd) */
     size_t nsessions;
@@ -111,8 +111,8 @@ int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, 
 struct scouts_scout_in {
     const char *user_id;
     const char *provider;
-    int enabled;         /* -1 unset */
-    int auto_trash_spam; /* -1 unset */
+    int enabled;          /* -1 unset */
+    int auto_trash_spam;  /* -1 unset */
     long long pause_days; /* -1 unset */
 };
 int scouts_scout_create(struct scouts *s, const struct scouts_scout_in *in, const char *actor,
@@ -137,8 +137,8 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
 int scouts_proposals_list(struct scouts *s, const char *user_id, const char *status, int limit,
                           int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
 
-int scouts_device_create(struct scouts *s, const char *user_id, const char *name,
-                         const char *actor, json_t **out);
+int scouts_device_create(struct scouts *s, const char *user_id, const char *name, const char *actor,
+                         json_t **out);
 int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_t cur_a,
                         int64_t cur_b, bool has_cursor, json_t **out);
 int scouts_device_delete(struct scouts *s, const char *id, const char *actor);
@@ -198,6 +198,5 @@ int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *a
 char *scouts_local_devices_json(struct scouts *s);
 /* Frees the session registry (at scouts_free). */
 void scouts_sessions_free(struct scouts *s);
-
 
 #endif
