@@ -18,6 +18,8 @@ int64_t clock_now_us(void);
 int64_t clock_now_ms(void);
 /* Wall-clock time (CLOCK_REALTIME) in microseconds since the epoch. */
 int64_t clock_wall_us(void);
+/* Sleeps at least us microseconds (resuming after signals). */
+void clock_sleep_us(int64_t us);
 
 /* A point in monotonic time by which something should be done. */
 struct deadline {

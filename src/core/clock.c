@@ -1,5 +1,7 @@
 #include "steward/clock.h"
 
+#include <errno.h>
+
 static int64_t read_us(clockid_t id)
 {
     struct timespec ts;
@@ -20,6 +22,13 @@ int64_t clock_now_ms(void)
 int64_t clock_wall_us(void)
 {
     return read_us(CLOCK_REALTIME);
+}
+
+void clock_sleep_us(int64_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000L};
+    while (us > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
 }
 
 struct deadline deadline_in_us(int64_t us)

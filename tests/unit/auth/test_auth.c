@@ -10,6 +10,7 @@
 
 #include "auth/auth_int.h"
 #include "steward/auth.h"
+#include "steward/clock.h"
 #include "unit.h"
 
 static void check_names(void)
@@ -219,12 +220,6 @@ struct reader {
     unsigned long long nulls;
 };
 
-static void sleep_us(long us)
-{
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-    nanosleep(&ts, NULL);
-}
-
 static unsigned next_rand(unsigned *seed)
 {
     *seed = *seed * 1103515245u + 12345u;
@@ -252,7 +247,7 @@ static void *reader_run(void *arg)
         if (next_rand(&r->seed) % 256 == 0) {
             /* stall holding it for 10 to 60 publishes, then read it again */
             unsigned long long before = atomic_load(&r->st->last_gen);
-            sleep_us((long)(PUBLISH_EVERY_US * (10 + next_rand(&r->seed) % 50)));
+            clock_sleep_us((long)(PUBLISH_EVERY_US * (10 + next_rand(&r->seed) % 50)));
             unsigned long long spanned = atomic_load(&r->st->last_gen) - before;
             if (spanned > r->longest_stall)
                 r->longest_stall = spanned;
@@ -277,7 +272,7 @@ static void *publisher_run(void *arg)
         st->published++;
         atomic_store(&st->last_gen, g);
         if (g % 2) /* the other half back to back */
-            sleep_us(PUBLISH_EVERY_US);
+            clock_sleep_us(PUBLISH_EVERY_US);
     }
     return NULL;
 }
@@ -297,7 +292,7 @@ static void check_stress(void)
         if (pthread_create(&rt[i], NULL, reader_run, &rd[i]) == 0)
             started++;
     }
-    sleep_us(STRESS_MS * 1000L);
+    clock_sleep_us(STRESS_MS * 1000L);
     atomic_store(&st.stop, true);
     if (pub)
         pthread_join(pt, NULL);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "steward/workq.h"
+#include "steward/clock.h"
 #include "unit.h"
 
 #define SUBMITTERS 8
@@ -31,12 +32,6 @@ struct shared {
     int next_seq[SUBMITTERS];
     int out_of_order;
 };
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static void count_job(void *arg)
 {
@@ -98,7 +93,7 @@ static void exactly_once(void)
     CHECK(atomic_load(&sh.refused) == 0);
     /* the workers finish them without workq_free's help */
     for (int i = 0; i < 30000 && atomic_load(&sh.total) < JOBS; i++)
-        sleep_ms(1);
+        clock_sleep_us(1000);
     CHECK(atomic_load(&sh.total) == JOBS);
     CHECK(workq_pending(sh.q) == 0);
     workq_free(sh.q);
@@ -154,7 +149,7 @@ static void drain_gate(void *arg)
     struct drain *d = arg;
     atomic_store(&d->started, true);
     for (int i = 0; i < 30000 && !atomic_load(&d->freeing); i++)
-        sleep_ms(1);
+        clock_sleep_us(1000);
     /* submit until the stop shows: every accepted probe must still run */
     for (int i = 0; i < 30000; i++) {
         if (workq_submit(d->q, drain_probe, d) != 0) {
@@ -162,7 +157,7 @@ static void drain_gate(void *arg)
             return;
         }
         d->probes_queued++;
-        sleep_ms(1);
+        clock_sleep_us(1000);
     }
 }
 
@@ -173,7 +168,7 @@ static void free_drains_the_queue(void)
     CHECK(d.q != NULL);
     CHECK(workq_submit(d.q, drain_gate, &d) == 0);
     for (int i = 0; i < 30000 && !atomic_load(&d.started); i++)
-        sleep_ms(1);
+        clock_sleep_us(1000);
     int accepted = 0;
     for (int i = 0; i < QUEUED; i++)
         accepted += workq_submit(d.q, drain_count, &d) == 0;

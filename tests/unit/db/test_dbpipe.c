@@ -16,6 +16,7 @@
 #include "steward/dbpipe.h"
 #include "steward/err.h"
 #include "steward/pool.h"
+#include "steward/clock.h"
 #include "unit.h"
 
 static const struct db_stmt st_double = {"unit_dbpipe_double", "SELECT $1::int * 2", 1};
@@ -26,19 +27,6 @@ static const struct db_stmt st_sleep = {"unit_dbpipe_sleep",
 /* fails with check_violation (23514, ST_EINVALID) for a negative value */
 static const struct db_stmt st_insert = {
     "unit_dbpipe_insert", "INSERT INTO unit_dbpipe_rows (k, v) VALUES ($1, $2::int)", 2};
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* A job and what its completion saw. */
 struct tjob {
@@ -80,15 +68,17 @@ static void set_job(struct tjob *t, const struct db_stmt *st, int v, atomic_int 
 /* Waits until *completed reaches want (at most 60 s); false when it did not. */
 static bool wait_count(atomic_int *completed, int want)
 {
-    for (int64_t end = now_ms() + 60000; atomic_load(completed) < want && now_ms() < end;)
-        sleep_ms(1);
+    for (int64_t end = clock_now_ms() + 60000;
+         atomic_load(completed) < want && clock_now_ms() < end;)
+        clock_sleep_us(1000);
     return atomic_load(completed) == want;
 }
 
 /* Runs the calling thread's lane until *completed reaches want (at most 60 s). */
 static bool drive_lane(struct dbpipe_lane *ln, atomic_int *completed, int want)
 {
-    for (int64_t end = now_ms() + 60000; atomic_load(completed) < want && now_ms() < end;) {
+    for (int64_t end = clock_now_ms() + 60000;
+         atomic_load(completed) < want && clock_now_ms() < end;) {
         struct pollfd fds[DBPIPE_LANE_FDS];
         int timeout = -1;
         int n = dbpipe_lane_flush(ln, fds, &timeout);
@@ -427,12 +417,13 @@ static void backend_killed(const char *url, const struct logger *lg)
     const char *find = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                        "WHERE query LIKE $1 AND pid <> pg_backend_pid()";
     long killed = 0;
-    for (int64_t end = now_ms() + 30000; killed == 0 && now_ms() < end; sleep_ms(5))
+    for (int64_t end = clock_now_ms() + 30000; killed == 0 && clock_now_ms() < end;
+         clock_sleep_us(5000))
         killed = query_one(url, find, "%'unit_dbpipe_sleep'");
     CHECK(killed == 1);
-    int64_t t0 = now_ms();
+    int64_t t0 = clock_now_ms();
     CHECK(wait_count(&completed, 1));
-    CHECK(now_ms() - t0 < 30000); /* well before the 60 s sleep would have ended */
+    CHECK(clock_now_ms() - t0 < 30000); /* well before the 60 s sleep would have ended */
     CHECK(atomic_load(&slow.runs) == 1 && slow.rc == ST_EUNAVAIL);
 
     set_job(&next, &st_double, 21, &completed);
@@ -461,9 +452,9 @@ static void free_completes_the_queue(const char *url, const struct logger *lg)
         accepted += dbpipe_submit(pipe, &jobs[i].job) == ST_OK;
     }
     CHECK(accepted == QUEUED);
-    int64_t t0 = now_ms();
+    int64_t t0 = clock_now_ms();
     dbpipe_free(pipe);
-    CHECK(now_ms() - t0 < 30000);
+    CHECK(clock_now_ms() - t0 < 30000);
     int unavailable = 0;
     for (int i = 0; i < QUEUED; i++)
         unavailable += atomic_load(&jobs[i].runs) == 1 && jobs[i].rc == ST_EUNAVAIL;

@@ -11,22 +11,10 @@
 
 #include "steward/err.h"
 #include "steward/pool.h"
+#include "steward/clock.h"
 #include "unit.h"
 
 static const struct db_stmt st_echo = {"unit_pool_echo", "SELECT $1::int + 0, pg_backend_pid()", 1};
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* ---- N threads x M checkouts on a pool of K connections ---- */
 
@@ -157,9 +145,9 @@ static void exhausted(const char *url, const struct logger *lg)
     CHECK(pool_acquire(p, &b) == ST_OK);
     CHECK(a != NULL && b != NULL && a != b);
 
-    int64_t t0 = now_ms();
+    int64_t t0 = clock_now_ms();
     CHECK(pool_acquire(p, &c) == ST_EUNAVAIL);
-    int64_t waited = now_ms() - t0;
+    int64_t waited = clock_now_ms() - t0;
     CHECK(waited >= 140); /* it waited its acquire timeout (150 ms) */
     CHECK(c == NULL);
     struct pool_stats s;
@@ -168,9 +156,9 @@ static void exhausted(const char *url, const struct logger *lg)
     CHECK(s.busy == 2);
 
     /* a try without a wait is refused at once and is no timeout */
-    t0 = now_ms();
+    t0 = clock_now_ms();
     CHECK(pool_acquire_within(p, 0, &c) == ST_EUNAVAIL);
-    CHECK(now_ms() - t0 < 100);
+    CHECK(clock_now_ms() - t0 < 100);
     pool_stats(p, &s);
     CHECK(s.timeouts_total == 1);
 
@@ -182,7 +170,7 @@ static void exhausted(const char *url, const struct logger *lg)
         pool_stats(p, &s);
         if (s.waiting == 1)
             break;
-        sleep_ms(1);
+        clock_sleep_us(1000);
     }
     CHECK(s.waiting == 1);
     pool_release(p, a);
@@ -209,10 +197,10 @@ static void unreachable(const struct logger *lg)
         pool_new("postgresql:///none?host=/nonexistent-steward-dir&port=1", 1, 1000, 1000, lg);
     CHECK(p != NULL);
     struct pool_conn *c = NULL;
-    int64_t t0 = now_ms();
+    int64_t t0 = clock_now_ms();
     CHECK(pool_acquire(p, &c) == ST_EUNAVAIL);
     CHECK(pool_acquire(p, &c) == ST_EUNAVAIL); /* the only slot came back: no wait */
-    CHECK(now_ms() - t0 < 900);
+    CHECK(clock_now_ms() - t0 < 900);
     struct pool_stats s;
     pool_stats(p, &s);
     CHECK(s.timeouts_total == 0);
@@ -262,7 +250,7 @@ static void heals(const char *url, const struct logger *lg)
     long left = -1;
     for (int i = 0; i < 10000 && left != 0; i++) {
         left = query_one(url, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int", spid);
-        sleep_ms(1);
+        clock_sleep_us(1000);
     }
     CHECK(left == 0);
 

@@ -16,6 +16,7 @@
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/lessons.h"
+#include "steward/clock.h"
 #include "unit.h"
 
 static json_t *parse(const char *s)
@@ -196,13 +197,6 @@ static const char *opt(const char *s)
     return strcmp(s, "-") == 0 ? NULL : s;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static int driver(int argc, char **argv)
 {
     if (argc < 6)
@@ -216,9 +210,9 @@ static int driver(int argc, char **argv)
     json_t *out = NULL;
     if (strcmp(op, "record") == 0 && argc >= 9) {
         json_t *detail = argc >= 10 ? parse(argv[9]) : NULL;
-        double t0 = now_ms();
+        double t0 = ((double)clock_now_us() / 1e3);
         bool w = lessons_record_auto(l, argv[6], opt(argv[7]), opt(argv[8]), detail);
-        out = json_pack("{s:b, s:f}", "written", w, "elapsed_ms", now_ms() - t0);
+        out = json_pack("{s:b, s:f}", "written", w, "elapsed_ms", ((double)clock_now_us() / 1e3) - t0);
         json_decref(detail);
     } else if (strcmp(op, "race") == 0 && argc >= 10) {
         int n = atoi(argv[6]);
