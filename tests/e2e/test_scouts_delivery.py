@@ -246,9 +246,17 @@ def test_presence_refresh_in_chunks(make_server, fresh_db_url):
 
         async def body():
             socks = await asyncio.gather(*(Device.hello(srv, d) for d in devs))
-            sql.execute("UPDATE devices SET connected_until = now() - interval '1 minute' "
-                        'WHERE id = ANY(%s::uuid[])', (ids,))
-            assert renewed() == 0
+            # a refresh statement already waiting on these rows renews its chunk as soon as
+            # this UPDATE commits: expire again until none is renewed at one moment
+            expired = False
+            for _ in range(50):
+                sql.execute("UPDATE devices SET connected_until = now() - interval '1 minute' "
+                            'WHERE id = ANY(%s::uuid[])', (ids,))
+                if renewed() == 0:
+                    expired = True
+                    break
+                await asyncio.sleep(0.02)
+            assert expired
             deadline = time.monotonic() + 5
             while renewed() < 300 and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
