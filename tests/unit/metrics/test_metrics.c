@@ -68,6 +68,22 @@ static void *observe_many(void *arg)
     return NULL;
 }
 
+/* Runs fn on THREADS threads released together; returns how many started. */
+static int run_workers(struct metrics *m, void *(*fn)(void *))
+{
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, THREADS);
+    pthread_t th[THREADS];
+    struct worker w = {m, &start};
+    int started = 0;
+    for (int t = 0; t < THREADS; t++)
+        started += pthread_create(&th[t], NULL, fn, &w) == 0;
+    for (int t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    pthread_barrier_destroy(&start);
+    return started;
+}
+
 static void test_concurrent_exact(void)
 {
     struct metrics *m = metrics_new(NROUTES);
@@ -75,17 +91,7 @@ static void test_concurrent_exact(void)
     if (!m)
         return;
     CHECK(metrics_route_slots(m) == NROUTES + 1);
-    pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, THREADS);
-    pthread_t th[THREADS];
-    struct worker w = {m, &start};
-    int started = 0;
-    for (int t = 0; t < THREADS; t++)
-        started += pthread_create(&th[t], NULL, observe_many, &w) == 0;
-    CHECK(started == THREADS);
-    for (int t = 0; t < started; t++)
-        pthread_join(th[t], NULL);
-    pthread_barrier_destroy(&start);
+    CHECK(run_workers(m, observe_many) == THREADS);
 
     /* what the slots must hold, from replaying the pattern on one thread */
     struct metrics_route_snap want[NROUTES + 1];
@@ -149,17 +155,7 @@ static void test_concurrent_hot(void)
     CHECK(m != NULL);
     if (!m)
         return;
-    pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, THREADS);
-    pthread_t th[THREADS];
-    struct worker w = {m, &start};
-    int started = 0;
-    for (int t = 0; t < THREADS; t++)
-        started += pthread_create(&th[t], NULL, observe_hot, &w) == 0;
-    CHECK(started == THREADS);
-    for (int t = 0; t < started; t++)
-        pthread_join(th[t], NULL);
-    pthread_barrier_destroy(&start);
+    CHECK(run_workers(m, observe_hot) == THREADS);
     uint64_t n = (uint64_t)THREADS * HOT_PER_THREAD;
     struct metrics_route_snap s;
     metrics_route_snapshot(m, 0, &s);
