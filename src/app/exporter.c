@@ -181,32 +181,24 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++)
         buf_printf(b, "proposals_total{%s} %llu\n", props[i].labels,
                    (unsigned long long)metrics_counter_value(src->m, props[i].c));
-    buf_printf(b,
-               "# HELP heal_runs_total Self-healing sweeps run by this instance.\n"
-               "# TYPE heal_runs_total counter\nheal_runs_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_RUNS));
-    buf_printf(b,
-               "# HELP lessons_recorded_total Lessons written by this instance.\n"
-               "# TYPE lessons_recorded_total counter\nlessons_recorded_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_LESSONS_RECORDED));
-    buf_printf(b,
-               "# HELP heal_skipped_total Sweeps skipped because another run held the "
-               "turn.\n# TYPE heal_skipped_total counter\nheal_skipped_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_SKIPPED));
-    buf_printf(b,
-               "# HELP heal_step_failures_total Sweep steps that failed.\n"
-               "# TYPE heal_step_failures_total counter\nheal_step_failures_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_HEAL_FAILURES));
-    buf_printf(b,
-               "# HELP perf_reports_total Performance reports written by this instance.\n"
-               "# TYPE perf_reports_total counter\nperf_reports_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_PERF_REPORTS));
-    buf_printf(b,
-               "# HELP http_requests_parked_total Bond reads and consumes whose database "
-               "answer took longer than STEWARD_HTTP_PARK_MS, so that their connection was "
-               "suspended.\n# TYPE http_requests_parked_total counter\n"
-               "http_requests_parked_total %llu\n",
-               (unsigned long long)metrics_counter_value(src->m, MC_HTTP_PARKED));
+    static const struct {
+        enum metrics_counter c;
+        const char *name, *help;
+    } plain[] = {
+        {MC_HEAL_RUNS, "heal_runs_total", "Self-healing sweeps run by this instance."},
+        {MC_LESSONS_RECORDED, "lessons_recorded_total", "Lessons written by this instance."},
+        {MC_HEAL_SKIPPED, "heal_skipped_total",
+         "Sweeps skipped because another run held the turn."},
+        {MC_HEAL_FAILURES, "heal_step_failures_total", "Sweep steps that failed."},
+        {MC_PERF_REPORTS, "perf_reports_total", "Performance reports written by this instance."},
+        {MC_HTTP_PARKED, "http_requests_parked_total",
+         "Bond reads and consumes whose database answer took longer than "
+         "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},
+    };
+    for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+        buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", plain[i].name, plain[i].help,
+                   plain[i].name, plain[i].name,
+                   (unsigned long long)metrics_counter_value(src->m, plain[i].c));
 }
 
 char *exporter_render(const struct exporter_sources *src, size_t *len)
