@@ -474,6 +474,8 @@ static int with_pool(struct app *app)
         return 2;
     app->pool = pool_new(app->cfg.database_url, 1, app->cfg.db_acquire_timeout_ms,
                          app->cfg.db_statement_timeout_ms, &app->log);
+    if (app->pool)
+        pool_set_txn_pooler(app->pool, app->cfg.database_pooler_txn);
     return app->pool ? 0 : 1;
 }
 

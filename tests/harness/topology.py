@@ -39,6 +39,14 @@ class PgPair:
                             "WHERE state = 'streaming'"]).stdout.strip()
         return out == '1'
 
+    def replayed(self) -> bool:
+        """Whether the standby has replayed everything the primary wrote so far."""
+        out = _as_postgres([os.path.join(self.primary.bindir, 'psql'), '-h', self.primary.sock,
+                            '-p', str(self.primary.port), '-U', 'postgres', '-Atc',
+                            'SELECT replay_lsn >= pg_current_wal_lsn() '
+                            'FROM pg_stat_replication']).stdout.strip()
+        return out == 't'
+
     def createdb(self, name: str):
         self.primary.createdb(name)
 
@@ -49,10 +57,9 @@ class PgPair:
              'target_session_attrs': 'read-write'} | params
         return f'postgresql:///{dbname}?' + '&'.join(f'{k}={v}' for k, v in q.items())
 
-    def fail_over(self) -> float:
-        """Stops the primary abruptly (no shutdown checkpoint, clients cut) and promotes
-        the standby. Returns the monotonic time the promotion completed."""
-        self.primary.stop('immediate')
+    def promote(self) -> float:
+        """Promotes the standby; returns the monotonic time the promotion completed. To
+        fail over, stop the primary abruptly first: primary.stop('immediate')."""
         _as_postgres([os.path.join(self.standby.bindir, 'pg_ctl'), '-D', self.standby.data,
                       '-w', '-t', '30', 'promote'])
         return time.monotonic()
