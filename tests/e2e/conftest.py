@@ -76,7 +76,8 @@ def finish(server: Steward, bouncer=None):
 
 @pytest.fixture(scope='module')
 def server(pg, db_url):
-    s = Steward(*_through_pooler(pg, db_url, {}))
+    url, settings = _through_pooler(pg, db_url, {})
+    s = Steward(url, **settings)
     yield s
     finish(s, pg.bouncer)
 
