@@ -143,8 +143,7 @@ PGconn *pool_connect(const char *conninfo, const char *application_name, int con
                           "target_session_attrs",
                           "dbname",
                           NULL};
-    const char *vals[] = {application_name, ct,    "1",          "5",
-                          "2",              "3",   "10000",      "read-write",
+    const char *vals[] = {application_name,         ct,  "1", "5", "2", "3", "10000", "read-write",
                           conninfo ? conninfo : "", NULL};
     return PQconnectdbParams(keys, vals, 1);
 }
@@ -741,9 +740,8 @@ int pool_result_err(struct pool_conn *c, const PGresult *r)
         c->discard = true;
         return ST_EUNAVAIL;
     }
-    if (strcmp(st, "57014") == 0 ||
-        strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "53300") == 0 ||
-        strcmp(st, "55P03") == 0 || strcmp(st, "53100") == 0)
+    if (strcmp(st, "57014") == 0 || strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 ||
+        strcmp(st, "53300") == 0 || strcmp(st, "55P03") == 0 || strcmp(st, "53100") == 0)
         return ST_EUNAVAIL;
     if (strcmp(st, "23505") == 0 || strcmp(st, "23503") == 0)
         return ST_ECONFLICT;

@@ -9,8 +9,8 @@
 #include "steward/sql.h"
 
 static const struct db_stmt st_schema = {
-    "ops_schema",
-    "SELECT coalesce(max(version), 0), pg_is_in_recovery() FROM schema_migrations", 0};
+    "ops_schema", "SELECT coalesce(max(version), 0), pg_is_in_recovery() FROM schema_migrations",
+    0};
 
 struct schema_read {
     long long version;

@@ -29,8 +29,9 @@ static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp
         return;
     }
     if (read_only) {
-        http_problem(resp, 503, "the database server is read-only (a standby); no writable "
-                                "primary is reachable");
+        http_problem(resp, 503,
+                     "the database server is read-only (a standby); no writable "
+                     "primary is reachable");
         http_header(resp, "Retry-After", "1");
         return;
     }

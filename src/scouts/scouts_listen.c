@@ -224,8 +224,7 @@ static void *listen_main(void *arg)
                 backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
                 continue;
             }
-            log_msg(s->lg, warned ? LOG_INFO : LOG_DEBUG, "notification listener connected",
-                    NULL);
+            log_msg(s->lg, warned ? LOG_INFO : LOG_DEBUG, "notification listener connected", NULL);
             warned = false;
             backoff_ms = 100;
             atomic_store(&s->listen_connected, true);
