@@ -31,7 +31,10 @@ def pg():
     cluster.bouncer = None
     try:
         if POOLER:
-            cluster.bouncer = PgBouncer(cluster, port=6432 + os.getpid() % 1000)
+            # fewer server connections than one instance's pool: every server connection
+            # serves several of steward's, so session state or a named statement left on
+            # one shows up at once
+            cluster.bouncer = PgBouncer(cluster, port=6432 + os.getpid() % 1000, pool_size=4)
         yield cluster
     finally:
         if cluster.bouncer:
