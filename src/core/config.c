@@ -27,7 +27,8 @@ static const struct setting settings[] = {
      "defaults"},
     {"STEWARD_DATABASE_LISTEN_URL", K_STR, OFF(database_listen_url), NULL, 0, 0,
      "direct connection for LISTEN/NOTIFY, for when `STEWARD_DATABASE_URL` points at a "
-     "transaction-mode pooler; unset, the database URL is used"},
+     "transaction-mode pooler (required with `STEWARD_DATABASE_POOLER=transaction`); unset, "
+     "the database URL is used"},
     {"STEWARD_DATABASE_POOLER", K_STR, OFF(database_pooler), "none", 0, 0,
      "`none`, or `transaction` when `STEWARD_DATABASE_URL` leads to a transaction-mode "
      "pooler (PgBouncer): no prepared statements, `statement_timeout` set in each "
