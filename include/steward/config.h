@@ -11,6 +11,8 @@
 struct config {
     char *database_url;        /* STEWARD_DATABASE_URL; "" = libpq defaults (PG* vars) */
     char *database_listen_url; /* STEWARD_DATABASE_LISTEN_URL; defaults to database_url */
+    char *database_pooler;     /* STEWARD_DATABASE_POOLER: "none" or "transaction" */
+    bool database_pooler_txn;  /* database_pooler is "transaction" */
     char *bind;                /* STEWARD_BIND */
     char *admin_key;           /* STEWARD_ADMIN_KEY, NULL when unset; never logged */
     enum log_level log_level;  /* STEWARD_LOG_LEVEL */

@@ -3,6 +3,7 @@
 #ifndef STEWARD_OPS_H
 #define STEWARD_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct pool;
@@ -10,14 +11,18 @@ struct router;
 
 struct ops_ctx {
     struct pool *pool;
+    /* NULL when notifications flow; else why not (the listener, wired by app.c) */
+    const char *(*listen_problem)(void *arg);
+    void *listen_arg;
 };
 
 /* The OpenAPI document compiled into the binary. */
 extern const char ops_openapi[];
 extern const size_t ops_openapi_len;
 
-/* Reads the schema version the database is at into *version. Returns ST_*. */
-int ops_schema_version(struct ops_ctx *o, long long *version);
+/* Reads the schema version the database is at into *version, and whether the server
+ * is read-only (a standby: the connection is then discarded). Returns ST_*. */
+int ops_schema_version(struct ops_ctx *o, long long *version, bool *read_only);
 /* The schema version this binary expects (the newest embedded migration). */
 int ops_schema_expected(void);
 

@@ -46,6 +46,23 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
                       int statement_timeout_ms, const struct logger *lg);
 void pool_free(struct pool *p);
 
+/* Behind a transaction-mode pooler (STEWARD_DATABASE_POOLER=transaction): statements
+ * run unnamed (never prepared), each after a transaction-local statement_timeout in the
+ * same transaction, and one per round trip (no pipeline of several transactions).
+ * Set before the first acquire. */
+void pool_set_txn_pooler(struct pool *p, bool on);
+bool pool_txn_pooler(const struct pool *p);
+
+/* Opens a libpq connection on conninfo (a URI or conninfo string) with steward's
+ * defaults for whatever it does not set: application_name, connect_timeout, TCP
+ * keepalives (idle 5 s, interval 2 s, 3 probes), tcp_user_timeout 10 s and
+ * target_session_attrs=read-write. Parameters in conninfo always win. Returns what
+ * PQconnectdbParams returns (check PQstatus). */
+PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s);
+
+/* Marks c to be closed when released (its server is a standby, say). */
+void pool_discard(struct pool_conn *c);
+
 /* Checks a connection out, waiting up to the acquire timeout. Opens or resets it as
  * needed (also one found dead while idle: input waiting on it means its backend ended). Returns
  * ST_OK, or ST_EUNAVAIL when the wait timed out or the database could not be reached. Every
@@ -110,7 +127,8 @@ int pool_size(const struct pool *p);
 int pool_cmd(struct pool_conn *c, const char *sql);
 
 /* Maps a result to ST_OK (tuples or command ok), ST_EUNAVAIL (connection lost,
- * statement timeout, server shutting down, serialization failure), ST_ECONFLICT
+ * statement timeout, server shutting down or read-only, serialization failure: a
+ * connection lost, shutting down or read-only is also discarded at release), ST_ECONFLICT
  * (unique violation) or ST_EINTERNAL (logged at error). */
 int pool_result_err(struct pool_conn *c, const PGresult *r);
 

@@ -44,6 +44,10 @@ int scouts_start(struct scouts *s, struct sched *sc);
 /* Stops the LISTEN thread, refuses new device work and waits (bounded) for delivery jobs
  * already running, so the WebSocket server can be stopped after it. Idempotent. */
 void scouts_stop(struct scouts *s);
+/* NULL while the notification listener works; else why not, for /readyz: it has not
+ * connected (or LISTENed) for SCOUTS_PROBE_WAIT_MS, or the probe it NOTIFYs through the
+ * pool after each connect has not come back within that time. */
+const char *scouts_listen_problem(struct scouts *s);
 /* Frees the context (after scouts_stop and after the ws server and workq are gone).
  * NULL is a no-op. */
 void scouts_free(struct scouts *s);

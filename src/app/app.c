@@ -136,10 +136,17 @@ static int migrate_with_wait(struct app *app)
     }
 }
 
+static const char *ops_listen_problem(void *arg)
+{
+    return scouts_listen_problem(arg);
+}
+
 static int register_routes(struct app *app)
 {
     int rc = 0;
     app->ops.pool = app->pool;
+    app->ops.listen_problem = app->scouts ? ops_listen_problem : NULL;
+    app->ops.listen_arg = app->scouts;
     rc |= ops_http_register(&app->router, &app->ops);
     app->msrc.m = app->metrics;
     app->msrc.router = &app->router;
@@ -320,6 +327,8 @@ static int build(struct app *app)
     app->pool =
         pool_new(app->cfg.database_url, app->cfg.db_pool_size, app->cfg.db_acquire_timeout_ms,
                  app->cfg.db_statement_timeout_ms, &app->log);
+    if (app->pool)
+        pool_set_txn_pooler(app->pool, app->cfg.database_pooler_txn);
     app->metrics = metrics_new(route_count());
     struct app_sizing z = app_size(&app->cfg, sysconf(_SC_NPROCESSORS_ONLN));
     app->http_loops = z.http_loops;
@@ -465,6 +474,8 @@ static int with_pool(struct app *app)
         return 2;
     app->pool = pool_new(app->cfg.database_url, 1, app->cfg.db_acquire_timeout_ms,
                          app->cfg.db_statement_timeout_ms, &app->log);
+    if (app->pool)
+        pool_set_txn_pooler(app->pool, app->cfg.database_pooler_txn);
     return app->pool ? 0 : 1;
 }
 

@@ -25,5 +25,13 @@ struct app_sizing app_size(const struct config *cfg, long cpus)
     z.dbpipe_lanes = cfg->db_pool_size / 2;
     if (z.dbpipe_lanes > z.http_loops)
         z.dbpipe_lanes = z.http_loops;
+    /* Behind a transaction-mode pooler a connection carries one transaction per round
+     * trip (no pipeline), so there are no lanes, and more database threads (half the
+     * pool, 1 to 8) keep statements of different requests in flight at once. */
+    if (cfg->database_pooler_txn) {
+        z.dbpipe_lanes = 0;
+        z.dbpipe_threads = cfg->db_pool_size / 2;
+        z.dbpipe_threads = z.dbpipe_threads < 1 ? 1 : z.dbpipe_threads > 8 ? 8 : z.dbpipe_threads;
+    }
     return z;
 }

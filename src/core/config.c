@@ -27,7 +27,13 @@ static const struct setting settings[] = {
      "defaults"},
     {"STEWARD_DATABASE_LISTEN_URL", K_STR, OFF(database_listen_url), NULL, 0, 0,
      "direct connection for LISTEN/NOTIFY, for when `STEWARD_DATABASE_URL` points at a "
-     "transaction-mode pooler; unset, the database URL is used"},
+     "transaction-mode pooler (required with `STEWARD_DATABASE_POOLER=transaction`); unset, "
+     "the database URL is used"},
+    {"STEWARD_DATABASE_POOLER", K_STR, OFF(database_pooler), "none", 0, 0,
+     "`none`, or `transaction` when `STEWARD_DATABASE_URL` leads to a transaction-mode "
+     "pooler (PgBouncer): no prepared statements, `statement_timeout` set in each "
+     "transaction, one transaction per round trip; `STEWARD_DATABASE_LISTEN_URL` must then "
+     "be set and reach PostgreSQL directly or through a session-mode pool"},
     {"STEWARD_BIND", K_STR, OFF(bind), "127.0.0.1", 0, 0,
      "address both servers listen on (`0.0.0.0` in the Docker image); must not be empty"},
     {"STEWARD_ADMIN_KEY", K_STR, OFF(admin_key), NULL, 0, 0,
@@ -188,6 +194,20 @@ int config_load(struct config *cfg, config_getenv_fn get, void *arg, char *err, 
             continue;
         if (apply(cfg, st, val, err, errlen) != 0)
             goto fail;
+    }
+    if (strcmp(cfg->database_pooler, "transaction") == 0) {
+        cfg->database_pooler_txn = true;
+        if (!cfg->database_listen_url) {
+            snprintf(err, errlen,
+                     "STEWARD_DATABASE_LISTEN_URL: must be set with STEWARD_DATABASE_POOLER="
+                     "transaction (LISTEN needs a session: a direct connection or a "
+                     "session-mode pool)");
+            goto fail;
+        }
+    } else if (strcmp(cfg->database_pooler, "none") != 0) {
+        snprintf(err, errlen, "STEWARD_DATABASE_POOLER: expected none or transaction, got '%.64s'",
+                 cfg->database_pooler);
+        goto fail;
     }
     if (!cfg->database_listen_url) {
         cfg->database_listen_url = strdup(cfg->database_url);

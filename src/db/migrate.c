@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "steward/crypto.h"
+#include "steward/pool.h"
 
 /* Arbitrary constant naming steward's migration lock. */
 #define MIGRATE_LOCK_KEY "7203381155550001"
@@ -137,17 +138,16 @@ static int run_locked(PGconn *pg, const struct logger *lg, char *err, size_t err
 
 int migrate_run(const char *conninfo, const struct logger *lg, char *err, size_t errlen)
 {
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", NULL};
-    const char *vals[] = {conninfo ? conninfo : "", "steward-migrate", "10", NULL};
-    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    PGconn *pg = pool_connect(conninfo, "steward-migrate", 10);
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         fail_pg(pg, NULL, "connecting to the database", err, errlen);
         PQfinish(pg);
         return MIGRATE_ECONNECT;
     }
-    PGresult *r = PQexec(pg, "SET client_min_messages = warning");
+    /* transaction-local, so nothing stays behind on a pooler's server connection */
+    PGresult *r = PQexec(pg, "BEGIN");
     PQclear(r);
-    r = PQexec(pg, "BEGIN");
+    r = PQexec(pg, "SET LOCAL client_min_messages = warning");
     PQclear(r);
     int rc = run_locked(pg, lg, err, errlen);
     r = PQexec(pg, rc == 0 ? "COMMIT" : "ROLLBACK");

@@ -29,6 +29,9 @@ struct pool_conn {
     int dbpipe_nulls;
     bool dbpipe_prep_failed;
     bool dbpipe_prep_ended; /* the current statement's prepare has delivered its results */
+    /* its server turned out read-only or shutting down: close it at release, so the next
+     * checkout connects again (to whichever host is the writable primary now) */
+    bool discard;
 };
 
 struct pool {
@@ -36,6 +39,8 @@ struct pool {
     int size;
     int acquire_timeout_ms;
     int statement_timeout_ms;
+    char statement_timeout_text[24];
+    bool txn_pooler; /* behind a transaction-mode pooler: no session state */
     const struct logger *lg;
 
     struct pool_conn *conns;
@@ -71,6 +76,8 @@ struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
     p->size = size;
     p->acquire_timeout_ms = acquire_timeout_ms;
     p->statement_timeout_ms = statement_timeout_ms;
+    snprintf(p->statement_timeout_text, sizeof(p->statement_timeout_text), "%d",
+             statement_timeout_ms);
     p->lg = lg;
     if (clock_cond_init(&p->cv) != 0)
         goto fail;
@@ -104,6 +111,46 @@ static void conn_close(struct pool_conn *c)
     c->dbpipe_nulls = 0;
     c->dbpipe_prep_failed = false;
     c->dbpipe_prep_ended = false;
+    c->discard = false;
+}
+
+void pool_set_txn_pooler(struct pool *p, bool on)
+{
+    p->txn_pooler = on;
+}
+
+bool pool_txn_pooler(const struct pool *p)
+{
+    return p->txn_pooler;
+}
+
+/* steward's defaults, each used only when the operator's URL does not set it: an
+ * expanded dbname (the URL) overrides the entries before it in the arrays. Keepalives
+ * and tcp_user_timeout notice a primary that vanished without closing its sockets
+ * within 5 + 3 x 2 = 11 s when idle and 10 s with data unacknowledged;
+ * target_session_attrs=read-write skips standbys of a multi-host URL. */
+PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s)
+{
+    char ct[16];
+    snprintf(ct, sizeof(ct), "%d", connect_timeout_s);
+    const char *keys[] = {"application_name",
+                          "connect_timeout",
+                          "keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "tcp_user_timeout",
+                          "target_session_attrs",
+                          "dbname",
+                          NULL};
+    const char *vals[] = {application_name,         ct,  "1", "5", "2", "3", "10000", "read-write",
+                          conninfo ? conninfo : "", NULL};
+    return PQconnectdbParams(keys, vals, 1);
+}
+
+void pool_discard(struct pool_conn *c)
+{
+    c->discard = true;
 }
 
 void pool_free(struct pool *p)
@@ -124,10 +171,7 @@ static int conn_open(struct pool_conn *c)
 {
     struct pool *p = c->pool;
     conn_close(c);
-    const char *keys[] = {"dbname",     "application_name", "connect_timeout",
-                          "keepalives", "keepalives_idle",  NULL};
-    const char *vals[] = {p->conninfo, "steward", "3", "1", "30", NULL};
-    c->pg = PQconnectdbParams(keys, vals, 1);
+    c->pg = pool_connect(p->conninfo, "steward", 3);
     if (!c->pg)
         return ST_EUNAVAIL;
     atomic_fetch_add(&p->open, 1);
@@ -139,9 +183,11 @@ static int conn_open(struct pool_conn *c)
         conn_close(c);
         return ST_EUNAVAIL;
     }
-    char ms[24];
-    snprintf(ms, sizeof(ms), "%d", p->statement_timeout_ms);
-    const char *params[] = {ms};
+    /* behind a transaction-mode pooler, session settings would stay on whichever server
+     * connection ran them: each statement sets its timeout in its own transaction */
+    if (p->txn_pooler)
+        return ST_OK;
+    const char *params[] = {p->statement_timeout_text};
     PGresult *r = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1, NULL,
                                params, NULL, NULL, 0);
     int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -277,7 +323,7 @@ int pool_acquire_within(struct pool *p, int timeout_ms, struct pool_conn **out)
 void pool_release(struct pool *p, struct pool_conn *c)
 {
     if (c->pg) {
-        if (PQstatus(c->pg) != CONNECTION_OK) {
+        if (PQstatus(c->pg) != CONNECTION_OK || c->discard) {
             conn_close(c);
         } else {
             PGTransactionStatusType ts = PQtransactionStatus(c->pg);
@@ -308,6 +354,10 @@ static size_t slot_of(const struct db_stmt *st)
 /* Returns 1 when st is prepared on c, 0 when it was not and there is room, -1 full. */
 static int prepared_find(struct pool_conn *c, const struct db_stmt *st, size_t *slot)
 {
+    /* a named statement lives on one server connection; a transaction-mode pooler hands
+     * the next transaction another (PgBouncer before 1.21 keeps no protocol-level ones) */
+    if (c->pool->txn_pooler)
+        return -1;
     size_t i = slot_of(st);
     for (size_t n = 0; n < STMT_SLOTS; n++, i = (i + 1) & (STMT_SLOTS - 1)) {
         if (c->prepared[i] == st)
@@ -320,8 +370,65 @@ static int prepared_find(struct pool_conn *c, const struct db_stmt *st, size_t *
     return -1;
 }
 
+#define SQL_TIMEOUT_LOCAL "SELECT set_config('statement_timeout', $1, true)"
+
+/* Behind a transaction-mode pooler: the statement unnamed, after a transaction-local
+ * statement_timeout, both before one Sync and so in one transaction (on one server
+ * connection). Returns the statement's result, or the error that kept it from running;
+ * a connection left in an unknown state is closed (pool_result_err: unavailable). */
+static PGresult *exec_pooled(struct pool_conn *c, const struct db_stmt *st,
+                             const char *const *params)
+{
+    PGconn *pg = c->pg;
+    const char *tp[] = {c->pool->statement_timeout_text};
+    if (!PQenterPipelineMode(pg))
+        return PQmakeEmptyPGresult(pg, PGRES_FATAL_ERROR);
+    bool sent = PQsendQueryParams(pg, SQL_TIMEOUT_LOCAL, 1, NULL, tp, NULL, NULL, 0) &&
+                PQsendQueryParams(pg, st->sql, st->nparams, NULL, params, NULL, NULL, 0) &&
+                PQpipelineSync(pg);
+    PGresult *cause = NULL, *answer = NULL;
+    bool synced = false;
+    for (int cmd = 0; sent && cmd < 2; cmd++) {
+        PGresult *r;
+        while ((r = PQgetResult(pg)) != NULL) {
+            ExecStatusType s = PQresultStatus(r);
+            if (cmd == 0 && s == PGRES_FATAL_ERROR && !cause) {
+                cause = r;
+            } else if (cmd == 1 && !answer) {
+                answer = r;
+            } else {
+                PQclear(r);
+            }
+            if (PQstatus(pg) != CONNECTION_OK)
+                break;
+        }
+    }
+    if (sent && PQstatus(pg) == CONNECTION_OK) {
+        PGresult *r = PQgetResult(pg);
+        synced = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+    }
+    if (!synced || !PQexitPipelineMode(pg)) {
+        /* broken part way: nothing more can be read in order; keep the first error */
+        PGresult *err = cause;
+        if (!err && answer && PQresultStatus(answer) == PGRES_FATAL_ERROR)
+            err = answer;
+        if (err != answer)
+            PQclear(answer);
+        conn_close(c);
+        return err ? err : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    }
+    if (cause) {
+        PQclear(answer);
+        return cause;
+    }
+    return answer ? answer : PQmakeEmptyPGresult(pg, PGRES_FATAL_ERROR);
+}
+
 static PGresult *exec_once(struct pool_conn *c, const struct db_stmt *st, const char *const *params)
 {
+    if (c->pool->txn_pooler)
+        return exec_pooled(c, st, params);
     size_t slot = 0;
     int found = prepared_find(c, st, &slot);
     if (found < 0)
@@ -341,7 +448,7 @@ static PGresult *exec_once(struct pool_conn *c, const struct db_stmt *st, const 
  * the statement sent again: nothing of this checkout reached the server before. */
 static bool retry_fresh(struct pool_conn *c, PGresult *r)
 {
-    if (c->execs != 0 || PQstatus(c->pg) != CONNECTION_BAD)
+    if (c->execs != 0 || (c->pg && PQstatus(c->pg) != CONNECTION_BAD))
         return false;
     if (conn_open(c) != ST_OK)
         return false; /* the caller keeps r and reports the failure */
@@ -355,7 +462,7 @@ PGresult *pool_exec(struct pool_conn *c, const struct db_stmt *st, const char *c
         return PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
     PGresult *r = exec_once(c, st, params);
     ExecStatusType s = PQresultStatus(r);
-    if (s == PGRES_FATAL_ERROR && retry_fresh(c, r))
+    if (s == PGRES_FATAL_ERROR && retry_fresh(c, r) && c->pg)
         r = exec_once(c, st, params);
     c->execs++;
     return r;
@@ -523,6 +630,14 @@ void pool_exec_batch(struct pool_conn *c, size_t n, const struct db_stmt *const 
         batch_fail_rest(0, n, out);
         return;
     }
+    if (c->pool->txn_pooler) {
+        /* one transaction per round trip: PgBouncer 1.18 may hand a server back to its
+         * pool at the first ReadyForQuery while more of a pipeline is on its way */
+        for (size_t i = 0; i < n; i++)
+            out[i] = c->pg ? pool_exec(c, st[i], params[i])
+                           : PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+        return;
+    }
     size_t done = batch_once(c, n, st, params, out);
     c->execs += (int)n;
     if (done < n) {
@@ -577,7 +692,7 @@ void pool_pipe_end(struct pool_conn *c, bool broken)
 {
     if (!c->pg)
         return;
-    if (broken || c->dbpipe_prep_failed || !PQexitPipelineMode(c->pg) ||
+    if (broken || c->discard || c->dbpipe_prep_failed || !PQexitPipelineMode(c->pg) ||
         PQsetnonblocking(c->pg, 0) != 0)
         conn_close(c);
 }
@@ -619,9 +734,14 @@ int pool_result_err(struct pool_conn *c, const PGresult *r)
     if (!c->pg || PQstatus(c->pg) != CONNECTION_OK)
         return ST_EUNAVAIL;
     const char *st = pool_sqlstate(r);
-    if (strncmp(st, "08", 2) == 0 || strncmp(st, "57P", 3) == 0 || strcmp(st, "57014") == 0 ||
-        strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "53300") == 0 ||
-        strcmp(st, "55P03") == 0 || strcmp(st, "53100") == 0)
+    /* A read-only server (a standby, or a primary demoted under us) or one shutting
+     * down: this connection will not get better; the next checkout connects afresh. */
+    if (strcmp(st, "25006") == 0 || strncmp(st, "57P", 3) == 0 || strncmp(st, "08", 2) == 0) {
+        c->discard = true;
+        return ST_EUNAVAIL;
+    }
+    if (strcmp(st, "57014") == 0 || strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 ||
+        strcmp(st, "53300") == 0 || strcmp(st, "55P03") == 0 || strcmp(st, "53100") == 0)
         return ST_EUNAVAIL;
     if (strcmp(st, "23505") == 0 || strcmp(st, "23503") == 0)
         return ST_ECONFLICT;

@@ -1,6 +1,7 @@
 /* The operational routes: GET /livez, /readyz and /openapi.yaml. */
 #include "steward/ops.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,17 @@ static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp
     (void)req;
     struct ops_ctx *o = ctx;
     long long version = -1;
-    int rc = ops_schema_version(o, &version);
+    bool read_only = false;
+    int rc = ops_schema_version(o, &version, &read_only);
     if (rc != ST_OK) {
         http_problem(resp, 503, "the database is unreachable");
+        http_header(resp, "Retry-After", "1");
+        return;
+    }
+    if (read_only) {
+        http_problem(resp, 503,
+                     "the database server is read-only (a standby); no writable "
+                     "primary is reachable");
         http_header(resp, "Retry-After", "1");
         return;
     }
@@ -31,6 +40,12 @@ static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp
         snprintf(d, sizeof(d), "schema version %lld, this binary expects %d", version,
                  ops_schema_expected());
         http_problem(resp, 503, d);
+        http_header(resp, "Retry-After", "5");
+        return;
+    }
+    const char *listen = o->listen_problem ? o->listen_problem(o->listen_arg) : NULL;
+    if (listen) {
+        http_problem(resp, 503, listen);
         http_header(resp, "Retry-After", "5");
         return;
     }

@@ -65,6 +65,8 @@ struct scouts_user {
     struct hash_node by_id; /* in scouts->by_user */
 };
 
+#define SCOUTS_PROBE_WAIT_MS 5000 /* how long the listener's probe may take */
+
 struct scouts {
     struct pool *pool;
     const struct logger *lg;
@@ -90,6 +92,11 @@ struct scouts {
     pthread_t listen_thr;
     bool listen_started;
     int wake_pipe[2];
+    /* the listener's probe (scouts_listen.c): its payload, and since when it has been
+     * awaited (0: heard on the current connection) */
+    char probe[64];
+    atomic_llong probe_since_ms;
+    atomic_bool listen_connected;
 };
 
 /* A pending proposal as a delivery pass sees it. */

@@ -124,10 +124,9 @@ static void presence_job(void *arg)
 
 static PGconn *listen_connect(struct scouts *s)
 {
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
-                          "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
-    const char *vals[] = {s->listen_url, "steward-listen", "3", "1", "10", "5", "3", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    /* the URL's own parameters win; a multi-host URL reaches the writable primary (a
+     * standby refuses LISTEN anyway) */
+    PGconn *c = pool_connect(s->listen_url, "steward-listen", 3);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         PQfinish(c);
         return NULL;
@@ -159,12 +158,59 @@ static void warm(struct scouts *s)
     log_end(&l);
 }
 
+/* The probe: once the listener LISTENs, a notification with a fresh nonce goes out
+ * through the pool. Hearing it proves that what the pool's transactions notify reaches
+ * this listener (not so when STEWARD_DATABASE_URL and STEWARD_DATABASE_LISTEN_URL lead to
+ * different databases, or a pooler swallows NOTIFY). */
+static const struct db_stmt st_probe = {"scouts_listen_probe", "SELECT pg_notify($1, $2)", 2};
+
+/* Sends the probe; false when the pool could not (retried on the next round). */
+static bool probe_send(struct scouts *s)
+{
+    struct pool_conn *c;
+    if (pool_acquire_within(s->pool, 1000, &c) != ST_OK)
+        return false;
+    const char *params[] = {SCOUTS_CHANNEL, s->probe};
+    PGresult *r = pool_exec(c, &st_probe, params);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    pool_release(s->pool, c);
+    return rc == ST_OK;
+}
+
+static void probe_new(struct scouts *s)
+{
+    unsigned char rnd[8];
+    char hex[17];
+    if (crypto_random(rnd, sizeof(rnd)) != 0)
+        memset(rnd, 0, sizeof(rnd));
+    crypto_hex(rnd, sizeof(rnd), hex);
+    snprintf(s->probe, sizeof(s->probe), "p|%s|%s", s->instance, hex);
+    atomic_store(&s->probe_since_ms, clock_now_ms());
+}
+
+const char *scouts_listen_problem(struct scouts *s)
+{
+    int64_t since = atomic_load(&s->probe_since_ms);
+    if (since == 0 || clock_now_ms() - since < SCOUTS_PROBE_WAIT_MS)
+        return NULL;
+    if (!atomic_load(&s->listen_connected))
+        return "the notification listener cannot LISTEN on STEWARD_DATABASE_LISTEN_URL (no "
+               "writable primary there?); connected devices get no live proposals";
+    return "a NOTIFY sent through STEWARD_DATABASE_URL did not reach the listener on "
+           "STEWARD_DATABASE_LISTEN_URL: both must lead to the same PostgreSQL database, the "
+           "listener directly or through a session-mode pool";
+}
+
 static void *listen_main(void *arg)
 {
     struct scouts *s = arg;
     PGconn *c = NULL;
     int backoff_ms = 100;
     bool warned = false;
+    bool probe_due = false, probe_warned = false;
+    /* not heard yet: readiness fails once this has lasted SCOUTS_PROBE_WAIT_MS */
+    atomic_store(&s->probe_since_ms, clock_now_ms());
     while (!stopping_threads(s)) {
         if (!c) {
             c = listen_connect(s);
@@ -178,13 +224,24 @@ static void *listen_main(void *arg)
                 backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
                 continue;
             }
-            log_msg(s->lg, warned ? LOG_INFO : LOG_DEBUG, "notification listener connected",
-                    NULL);
+            log_msg(s->lg, warned ? LOG_INFO : LOG_DEBUG, "notification listener connected", NULL);
             warned = false;
             backoff_ms = 100;
+            atomic_store(&s->listen_connected, true);
+            probe_new(s);
+            probe_due = true;
+            probe_warned = false;
             warm(s);
             /* whatever was queued while nobody listened is delivered now */
             scouts_catch_up(s);
+        }
+        if (probe_due)
+            probe_due = !probe_send(s);
+        int64_t since = atomic_load(&s->probe_since_ms);
+        if (since && !probe_warned && clock_now_ms() - since >= SCOUTS_PROBE_WAIT_MS) {
+            log_msg(s->lg, LOG_WARN, "notification probe not heard", "error",
+                    scouts_listen_problem(s), NULL);
+            probe_warned = true;
         }
         struct pollfd fds[2] = {{PQsocket(c), POLLIN, 0}, {s->wake_pipe[0], POLLIN, 0}};
         int n = poll(fds, 2, 1000);
@@ -198,11 +255,20 @@ static void *listen_main(void *arg)
                 PQfinish(c);
                 c = NULL;
                 warned = true;
+                atomic_store(&s->listen_connected, false);
+                /* unheard from here on, until the next connection's probe comes back */
+                atomic_store(&s->probe_since_ms, clock_now_ms());
                 continue;
             }
             PGnotify *nt;
             while ((nt = PQnotifies(c)) != NULL) {
-                scouts_on_notify(s, nt->extra);
+                if (nt->extra[0] == 'p' && strcmp(nt->extra, s->probe) == 0) {
+                    if (probe_warned)
+                        log_msg(s->lg, LOG_INFO, "notification probe heard", NULL);
+                    atomic_store(&s->probe_since_ms, 0);
+                } else {
+                    scouts_on_notify(s, nt->extra);
+                }
                 PQfreemem(nt);
             }
         }

@@ -28,7 +28,7 @@ def _as_postgres(cmd, **kw):
 
 
 class PgCluster:
-    def __init__(self, port: int = 5432, max_connections: int = 300):
+    def __init__(self, port: int = 5432, max_connections: int = 300, initdb: bool = True):
         self.bindir = pg_bindir()
         self.root = tempfile.mkdtemp(prefix='steward-pg-')
         self.data = os.path.join(self.root, 'data')
@@ -40,13 +40,18 @@ class PgCluster:
             pw = pwd.getpwnam('postgres')
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         os.chmod(self.root, 0o755)
-        _as_postgres([os.path.join(self.bindir, 'initdb'), '-D', self.data, '-A', 'trust',
-                      '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C.UTF-8'])
+        # settings added to the command line by start (name -> value)
+        self.extra = {}
+        if initdb:
+            _as_postgres([os.path.join(self.bindir, 'initdb'), '-D', self.data, '-A', 'trust',
+                          '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C.UTF-8'])
 
     def start(self):
+        settings = {'synchronous_commit': 'off'} | self.extra
         opts = (f"-k {self.sock} -p {self.port} -c listen_addresses='' -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off "
-                f"-c max_connections={self.max_connections} -c shared_buffers=128MB")
+                f"-c full_page_writes=off "
+                f"-c max_connections={self.max_connections} -c shared_buffers=128MB " +
+                ' '.join(f"-c {k}={v}" for k, v in settings.items()))
         _as_postgres([os.path.join(self.bindir, 'pg_ctl'), '-D', self.data, '-l', self.log,
                       '-o', opts, '-w', '-t', '30', 'start'])
 

@@ -31,7 +31,9 @@ def base_env(db_url: str, **extra) -> dict:
         'UBSAN_OPTIONS': 'print_stacktrace=1:halt_on_error=1',
         'LSAN_OPTIONS': 'suppressions=' + os.path.join(ROOT, 'tests', 'harness', 'lsan.supp'),
     })
-    env.update({k: str(v) for k, v in extra.items()})
+    env.update({k: str(v) for k, v in extra.items() if v is not None})
+    for k in [k for k, v in extra.items() if v is None]:  # None: leave the setting unset
+        env.pop(k, None)
     return env
 
 

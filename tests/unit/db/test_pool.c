@@ -265,13 +265,126 @@ static void heals(const char *url, const struct logger *lg)
     pool_free(p);
 }
 
+/* ---- the operator's URL parameters win; steward's defaults fill in the rest ---- */
+
+static const char *conninfo_val(PQconninfoOption *o, const char *key)
+{
+    for (; o && o->keyword; o++)
+        if (strcmp(o->keyword, key) == 0)
+            return o->val ? o->val : "";
+    return "?";
+}
+
+static void url_parameters_win(void)
+{
+    /* nothing listens on port 1: the options are what libpq would have used */
+    PGconn *pg = pool_connect("postgresql://127.0.0.1:1/x?application_name=ops-app&"
+                              "keepalives_idle=17&target_session_attrs=any",
+                              "steward", 1);
+    PQconninfoOption *o = PQconninfo(pg);
+    CHECK_STR(conninfo_val(o, "application_name"), "ops-app");
+    CHECK_STR(conninfo_val(o, "keepalives_idle"), "17");
+    CHECK_STR(conninfo_val(o, "target_session_attrs"), "any");
+    CHECK_STR(conninfo_val(o, "connect_timeout"), "1");
+    CHECK_STR(conninfo_val(o, "keepalives"), "1");
+    CHECK_STR(conninfo_val(o, "keepalives_interval"), "2");
+    CHECK_STR(conninfo_val(o, "keepalives_count"), "3");
+    CHECK_STR(conninfo_val(o, "tcp_user_timeout"), "10000");
+    CHECK_STR(conninfo_val(o, "dbname"), "x");
+    PQconninfoFree(o);
+    PQfinish(pg);
+    pg = pool_connect("host=127.0.0.1 port=1 connect_timeout=9", "steward-listen", 3);
+    o = PQconninfo(pg);
+    CHECK_STR(conninfo_val(o, "application_name"), "steward-listen");
+    CHECK_STR(conninfo_val(o, "connect_timeout"), "9");
+    CHECK_STR(conninfo_val(o, "target_session_attrs"), "read-write");
+    CHECK_STR(conninfo_val(o, "keepalives_idle"), "5");
+    PQconninfoFree(o);
+    PQfinish(pg);
+}
+
+/* ---- a read-only server: 503, and the connection is not used again ---- */
+
+static const struct db_stmt st_write = {"unit_pool_write", "CREATE TEMP TABLE unit_ro (x int)", 0};
+
+static void read_only_discarded(const char *url, const struct logger *lg)
+{
+    struct pool *p = pool_new(url, 1, 5000, 10000, lg);
+    struct pool_conn *c;
+    CHECK(pool_acquire(p, &c) == ST_OK);
+    int pid = backend_pid(c);
+    CHECK(pool_cmd(c, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY") == ST_OK);
+    PGresult *r = pool_exec(c, &st_write, NULL);
+    CHECK_STR(pool_sqlstate(r), "25006");
+    CHECK(pool_result_err(c, r) == ST_EUNAVAIL);
+    PQclear(r);
+    pool_release(p, c);
+    CHECK(pool_acquire(p, &c) == ST_OK);
+    CHECK(backend_pid(c) != pid); /* a fresh connection, writable again */
+    r = pool_exec(c, &st_write, NULL);
+    CHECK(pool_result_err(c, r) == ST_OK);
+    PQclear(r);
+    pool_release(p, c);
+    pool_free(p);
+}
+
+/* ---- behind a transaction-mode pooler: no session state, nothing prepared ---- */
+
+static const struct db_stmt st_timeout = {
+    "unit_pool_timeout", "SELECT current_setting('statement_timeout'), $1::int", 1};
+static const struct db_stmt st_prepared = {"unit_pool_prepared",
+                                           "SELECT count(*) FROM pg_prepared_statements", 0};
+static const struct db_stmt st_sleep = {"unit_pool_sleep", "SELECT pg_sleep(0.5)", 0};
+
+static void txn_pooler(const char *url, const struct logger *lg)
+{
+    struct pool *p = pool_new(url, 1, 5000, 250, lg);
+    pool_set_txn_pooler(p, true);
+    CHECK(pool_txn_pooler(p));
+    struct pool_conn *c;
+    CHECK(pool_acquire(p, &c) == ST_OK);
+    const char *one[] = {"7"};
+    for (int i = 0; i < 3; i++) {
+        PGresult *r = pool_exec(c, &st_timeout, one);
+        CHECK(pool_result_err(c, r) == ST_OK);
+        CHECK_STR(PQgetvalue(r, 0, 0), "250ms"); /* set in the statement's transaction */
+        CHECK_STR(PQgetvalue(r, 0, 1), "7");
+        PQclear(r);
+    }
+    PGresult *r = PQexec(pool_conn_pg(c), "SHOW statement_timeout");
+    CHECK_STR(PQgetvalue(r, 0, 0), "0"); /* the session keeps nothing */
+    PQclear(r);
+    r = pool_exec(c, &st_prepared, NULL);
+    CHECK_STR(PQgetvalue(r, 0, 0), "0");
+    PQclear(r);
+    r = pool_exec(c, &st_sleep, NULL);
+    CHECK_STR(pool_sqlstate(r), "57014"); /* the per-transaction timeout holds */
+    CHECK(pool_result_err(c, r) == ST_EUNAVAIL);
+    PQclear(r);
+    const struct db_stmt *sts[3] = {&st_timeout, &st_prepared, &st_timeout};
+    const char *two[] = {"8"};
+    const char *const *params[3] = {one, NULL, two};
+    PGresult *out[3];
+    pool_exec_batch(c, 3, sts, params, out);
+    CHECK(pool_result_err(c, out[0]) == ST_OK && strcmp(PQgetvalue(out[0], 0, 1), "7") == 0);
+    CHECK(pool_result_err(c, out[1]) == ST_OK && strcmp(PQgetvalue(out[1], 0, 0), "0") == 0);
+    CHECK(pool_result_err(c, out[2]) == ST_OK && strcmp(PQgetvalue(out[2], 0, 1), "8") == 0);
+    for (int i = 0; i < 3; i++)
+        PQclear(out[i]);
+    pool_release(p, c);
+    pool_free(p);
+}
+
 int main(void)
 {
     const char *url = unit_database_url();
     struct logger lg = {LOG_WARN, stderr};
+    url_parameters_win();
     contention(url, &lg);
     exhausted(url, &lg);
     unreachable(&lg);
     heals(url, &lg);
+    read_only_discarded(url, &lg);
+    txn_pooler(url, &lg);
     return unit_done();
 }
