@@ -26,8 +26,8 @@ struct audit;
 
 /* Records one row on c (inside the caller's transaction when it has one). actor NULL or
  * "" = "unknown"; detail is borrowed, NULL = {}. Returns ST_*. */
-int audit_record_tx(struct pool_conn *c, const char *actor, const char *action,
-                    const char *target, const json_t *detail);
+int audit_record_tx(struct pool_conn *c, const char *actor, const char *action, const char *target,
+                    const json_t *detail);
 /* The same in a statement of its own, for a write that has no transaction of its own
  * (POST /v1/heal). Returns ST_*. */
 int audit_record(struct pool *pool, const char *actor, const char *action, const char *target,

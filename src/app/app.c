@@ -149,6 +149,7 @@ static int register_routes(struct app *app)
     rc |= exporter_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);
     rc |= audit_http_register(&app->router, app->audit);
+    rc |= auth_http_register(&app->router, app->auth);
     rc |= planner_http_register(&app->router, app->planner);
     rc |= bonds_http_register(&app->router, app->bonds);
     rc |= scouts_http_register(&app->router, app->scouts);
@@ -346,7 +347,8 @@ static int build(struct app *app)
         .busy = guest_busy,
         .detach = guest_detach,
     };
-    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
+    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms,
+                                    app->cfg.database_listen_url) : NULL;
     if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
         return -1;
     app->verifier = auth_verifier(app->auth);
@@ -371,6 +373,7 @@ static void teardown(struct app *app)
     if (app->http)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
+    auth_stop(app->auth);
     scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);

@@ -20,8 +20,7 @@ static const struct db_stmt st_insert = {
 
 /* The target index finds a user's rows; the pseudonym keeps them countable. */
 static const struct db_stmt st_erase = {
-    "audit_erase", "UPDATE audit_log SET target = 'user:' || $2 WHERE target = 'user:' || $1",
-    2};
+    "audit_erase", "UPDATE audit_log SET target = 'user:' || $2 WHERE target = 'user:' || $1", 2};
 
 /* Lists: one statement per combination of the indexed filters, so each plan can use the
  * index of its filter. $1 = id bound, $2 = limit, $3 = since (NULL: none), $4..$6 =
@@ -34,11 +33,13 @@ static const struct db_stmt st_erase = {
 #define AN_C " AND $5::text IS NULL"
 #define AF_T " AND target = $6"
 #define AN_T " AND $6::text IS NULL"
-#define LIST_SQL(a, c, t)                                                                      \
-    "SELECT id, " SQL_US("at") ", actor, action, target, detail FROM audit_log "               \
-    "WHERE id < $1::int8 AND ($3::timestamptz IS NULL OR (at >= $3::timestamptz AND id >= "   \
-    "coalesce((SELECT min(id) FROM audit_log WHERE at >= $3::timestamptz), "                  \
-    "9223372036854775807)))" a c t " ORDER BY id DESC LIMIT $2::int4"
+#define LIST_SQL(a, c, t)                                                                          \
+    "SELECT id, " SQL_US(                                                                          \
+        "at") ", actor, action, target, detail FROM audit_log "                                    \
+              "WHERE id < $1::int8 AND ($3::timestamptz IS NULL OR (at >= $3::timestamptz AND id " \
+              ">= "                                                                                \
+              "coalesce((SELECT min(id) FROM audit_log WHERE at >= $3::timestamptz), "             \
+              "9223372036854775807)))" a c t " ORDER BY id DESC LIMIT $2::int4"
 static const struct db_stmt st_list[8] = {
     {"audit_list_0", LIST_SQL(AN_A, AN_C, AN_T), 6},
     {"audit_list_1", LIST_SQL(AF_A, AN_C, AN_T), 6},
@@ -90,8 +91,8 @@ static int record_params(struct record *rec, const char *actor, const char *acti
     return ST_OK;
 }
 
-int audit_record_tx(struct pool_conn *c, const char *actor, const char *action,
-                    const char *target, const json_t *detail)
+int audit_record_tx(struct pool_conn *c, const char *actor, const char *action, const char *target,
+                    const json_t *detail)
 {
     struct record rec;
     char *text;
@@ -150,8 +151,7 @@ static json_t *row_json(const PGresult *r, int row)
     }
     return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)sql_ll(r, row, 0), "at",
                      sql_json_time(r, row, 1), "actor", sql_json_str(r, row, 2), "action",
-                     sql_json_str(r, row, 3), "target", sql_json_str(r, row, 4), "detail",
-                     detail);
+                     sql_json_str(r, row, 3), "target", sql_json_str(r, row, 4), "detail", detail);
 }
 
 int audit_list(struct audit *a, const struct audit_filter *f, int limit, long long before_id,
