@@ -31,6 +31,7 @@ struct lessons;
 struct audit;
 struct planner;
 struct bonds;
+struct users;
 struct scouts;
 struct healer;
 struct healer_route;
@@ -57,6 +58,7 @@ struct app {
     struct audit *audit;
     struct planner *planner;
     struct bonds *bonds;
+    struct users *users;
     struct scouts *scouts;
     struct healer *healer;
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */

@@ -13,6 +13,7 @@ struct config {
     char *database_listen_url; /* STEWARD_DATABASE_LISTEN_URL; defaults to database_url */
     char *bind;                /* STEWARD_BIND */
     char *admin_key;           /* STEWARD_ADMIN_KEY, NULL when unset; never logged */
+    char *pseudonym_key;       /* STEWARD_PSEUDONYM_KEY, NULL when unset; never logged */
     enum log_level log_level;  /* STEWARD_LOG_LEVEL */
     bool access_log;           /* STEWARD_ACCESS_LOG */
     int http_port;

@@ -517,6 +517,25 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
     return rc;
 }
 
+static const struct db_stmt st_erase_user = {
+    "lessons_erase_user",
+    "WITH u AS (UPDATE lessons SET detail = jsonb_set(detail::jsonb, '{user_id}', "
+    "to_jsonb($2::text))::json WHERE (detail->>'user_id') = $1 RETURNING 1) "
+    "SELECT count(*) FROM u",
+    2};
+
+int lessons_erase_user_tx(struct pool_conn *c, const char *user_id, const char *pseudonym,
+                          json_t *counts)
+{
+    const char *p[] = {user_id, pseudonym};
+    PGresult *r = pool_exec(c, &st_erase_user, p);
+    int rc = pool_result_err(c, r);
+    if (rc == ST_OK)
+        json_object_set_new(counts, "lessons_pseudonymised", json_integer(sql_ll(r, 0, 0)));
+    PQclear(r);
+    return rc;
+}
+
 struct update_tx {
     const char *params[2];
     const json_t *changes;

@@ -227,11 +227,15 @@ static const struct db_stmt st_stats_latency = {
     1};
 
 static const struct db_stmt st_erase_proposals = {
-    "scouts_erase_proposals", "DELETE FROM proposals WHERE user_id = $1", 1};
+    "scouts_erase_proposals",
+    "WITH d AS (DELETE FROM proposals WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d",
+    1};
 static const struct db_stmt st_erase_devices = {
-    "scouts_erase_devices", "DELETE FROM devices WHERE user_id = $1", 1};
+    "scouts_erase_devices",
+    "WITH d AS (DELETE FROM devices WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d", 1};
 static const struct db_stmt st_erase_scouts = {
-    "scouts_erase_scouts", "DELETE FROM scouts WHERE user_id = $1", 1};
+    "scouts_erase_scouts",
+    "WITH d AS (DELETE FROM scouts WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d", 1};
 static const struct db_stmt st_erase_notify = {
     "scouts_erase_notify", "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_USER_ERASED ", $1::text)", 1};
 
@@ -1135,15 +1139,29 @@ int scouts_delivery_stats(struct scouts *s, int64_t since_us, json_t **out)
     return ST_OK;
 }
 
-int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id)
+/* Runs a counting delete and adds its count to counts under kind. */
+static int erase_count(struct pool_conn *c, const struct db_stmt *st, const char *const *p,
+                       json_t *counts, const char *kind)
+{
+    PGresult *r;
+    int rc = run(c, st, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    json_object_set_new(counts, kind, json_integer(sql_ll(r, 0, 0)));
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id,
+                         json_t *counts)
 {
     (void)s;
     const char *p[] = {user_id};
-    int rc = run_discard(c, &st_erase_proposals, p);
+    int rc = erase_count(c, &st_erase_proposals, p, counts, "proposals");
     if (rc == ST_OK)
-        rc = run_discard(c, &st_erase_devices, p);
+        rc = erase_count(c, &st_erase_devices, p, counts, "devices");
     if (rc == ST_OK)
-        rc = run_discard(c, &st_erase_scouts, p);
+        rc = erase_count(c, &st_erase_scouts, p, counts, "scouts");
     if (rc == ST_OK)
         rc = run_discard(c, &st_erase_notify, p);
     return rc;
