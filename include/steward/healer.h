@@ -107,7 +107,7 @@ enum healer_skip {
 int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_skip *skip,
                  char *holder, size_t cap);
 /* Records an on-demand sweep (POST /v1/heal) by actor in the audit trail, with the
- * report's status. Returns ST_*. */
+ * report's id, whether the system was degraded and how many steps failed. ST_*. */
 int healer_audit_sweep(struct healer *h, const char *actor, const json_t *report);
 
 /* Writes one performance report now (what the periodic job does). *report (may be

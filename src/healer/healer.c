@@ -682,10 +682,11 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
 
 int healer_audit_sweep(struct healer *h, const char *actor, const json_t *report)
 {
-    json_t *d = json_object();
-    json_t *st = json_object_get(report, "status");
-    if (d && json_is_string(st))
-        json_object_set(d, "status", st);
+    json_t *data = json_object_get(report, "event_data");
+    json_t *health = json_object_get(data, "system_health");
+    json_t *d = json_pack("{s:O?, s:O?, s:I}", "report_id", json_object_get(report, "id"),
+                          "degraded", json_object_get(health, "degraded"), "errors",
+                          (json_int_t)json_array_size(json_object_get(data, "errors")));
     int rc = d ? audit_record(h->pool, actor, "heal.run", "healer:sweep", d) : ST_ENOMEM;
     json_decref(d);
     return rc;

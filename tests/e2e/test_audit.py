@@ -40,7 +40,9 @@ def test_admin_writes_are_recorded(server, keys, ops_key, sql):
                          json={'lesson_type': 'gate_failure', 'root_cause': 'x'}).json()['id']
     assert server.patch(f'/v1/lessons/{lesson}', key=ops_key,
                         json={'status': 'triaged', 'root_cause': 'free text'}).status_code == 200
-    assert server.post('/v1/heal', key=ops_key).status_code == 200
+    r = server.post('/v1/heal', key=ops_key)
+    assert r.status_code == 200
+    heal_report = r.json()
 
     got = audit(server, actor='ops-admin', limit=50)['items']
     by_action = [(e['action'], e['target']) for e in reversed(got)]
@@ -57,6 +59,8 @@ def test_admin_writes_are_recorded(server, keys, ops_key, sql):
     assert cap['detail'] == {'old_cap': 0, 'new_cap': 20}
     note = next(e for e in got if e['action'] == 'bond.note.add')
     assert note['detail'] == {'note_chars': len('secret-note-text')}
+    heal = next(e for e in got if e['action'] == 'heal.run')
+    assert heal['detail']['report_id'] == heal_report['id'] and heal['detail']['errors'] == 0
     upd = next(e for e in got if e['action'] == 'lesson.update')
     assert sorted(upd['detail']['fields']) == ['root_cause', 'status']
     assert upd['detail']['status'] == 'triaged'
