@@ -28,8 +28,10 @@ struct exporter_sources {
 };
 
 struct lessons;
+struct audit;
 struct planner;
 struct bonds;
+struct users;
 struct scouts;
 struct healer;
 struct healer_route;
@@ -53,8 +55,10 @@ struct app {
     struct ops_ctx ops;
     struct exporter_sources msrc;
     struct lessons *lessons;
+    struct audit *audit;
     struct planner *planner;
     struct bonds *bonds;
+    struct users *users;
     struct scouts *scouts;
     struct healer *healer;
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */

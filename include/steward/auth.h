@@ -1,10 +1,10 @@
 /* API keys: random secrets shown once, stored as SHA-256, scoped read/service/admin.
  *
  * Checking a key reads an in-memory snapshot of the active keys that a periodic job
- * reloads every STEWARD_AUTH_CACHE_REFRESH_MS, so requests do not hit the database
- * and revocation reaches every instance within that period. A key missing
- * from the snapshot (created a moment ago, maybe on another instance) is looked up in
- * the database. */
+ * reloads every STEWARD_AUTH_CACHE_REFRESH_MS, so requests do not hit the database. A
+ * revocation also notifies AUTH_CHANNEL, on which every instance listens and reloads at
+ * once. A key missing from the snapshot (created a moment ago, maybe on another
+ * instance) is looked up in the database. */
 #ifndef STEWARD_AUTH_H
 #define STEWARD_AUTH_H
 
@@ -15,16 +15,56 @@
 #include "steward/pool.h"
 #include "steward/principal.h"
 
+#include <jansson.h>
+#include <stdint.h>
+
 #define AUTH_SECRET_CAP 64 /* buffer size for a generated secret */
+#define AUTH_CHANNEL "steward_keys" /* payload "r|<name>": that key was revoked */
 
 struct auth;
 struct sched;
+struct router;
 
-/* Creates the cache; call auth_start to load it and schedule its refresh. */
-struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms);
-/* Loads the snapshot once and adds its refresh, every refresh_ms, to sc (which must be
- * stopped before auth_free). Returns ST_*. */
+/* Creates the cache; call auth_start to load it and schedule its refresh. listen_url
+ * (copied; NULL: no listener) is where the revocation listener connects. */
+struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms,
+                      const char *listen_url);
+/* Loads the snapshot once, adds its refresh, every refresh_ms, to sc (which must be
+ * stopped before auth_free) and starts the revocation listener. Returns ST_*. */
 int auth_start(struct auth *a, struct sched *sc);
+/* Stops the revocation listener (no hook runs after it returns). Idempotent. */
+void auth_stop(struct auth *a);
+
+/* Called with a key's name for every revocation this instance learns of: its own (after
+ * the snapshot no longer holds the key) and every instance's or the CLI's (on the
+ * notification). May run more than once per revocation and on the listener thread:
+ * keep it short and idempotent. */
+typedef void (*auth_revoke_fn)(void *ctx, const char *name);
+/* Adds a revocation hook (at most 4); call before auth_start. */
+void auth_on_revoke(struct auth *a, auth_revoke_fn fn, void *ctx);
+/* THE revocation: revokes the active key named name (audited with actor, notified to
+ * every instance in the same transaction), reloads this instance's snapshot and runs
+ * the hooks. ST_ENOTFOUND when no active key has that name. */
+int auth_revoke(struct auth *a, const char *name, const char *actor);
+
+/* Creates a key (audited as "key.create" by actor); expires_us 0 = never. Writes the
+ * secret (shown once) into secret[cap >= AUTH_SECRET_CAP] and, when out is set, the
+ * key's row as JSON (without secret). ST_ECONFLICT when an active key has that name. */
+int auth_key_create_full(struct pool *pool, const char *name, enum auth_scope scope,
+                         int64_t expires_us, const char *actor, char *secret, size_t cap,
+                         json_t **out);
+/* The same on a's pool (POST /v1/keys). */
+int auth_create(struct auth *a, const char *name, enum auth_scope scope, int64_t expires_us,
+                const char *actor, char *secret, size_t cap, json_t **out);
+/* Revokes (audited by actor, notified) without touching a snapshot: the CLI's path. */
+int auth_key_revoke_by(struct pool *pool, const char *name, const char *actor);
+/* Every key ever made, newest first (by id), id < before_id (0 = from the newest):
+ * {id, name, scope, created_at, last_used_at, revoked_at, expires_at}, never the
+ * secret or its hash. *next_before 0 on the last page. */
+int auth_keys_list(struct auth *a, int limit, long long before_id, json_t **items,
+                   long long *next_before);
+/* GET/POST /v1/keys, DELETE /v1/keys/{name} (admin). Does not dereference a. */
+int auth_http_register(struct router *r, struct auth *a);
 /* Reloads the snapshot from the database once and publishes it; what the periodic job
  * runs every refresh_ms, callable from any thread. Returns ST_*. */
 int auth_refresh(struct auth *a);
@@ -43,11 +83,10 @@ int auth_check(struct auth *a, const char *secret, struct auth_principal *who);
  * tell then. */
 int auth_check_cached(struct auth *a, const char *secret, struct auth_principal *who, bool *miss);
 
-/* Creates a key named name; writes the secret (shown once) into secret[cap >=
- * AUTH_SECRET_CAP]. ST_ECONFLICT when an active key has that name. */
+/* auth_key_create_full by the CLI (actor "cli", no expiry). */
 int auth_key_create(struct pool *pool, const char *name, enum auth_scope scope, char *secret,
                     size_t cap);
-/* Revokes the active key named name; ST_ENOTFOUND when there is none. */
+/* auth_key_revoke_by the CLI (actor "cli"); ST_ENOTFOUND when no key is active. */
 int auth_key_revoke(struct pool *pool, const char *name);
 /* Makes sure a key with this secret exists with the given name and scope (for
  * STEWARD_ADMIN_KEY). Idempotent and safe when several instances start together. */

@@ -12,30 +12,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "steward/log.h"
 #include "steward/pool.h"
 struct router;
 
 struct bonds;
 
-/* Optional callbacks run by erasure (DELETE /v1/users/{user_id}); app.c wires them to
- * the scouts module. erase_tx runs inside the erasure transaction on its connection and
- * returns ST_* (anything but ST_OK rolls the whole erasure back); erased runs after the
- * commit. Either may be NULL. ctx is passed to both. */
-struct bonds_hooks {
-    int (*erase_tx)(void *ctx, struct pool_conn *c, const char *user_id);
-    void (*erased)(void *ctx, const char *user_id);
-    void *ctx;
-};
-
 struct dbpipe;
 
-/* Creates the ledger on a pool and logger (both borrowed; they must outlive it). hooks
- * is copied and may be NULL. dbpipe (borrowed, may be NULL) runs the hot-path reads and
+/* Creates the ledger on a pool and logger (both borrowed; they must outlive it). dbpipe (borrowed, may be NULL) runs the hot-path reads and
  * consumes pipelined on database threads; without it they run at once on the calling
  * thread. Returns NULL when out of memory. */
-struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks, struct dbpipe *dbpipe);
+struct bonds *bonds_new(struct pool *pool, const struct logger *lg, struct dbpipe *dbpipe);
 /* Frees the ledger (NULL is fine). */
 void bonds_free(struct bonds *b);
 
@@ -44,7 +34,6 @@ void bonds_free(struct bonds *b);
 int bonds_http_register(struct router *r, struct bonds *b);
 
 /* ---- limits of the accepted input (checked by the HTTP adapter) ---- */
-#define BONDS_USER_ID_MAX 128     /* characters */
 #define BONDS_LABEL_MAX 64        /* phase, risk level, egg status: characters */
 #define BONDS_ARCHETYPE_MAX 128   /* characters */
 #define BONDS_SIGNAL_MAX 256      /* signals.primary: characters */
@@ -133,8 +122,9 @@ int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const
 int bonds_events(struct bonds *b, const char *user_id, int limit, const char *cursor,
                  char **json, size_t *len);
 
-/* Erases everything about user_id in one transaction (entry, events, then the erase_tx
- * hook), then calls the erased hook. ST_OK also when nothing was stored. */
-int bonds_erase(struct bonds *b, const char *user_id);
+/* The ledger's share of an erasure (src/users), inside its transaction on c: deletes
+ * the entry and its events and adds {"bonds", "bond_events"} to counts. */
+int bonds_erase_user_tx(struct bonds *b, struct pool_conn *c, const char *user_id,
+                        json_t *counts);
 
 #endif

@@ -15,6 +15,7 @@ struct config {
     bool database_pooler_txn;  /* database_pooler is "transaction" */
     char *bind;                /* STEWARD_BIND */
     char *admin_key;           /* STEWARD_ADMIN_KEY, NULL when unset; never logged */
+    char *pseudonym_key;       /* STEWARD_PSEUDONYM_KEY, NULL when unset; never logged */
     enum log_level log_level;  /* STEWARD_LOG_LEVEL */
     bool access_log;           /* STEWARD_ACCESS_LOG */
     int http_port;

@@ -28,6 +28,9 @@ void crypto_md_free(struct crypto_md *md);
 int crypto_md_digest(const struct crypto_md *md, const void *data, size_t len,
                      unsigned char *out);
 
+/* HMAC-SHA256 of data under key into out[32]. Returns 0, or -1 when OpenSSL failed. */
+int crypto_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len,
+                       unsigned char *out);
 /* Compares len bytes in time independent of their content. */
 bool crypto_equal(const void *a, const void *b, size_t len);
 

@@ -115,10 +115,18 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
                  json_t **items, long long *next_before);
 
 /* Applies changes (from lessons_parse_patch, borrowed) to lesson id and stamps
- * updated_at. ST_OK with *out the updated lesson (new reference), ST_ENOTFOUND,
+ * updated_at, with an audit row "lesson.update" by actor in the same transaction. ST_OK with *out the updated lesson (new reference), ST_ENOTFOUND,
  * ST_EDISABLED or a database failure. */
-int lessons_update(struct lessons *l, long long id, const json_t *changes, json_t **out);
+int lessons_update(struct lessons *l, long long id, const json_t *changes, const char *actor,
+                   json_t **out);
 
+/* Erasure's share of the journal (src/users), inside its transaction on c: every
+ * lesson steward recorded about user_id (detail.user_id, e.g. delivery_failed) gets
+ * pseudonym in that field instead; adds {"lessons_pseudonymised"} to counts. Runs with
+ * the kill switch off too (erasure must be complete). Lessons written through the API
+ * with free text are the caller's to erase. */
+int lessons_erase_user_tx(struct pool_conn *c, const char *user_id, const char *pseudonym,
+                          json_t *counts);
 /* Registers the lessons routes. Does not dereference l (it may be NULL when only the
  * route table is listed). Returns 0 or -1 when the route table is full. */
 int lessons_http_register(struct router *r, struct lessons *l);

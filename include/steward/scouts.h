@@ -74,9 +74,10 @@ int scouts_expire(struct scouts *s, long long *count);
  * "p95"}} (percentiles null without data). *out is a new reference. Returns ST_*. */
 int scouts_delivery_stats(struct scouts *s, int64_t since_us, json_t **out);
 /* Deletes the user's scouts, devices and proposals inside the caller's transaction on
- * c, and queues a notification (sent at commit) that closes the user's sockets on
- * every instance. Returns ST_*. */
-int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id);
+ * c (adding {"proposals", "devices", "scouts"} to counts), and queues a notification
+ * (sent at commit) that closes the user's sockets on every instance. Returns ST_*. */
+int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id,
+                         json_t *counts);
 /* After the erasure committed: closes this instance's sockets of the user with 4403
  * (other instances act on the notification). Never fails. */
 void scouts_user_erased(struct scouts *s, const char *user_id);

@@ -20,22 +20,58 @@
 #include "steward/migrate.h"
 #include "steward/dbpipe.h"
 #include "steward/lessons.h"
+#include "steward/audit.h"
 
 #include "steward/planner.h"
 
 #include "steward/bonds.h"
 
 #include "steward/scouts.h"
-/* erasure hooks handed to bonds: DELETE /v1/users/{user_id} also removes the user's
- * scouts, devices and proposals and closes their sockets */
-static int scouts_hook_erase_tx(void *ctx, struct pool_conn *c, const char *user_id)
+#include "steward/users.h"
+
+/* The parts of an erasure (DELETE /v1/users/{user_id}, src/users): each capability that
+ * holds something about users erases its share in the one transaction. */
+static int bonds_part_erase_tx(void *ctx, struct pool_conn *c, const char *user_id,
+                               const char *pseudonym, json_t *counts)
 {
-    return scouts_erase_user_tx(ctx, c, user_id);
+    (void)pseudonym;
+    return bonds_erase_user_tx(ctx, c, user_id, counts);
 }
 
-static void scouts_hook_erased(void *ctx, const char *user_id)
+static int scouts_part_erase_tx(void *ctx, struct pool_conn *c, const char *user_id,
+                                const char *pseudonym, json_t *counts)
+{
+    (void)pseudonym;
+    return scouts_erase_user_tx(ctx, c, user_id, counts);
+}
+
+/* closes the user's sockets on this instance (the others act on the notification) */
+static void scouts_part_erased(void *ctx, const char *user_id)
 {
     scouts_user_erased(ctx, user_id);
+}
+
+static int lessons_part_erase_tx(void *ctx, struct pool_conn *c, const char *user_id,
+                                 const char *pseudonym, json_t *counts)
+{
+    (void)ctx;
+    return lessons_erase_user_tx(c, user_id, pseudonym, counts);
+}
+
+static int wire_users(struct app *app)
+{
+    app->users = users_new(app->pool, &app->log, app->cfg.pseudonym_key);
+    if (!app->users)
+        return -1;
+    const struct users_part parts[] = {
+        {bonds_part_erase_tx, NULL, app->bonds},
+        {scouts_part_erase_tx, scouts_part_erased, app->scouts},
+        {lessons_part_erase_tx, NULL, app->lessons},
+    };
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (users_add_part(app->users, &parts[i]) != 0)
+            return -1;
+    return 0;
 }
 
 #include "steward/healer.h"
@@ -154,8 +190,11 @@ static int register_routes(struct app *app)
     app->msrc.dbpipe = app->dbpipe;
     rc |= exporter_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);
+    rc |= audit_http_register(&app->router, app->audit);
+    rc |= auth_http_register(&app->router, app->auth);
     rc |= planner_http_register(&app->router, app->planner);
     rc |= bonds_http_register(&app->router, app->bonds);
+    rc |= users_http_register(&app->router, app->users);
     rc |= scouts_http_register(&app->router, app->scouts);
     rc |= healer_http_register(&app->router, app->healer);
     return rc;
@@ -181,12 +220,16 @@ static int create_ws(struct app *app)
 }
 
 /* Capabilities in dependency order: lessons is used by planner, scouts and healer;
- * bonds calls scouts on erasure; the healer reaches the others through hooks. */
+ * users erases through bonds, scouts and lessons; the healer reaches the others through
+ * hooks. */
 static int create_capabilities(struct app *app)
 {
     app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
                                app->cfg.lessons_dedup_window_s);
     if (!app->lessons)
+        return -1;
+    app->audit = audit_new(app->pool, &app->log);
+    if (!app->audit)
         return -1;
     app->planner = planner_new(app->pool, &app->log, app->lessons);
     if (!app->planner)
@@ -203,9 +246,8 @@ static int create_capabilities(struct app *app)
         scouts_new(app->pool, &app->log, app->metrics, app->workq, app->ws, app->lessons, &ss);
     if (!app->scouts)
         return -1;
-    struct bonds_hooks bh = {scouts_hook_erase_tx, scouts_hook_erased, app->scouts};
-    app->bonds = bonds_new(app->pool, &app->log, &bh, app->dbpipe);
-    if (!app->bonds)
+    app->bonds = bonds_new(app->pool, &app->log, app->dbpipe);
+    if (!app->bonds || wire_users(app) != 0)
         return -1;
     struct healer_settings hs = {
         .heal_interval_s = app->cfg.heal_interval_s,
@@ -350,7 +392,8 @@ static int build(struct app *app)
         .busy = guest_busy,
         .detach = guest_detach,
     };
-    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
+    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms,
+                                    app->cfg.database_listen_url) : NULL;
     if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
         return -1;
     app->verifier = auth_verifier(app->auth);
@@ -375,6 +418,7 @@ static void teardown(struct app *app)
     if (app->http)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
+    auth_stop(app->auth);
     scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);
@@ -382,10 +426,12 @@ static void teardown(struct app *app)
     sched_free(app->sched);
     dbpipe_free(app->dbpipe);
     healer_free(app->healer);
+    users_free(app->users);
     bonds_free(app->bonds);
     scouts_free(app->scouts);
     planner_free(app->planner);
     lessons_free(app->lessons);
+    audit_free(app->audit);
     auth_free(app->auth);
     metrics_free(app->metrics);
     free(app->route_labels);

@@ -1,5 +1,8 @@
 #include "steward/auth.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -7,12 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "auth_int.h"
+#include "steward/audit.h"
+#include "steward/clock.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/sched.h"
 #include "steward/sql.h"
+
+#define AUTH_MAX_HOOKS 4
 
 struct auth {
     struct pool *pool;
@@ -20,26 +28,69 @@ struct auth {
     int refresh_ms;
     struct auth_snaps snaps;
     struct crypto_md *sha256; /* fetched once: every request hashes its key */
+    /* the revocation listener (AUTH_CHANNEL) */
+    char *listen_url;
+    pthread_t listen_thr;
+    bool listen_started;
+    int wake_pipe[2];
+    /* called for every revocation this instance learns of; set before auth_start */
+    size_t nhooks;
+    struct {
+        auth_revoke_fn fn;
+        void *ctx;
+    } hooks[AUTH_MAX_HOOKS];
 };
 
+/* The usable keys: not revoked, not expired (a key that expires while in a snapshot is
+ * refused by the lookup itself). */
 static const struct db_stmt st_active = {
-    "auth_active", "SELECT key_hash, scope, id, name FROM api_keys WHERE revoked_at IS NULL", 0};
+    "auth_active",
+    "SELECT key_hash, scope, id, name, " SQL_US("expires_at") " FROM api_keys "
+    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+    0};
 static const struct db_stmt st_by_hash = {
     "auth_by_hash",
-    "SELECT key_hash, scope, id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", 1};
+    "SELECT key_hash, scope, id, name, " SQL_US("expires_at") " FROM api_keys "
+    "WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+    1};
+#define KEY_COLS                                                                               \
+    "id, name, scope, " SQL_US("created_at") ", " SQL_US("last_used_at") ", " SQL_US(         \
+        "revoked_at") ", " SQL_US("expires_at")
+/* An expired key still holds its name in the unique index: it is retired (revoked as of
+ * its expiry) before a new key takes the name. */
+static const struct db_stmt st_retire_expired = {
+    "auth_retire_expired",
+    "UPDATE api_keys SET revoked_at = expires_at "
+    "WHERE name = $1 AND revoked_at IS NULL AND expires_at <= now()",
+    1};
 static const struct db_stmt st_create = {
     "auth_create",
-    "INSERT INTO api_keys (name, scope, key_hash) VALUES ($1, $2, $3) "
-    "ON CONFLICT DO NOTHING RETURNING id",
-    3};
+    "INSERT INTO api_keys (name, scope, key_hash, expires_at) "
+    "VALUES ($1, $2, $3, $4::timestamptz) ON CONFLICT DO NOTHING RETURNING " KEY_COLS,
+    4};
+/* Revocation and its notification in one statement: every instance's listener hears it
+ * once the transaction commits. */
 static const struct db_stmt st_revoke = {
     "auth_revoke",
-    "UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id",
+    "WITH k AS (UPDATE api_keys SET revoked_at = now() "
+    "           WHERE name = $1 AND revoked_at IS NULL RETURNING id, name) "
+    "SELECT k.id, pg_notify('" AUTH_CHANNEL "', 'r|' || k.name) FROM k",
+    1};
+static const struct db_stmt st_list = {
+    "auth_list",
+    "SELECT " KEY_COLS " FROM api_keys WHERE id < $1::int8 ORDER BY id DESC LIMIT $2::int4", 2};
+/* The last uses seen through a snapshot: [{"id":..,"us":..}, ...]. */
+static const struct db_stmt st_touch = {
+    "auth_touch",
+    "UPDATE api_keys k SET last_used_at = greatest(k.last_used_at, "
+    "to_timestamp(x.us / 1000000.0)) FROM json_to_recordset($1::json) AS x(id int8, us int8) "
+    "WHERE k.id = x.id",
     1};
 static const struct db_stmt st_retire = {
     "auth_retire",
-    "UPDATE api_keys SET revoked_at = now() "
-    "WHERE name = $1 AND revoked_at IS NULL AND key_hash <> $2",
+    "WITH k AS (UPDATE api_keys SET revoked_at = now() "
+    "           WHERE name = $1 AND revoked_at IS NULL AND key_hash <> $2 RETURNING name) "
+    "SELECT pg_notify('" AUTH_CHANNEL "', 'r|' || k.name) FROM k",
     2};
 static const struct db_stmt st_ensure = {
     "auth_ensure",
@@ -81,6 +132,8 @@ static void fill_entry(struct auth_key *e, const PGresult *r, int row)
         e->scope = AUTH_NONE;
     e->id = sql_ll(r, row, 2);
     snprintf(e->name, sizeof(e->name), "%s", PQgetvalue(r, row, 3));
+    e->expires_us = sql_isnull(r, row, 4) ? 0 : sql_ll(r, row, 4);
+    atomic_init(&e->used_us, 0);
 }
 
 /* ---- the snapshot cell: the lifetime rule is stated in auth_int.h ---- */
@@ -236,8 +289,39 @@ static int load_snapshot(struct pool_conn *c, void *arg)
     return rc;
 }
 
+static int touch_fn(struct pool_conn *c, void *arg)
+{
+    const char *p[] = {arg};
+    PGresult *r = pool_exec(c, &st_touch, p);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+/* Writes the last uses seen through the current snapshot to api_keys.last_used_at. A use
+ * between this and the next publish is stamped on the old snapshot and lost: the next
+ * use records the key again. */
+static void flush_used(struct auth *a)
+{
+    const struct auth_snapshot *s = auth_snaps_acquire(&a->snaps);
+    json_t *used = s ? json_array() : NULL;
+    for (size_t i = 0; used && i < s->count; i++) {
+        int64_t us = atomic_load_explicit(&s->keys[i].used_us, memory_order_relaxed);
+        if (us > 0)
+            json_array_append_new(used, json_pack("{s:I, s:I}", "id", (json_int_t)s->keys[i].id,
+                                                  "us", (json_int_t)us));
+    }
+    auth_snaps_release(&a->snaps, s);
+    char *text = json_array_size(used) > 0 ? json_dumps(used, JSON_COMPACT) : NULL;
+    json_decref(used);
+    if (text && pool_with(a->pool, touch_fn, text) != ST_OK)
+        log_msg(a->lg, LOG_WARN, "api key last use not recorded", NULL);
+    free(text);
+}
+
 int auth_refresh(struct auth *a)
 {
+    flush_used(a);
     struct auth_snapshot *s = NULL;
     int rc = pool_with(a->pool, load_snapshot, &s);
     if (rc != ST_OK)
@@ -256,18 +340,26 @@ static void refresh_job(void *arg)
     auth_refresh(arg);
 }
 
-struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms)
+struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms,
+                      const char *listen_url)
 {
     struct auth *a = calloc(1, sizeof(*a));
     if (!a)
         return NULL;
+    a->wake_pipe[0] = a->wake_pipe[1] = -1;
+    if (listen_url && !(a->listen_url = strdup(listen_url))) {
+        free(a);
+        return NULL;
+    }
     a->sha256 = crypto_md_sha256();
     if (!a->sha256) {
+        free(a->listen_url);
         free(a);
         return NULL;
     }
     if (auth_snaps_init(&a->snaps) != 0) {
         crypto_md_free(a->sha256);
+        free(a->listen_url);
         free(a);
         return NULL;
     }
@@ -275,6 +367,118 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     a->lg = lg;
     a->refresh_ms = refresh_ms;
     return a;
+}
+
+/* ---- the revocation listener ----
+ *
+ * A dedicated connection (outside the pool, on STEWARD_DATABASE_LISTEN_URL) LISTENs on
+ * AUTH_CHANNEL. A revocation anywhere (REST on any instance, the CLI) notifies it when
+ * its transaction commits; the snapshot is reloaded at once and the revocation hooks run,
+ * so a revoked key stops working on every instance within a round trip instead of a
+ * refresh period. After a reconnect the snapshot is reloaded too (a revocation may have
+ * been missed meanwhile); the periodic refresh stays as the backstop. */
+
+/* Waits up to ms for the stop signal: true when stopping. */
+static bool listen_nap(struct auth *a, int ms)
+{
+    struct pollfd p = {a->wake_pipe[0], POLLIN, 0};
+    return poll(&p, 1, ms) > 0;
+}
+
+static PGconn *listen_connect(struct auth *a)
+{
+    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
+                          "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
+    const char *vals[] = {a->listen_url, "steward-keys", "3", "1", "10", "5", "3", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        PQfinish(c);
+        return NULL;
+    }
+    PGresult *r = PQexec(c, "LISTEN " AUTH_CHANNEL);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void run_hooks(struct auth *a, const char *name)
+{
+    for (size_t i = 0; i < a->nhooks; i++)
+        a->hooks[i].fn(a->hooks[i].ctx, name);
+}
+
+/* Reads the notifications waiting on c: one reload for all of them, then the hooks.
+ * false when the connection broke. */
+static bool listen_drain(struct auth *a, PGconn *c)
+{
+    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
+        return false;
+    PGnotify *first = PQnotifies(c);
+    if (!first)
+        return true;
+    if (auth_refresh(a) != ST_OK)
+        log_msg(a->lg, LOG_WARN, "api key snapshot not reloaded after a revocation", NULL);
+    for (PGnotify *nt = first; nt; nt = PQnotifies(c)) {
+        if (strncmp(nt->extra, "r|", 2) == 0 && auth_name_valid(nt->extra + 2))
+            run_hooks(a, nt->extra + 2);
+        PQfreemem(nt);
+    }
+    return true;
+}
+
+static void *listen_main(void *arg)
+{
+    struct auth *a = arg;
+    PGconn *c = NULL;
+    int backoff_ms = 100;
+    bool warned = false;
+    for (;;) {
+        if (!c) {
+            c = listen_connect(a);
+            if (!c) {
+                if (!warned)
+                    log_msg(a->lg, LOG_WARN, "api key listener cannot connect; retrying", NULL);
+                warned = true;
+                if (listen_nap(a, backoff_ms))
+                    break;
+                backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
+                continue;
+            }
+            if (warned) {
+                log_msg(a->lg, LOG_INFO, "api key listener connected", NULL);
+                auth_refresh(a); /* a revocation may have been missed meanwhile */
+            }
+            warned = false;
+            backoff_ms = 100;
+        }
+        struct pollfd fds[2] = {{PQsocket(c), POLLIN, 0}, {a->wake_pipe[0], POLLIN, 0}};
+        int n = poll(fds, 2, 1000);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents)
+            break;
+        if (n > 0 && fds[0].revents && !listen_drain(a, c)) {
+            log_msg(a->lg, LOG_WARN, "api key listener lost its connection", NULL);
+            PQfinish(c);
+            c = NULL;
+            warned = true;
+        }
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+void auth_on_revoke(struct auth *a, auth_revoke_fn fn, void *ctx)
+{
+    if (a->nhooks < AUTH_MAX_HOOKS) {
+        a->hooks[a->nhooks].fn = fn;
+        a->hooks[a->nhooks].ctx = ctx;
+        a->nhooks++;
+    }
 }
 
 int auth_start(struct auth *a, struct sched *sc)
@@ -287,15 +491,37 @@ int auth_start(struct auth *a, struct sched *sc)
         .name = "auth_refresh", .fn = refresh_job, .ctx = a, .period_ms = a->refresh_ms};
     if (sched_add(sc, &job) != 0)
         return ST_EINTERNAL;
+    if (a->listen_url) {
+        if (pipe2(a->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+            return ST_EINTERNAL;
+        if (pthread_create(&a->listen_thr, NULL, listen_main, a) != 0)
+            return ST_EINTERNAL;
+        a->listen_started = true;
+    }
     return ST_OK;
+}
+
+void auth_stop(struct auth *a)
+{
+    if (!a || !a->listen_started)
+        return;
+    ssize_t w = write(a->wake_pipe[1], "x", 1);
+    (void)w;
+    pthread_join(a->listen_thr, NULL);
+    a->listen_started = false;
 }
 
 void auth_free(struct auth *a)
 {
     if (!a)
         return;
+    auth_stop(a);
+    for (int i = 0; i < 2; i++)
+        if (a->wake_pipe[i] >= 0)
+            close(a->wake_pipe[i]);
     auth_snaps_destroy(&a->snaps);
     crypto_md_free(a->sha256);
+    free(a->listen_url);
     free(a);
 }
 
@@ -327,10 +553,15 @@ static int snapshot_lookup(struct auth *a, const unsigned char *hash, struct aut
     const struct auth_key *k = s ? auth_snapshot_find(s, hash) : NULL;
     int found = -1;
     if (k) {
+        int64_t now = clock_wall_us();
         who->scope = k->scope;
         who->key_id = k->id;
         memcpy(who->name, k->name, sizeof(who->name));
-        found = who->scope == AUTH_NONE ? 0 : 1;
+        found = who->scope == AUTH_NONE || (k->expires_us && now >= k->expires_us) ? 0 : 1;
+        /* the snapshot's keys are immutable but for this stamp (see auth_int.h) */
+        _Atomic int64_t *used = (_Atomic int64_t *)&k->used_us;
+        if (found > 0 && now - atomic_load_explicit(used, memory_order_relaxed) >= 1000000)
+            atomic_store_explicit(used, now, memory_order_relaxed);
     }
     auth_snaps_release(&a->snaps, s);
     return found;
@@ -385,26 +616,156 @@ static int key_write(struct pool_conn *c, void *arg)
     return rc;
 }
 
+static json_t *key_json(const PGresult *r, int row)
+{
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)sql_ll(r, row, 0),
+                     "name", sql_json_str(r, row, 1), "scope", sql_json_str(r, row, 2),
+                     "created_at", sql_json_time(r, row, 3), "last_used_at",
+                     sql_json_time(r, row, 4), "revoked_at", sql_json_time(r, row, 5),
+                     "expires_at", sql_json_time(r, row, 6));
+}
+
+struct create_tx {
+    const char *name, *scope, *hex, *expires, *actor;
+    json_t *out;
+};
+
+static int create_fn(struct pool_conn *c, void *arg)
+{
+    struct create_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    const char *pr[] = {t->name};
+    PGresult *r = pool_exec(c, &st_retire_expired, pr);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    const char *p[] = {t->name, t->scope, t->hex, t->expires};
+    r = pool_exec(c, &st_create, p);
+    rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) != 1)
+        rc = ST_ECONFLICT;
+    if (rc == ST_OK && !(t->out = key_json(r, 0)))
+        rc = ST_ENOMEM;
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    char target[8 + sizeof(((struct auth_key *)0)->name)];
+    snprintf(target, sizeof(target), "key:%s", t->name);
+    json_t *d = json_pack("{s:s, s:O}", "scope", t->scope, "expires_at",
+                          json_object_get(t->out, "expires_at"));
+    rc = d ? audit_record_tx(c, t->actor, "key.create", target, d) : ST_ENOMEM;
+    json_decref(d);
+    return rc;
+}
+
+int auth_key_create_full(struct pool *pool, const char *name, enum auth_scope scope,
+                         int64_t expires_us, const char *actor, char *secret, size_t cap,
+                         json_t **out)
+{
+    if (out)
+        *out = NULL;
+    if (cap < AUTH_SECRET_CAP || crypto_token(secret, cap, "stw_", 24) != 0)
+        return ST_EINTERNAL;
+    char hex[65], exp[32];
+    crypto_sha256_hex(secret, strlen(secret), hex);
+    struct create_tx t = {name, auth_scope_name(scope), hex,
+                          expires_us ? sql_fmt_time(exp, expires_us) : NULL, actor, NULL};
+    int rc = pool_tx(pool, create_fn, &t);
+    if (rc == ST_OK && out)
+        *out = t.out;
+    else
+        json_decref(t.out);
+    if (rc != ST_OK)
+        memset(secret, 0, cap);
+    return rc;
+}
+
+int auth_create(struct auth *a, const char *name, enum auth_scope scope, int64_t expires_us,
+                const char *actor, char *secret, size_t cap, json_t **out)
+{
+    return auth_key_create_full(a->pool, name, scope, expires_us, actor, secret, cap, out);
+}
+
 int auth_key_create(struct pool *pool, const char *name, enum auth_scope scope, char *secret,
                     size_t cap)
 {
-    if (cap < AUTH_SECRET_CAP || crypto_token(secret, cap, "stw_", 24) != 0)
-        return ST_EINTERNAL;
-    char hex[65];
-    crypto_sha256_hex(secret, strlen(secret), hex);
-    struct key_write kw = {&st_create, {name, auth_scope_name(scope), hex}, false};
-    int rc = pool_with(pool, key_write, &kw);
-    if (rc == ST_OK && !kw.changed)
-        rc = ST_ECONFLICT;
-    return rc;
+    return auth_key_create_full(pool, name, scope, 0, "cli", secret, cap, NULL);
+}
+
+struct revoke_tx {
+    const char *name, *actor;
+};
+
+static int revoke_fn(struct pool_conn *c, void *arg)
+{
+    struct revoke_tx *t = arg;
+    const char *p[] = {t->name};
+    PGresult *r = pool_exec(c, &st_revoke, p);
+    int rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) == 0)
+        rc = ST_ENOTFOUND;
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    char target[8 + sizeof(((struct auth_key *)0)->name)];
+    snprintf(target, sizeof(target), "key:%s", t->name);
+    return audit_record_tx(c, t->actor, "key.revoke", target, NULL);
+}
+
+int auth_key_revoke_by(struct pool *pool, const char *name, const char *actor)
+{
+    struct revoke_tx t = {name, actor};
+    return pool_tx(pool, revoke_fn, &t);
 }
 
 int auth_key_revoke(struct pool *pool, const char *name)
 {
-    struct key_write kw = {&st_revoke, {name}, false};
-    int rc = pool_with(pool, key_write, &kw);
-    if (rc == ST_OK && !kw.changed)
-        rc = ST_ENOTFOUND;
+    return auth_key_revoke_by(pool, name, "cli");
+}
+
+int auth_revoke(struct auth *a, const char *name, const char *actor)
+{
+    int rc = auth_key_revoke_by(a->pool, name, actor);
+    if (rc != ST_OK)
+        return rc;
+    /* this instance at once; the others (and this one again) through the notification */
+    if (auth_refresh(a) != ST_OK)
+        log_msg(a->lg, LOG_WARN, "api key snapshot not reloaded after a revocation", NULL);
+    run_hooks(a, name);
+    return ST_OK;
+}
+
+int auth_keys_list(struct auth *a, int limit, long long before_id, json_t **items,
+                   long long *next_before)
+{
+    *items = NULL;
+    *next_before = 0;
+    char before[24], lim[24];
+    const char *p[] = {sql_fmt_ll(before, before_id > 0 ? before_id : INT64_MAX),
+                       sql_fmt_ll(lim, (long long)limit + 1)};
+    struct pool_conn *c;
+    int rc = pool_acquire(a->pool, &c);
+    if (rc != ST_OK)
+        return rc;
+    PGresult *r = pool_exec(c, &st_list, p);
+    rc = pool_result_err(c, r);
+    if (rc == ST_OK) {
+        json_t *arr = json_array();
+        int n = PQntuples(r);
+        for (int i = 0; arr && i < n && i < limit; i++)
+            json_array_append_new(arr, key_json(r, i));
+        if (!arr) {
+            rc = ST_ENOMEM;
+        } else {
+            if (n > limit)
+                *next_before = sql_ll(r, limit - 1, 0);
+            *items = arr;
+        }
+    }
+    PQclear(r);
+    pool_release(a->pool, c);
     return rc;
 }
 

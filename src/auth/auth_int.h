@@ -38,6 +38,11 @@ struct auth_key {
     unsigned char hash[32]; /* SHA-256 of the secret */
     enum auth_scope scope;
     long long id;
+    int64_t expires_us; /* wall clock; 0 = never */
+    /* wall-clock time of the last use seen through this snapshot (0 = none), stored at
+     * most once a second per key so the readers rarely write a shared line; the refresh
+     * writes it to api_keys.last_used_at */
+    _Atomic int64_t used_us;
     char name[AUTH_NAME_MAX * 4 + 1];
 };
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/audit.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
@@ -24,7 +25,6 @@ struct bonds {
     struct pool *pool;
     struct dbpipe *dbpipe;
     const struct logger *lg;
-    struct bonds_hooks hooks;
 };
 
 /* ------------------------------------------------------------------------------------
@@ -256,7 +256,10 @@ static const struct db_stmt st_consume_grouped = {
     1};
 
 static const struct db_stmt st_erase = {
-    "bonds_erase", "DELETE FROM bonds WHERE user_id = $1", 1};
+    "bonds_erase",
+    "WITH d AS (DELETE FROM bonds WHERE user_id = $1 RETURNING event_count) "
+    "SELECT count(*), coalesce(sum(event_count), 0)::int8 FROM d",
+    1};
 
 /* ------------------------------------------------------------------------------------
  * JSON text of rows
@@ -343,8 +346,7 @@ static int finish_json(int rc, struct buf *o, char **json, size_t *len)
  * Construction
  * ---------------------------------------------------------------------------------- */
 
-struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
-                        const struct bonds_hooks *hooks, struct dbpipe *dbpipe)
+struct bonds *bonds_new(struct pool *pool, const struct logger *lg, struct dbpipe *dbpipe)
 {
     struct bonds *b = calloc(1, sizeof(*b));
     if (!b)
@@ -352,8 +354,6 @@ struct bonds *bonds_new(struct pool *pool, const struct logger *lg,
     b->pool = pool;
     b->dbpipe = dbpipe;
     b->lg = lg;
-    if (hooks)
-        b->hooks = *hooks;
     return b;
 }
 
@@ -942,6 +942,23 @@ struct admin_args {
 typedef void (*admin_parts_fn)(const struct admin_args *a, const struct locked *l,
                                struct buf *value, struct buf *detail, struct buf *data);
 
+/* The audit row of an admin write (a note's text stays out of it: user content). */
+static int audit_admin(struct pool_conn *c, const struct admin_args *a, const struct locked *l)
+{
+    struct buf target = {0};
+    buf_printf(&target, "user:%s", a->user_id);
+    json_t *d = a->note ? json_pack("{s:I}", "note_chars", (json_int_t)utf8_count(a->note))
+                        : json_pack("{s:I, s:I}", "old_cap", (json_int_t)l->cap, "new_cap",
+                                    (json_int_t)a->cap);
+    int rc = target.oom || !d ? ST_ENOMEM
+                              : audit_record_tx(c, a->actor, a->note ? "bond.note.add"
+                                                                     : "bond.cap.set",
+                                                target.data, d);
+    json_decref(d);
+    buf_release(&target);
+    return rc;
+}
+
 /* The transaction of an admin write: lock the row, update it with st ($1 user, $2 the
  * value, $3 the time of the lock, $4 the event count), record one admin_action event and
  * drop the events past the kept number. The entry's JSON goes to a->out. */
@@ -967,6 +984,8 @@ static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_s
         rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
     if (rc == ST_OK)
         rc = trim_events(c, a->user_id, drop);
+    if (rc == ST_OK)
+        rc = audit_admin(c, a, &l);
     buf_release(&value);
     buf_release(&detail);
     buf_release(&data);
@@ -1029,33 +1048,20 @@ int bonds_add_note(struct bonds *b, const char *user_id, const char *note, const
  * Erasure
  * ---------------------------------------------------------------------------------- */
 
-struct erase_args {
-    struct bonds *b;
-    const char *user_id;
-};
-
-static int erase_fn(struct pool_conn *c, void *arg)
+int bonds_erase_user_tx(struct bonds *b, struct pool_conn *c, const char *user_id,
+                        json_t *counts)
 {
-    struct erase_args *a = arg;
-    const char *p[1] = {a->user_id};
-    /* the cascade removes the events; deleting the entry first takes its row lock, so
-     * a writer holding it finishes before and one arriving later starts afresh */
+    (void)b;
+    const char *p[1] = {user_id};
+    /* the cascade removes the events (event_count says how many); deleting the entry
+     * takes its row lock, so a writer holding it finishes before and one arriving later
+     * starts afresh */
     PGresult *r = pool_exec(c, &st_erase, p);
     int rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) == 1) {
+        json_object_set_new(counts, "bonds", json_integer(sql_ll(r, 0, 0)));
+        json_object_set_new(counts, "bond_events", json_integer(sql_ll(r, 0, 1)));
+    }
     PQclear(r);
-    if (rc == ST_OK && a->b->hooks.erase_tx)
-        rc = a->b->hooks.erase_tx(a->b->hooks.ctx, c, a->user_id);
     return rc;
-}
-
-int bonds_erase(struct bonds *b, const char *user_id)
-{
-    struct erase_args a = {.b = b, .user_id = user_id};
-    int rc = pool_tx(b->pool, erase_fn, &a);
-    if (rc != ST_OK)
-        return rc;
-    if (b->hooks.erased)
-        b->hooks.erased(b->hooks.ctx, user_id);
-    log_msg(b->lg, LOG_INFO, "user erased", NULL);
-    return ST_OK;
 }

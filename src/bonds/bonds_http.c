@@ -13,16 +13,17 @@
 #include "steward/err.h"
 #include "steward/http.h"
 #include "steward/json.h"
+#include "steward/users.h"
 
 /* The user_id path parameter, or NULL after answering 422 naming the field. */
 static const char *user_param(const struct http_req *req, struct http_resp *resp)
 {
     const char *id = http_param(req, "user_id");
-    if (id && bonds_valid_id(id, BONDS_USER_ID_MAX))
+    if (id && users_id_valid(id))
         return id;
     json_t *errs = json_array();
     jv_error(errs, "user_id", "must be 1 to %d printable characters (valid UTF-8)",
-             BONDS_USER_ID_MAX);
+             USERS_ID_MAX);
     http_invalid(resp, errs);
     return NULL;
 }
@@ -368,19 +369,6 @@ static void list_events(void *ctx, const struct http_req *req, struct http_resp 
     answer_text(resp, 200, json, len);
 }
 
-static void erase_user(void *ctx, const struct http_req *req, struct http_resp *resp)
-{
-    const char *user = user_param(req, resp);
-    if (!user)
-        return;
-    int rc = bonds_erase(ctx, user);
-    if (rc != ST_OK) {
-        http_error(resp, rc, NULL);
-        return;
-    }
-    resp->status = 204;
-}
-
 int bonds_http_register(struct router *r, struct bonds *b)
 {
     int rc = 0;
@@ -393,6 +381,5 @@ int bonds_http_register(struct router *r, struct bonds *b)
         http_route_nonblocking(r, "POST", "/v1/bonds/{user_id}/messages", AUTH_SERVICE, consume, b);
     rc |= http_route(r, "POST", "/v1/bonds/{user_id}/notes", AUTH_ADMIN, add_note, b);
     rc |= http_route(r, "GET", "/v1/bonds/{user_id}/events", AUTH_READ, list_events, b);
-    rc |= http_route(r, "DELETE", "/v1/users/{user_id}", AUTH_ADMIN, erase_user, b);
     return rc;
 }

@@ -39,6 +39,10 @@ static const struct setting settings[] = {
     {"STEWARD_ADMIN_KEY", K_STR, OFF(admin_key), NULL, 0, 0,
      "at least 16 characters: makes sure an admin API key named `admin-env` with this "
      "secret exists; changing it replaces the old one"},
+    {"STEWARD_PSEUDONYM_KEY", K_STR, OFF(pseudonym_key), NULL, 0, 0,
+     "at least 16 characters: the HMAC-SHA256 key that turns an erased user's id into its "
+     "pseudonym (audit rows, lessons); every instance of one database must use the same. "
+     "Unset, a random key generated once per database (table `steward_secrets`) is used"},
     {"STEWARD_LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0,
      "lowest level of the JSON log lines written to stderr"},
     {"STEWARD_ACCESS_LOG", K_BOOL, OFF(access_log), "true", 0, 0,
@@ -218,6 +222,10 @@ int config_load(struct config *cfg, config_getenv_fn get, void *arg, char *err, 
     }
     if (cfg->admin_key && strlen(cfg->admin_key) < 16) {
         snprintf(err, errlen, "STEWARD_ADMIN_KEY: must be at least 16 characters");
+        goto fail;
+    }
+    if (cfg->pseudonym_key && strlen(cfg->pseudonym_key) < 16) {
+        snprintf(err, errlen, "STEWARD_PSEUDONYM_KEY: must be at least 16 characters");
         goto fail;
     }
     if (!cfg->bind[0]) {

@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -91,5 +92,16 @@ int crypto_token(char *out, size_t cap, const char *prefix, size_t nbytes)
     memcpy(out, prefix, plen);
     crypto_hex(raw, nbytes, out + plen);
     OPENSSL_cleanse(raw, sizeof(raw));
+    return 0;
+}
+
+int crypto_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len,
+                       unsigned char *out)
+{
+    unsigned int n = 0;
+    if (!HMAC(EVP_sha256(), key, (int)keylen, data, len, out, &n) || n != 32) {
+        memset(out, 0, 32);
+        return -1;
+    }
     return 0;
 }

@@ -7,6 +7,7 @@
 
 #include "scouts_int.h"
 #include "scouts_notify.h"
+#include "steward/audit.h"
 #include "steward/crypto.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
@@ -27,10 +28,6 @@
 #define DEVICE_COLS                                                                        \
     "id, user_id, name, " SQL_US("created_at") ", " SQL_US("last_seen_at") ", "            \
     "coalesce(connected_until > now(), false), seq"
-
-static const struct db_stmt st_audit = {
-    "scouts_audit",
-    "INSERT INTO system_events (event_type, event_data) VALUES ('audit', $1::jsonb)", 1};
 
 static const struct db_stmt st_scout_insert = {
     "scouts_scout_insert",
@@ -230,11 +227,15 @@ static const struct db_stmt st_stats_latency = {
     1};
 
 static const struct db_stmt st_erase_proposals = {
-    "scouts_erase_proposals", "DELETE FROM proposals WHERE user_id = $1", 1};
+    "scouts_erase_proposals",
+    "WITH d AS (DELETE FROM proposals WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d",
+    1};
 static const struct db_stmt st_erase_devices = {
-    "scouts_erase_devices", "DELETE FROM devices WHERE user_id = $1", 1};
+    "scouts_erase_devices",
+    "WITH d AS (DELETE FROM devices WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d", 1};
 static const struct db_stmt st_erase_scouts = {
-    "scouts_erase_scouts", "DELETE FROM scouts WHERE user_id = $1", 1};
+    "scouts_erase_scouts",
+    "WITH d AS (DELETE FROM scouts WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM d", 1};
 static const struct db_stmt st_erase_notify = {
     "scouts_erase_notify", "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_USER_ERASED ", $1::text)", 1};
 
@@ -276,21 +277,13 @@ static int run_discard(struct pool_conn *c, const struct db_stmt *st, const char
     return rc;
 }
 
-int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail)
+/* An audit row about user_id's scout or device (the id only in the target). */
+static int audit_user_tx(struct pool_conn *c, const char *action, const char *actor,
+                         const char *user_id, json_t *detail)
 {
-    json_t *ev = json_pack("{s:s, s:s}", "action", action, "key", actor ? actor : "");
-    if (!ev)
-        return ST_ENOMEM;
-    if (detail)
-        json_object_update(ev, detail);
-    char *text = json_dumps(ev, JSON_COMPACT);
-    json_decref(ev);
-    if (!text)
-        return ST_ENOMEM;
-    const char *p[] = {text};
-    int rc = run_discard(c, &st_audit, p);
-    free(text);
-    return rc;
+    char target[8 + 4 * SCOUTS_USER_MAX + 1];
+    snprintf(target, sizeof(target), "user:%s", user_id ? user_id : "");
+    return audit_record_tx(c, actor, action, target, detail);
 }
 
 /* ---------------------------------------------------------------- scouts */
@@ -337,9 +330,8 @@ static int scout_create_tx(struct pool_conn *c, void *arg)
         return rc;
     t->out = scout_json(r, 0);
     PQclear(r);
-    json_t *d = json_pack("{s:O, s:s}", "scout_id", json_object_get(t->out, "id"), "user_id",
-                          t->in->user_id);
-    rc = scouts_audit_tx(c, "scout.create", t->actor, d);
+    json_t *d = json_pack("{s:O}", "scout_id", json_object_get(t->out, "id"));
+    rc = audit_user_tx(c, "scout.create", t->actor, t->in->user_id, d);
     json_decref(d);
     return rc;
 }
@@ -406,7 +398,8 @@ static int scout_patch_tx(struct pool_conn *c, void *arg)
     if (!t->out)
         return ST_ENOTFOUND;
     json_t *d = json_pack("{s:s}", "scout_id", t->id);
-    rc = scouts_audit_tx(c, "scout.update", t->actor, d);
+    rc = audit_user_tx(c, "scout.update", t->actor,
+                       json_string_value(json_object_get(t->out, "user_id")), d);
     json_decref(d);
     return rc;
 }
@@ -435,12 +428,14 @@ static int scout_delete_tx(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
-    PQclear(r);
-    if (n == 0)
+    if (n == 0) {
+        PQclear(r);
         return ST_ENOTFOUND;
+    }
     json_t *d = json_pack("{s:s}", "scout_id", t->id);
-    rc = scouts_audit_tx(c, "scout.delete", t->actor, d);
+    rc = audit_user_tx(c, "scout.delete", t->actor, sql_str(r, 0, 0), d);
     json_decref(d);
+    PQclear(r);
     return rc;
 }
 
@@ -644,9 +639,8 @@ static int device_create_tx(struct pool_conn *c, void *arg)
     t->out = json_pack("{s:o, s:s, s:s, s:o}", "device_id", sql_json_str(r, 0, 0), "user_id",
                        t->user_id, "name", t->name, "created_at", sql_json_time(r, 0, 1));
     PQclear(r);
-    json_t *d = json_pack("{s:O, s:s}", "device_id", json_object_get(t->out, "device_id"),
-                          "user_id", t->user_id);
-    rc = scouts_audit_tx(c, "device.create", t->actor, d);
+    json_t *d = json_pack("{s:O}", "device_id", json_object_get(t->out, "device_id"));
+    rc = audit_user_tx(c, "device.create", t->actor, t->user_id, d);
     json_decref(d);
     return rc;
 }
@@ -678,13 +672,14 @@ static int device_delete_tx(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
-    json_t *d = n ? json_pack("{s:s, s:s}", "device_id", t->id, "user_id", sql_str(r, 0, 0))
-                  : NULL;
-    PQclear(r);
-    if (n == 0)
+    if (n == 0) {
+        PQclear(r);
         return ST_ENOTFOUND;
-    rc = scouts_audit_tx(c, "device.delete", t->actor, d);
+    }
+    json_t *d = json_pack("{s:s}", "device_id", t->id);
+    rc = audit_user_tx(c, "device.delete", t->actor, sql_str(r, 0, 0), d);
     json_decref(d);
+    PQclear(r);
     return rc;
 }
 
@@ -1144,15 +1139,29 @@ int scouts_delivery_stats(struct scouts *s, int64_t since_us, json_t **out)
     return ST_OK;
 }
 
-int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id)
+/* Runs a counting delete and adds its count to counts under kind. */
+static int erase_count(struct pool_conn *c, const struct db_stmt *st, const char *const *p,
+                       json_t *counts, const char *kind)
+{
+    PGresult *r;
+    int rc = run(c, st, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    json_object_set_new(counts, kind, json_integer(sql_ll(r, 0, 0)));
+    PQclear(r);
+    return ST_OK;
+}
+
+int scouts_erase_user_tx(struct scouts *s, struct pool_conn *c, const char *user_id,
+                         json_t *counts)
 {
     (void)s;
     const char *p[] = {user_id};
-    int rc = run_discard(c, &st_erase_proposals, p);
+    int rc = erase_count(c, &st_erase_proposals, p, counts, "proposals");
     if (rc == ST_OK)
-        rc = run_discard(c, &st_erase_devices, p);
+        rc = erase_count(c, &st_erase_devices, p, counts, "devices");
     if (rc == ST_OK)
-        rc = run_discard(c, &st_erase_scouts, p);
+        rc = erase_count(c, &st_erase_scouts, p, counts, "scouts");
     if (rc == ST_OK)
         rc = run_discard(c, &st_erase_notify, p);
     return rc;

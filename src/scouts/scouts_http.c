@@ -8,18 +8,18 @@
 #include "steward/http.h"
 #include "steward/json.h"
 
-#define USER_MAX SCOUTS_USER_MAX
+#define USER_MAX USERS_ID_MAX
 
 static const char *actor(const struct http_req *req)
 {
     return req->who ? req->who->name : "";
 }
 
-/* user_id must be 1..200 printable characters (body field or path parameter). */
+/* user_id follows the one rule of src/users (body field or path parameter). */
 static void check_user_field(const json_t *body, const char **out, json_t *errs)
 {
     if (jv_string(body, "user_id", "", true, 1, USER_MAX, out, errs) == 1 &&
-        !jv_is_printable_id(*out, USER_MAX)) {
+        !users_id_valid(*out)) {
         jv_error(errs, "user_id", "must not contain control characters");
         *out = NULL;
     }
@@ -28,7 +28,7 @@ static void check_user_field(const json_t *body, const char **out, json_t *errs)
 static bool path_user(const struct http_req *req, struct http_resp *resp, const char **user)
 {
     *user = http_param(req, "user_id");
-    if (!*user || !jv_is_printable_id(*user, USER_MAX)) {
+    if (!*user || !users_id_valid(*user)) {
         json_t *errs = json_array();
         jv_error(errs, "user_id", "must be 1 to %d printable characters", USER_MAX);
         http_invalid(resp, errs);

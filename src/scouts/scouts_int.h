@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "steward/users.h"
 #include "steward/hash.h"
 #include "steward/scouts.h"
 
@@ -34,7 +35,7 @@ char *scouts_windows_json(const struct scouts_window *w, size_t n);
  * malformed or out of range, -2 when out of memory; *out is NULL on failure. */
 int scouts_parse_sessions(const char *list, size_t nsess, int **out, size_t *n);
 
-#define SCOUTS_USER_MAX 200  /* characters of a user id */
+#define SCOUTS_USER_MAX USERS_ID_MAX /* characters of a user id (the rule of src/users) */
 #define SCOUTS_BUCKETS 16384 /* of each registry table */
 
 /* One device session on this instance whose device_hello checked out; guarded by
@@ -112,8 +113,6 @@ struct scouts_pending {
 
 /* True when s is a canonical lowercase or uppercase uuid. */
 bool scouts_uuid_valid(const char *s);
-/* Writes an audit row (admin actions) on c; detail is borrowed. */
-int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail);
 
 struct scouts_scout_in {
     const char *user_id;

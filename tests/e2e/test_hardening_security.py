@@ -54,11 +54,17 @@ DOCUMENTED_SCOPES = {
     ('POST', '/v1/heal'): 'admin',
     ('GET', '/v1/reports'): 'read',
     ('GET', '/v1/status'): 'read',
+    ('GET', '/v1/audit'): 'admin',
+    ('GET', '/v1/keys'): 'admin',
+    ('POST', '/v1/keys'): 'admin',
+    ('DELETE', '/v1/keys/{name}'): 'admin',
     ('GET', '/livez'): 'none',
     ('GET', '/readyz'): 'none',
     ('GET', '/metrics'): 'none',
     ('GET', '/openapi.yaml'): 'none',
 }
+# The GET routes that need admin: who did what, and which keys exist.
+ADMIN_READS = {('GET', '/v1/audit'), ('GET', '/v1/keys')}
 # pytest imports every test module before it runs any: this is the session's start
 COLLECTED_AT = time.time()
 RANK = {'none': 0, 'read': 1, 'service': 2, 'admin': 3}
@@ -83,8 +89,11 @@ def test_binary_scopes_match_the_documented_table():
     for method, pattern, scope in routes:
         assert (method, pattern) in DOCUMENTED_SCOPES, f'{method} {pattern} is not documented'
         assert DOCUMENTED_SCOPES[(method, pattern)] == scope, (method, pattern, scope)
-        # the scope rule of docs/api.md: every /v1 GET needs read; writes need more
-        if pattern.startswith('/v1/'):
+        # the scope rule of docs/api.md: every /v1 GET needs read (but the audit trail
+        # and the key list: admin); writes need more
+        if (method, pattern) in ADMIN_READS:
+            assert scope == 'admin'
+        elif pattern.startswith('/v1/'):
             assert (scope == 'read') == (method == 'GET'), (method, pattern, scope)
         else:
             assert scope == 'none'
