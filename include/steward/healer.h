@@ -47,6 +47,8 @@ struct healer_settings {
     int perf_route_p99_ms;      /* a route with a p99 above this is flagged */
     int64_t started_us;         /* process start (epoch microseconds), for uptime_s */
     int instance_heartbeat_s;   /* STEWARD_INSTANCE_HEARTBEAT_S: instance registry tick */
+    int heal_offset_s;          /* STEWARD_HEAL_OFFSET_S: the sweep's place in its period */
+    int perf_offset_s;          /* STEWARD_PERF_OFFSET_S: the report's place in its period */
 };
 
 /* What the sweep and the reports call in the other capabilities. Every hook may be NULL:
@@ -60,6 +62,9 @@ struct healer_hooks {
     int (*delivery_pass)(void *ctx, long long *requeued, long long *failed);
     /* proposals past expires_at -> expired (content erased) */
     int (*expire_proposals)(void *ctx, long long *count);
+    /* successful actions without an outcome: *total now, *marked newly marked for
+     * recovery */
+    int (*mark_missing_outcomes)(void *ctx, long long *total, long long *marked);
     /* failed actions older than archive_after_days -> actions_archive */
     int (*archive_actions)(void *ctx, int archive_after_days, long long *count);
     /* action outcomes recorded since since_us */
