@@ -50,6 +50,15 @@ bool jv_is_slug(const char *s);
 /* True when s is 1..max characters, all printable (no control characters). */
 bool jv_is_printable_id(const char *s, size_t max_chars);
 
+/* The compact JSON text of v (any value, not only objects and arrays), as steward
+ * writes every JSON it sends or stores: no spaces, object keys in the order they were
+ * set (the order a client sent them, for a parsed body), strings escaped as jsonw does,
+ * integers as they are and reals in the shortest form that reads back to the same
+ * double (0.975, never 0.97499999999999998; a real with an integral value keeps ".0").
+ * Returns a malloc'd NUL-terminated string (its length in *len when len is not NULL),
+ * or NULL when out of memory or v holds a real that is not finite. */
+char *json_text(const json_t *v, size_t *len);
+
 /* RFC 3339 date-time to microseconds since the epoch. Returns 0 or -1. */
 int jtime_parse(const char *s, int64_t *us);
 /* Microseconds since the epoch to "YYYY-MM-DDTHH:MM:SSZ", with ".ffffff" only when the

@@ -13,6 +13,9 @@
 /* Appends s to out as a quoted JSON string. */
 void jsonw_str(struct buf *out, const char *s);
 
+/* Appends the len bytes at s (NUL bytes allowed, written \u0000) as a quoted JSON string. */
+void jsonw_strn(struct buf *out, const char *s, size_t len);
+
 /* Appends s as JSON string content (no quotes) to the fixed buffer buf, which holds len
  * bytes so far: escapes are written whole or not at all, and what does not fit before
  * cap - 1 is dropped. buf is NUL-terminated; returns the new length. */

@@ -26,7 +26,8 @@ struct lessons;
 #define LESSONS_DETAIL_MAX 65536 /* bytes of detail serialised as compact JSON */
 
 /* A lesson to record. Strings are borrowed, NULL = absent. detail is borrowed, NULL
- * = {} (must be an object when set). status NULL = "new", source NULL = "manual". */
+ * = {} (must be an object when set). status NULL = "new", source NULL = "auto" (deduplicated, as the
+ * earlier journal did; "manual" is never deduplicated). */
 struct lesson_input {
     const char *lesson_type;
     const char *work_item_id;

@@ -101,11 +101,11 @@ int planner_record_outcome(struct planner *p, const char *key, const struct plan
 /* The action record of key with the retry fields; falls back to the archive (then
  * "archived": true). ST_ENOTFOUND when neither has it. */
 int planner_action_get(struct planner *p, const char *key, json_t **out);
-/* One page of a post's actions, newest initiated_at first. cursor is NULL or a
- * next_cursor from an earlier page (ST_EINVALID when malformed). *out is
- * {"items", "next_cursor"}. */
-int planner_actions_list(struct planner *p, const char *post_id, int limit, const char *cursor,
-                         json_t **out);
+/* One page of a post's actions, newest initiated_at first; with needs_recovery only the
+ * ones the sweep marked (success without an outcome). cursor is NULL or a next_cursor
+ * from an earlier page (ST_EINVALID when malformed). *out is {"items", "next_cursor"}. */
+int planner_actions_list(struct planner *p, const char *post_id, bool needs_recovery, int limit,
+                         const char *cursor, json_t **out);
 
 /* The config object (with updated_at and updated_by). */
 int planner_config_get(struct planner *p, json_t **out);
@@ -124,6 +124,10 @@ int planner_recover_stuck(struct planner *p, int stuck_after_s, long long *count
 /* Moves failed actions whose initiated_at is more than archive_after_days old to
  * actions_archive. *count = actions moved. */
 int planner_archive_failed(struct planner *p, int archive_after_days, long long *count);
+/* Marks actions in status success without an outcome for recovery (needs_recovery,
+ * cleared by the key's next outcome report). *total = such actions now, *marked = the
+ * ones this call marked. */
+int planner_mark_missing_outcomes(struct planner *p, long long *total, long long *marked);
 /* Counts actions in status success and failed whose initiated_at >= since_us. */
 int planner_action_stats(struct planner *p, int64_t since_us, long long *succeeded,
                          long long *failed);

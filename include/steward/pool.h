@@ -38,6 +38,9 @@ struct pool_stats {
     uint64_t wait_buckets[POOL_WAIT_BUCKETS]; /* cumulative counts per bucket (not summed) */
     uint64_t wait_count;
     double wait_sum_s;
+    /* the last connection attempt failed (and none succeeded since): callers needing a
+     * new connection are answered 503 until one does */
+    bool unreachable;
 };
 
 /* Creates a pool; nothing connects yet. The conninfo string is copied. Returns NULL

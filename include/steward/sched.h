@@ -31,7 +31,18 @@ struct sched_job {
      * microseconds and never block (no I/O, no wait for another thread's lock holder):
      * while one runs, no other job is dispatched. */
     bool inline_run;
+    /* Runs on the wall clock's grid instead: at the times t with (t - offset_ms) a
+     * multiple of period_ms since the epoch (every 15 min at offset 5 min: :05, :20, :35,
+     * :50), the first one the next grid time after sched_add (first_ms is ignored), the
+     * next one the next grid time after the previous run ended. Instances of a deployment
+     * so run the job at the same moments. offset_ms is taken modulo period_ms. */
+    bool wall_aligned;
+    int64_t offset_ms;
 };
+
+/* Microseconds from now_wall_us (epoch microseconds) to the next time after it on the grid
+ * of period_ms at offset_ms (as wall_aligned jobs use); in (0, period_ms * 1000]. */
+int64_t sched_grid_delay_us(int64_t now_wall_us, int64_t period_ms, int64_t offset_ms);
 
 struct sched;
 

@@ -109,6 +109,11 @@ static int healer_hook_recover_stuck(void *ctx, int stuck_after_s, long long *co
     return planner_recover_stuck(((struct app *)ctx)->planner, stuck_after_s, count);
 }
 
+static int healer_hook_mark_missing_outcomes(void *ctx, long long *total, long long *marked)
+{
+    return planner_mark_missing_outcomes(((struct app *)ctx)->planner, total, marked);
+}
+
 static int healer_hook_archive_actions(void *ctx, int archive_after_days, long long *count)
 {
     return planner_archive_failed(((struct app *)ctx)->planner, archive_after_days, count);
@@ -125,6 +130,7 @@ static void healer_wire_hooks(struct app *app, struct healer_hooks *hk)
     if (app->planner) {
         hk->recover_stuck = healer_hook_recover_stuck;
         hk->archive_actions = healer_hook_archive_actions;
+        hk->mark_missing_outcomes = healer_hook_mark_missing_outcomes;
         hk->action_stats = healer_hook_action_stats;
     }
     if (app->scouts) {
@@ -260,6 +266,9 @@ static int create_capabilities(struct app *app)
         .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
         .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
         .started_us = app->started_us,
+        .instance_heartbeat_s = app->cfg.instance_heartbeat_s,
+        .heal_offset_s = app->cfg.heal_offset_s,
+        .perf_offset_s = app->cfg.perf_offset_s,
     };
     struct healer_hooks hk = {.ctx = app};
     healer_wire_hooks(app, &hk);
@@ -419,6 +428,7 @@ static void teardown(struct app *app)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
     auth_stop(app->auth);
+    healer_instance_retire(app->healer); /* no heartbeat after sched_stop */
     scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);

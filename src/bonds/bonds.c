@@ -105,6 +105,8 @@ void bonds_rate_eval(long long cap, long long count, int64_t reset_at_us, int64_
         return;
     }
     int64_t elapsed = now_us - reset_at_us;
+    if (count == 0)
+        elapsed = 0; /* no window runs before the first message: it would start now */
     if (elapsed > window_us) {
         out->count = 0;
         elapsed = 0; /* the window would start now */
@@ -230,8 +232,11 @@ static const struct db_stmt st_rate = {
 /* Admits and counts one message in one statement: the row lock taken by the UPDATE
  * serialises concurrent consumers, and the WHERE clause is re-checked on the newest row
  * version after waiting, so N concurrent consumers against cap C admit exactly C. A
- * window older than 86400 s restarts at this message. */
-#define WINDOW_OVER "now() - daily_msg_reset_at > interval '86400 seconds'"
+ * window older than 86400 s restarts at this message, and so does a window without any
+ * message: the first window starts at the first consume, not when the row was created
+ * (as the earlier ledger, whose reset time began at 0). */
+#define WINDOW_OVER                                                                                \
+    "(daily_msg_count = 0 OR now() - daily_msg_reset_at > interval '86400 seconds')"
 #define CONSUME_SET                                                                                \
     "UPDATE bonds SET"                                                                             \
     " daily_msg_count = CASE WHEN " WINDOW_OVER " THEN 1 ELSE daily_msg_count + 1 END,"            \

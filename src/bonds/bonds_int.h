@@ -28,7 +28,9 @@ void bonds_detail_cap(struct buf *out, long long old_cap, long long new_cap);
 void bonds_detail_note(struct buf *out, const char *note);
 
 /* The rate-limit rule (docs/api.md) on a stored state: cap 0 answers allowed with remaining
- * -1 and the stored count; otherwise more than 86400 s since reset_at counts as 0, and
+ * -1 and the stored count; otherwise a count of 0 means no window runs yet (the first
+ * consume starts one: reset_in_s is a whole window), more than 86400 s since reset_at
+ * counts as 0, and
  * remaining = max(0, cap - count), allowed = remaining > 0. reset_in_s is set too. */
 void bonds_rate_eval(long long cap, long long count, int64_t reset_at_us, int64_t now_us,
                      struct bonds_rate *out);

@@ -92,8 +92,18 @@ static const struct setting settings[] = {
      "device sockets per instance"},
     {"STEWARD_HEAL_INTERVAL_S", K_INT, OFF(heal_interval_s), "900", 1, 604800,
      "self-healing sweep period"},
+    {"STEWARD_HEAL_OFFSET_S", K_INT, OFF(heal_offset_s), "300", 0, 604800,
+     "sweeps run on the wall clock at this offset into each `STEWARD_HEAL_INTERVAL_S` "
+     "period counted from the epoch (every 15 min at 5 min: :05, :20, :35, :50); taken "
+     "modulo the interval"},
     {"STEWARD_PERF_INTERVAL_S", K_INT, OFF(perf_interval_s), "7200", 1, 604800,
      "performance report period"},
+    {"STEWARD_PERF_OFFSET_S", K_INT, OFF(perf_offset_s), "3600", 0, 604800,
+     "performance reports run at this offset into each `STEWARD_PERF_INTERVAL_S` period "
+     "(every 2 h at 60 min: 01:00, 03:00, ... UTC); taken modulo the interval"},
+    {"STEWARD_INSTANCE_HEARTBEAT_S", K_INT, OFF(instance_heartbeat_s), "5", 1, 300,
+     "each instance records its figures in the instance registry this often; an instance "
+     "silent for three periods is no longer listed as live"},
     {"STEWARD_STUCK_AFTER_S", K_INT, OFF(stuck_after_s), "1800", 1, 604800,
      "running planner actions older than this are reset to failed/timeout"},
     {"STEWARD_ARCHIVE_AFTER_DAYS", K_INT, OFF(archive_after_days), "7", 1, 3650,

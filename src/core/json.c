@@ -3,10 +3,13 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "steward/buf.h"
 #include "steward/clock.h"
+#include "steward/jsonw.h"
 #include "steward/utf8.h"
 
 json_t *jv_parse(const char *buf, size_t len, char *err, size_t errlen)
@@ -398,4 +401,88 @@ json_t *jtime_json(int64_t us)
 int64_t jtime_now_us(void)
 {
     return clock_wall_us();
+}
+
+/* ------------------------------------------------------------------ writing */
+
+static bool write_value(struct buf *b, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        buf_append(b, "{", 1);
+        const char *key;
+        json_t *val;
+        bool first = true;
+        void *it = json_object_iter((json_t *)v);
+        while (it) {
+            key = json_object_iter_key(it);
+            val = json_object_iter_value(it);
+            if (!first)
+                buf_append(b, ",", 1);
+            first = false;
+            jsonw_strn(b, key, json_object_iter_key_len(it));
+            buf_append(b, ":", 1);
+            if (!write_value(b, val))
+                return false;
+            it = json_object_iter_next((json_t *)v, it);
+        }
+        buf_append(b, "}", 1);
+        return true;
+    }
+    case JSON_ARRAY: {
+        buf_append(b, "[", 1);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i)
+                buf_append(b, ",", 1);
+            if (!write_value(b, json_array_get(v, i)))
+                return false;
+        }
+        buf_append(b, "]", 1);
+        return true;
+    }
+    case JSON_STRING:
+        jsonw_strn(b, json_string_value(v), json_string_length(v));
+        return true;
+    case JSON_INTEGER:
+        buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return true;
+    case JSON_REAL: {
+        double d = json_real_value(v);
+        if (!isfinite(d))
+            return false;
+        size_t at = b->len;
+        jsonw_num(b, d);
+        /* keep it a real when read back: "2" -> "2.0" (not for "1e+20") */
+        if (!b->oom && !memchr(b->data + at, '.', b->len - at) &&
+            !memchr(b->data + at, 'e', b->len - at))
+            buf_append(b, ".0", 2);
+        return true;
+    }
+    case JSON_TRUE:
+        buf_append(b, "true", 4);
+        return true;
+    case JSON_FALSE:
+        buf_append(b, "false", 5);
+        return true;
+    case JSON_NULL:
+        buf_append(b, "null", 4);
+        return true;
+    }
+    return false;
+}
+
+char *json_text(const json_t *v, size_t *len)
+{
+    if (!v)
+        return NULL;
+    struct buf b = {0};
+    if (!write_value(&b, v) || b.oom) {
+        buf_release(&b);
+        return NULL;
+    }
+    size_t n = 0;
+    char *text = buf_detach(&b, &n);
+    if (len)
+        *len = n;
+    return text;
 }

@@ -1,5 +1,7 @@
 #include "steward/jsonw.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +56,23 @@ void jsonw_str(struct buf *out, const char *s)
     buf_append(out, "\"", 1);
 }
 
+void jsonw_strn(struct buf *out, const char *s, size_t len)
+{
+    buf_append(out, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!needs_escape((unsigned char)s[i]))
+            continue;
+        char esc[6];
+        size_t n = escape((unsigned char)s[i], esc);
+        buf_append(out, s + run, i - run);
+        buf_append(out, esc, n);
+        run = i + 1;
+    }
+    buf_append(out, s + run, len - run);
+    buf_append(out, "\"", 1);
+}
+
 size_t jsonw_escape(char *buf, size_t len, size_t cap, const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -75,7 +94,11 @@ size_t jsonw_escape(char *buf, size_t len, size_t cap, const char *s)
 void jsonw_num(struct buf *out, double v)
 {
     char text[40];
-    for (int prec = 15; prec <= 17; prec++) {
+    /* a decimal of up to DBL_DIG (15) digits survives a round trip, so when one of those
+     * reads back as v, %.15g (which drops trailing zeros) is already the shortest; only
+     * subnormals, with fewer digits of precision, need the search from 1 */
+    int from = v != 0 && fabs(v) < DBL_MIN ? 1 : DBL_DIG;
+    for (int prec = from; prec <= 17; prec++) {
         snprintf(text, sizeof(text), "%.*g", prec, v);
         if (strtod(text, NULL) == v)
             break;

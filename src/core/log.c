@@ -8,8 +8,10 @@
 #include <strings.h>
 #include <time.h>
 
+#include "steward/buf.h"
 #include "steward/clock.h"
 #include "steward/json.h"
+#include "steward/jsonw.h"
 #include "steward/jsonw.h"
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -120,9 +122,13 @@ void log_dbl(struct log_line *l, const char *key, double val)
     if (!l->enabled)
         return;
     char num[40];
-    if (isfinite(val))
-        snprintf(num, sizeof(num), "%.3f", val);
-    else
+    if (isfinite(val)) {
+        /* the shortest text that reads back as val, as everywhere else */
+        struct buf b = {0};
+        jsonw_num(&b, val);
+        snprintf(num, sizeof(num), "%s", b.data && !b.oom ? b.data : "null");
+        buf_release(&b);
+    } else
         snprintf(num, sizeof(num), "null");
     put_key(l, key);
     put_raw(l, num);

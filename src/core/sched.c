@@ -35,11 +35,32 @@ static int64_t jitter_us(struct sched *s, int64_t jitter_ms)
     return (int64_t)(s->rnd % (uint64_t)(jitter_ms * 1000 + 1));
 }
 
+int64_t sched_grid_delay_us(int64_t now_wall_us, int64_t period_ms, int64_t offset_ms)
+{
+    int64_t period = period_ms * 1000;
+    int64_t offset = (offset_ms % period_ms) * 1000;
+    if (offset < 0)
+        offset += period;
+    int64_t since = (now_wall_us - offset) % period; /* time since the last grid point */
+    if (since < 0)
+        since += period;
+    return period - since;
+}
+
+/* The delay before the next run of a job: one period, or to the next grid point. */
+static int64_t next_delay_us(struct sched *s, const struct sched_job *job, int64_t period_ms)
+{
+    if (job->wall_aligned)
+        return sched_grid_delay_us(clock_wall_us(), job->period_ms, job->offset_ms) +
+               jitter_us(s, job->jitter_ms);
+    return period_ms * 1000 + jitter_us(s, job->jitter_ms);
+}
+
 /* mu held: the run of x ended (or never started); the next is due one period on. */
 static void finished_locked(struct sched *s, struct slot *x)
 {
     x->running = false;
-    x->due_us = clock_now_us() + x->job.period_ms * 1000 + jitter_us(s, x->job.jitter_ms);
+    x->due_us = clock_now_us() + next_delay_us(s, &x->job, x->job.period_ms);
     s->active--;
     pthread_cond_broadcast(&s->cv);
 }
@@ -125,6 +146,7 @@ struct sched *sched_new(struct workq *q)
 int sched_add(struct sched *s, const struct sched_job *job)
 {
     if (!job->fn || job->period_ms <= 0 || job->first_ms < 0 || job->jitter_ms < 0 ||
+        job->offset_ms < 0 ||
         (!job->inline_run && !s->q))
         return -1;
     pthread_mutex_lock(&s->mu);
@@ -135,7 +157,7 @@ int sched_add(struct sched *s, const struct sched_job *job)
         x->job = *job;
         x->running = false;
         int64_t first = job->first_ms > 0 ? job->first_ms : job->period_ms;
-        x->due_us = clock_now_us() + first * 1000 + jitter_us(s, job->jitter_ms);
+        x->due_us = clock_now_us() + next_delay_us(s, job, first);
         pthread_cond_broadcast(&s->cv);
         rc = 0;
     }

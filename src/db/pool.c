@@ -60,6 +60,9 @@ struct pool {
     atomic_uint_fast64_t timeouts_total;
     atomic_uint_fast64_t wait_buckets[POOL_WAIT_BUCKETS];
     atomic_uint_fast64_t wait_sum_us;
+    /* The circuit: true from a failed connection attempt until the next one succeeds.
+     * While it is open every caller that needs a new connection gets ST_EUNAVAIL (503). */
+    atomic_bool unreachable;
 };
 
 struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
@@ -181,6 +184,7 @@ static int conn_open(struct pool_conn *c)
         msg[strcspn(msg, "\n")] = '\0';
         log_msg(p->lg, LOG_WARN, "database connection failed", "error", msg, NULL);
         conn_close(c);
+        atomic_store(&p->unreachable, true);
         return ST_EUNAVAIL;
     }
     /* behind a transaction-mode pooler, session settings would stay on whichever server
@@ -194,8 +198,10 @@ static int conn_open(struct pool_conn *c)
     PQclear(r);
     if (!ok) {
         conn_close(c);
+        atomic_store(&p->unreachable, true);
         return ST_EUNAVAIL;
     }
+    atomic_store(&p->unreachable, false);
     return ST_OK;
 }
 
@@ -809,4 +815,5 @@ void pool_stats(struct pool *p, struct pool_stats *out)
         out->wait_count += out->wait_buckets[i];
     }
     out->wait_sum_s = (double)atomic_load(&p->wait_sum_us) / 1e6;
+    out->unreachable = atomic_load(&p->unreachable);
 }

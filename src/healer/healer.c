@@ -21,6 +21,7 @@
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/proc.h"
 #include "steward/sched.h"
 #include "steward/sql.h"
 
@@ -52,6 +53,10 @@ struct healer {
     pthread_mutex_t state_mu; /* guards last_report */
     json_t *last_report;      /* the last report this instance produced, stored or not */
 
+    /* pool timeouts at this instance's previous sweep (guarded by sweep_mu) */
+    uint64_t sweep_prev_timeouts;
+    bool sweep_timeouts_seen;
+
     pthread_mutex_t perf_mu; /* one performance report at a time; guards the baseline */
     struct metrics_route_snap *prev_routes; /* nslots slots */
     uint64_t prev_pool_buckets[POOL_WAIT_BUCKETS];
@@ -64,25 +69,34 @@ struct healer {
 static const struct db_stmt st_claim = {
     "healer_claim",
     "INSERT INTO healer_leases AS l (job_name, holder, token, claimed_until, last_started_at) "
-    "VALUES ('" JOB_SWEEP "', $1, $2, now() + make_interval(secs => $3::int), now()) "
+    "VALUES ($5, $1, $2, now() + make_interval(secs => $3::int), now()) "
     "ON CONFLICT (job_name) DO UPDATE SET holder = EXCLUDED.holder, token = EXCLUDED.token, "
     "claimed_until = EXCLUDED.claimed_until, last_started_at = EXCLUDED.last_started_at "
     "WHERE (l.claimed_until < now() OR l.holder = $1) "
     "AND ($4::float8 IS NULL OR l.last_started_at IS NULL "
     "OR l.last_started_at <= now() - make_interval(secs => $4::float8)) "
     "RETURNING 1",
-    4};
+    5};
 
 static const struct db_stmt st_lease_state = {
     "healer_lease_state",
-    "SELECT holder, claimed_until > now() FROM healer_leases WHERE job_name = '" JOB_SWEEP "'",
-    0};
+    "SELECT holder, claimed_until > now() FROM healer_leases WHERE job_name = $1", 1};
 
 static const struct db_stmt st_release = {
     "healer_release",
     "UPDATE healer_leases SET claimed_until = '-infinity', last_finished_at = now() "
-    "WHERE job_name = '" JOB_SWEEP "' AND token = $1",
-    1};
+    "WHERE job_name = $2 AND token = $1",
+    2};
+
+/* Job runs over SLOW_JOB_MS since $1 (the earlier job's "slow jobs"); job_heartbeats
+ * holds one row per job and instance, so this reads a handful of rows. */
+#define SLOW_JOB_MS 300000
+static const struct db_stmt st_slow_jobs = {
+    "healer_slow_jobs",
+    "SELECT job_name, instance, " SQL_US("last_run_at") ", execution_time_ms, status "
+    "FROM job_heartbeats WHERE execution_time_ms > $2::float8 "
+    "AND last_run_at >= $1::timestamptz ORDER BY execution_time_ms DESC LIMIT 50",
+    2};
 
 static const struct db_stmt st_ping = {"healer_ping", "SELECT 1", 0};
 
@@ -126,6 +140,31 @@ static const struct db_stmt st_reports_both = {
     "AND id < $1::int8 ORDER BY id DESC LIMIT $2::int)) s ORDER BY id DESC LIMIT $2::int",
     2};
 
+static const struct db_stmt st_instance_upsert = {
+    "healer_instance_upsert",
+    "INSERT INTO instances (id, version, started_at, heartbeat_at, figures) "
+    "VALUES ($1, $2, $3::timestamptz, now(), $4::jsonb) "
+    "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
+    "heartbeat_at = EXCLUDED.heartbeat_at, figures = EXCLUDED.figures",
+    4};
+
+/* Rows of instances silent for a day; a range on instances_heartbeat_at. */
+static const struct db_stmt st_instance_prune = {
+    "healer_instance_prune",
+    "DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'", 0};
+
+static const struct db_stmt st_instance_retire = {
+    "healer_instance_retire", "DELETE FROM instances WHERE id = $1", 1};
+
+/* Live rows: a heartbeat within $1 seconds (a range on instances_heartbeat_at). */
+static const struct db_stmt st_instances_live = {
+    "healer_instances_live",
+    "SELECT id, version, " SQL_US("started_at") ", " SQL_US("heartbeat_at") ", "
+    "greatest(0, extract(epoch from now() - started_at))::int8, figures::text "
+    "FROM instances WHERE heartbeat_at >= now() - make_interval(secs => $1::int) "
+    "ORDER BY started_at, id",
+    1};
+
 /* ------------------------------------------------------------------ pure parts */
 
 static double round3(double v)
@@ -155,6 +194,11 @@ bool healer_judge_health(const struct healer_sweep_figures *f, const struct heal
     return degraded;
 }
 
+const char *healer_pool_queue_level(int waiting)
+{
+    return waiting > 10 ? "critical" : waiting > 5 ? "warning" : "ok";
+}
+
 static void add_action(json_t *actions, const char *kind, long long count)
 {
     json_array_append_new(actions, json_pack("{s:s, s:I}", "kind", kind, "count",
@@ -175,6 +219,8 @@ json_t *healer_sweep_event(const struct healer_sweep_figures *f, const char *ins
         add_action(actions, "proposals_expired", f->expired_proposals);
     if (f->ran_archive)
         add_action(actions, "actions_archived", f->archived_actions);
+    if (f->ran_missing)
+        add_action(actions, "missing_outcomes_marked", f->marked_for_recovery);
     json_t *latency = f->db_latency_ms < 0 ? json_null() : json_real(round3(f->db_latency_ms));
     json_t *health = json_pack(
         "{s:I, s:I, s:I, s:I, s:I, s:o, s:i, s:i, s:b}", "stuck_actions",
@@ -183,6 +229,14 @@ json_t *healer_sweep_event(const struct healer_sweep_figures *f, const char *ins
         (json_int_t)f->expired_proposals, "archived_actions", (json_int_t)f->archived_actions,
         "db_latency_ms", latency, "pool_waiting", f->pool_waiting, "ws_connections",
         f->ws_connections, "degraded", degraded);
+    json_object_set_new(health, "success_without_outcome",
+                        json_integer((json_int_t)f->success_without_outcome));
+    json_object_set_new(health, "pool_queue",
+                        json_pack("{s:i, s:s}", "waiting", f->pool_waiting, "level",
+                                  healer_pool_queue_level(f->pool_waiting)));
+    json_object_set_new(health, "database_issues",
+                        f->database_issues ? json_deep_copy(f->database_issues) : json_array());
+    json_object_set_new(health, "circuit_open", json_boolean(f->circuit_open));
     json_t *errors = f->errors ? json_deep_copy(f->errors) : json_array();
     return json_pack("{s:o, s:s, s:f, s:o, s:o, s:o}", "timestamp", jtime_json(f->started_us),
                      "instance", instance ? instance : "", "duration_ms",
@@ -278,6 +332,16 @@ json_t *healer_recommendations(const struct healer_perf_figures *p,
                      "More planner actions failed (%lld) than succeeded (%lld): look at the "
                      "error codes of the failed actions.",
                      p->actions_failed, p->actions_succeeded);
+    if (p->slow_jobs > 0)
+        add_sentence(out,
+                     "%zu periodic job runs took more than 5 minutes: see slow_jobs and look at "
+                     "what they wait on.",
+                     p->slow_jobs);
+    if (p->memory_pressed > 0)
+        add_sentence(out,
+                     "%zu instances use 80%% or more of their memory limit: see instances, and "
+                     "raise the container's memory limit or look for growth.",
+                     p->memory_pressed);
     return out;
 }
 
@@ -340,7 +404,7 @@ static int heartbeat_exec(struct pool_conn *c, const struct heartbeat *hb)
     char name[224], ms[32];
     snprintf(name, sizeof(name), "%s:%s", hb->job, hb->instance);
     snprintf(ms, sizeof(ms), "%.3f", hb->ms);
-    char *detail = json_dumps(hb->detail, JSON_COMPACT);
+    char *detail = json_text(hb->detail, NULL);
     if (!detail)
         return ST_ENOMEM;
     const char *p[] = {name, hb->instance, ms, hb->status, detail};
@@ -370,6 +434,7 @@ static void heartbeat_alone(struct healer *h, const char *job, double ms, const 
 /* ------------------------------------------------------------------ the sweep */
 
 struct claim {
+    const char *job;
     const char *instance;
     char token[24];
     const char *min_gap; /* NULL on demand */
@@ -385,7 +450,7 @@ static int claim_fn(struct pool_conn *c, void *arg)
     cl->holder[0] = '\0';
     char lease[16];
     snprintf(lease, sizeof(lease), "%d", LEASE_S);
-    const char *p[] = {cl->instance, cl->token, lease, cl->min_gap};
+    const char *p[] = {cl->instance, cl->token, lease, cl->min_gap, cl->job};
     PGresult *r = pool_exec(c, &st_claim, p);
     int rc = pool_result_err(c, r);
     if (rc == ST_OK)
@@ -393,7 +458,8 @@ static int claim_fn(struct pool_conn *c, void *arg)
     PQclear(r);
     if (rc != ST_OK || cl->won)
         return rc;
-    r = pool_exec(c, &st_lease_state, NULL);
+    const char *lp[] = {cl->job};
+    r = pool_exec(c, &st_lease_state, lp);
     rc = pool_result_err(c, r);
     if (rc == ST_OK && PQntuples(r) == 1) {
         snprintf(cl->holder, sizeof(cl->holder), "%s", sql_str(r, 0, 0) ? sql_str(r, 0, 0) : "");
@@ -419,6 +485,7 @@ static int ping_fn(struct pool_conn *c, void *arg)
 }
 
 struct record {
+    const char *job; /* the lease's job_name */
     const char *event_type;
     const char *data;    /* event_data text */
     const char *token;   /* lease token to release, or NULL */
@@ -442,7 +509,7 @@ static int record_fn(struct pool_conn *c, void *arg)
     }
     PQclear(r);
     if (rc == ST_OK && rec->token) {
-        const char *pr[] = {rec->token};
+        const char *pr[] = {rec->token, rec->job};
         r = pool_exec(c, &st_release, pr);
         rc = pool_result_err(c, r);
         PQclear(r);
@@ -519,6 +586,17 @@ static void run_steps(struct healer *h, struct healer_sweep_figures *f)
             step_failed(h, f->errors, "expire_proposals", rc);
         }
     }
+    if (k->mark_missing_outcomes) {
+        long long total = 0, marked = 0;
+        rc = k->mark_missing_outcomes(k->ctx, &total, &marked);
+        if (rc == ST_OK) {
+            f->success_without_outcome = total;
+            f->marked_for_recovery = marked;
+            f->ran_missing = true;
+        } else {
+            step_failed(h, f->errors, "mark_missing_outcomes", rc);
+        }
+    }
     if (k->archive_actions) {
         long long n = 0;
         rc = k->archive_actions(k->ctx, h->s.archive_after_days, &n);
@@ -541,6 +619,29 @@ static void measure(struct healer *h, struct healer_sweep_figures *f, json_t *po
     struct pool_stats ps;
     pool_stats(h->pool, &ps);
     f->pool_waiting = ps.waiting;
+    f->circuit_open = ps.unreachable;
+    /* database issues in the earlier sweep's sense, in steward's terms */
+    if (rc != ST_OK)
+        json_array_append_new(f->database_issues, json_string("unreachable"));
+    else if (pg.ms >= (double)h->s.degraded_db_latency_ms)
+        json_array_append_new(f->database_issues, json_string("slow_round_trip"));
+    if (ps.unreachable)
+        json_array_append_new(f->database_issues, json_string("circuit_open"));
+    if (h->sweep_timeouts_seen && ps.timeouts_total > h->sweep_prev_timeouts)
+        json_array_append_new(f->database_issues, json_string("acquire_timeouts"));
+    h->sweep_prev_timeouts = ps.timeouts_total;
+    h->sweep_timeouts_seen = true;
+    size_t i;
+    json_t *e;
+    json_array_foreach(f->errors, i, e)
+    {
+        if (strcmp(json_string_value(json_object_get(e, "error")), st_strerror(ST_EUNAVAIL)) ==
+                0 &&
+            strcmp(json_string_value(json_object_get(e, "step")), "measure_db_latency") != 0) {
+            json_array_append_new(f->database_issues, json_string("step_unavailable"));
+            break;
+        }
+    }
     f->ws_connections = (int)metrics_gauge_value(h->m, MG_WS_CONNECTIONS);
     json_object_set_new(pool_obj, "size", json_integer(ps.size));
     json_object_set_new(pool_obj, "open", json_integer(ps.open));
@@ -600,7 +701,7 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
                         enum healer_skip *skip, char *holder, size_t cap)
 {
     int64_t t0 = clock_now_us();
-    struct claim cl = {.instance = h->instance};
+    struct claim cl = {.job = JOB_SWEEP, .instance = h->instance};
     char gap[32];
     if (!on_demand) {
         snprintf(gap, sizeof(gap), "%.3f", h->s.heal_interval_s * PERIODIC_GAP);
@@ -628,7 +729,8 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
 
     /* timestamp and duration cover the time this instance held the turn */
     t0 = clock_now_us();
-    struct healer_sweep_figures f = {.started_us = jtime_now_us(), .errors = json_array()};
+    struct healer_sweep_figures f = {
+        .started_us = jtime_now_us(), .errors = json_array(), .database_issues = json_array()};
     run_steps(h, &f);
     json_t *pool_obj = json_object();
     measure(h, &f, pool_obj);
@@ -637,9 +739,10 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
     bool degraded = healer_judge_health(&f, &h->s, reasons);
     json_t *event = healer_sweep_event(&f, h->instance, degraded);
     json_object_set_new(event, "pool", pool_obj);
-    char *text = json_dumps(event, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    char *text = json_text(event, NULL);
     json_t *hb_detail = json_pack("{s:O, s:b}", "errors", f.errors, "degraded", degraded);
-    struct record rec = {.event_type = EV_SWEEP,
+    struct record rec = {.job = JOB_SWEEP,
+                         .event_type = EV_SWEEP,
                          .data = text,
                          .token = cl.token,
                          .hb = {JOB_SWEEP, h->instance, f.duration_ms,
@@ -677,6 +780,7 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
     json_decref(reasons);
     json_decref(event);
     json_decref(f.errors);
+    json_decref(f.database_issues);
     return ST_OK;
 }
 
@@ -723,9 +827,144 @@ static json_t *route_json(const struct healer_route_figures *r)
                      round3(r->p99_ms));
 }
 
+/* The memory figures of one instance's registry row: rss against the limit. */
+static json_t *memory_json(const json_t *fig)
+{
+    json_t *rss = json_object_get(fig, "rss_bytes");
+    json_t *limit = json_object_get(fig, "memory_limit_bytes");
+    json_t *source = json_object_get(fig, "memory_limit_source");
+    json_t *pct = json_null();
+    const char *level = "unknown";
+    if (json_is_integer(rss) && json_is_integer(limit) && json_integer_value(limit) > 0) {
+        double v = (double)json_integer_value(rss) * 100.0 / (double)json_integer_value(limit);
+        json_decref(pct);
+        pct = json_real(round3(v));
+        level = healer_memory_level(v);
+    }
+    return json_pack("{s:O, s:O, s:O, s:o, s:s}", "rss_bytes", rss ? rss : json_null(),
+                     "limit_bytes", limit ? limit : json_null(), "limit_source",
+                     source ? source : json_null(), "pressure_pct", pct, "level", level);
+}
+
+const char *healer_memory_level(double pressure_pct)
+{
+    return pressure_pct >= 90 ? "critical" : pressure_pct >= 80 ? "warning" : "ok";
+}
+
+struct slow_jobs {
+    const char *since;
+    json_t *items;
+};
+
+static int slow_jobs_fn(struct pool_conn *c, void *arg)
+{
+    struct slow_jobs *sj = arg;
+    json_array_clear(sj->items);
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%d", SLOW_JOB_MS);
+    const char *p[] = {sj->since, ms};
+    PGresult *r = pool_exec(c, &st_slow_jobs, p);
+    int rc = pool_result_err(c, r);
+    for (int i = 0; rc == ST_OK && i < PQntuples(r); i++) {
+        const char *name = sql_str(r, i, 0);
+        const char *colon = strchr(name, ':');
+        json_array_append_new(
+            sj->items,
+            json_pack("{s:s%, s:o, s:o, s:f, s:o}", "job", name,
+                      colon ? (size_t)(colon - name) : strlen(name), "instance",
+                      sql_json_str(r, i, 1), "last_run_at", sql_json_time(r, i, 2),
+                      "execution_time_ms", round3(sql_dbl(r, i, 3)), "status",
+                      sql_json_str(r, i, 4)));
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* What the leader adds for the whole deployment: every live instance's figures (with
+ * memory pressure) and the slow jobs of the last period. Parts that fail read null. */
+static void deployment_figures(struct healer *h, int64_t now_us, json_t *event,
+                               struct healer_perf_figures *pf)
+{
+    json_t *items = NULL;
+    json_t *instances = json_null();
+    if (healer_instances_list(h, true, &items) == ST_OK) {
+        json_decref(instances);
+        instances = json_array();
+        size_t i;
+        json_t *it;
+        json_array_foreach(items, i, it)
+        {
+            json_t *fig = json_object_get(it, "figures");
+            json_t *mem = memory_json(fig);
+            const char *level = json_string_value(json_object_get(mem, "level"));
+            if (level && strcmp(level, "ok") != 0 && strcmp(level, "unknown") != 0)
+                pf->memory_pressed++;
+            json_array_append_new(
+                instances,
+                json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:o, s:O, s:O}", "id",
+                          json_object_get(it, "id"), "version", json_object_get(it, "version"),
+                          "heartbeat_at", json_object_get(it, "heartbeat_at"), "uptime_s",
+                          json_object_get(it, "uptime_s"), "pool",
+                          json_object_get(fig, "pool") ? json_object_get(fig, "pool")
+                                                       : json_null(),
+                          "sockets", json_object_get(it, "sockets"), "memory", mem,
+                          "requests_total",
+                          json_object_get(fig, "requests_total")
+                              ? json_object_get(fig, "requests_total")
+                              : json_null(),
+                          "server_errors_total",
+                          json_object_get(fig, "server_errors_total")
+                              ? json_object_get(fig, "server_errors_total")
+                              : json_null()));
+        }
+    }
+    json_decref(items);
+    json_object_set_new(event, "instances", instances);
+
+    char since[32];
+    sql_fmt_time(since, now_us - (int64_t)h->s.perf_interval_s * 1000000);
+    struct slow_jobs sj = {since, json_array()};
+    if (pool_with(h->pool, slow_jobs_fn, &sj) == ST_OK) {
+        pf->slow_jobs = json_array_size(sj.items);
+        json_object_set_new(event, "slow_jobs", sj.items);
+    } else {
+        json_decref(sj.items);
+        json_object_set_new(event, "slow_jobs", json_null());
+    }
+    json_object_set_new(
+        event, "schedule",
+        json_pack("{s:{s:i, s:i}, s:{s:i, s:i}}", "sweep", "interval_s", h->s.heal_interval_s,
+                  "offset_s", h->s.heal_offset_s % h->s.heal_interval_s, "report",
+                  "interval_s", h->s.perf_interval_s, "offset_s",
+                  h->s.perf_offset_s % h->s.perf_interval_s));
+}
+
 static int perf_locked(struct healer *h, json_t **report)
 {
     int64_t t0 = clock_now_us();
+    /* one report per period for the whole deployment: the instance that wins the turn
+     * writes it (a lease row, as the sweep's) */
+    struct claim cl = {.job = JOB_PERF, .instance = h->instance};
+    char gap[32];
+    snprintf(gap, sizeof(gap), "%.3f", h->s.perf_interval_s * PERIODIC_GAP);
+    cl.min_gap = gap;
+    if (crypto_token(cl.token, sizeof(cl.token), "", 8) != 0)
+        return ST_EINTERNAL;
+    int crc = pool_with(h->pool, claim_fn, &cl);
+    if (crc != ST_OK)
+        log_msg(h->lg, LOG_WARN, "performance report could not be stored", "error",
+                st_strerror(crc), "step", "claim", NULL);
+    if (crc != ST_OK || !cl.won) {
+        json_t *detail =
+            crc != ST_OK
+                ? json_pack("{s:s}", "error", st_strerror(crc))
+                : json_pack("{s:s, s:s}", "reason",
+                            cl.running ? "running_elsewhere" : "ran_recently", "holder", cl.holder);
+        heartbeat_alone(h, JOB_PERF, (double)(clock_now_us() - t0) / 1e3,
+                        crc != ST_OK ? "failed" : "skipped", detail);
+        json_decref(detail);
+        return crc != ST_OK ? crc : ST_ECONFLICT;
+    }
     int64_t now_us = jtime_now_us();
     struct metrics_route_snap *now = calloc(h->nslots, sizeof(*now));
     struct healer_route_figures *figs = calloc(h->nslots, sizeof(*figs));
@@ -801,16 +1040,22 @@ static int perf_locked(struct healer *h, json_t **report)
         }
     }
     json_t *event = json_pack(
-        "{s:o, s:s, s:o, s:f, s:o, s:o, s:o, s:{s:I, s:I, s:f}, s:o}", "timestamp",
+        "{s:o, s:s, s:o, s:f, s:o, s:o, s:o, s:{s:I, s:I, s:f}}", "timestamp",
         jtime_json(now_us), "instance", h->instance, "since", jtime_json(h->prev_us),
         "interval_s", round3((double)(now_us - h->prev_us) / 1e6), "routes", routes, "delivery",
         delivery ? delivery : json_null(), "actions", actions, "pool", "waits",
         (json_int_t)pf.pool_waits, "timeouts", (json_int_t)pf.pool_timeouts, "wait_p95_ms",
-        round3(pf.pool_wait_p95_ms), "recommendations", healer_recommendations(&pf, &h->s));
+        round3(pf.pool_wait_p95_ms));
+    if (event) {
+        deployment_figures(h, now_us, event, &pf);
+        json_object_set_new(event, "recommendations", healer_recommendations(&pf, &h->s));
+    }
     free(figs);
-    char *text = event ? json_dumps(event, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
+    char *text = event ? json_text(event, NULL) : NULL;
     json_t *hb_detail = json_object();
     struct record rec = {
+        .job = JOB_PERF,
+        .token = cl.token,
         .event_type = EV_PERF,
         .data = text,
         .hb = {JOB_PERF, h->instance, (double)(clock_now_us() - t0) / 1e3, "ok", hb_detail}};
@@ -956,16 +1201,169 @@ json_t *healer_status(struct healer *h)
         pthread_mutex_unlock(&h->state_mu);
     }
     int64_t uptime = (jtime_now_us() - h->s.started_us) / 1000000;
-    return json_pack("{s:s, s:s, s:I, s:o, s:o, s:{s:b, s:o}, s:o, s:o, s:o}", "version",
+    struct pool_stats after;
+    pool_stats(h->pool, &after); /* the ping just tried the database */
+    return json_pack("{s:s, s:s, s:I, s:o, s:o, s:{s:b, s:o, s:b}, s:o, s:o, s:o}", "version",
                      STEWARD_VERSION, "instance", h->instance, "uptime_s",
                      (json_int_t)(uptime > 0 ? uptime : 0), "pool", pool, "ws", ws, "database",
                      "reachable", reachable, "latency_ms",
-                     reachable ? json_real(round3(pg.ms)) : json_null(), "delivery",
+                     reachable ? json_real(round3(pg.ms)) : json_null(), "circuit_open",
+                     after.unreachable, "delivery",
                      delivery ? delivery : json_null(), "lessons",
                      lessons ? lessons : json_null(), "last_sweep", last ? last : json_null());
 }
 
+/* ------------------------------------------------------------------ instance registry */
+
+/* A heartbeat is live for this many ticks. */
+#define INSTANCE_LIVE_TICKS 3
+
+/* What this instance measures in itself (new reference). */
+static json_t *instance_figures(struct healer *h)
+{
+    struct pool_stats ps;
+    pool_stats(h->pool, &ps);
+    uint64_t requests = 0, server_errors = 0;
+    for (size_t i = 0; i < h->nslots; i++) {
+        struct metrics_route_snap snap;
+        metrics_route_snapshot(h->m, i, &snap);
+        struct healer_route_figures fg;
+        healer_route_figures(&snap, &fg);
+        requests += fg.requests;
+        server_errors += fg.server_errors;
+    }
+    const char *source = NULL;
+    int64_t limit = proc_memory_limit_bytes(&source);
+    int64_t rss = proc_rss_bytes();
+    return json_pack("{s:{s:i, s:i, s:i, s:i, s:I}, s:I, s:o, s:o, s:o, s:I, s:I}", "pool",
+                     "size", ps.size, "open", ps.open, "busy", ps.busy, "waiting", ps.waiting,
+                     "timeouts_total", (json_int_t)ps.timeouts_total, "sockets",
+                     (json_int_t)metrics_gauge_value(h->m, MG_WS_CONNECTIONS), "rss_bytes",
+                     rss >= 0 ? json_integer(rss) : json_null(), "memory_limit_bytes",
+                     limit > 0 ? json_integer(limit) : json_null(), "memory_limit_source",
+                     source ? json_string(source) : json_null(), "requests_total",
+                     (json_int_t)requests, "server_errors_total", (json_int_t)server_errors);
+}
+
+struct beat {
+    const char *id;
+    const char *started;
+    const char *figures;
+};
+
+static int beat_fn(struct pool_conn *c, void *arg)
+{
+    struct beat *b = arg;
+    const char *p[] = {b->id, STEWARD_VERSION, b->started, b->figures};
+    PGresult *r = pool_exec(c, &st_instance_upsert, p);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    r = pool_exec(c, &st_instance_prune, NULL);
+    rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+int healer_instance_beat(struct healer *h)
+{
+    json_t *fig = instance_figures(h);
+    char *text = fig ? json_text(fig, NULL) : NULL;
+    json_decref(fig);
+    if (!text)
+        return ST_ENOMEM;
+    char started[32];
+    sql_fmt_time(started, h->s.started_us ? h->s.started_us : jtime_now_us());
+    struct beat b = {h->instance, started, text};
+    int rc = pool_tx(h->pool, beat_fn, &b);
+    free(text);
+    if (rc != ST_OK)
+        log_msg(h->lg, LOG_WARN, "cannot record the instance heartbeat", "error",
+                st_strerror(rc), NULL);
+    return rc;
+}
+
+static int retire_fn(struct pool_conn *c, void *arg)
+{
+    const char *p[] = {arg};
+    PGresult *r = pool_exec(c, &st_instance_retire, p);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+void healer_instance_retire(struct healer *h)
+{
+    if (h)
+        (void)pool_with(h->pool, retire_fn, h->instance);
+}
+
+struct instances {
+    int live_s;
+    bool with_figures;
+    json_t *items;
+};
+
+static json_t *json_get_or_null(const json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return v ? json_incref(v) : json_null();
+}
+
+static int instances_fn(struct pool_conn *c, void *arg)
+{
+    struct instances *in = arg;
+    json_array_clear(in->items);
+    char secs[16];
+    snprintf(secs, sizeof(secs), "%d", in->live_s);
+    const char *p[] = {secs};
+    PGresult *r = pool_exec(c, &st_instances_live, p);
+    int rc = pool_result_err(c, r);
+    for (int i = 0; rc == ST_OK && i < PQntuples(r); i++) {
+        json_t *fig = sql_json_parse(r, i, 5);
+        json_t *pool = json_object_get(fig, "pool");
+        json_t *item = json_pack(
+            "{s:o, s:o, s:o, s:o, s:I, s:{s:o, s:o, s:o}, s:o, s:o}", "id", sql_json_str(r, i, 0),
+            "version", sql_json_str(r, i, 1), "started_at", sql_json_time(r, i, 2),
+            "heartbeat_at", sql_json_time(r, i, 3), "uptime_s", (json_int_t)sql_ll(r, i, 4),
+            "pool", "size", json_get_or_null(pool, "size"), "busy",
+            json_get_or_null(pool, "busy"), "waiting", json_get_or_null(pool, "waiting"),
+            "sockets", json_get_or_null(fig, "sockets"), "rss_bytes",
+            json_get_or_null(fig, "rss_bytes"));
+        if (item && in->with_figures)
+            json_object_set(item, "figures", fig ? fig : json_null());
+        json_decref(fig);
+        if (!item || json_array_append_new(in->items, item) != 0)
+            rc = ST_ENOMEM;
+    }
+    PQclear(r);
+    return rc;
+}
+
+int healer_instances_list(struct healer *h, bool with_figures, json_t **items)
+{
+    struct instances in = {h->s.instance_heartbeat_s * INSTANCE_LIVE_TICKS, with_figures,
+                           json_array()};
+    *items = NULL;
+    if (!in.items)
+        return ST_ENOMEM;
+    int rc = pool_with(h->pool, instances_fn, &in);
+    if (rc != ST_OK) {
+        json_decref(in.items);
+        return rc;
+    }
+    *items = in.items;
+    return ST_OK;
+}
+
 /* ------------------------------------------------------------------ periodic jobs */
+
+static void instance_job(void *arg)
+{
+    healer_instance_beat(arg);
+}
+
 
 static void sweep_job(void *arg)
 {
@@ -983,15 +1381,26 @@ static void perf_job(void *arg)
 
 int healer_start(struct healer *h, struct sched *sc)
 {
+    /* both on the wall clock's grid, so every instance tries at the same moments and
+     * the lease picks one */
     const struct sched_job sweep = {.name = JOB_SWEEP,
                                     .fn = sweep_job,
                                     .ctx = h,
-                                    .period_ms = (int64_t)h->s.heal_interval_s * 1000};
+                                    .period_ms = (int64_t)h->s.heal_interval_s * 1000,
+                                    .wall_aligned = true,
+                                    .offset_ms = (int64_t)h->s.heal_offset_s * 1000};
     const struct sched_job perf = {.name = JOB_PERF,
                                    .fn = perf_job,
                                    .ctx = h,
-                                   .period_ms = (int64_t)h->s.perf_interval_s * 1000};
-    if (sched_add(sc, &sweep) != 0 || sched_add(sc, &perf) != 0)
+                                   .period_ms = (int64_t)h->s.perf_interval_s * 1000,
+                                   .wall_aligned = true,
+                                   .offset_ms = (int64_t)h->s.perf_offset_s * 1000};
+    const struct sched_job beat = {.name = "instance_heartbeat",
+                                   .fn = instance_job,
+                                   .ctx = h,
+                                   .period_ms = (int64_t)h->s.instance_heartbeat_s * 1000,
+                                   .first_ms = 1};
+    if (sched_add(sc, &sweep) != 0 || sched_add(sc, &perf) != 0 || sched_add(sc, &beat) != 0)
         return -1;
     log_msg(h->lg, LOG_INFO, "healer started", "instance", h->instance, NULL);
     return 0;

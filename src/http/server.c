@@ -366,7 +366,7 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
     if (!text) {
         if (!resp->body)
             resp->body = json_object();
-        text = json_dumps(resp->body, JSON_COMPACT | JSON_ENCODE_ANY);
+        text = json_text(resp->body, NULL);
         len = text ? strlen(text) : 0;
         if (!ctype)
             ctype = resp->status >= 400 ? "application/problem+json" : "application/json";

@@ -180,7 +180,7 @@ static int read_detail(const json_t *obj, json_t **out, json_t *errs)
     int rc = jv_object(obj, "detail", "", false, &d, errs);
     if (rc != 1)
         return rc;
-    char *text = json_dumps(d, JSON_COMPACT);
+    char *text = json_text(d, NULL);
     size_t n = text ? strlen(text) : 0;
     free(text);
     if (n > LESSONS_DETAIL_MAX) {
@@ -328,12 +328,13 @@ static json_t *row_json(const PGresult *r, int row)
 static void record_params(const struct lesson_input *in, int window_s, char *window_buf,
                           char **detail_text, const char *params[16])
 {
-    *detail_text = in->detail ? json_dumps(in->detail, JSON_COMPACT) : NULL;
+    *detail_text = in->detail ? json_text(in->detail, NULL) : NULL;
     snprintf(window_buf, 24, "%d", window_s);
     const char *p[16] = {in->lesson_type, in->work_item_id, in->task_id,     in->stage,
                          in->agent,       in->repo,         in->root_cause,  in->suggestion,
                          in->status,      in->related_task, in->attribution, in->target_repo,
-                         in->target_domain, in->source,     *detail_text,    window_buf};
+                         in->target_domain, in->source ? in->source : "auto",
+                         *detail_text,    window_buf};
     memcpy(params, p, sizeof(p));
 }
 
@@ -584,7 +585,7 @@ int lessons_update(struct lessons *l, long long id, const json_t *changes, const
     if (!lessons_enabled(l))
         return ST_EDISABLED;
     char idbuf[24];
-    char *text = json_dumps(changes, JSON_COMPACT);
+    char *text = json_text(changes, NULL);
     if (!text)
         return ST_ENOMEM;
     struct update_tx t = {{sql_fmt_ll(idbuf, id), text}, changes, actor, NULL};

@@ -41,9 +41,9 @@ static const struct planner_config config_defaults = {
 
 #define ACTION_COLS                                                                           \
     "idempotency_key, post_id, action_type, tier, status, attempts, " SQL_US("initiated_at")  \
-    ", outcome::text, error_code, id"
+    ", coalesce(outcome_text::text, outcome::text), error_code, id, needs_recovery"
 enum { AC_KEY, AC_POST, AC_TYPE, AC_TIER, AC_STATUS, AC_ATTEMPTS, AC_INITIATED, AC_OUTCOME,
-       AC_ERROR, AC_ID, AC_NCOLS };
+       AC_ERROR, AC_ID, AC_RECOVERY, AC_NCOLS };
 
 #define CONFIG_COLS                                                                           \
     "c.per_post_window_minutes, c.min_samples_required, c.cooldown_comment_seconds, "         \
@@ -118,16 +118,18 @@ static const struct db_stmt st_claim = {
     "INSERT INTO actions AS a (idempotency_key, post_id, action_type, tier, status, attempts, "
     "initiated_at) VALUES ($1, $2, $3, $4, 'running', 0, clock_timestamp()) "
     "ON CONFLICT (idempotency_key) DO UPDATE SET status = 'running', outcome = NULL, "
-    "error_code = NULL, initiated_at = EXCLUDED.initiated_at, updated_at = now() "
+    "outcome_text = NULL, needs_recovery = false, error_code = NULL, initiated_at = EXCLUDED.initiated_at, updated_at = now() "
     "WHERE a.status = 'failed' RETURNING a.id",
     4};
 
 static const struct db_stmt st_outcome = {
     "planner_outcome",
     "INSERT INTO actions AS a (idempotency_key, post_id, action_type, tier, status, attempts, "
-    "initiated_at, outcome, error_code) VALUES ($1, $2, $3, $4, $5, 1, now(), $6::jsonb, $7) "
+    "initiated_at, outcome, outcome_text, error_code) "
+    "VALUES ($1, $2, $3, $4, $5, 1, now(), $6::text::jsonb, $6::text::json, $7) "
     "ON CONFLICT (idempotency_key) DO UPDATE SET status = EXCLUDED.status, "
-    "outcome = EXCLUDED.outcome, error_code = EXCLUDED.error_code, attempts = a.attempts + 1, "
+    "outcome = EXCLUDED.outcome, outcome_text = EXCLUDED.outcome_text, needs_recovery = false, "
+    "error_code = EXCLUDED.error_code, attempts = a.attempts + 1, "
     "initiated_at = now(), updated_at = now() RETURNING " ACTION_COLS,
     7};
 
@@ -156,6 +158,30 @@ static const struct db_stmt st_list_after = {
     "ORDER BY initiated_at DESC, id DESC LIMIT $2::int",
     4};
 
+/* The marked ones only (?needs_recovery=true), through actions_post_recovery. */
+static const struct db_stmt st_list_recovery_first = {
+    "planner_list_recovery_first",
+    "SELECT " ACTION_COLS " FROM actions WHERE post_id = $1 AND needs_recovery "
+    "ORDER BY initiated_at DESC, id DESC LIMIT $2::int",
+    2};
+
+static const struct db_stmt st_list_recovery_after = {
+    "planner_list_recovery_after",
+    "SELECT " ACTION_COLS " FROM actions WHERE post_id = $1 AND needs_recovery "
+    "AND (initiated_at, id) < ($3::timestamptz, $4::int8) "
+    "ORDER BY initiated_at DESC, id DESC LIMIT $2::int",
+    4};
+
+/* Marks successful actions without an outcome for recovery; answers how many there are
+ * and how many this call marked (actions_success_no_outcome). */
+static const struct db_stmt st_mark_missing = {
+    "planner_mark_missing",
+    "WITH m AS (UPDATE actions SET needs_recovery = true, updated_at = now() "
+    "  WHERE status = 'success' AND outcome IS NULL AND NOT needs_recovery RETURNING 1) "
+    "SELECT (SELECT count(*) FROM actions WHERE status = 'success' AND outcome IS NULL), "
+    "(SELECT count(*) FROM m)",
+    0};
+
 static const struct db_stmt st_metrics_upsert = {
     "planner_metrics_upsert",
     "INSERT INTO post_metrics (post_id, \"timestamp\", impressions, engagements) "
@@ -179,9 +205,10 @@ static const struct db_stmt st_archive = {
     "WITH moved AS (DELETE FROM actions WHERE status = 'failed' "
     "  AND initiated_at < now() - make_interval(days => $1::int) RETURNING *) "
     "INSERT INTO actions_archive (id, idempotency_key, post_id, action_type, tier, status, "
-    "attempts, initiated_at, outcome, error_code, created_at, updated_at) "
+    "attempts, initiated_at, outcome, outcome_text, needs_recovery, error_code, created_at, "
+    "updated_at) "
     "SELECT id, idempotency_key, post_id, action_type, tier, status, attempts, initiated_at, "
-    "outcome, error_code, created_at, updated_at FROM moved",
+    "outcome, outcome_text, needs_recovery, error_code, created_at, updated_at FROM moved",
     1};
 
 static const struct db_stmt st_stats = {
@@ -244,7 +271,7 @@ static json_t *config_json(const PGresult *r, int row)
 
 static json_t *action_json(const PGresult *r, int row)
 {
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o}",
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:b}",
                      "idempotency_key", sql_json_str(r, row, AC_KEY),
                      "post_id", sql_json_str(r, row, AC_POST),
                      "action_type", sql_json_str(r, row, AC_TYPE),
@@ -253,7 +280,8 @@ static json_t *action_json(const PGresult *r, int row)
                      "attempts", (json_int_t)sql_ll(r, row, AC_ATTEMPTS),
                      "initiated_at", sql_json_time(r, row, AC_INITIATED),
                      "outcome", sql_json_parse(r, row, AC_OUTCOME),
-                     "error_code", sql_json_str(r, row, AC_ERROR));
+                     "error_code", sql_json_str(r, row, AC_ERROR),
+                     "needs_recovery", sql_bool(r, row, AC_RECOVERY));
 }
 
 /* The action record plus the retry policy's answer for it. */
@@ -279,9 +307,16 @@ static json_t *action_retry_json(const PGresult *r, int row, long long max_attem
     return o;
 }
 
-static json_t *ineligible(const char *reason)
+/* An ineligible answer: post_id on every one, as the earlier planner wrote them, and the
+ * planned action's idempotency key when the evaluation got far enough to plan one. */
+static json_t *ineligible(const char *post_id, const char *reason, const char *key)
 {
-    return json_pack("{s:b, s:s}", "eligible", 0, "reason", reason);
+    json_t *o = json_pack("{s:s, s:b, s:s}", "post_id", post_id, "eligible", 0, "reason", reason);
+    if (o && key && json_object_set_new(o, "idempotency_key", json_string(key)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 /* ---- plan -------------------------------------------------------------------------- */
@@ -349,8 +384,12 @@ static int plan_fn(struct pool_conn *c, void *arg)
         PQclear(r);
     }
     if (!ev.sufficient) {
-        x->out = json_pack("{s:b, s:s, s:I}", "eligible", 0, "reason", "insufficient_samples",
-                           "sample_count", (json_int_t)ev.sample_count);
+        x->out = ineligible(x->post_id, "insufficient_samples", NULL);
+        if (x->out && json_object_set_new(x->out, "sample_count",
+                                          json_integer((json_int_t)ev.sample_count)) != 0) {
+            json_decref(x->out);
+            x->out = NULL;
+        }
         return x->out ? ST_OK : ST_ENOMEM;
     }
 
@@ -372,12 +411,11 @@ static int plan_fn(struct pool_conn *c, void *arg)
     PQclear(r);
 
     if (duplicate) {
-        x->out = json_pack("{s:b, s:s, s:s}", "eligible", 0, "reason", "duplicate_action",
-                           "idempotency_key", key);
+        x->out = ineligible(x->post_id, "duplicate_action", key);
     } else if (in_window >= cfg.max_actions) {
-        x->out = ineligible("window_frequency_exceeded");
+        x->out = ineligible(x->post_id, "window_frequency_exceeded", key);
     } else if (has_last && now_us - last_us < (int64_t)cfg.cooldown_s[ev.action] * 1000000) {
-        x->out = ineligible("action_cooldown_active");
+        x->out = ineligible(x->post_id, "action_cooldown_active", key);
     } else {
         x->out = json_pack("{s:s, s:b, s:f, s:s, s:s, s:s}", "post_id", x->post_id, "eligible", 1,
                            "stagnation_score", ev.stagnation_score, "tier",
@@ -396,8 +434,7 @@ static int plan_fn(struct pool_conn *c, void *arg)
             } else {
                 /* an outcome report raced in and made the key running or successful */
                 json_decref(x->out);
-                x->out = json_pack("{s:b, s:s, s:s}", "eligible", 0, "reason",
-                                   "duplicate_action", "idempotency_key", key);
+                x->out = ineligible(x->post_id, "duplicate_action", key);
             }
         }
     }
@@ -532,7 +569,7 @@ int planner_record_outcome(struct planner *p, const char *key, const struct plan
         return ST_EINVALID;
     char *outcome_text = NULL;
     if (o->outcome) {
-        outcome_text = json_dumps(o->outcome, JSON_COMPACT | JSON_ENCODE_ANY);
+        outcome_text = json_text(o->outcome, NULL);
         if (!outcome_text)
             return ST_ENOMEM;
     }
@@ -604,6 +641,7 @@ int planner_action_get(struct planner *p, const char *key, json_t **out)
 
 struct list_ctx {
     const char *post_id;
+    bool needs_recovery;
     int limit;
     bool after;
     int64_t cur_us, cur_id;
@@ -618,7 +656,10 @@ static int list_fn(struct pool_conn *c, void *arg)
     char lim[24], t[32], id[24];
     const char *params[] = {x->post_id, sql_fmt_ll(lim, x->limit + 1),
                             sql_fmt_time(t, x->cur_us), sql_fmt_ll(id, x->cur_id)};
-    PGresult *r = pool_exec(c, x->after ? &st_list_after : &st_list_first, params);
+    const struct db_stmt *st = x->needs_recovery
+                                   ? (x->after ? &st_list_recovery_after : &st_list_recovery_first)
+                                   : (x->after ? &st_list_after : &st_list_first);
+    PGresult *r = pool_exec(c, st, params);
     int rc = pool_result_err(c, r);
     if (rc != ST_OK) {
         PQclear(r);
@@ -640,10 +681,10 @@ static int list_fn(struct pool_conn *c, void *arg)
     return x->out ? ST_OK : ST_ENOMEM;
 }
 
-int planner_actions_list(struct planner *p, const char *post_id, int limit, const char *cursor,
-                         json_t **out)
+int planner_actions_list(struct planner *p, const char *post_id, bool needs_recovery, int limit,
+                         const char *cursor, json_t **out)
 {
-    struct list_ctx x = {.post_id = post_id, .limit = limit};
+    struct list_ctx x = {.post_id = post_id, .needs_recovery = needs_recovery, .limit = limit};
     if (cursor) {
         if (cursor_decode(cursor, &x.cur_us, &x.cur_id) != 0)
             return ST_EINVALID;
@@ -875,5 +916,33 @@ int planner_action_stats(struct planner *p, int64_t since_us, long long *succeed
         *succeeded = x.a;
         *failed = x.b;
     }
+    return rc;
+}
+
+/* ---- successful actions without an outcome ----------------------------------------- */
+
+struct missing_ctx {
+    long long total, marked;
+};
+
+static int missing_fn(struct pool_conn *c, void *arg)
+{
+    struct missing_ctx *x = arg;
+    PGresult *r = pool_exec(c, &st_mark_missing, NULL);
+    int rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) == 1) {
+        x->total = sql_ll(r, 0, 0);
+        x->marked = sql_ll(r, 0, 1);
+    }
+    PQclear(r);
+    return rc;
+}
+
+int planner_mark_missing_outcomes(struct planner *p, long long *total, long long *marked)
+{
+    struct missing_ctx x = {0, 0};
+    int rc = pool_tx(p->pool, missing_fn, &x);
+    *total = rc == ST_OK ? x.total : 0;
+    *marked = rc == ST_OK ? x.marked : 0;
     return rc;
 }

@@ -251,14 +251,21 @@ static void actions_list(void *ctx, const struct http_req *req, struct http_resp
     json_t *errs = json_array();
     const char *post_id = post_id_param(req, errs);
     for (size_t i = 0; i < req->nquery; i++)
-        if (strcmp(req->query[i].key, "limit") != 0 && strcmp(req->query[i].key, "cursor") != 0)
+        if (strcmp(req->query[i].key, "limit") != 0 && strcmp(req->query[i].key, "cursor") != 0 &&
+            strcmp(req->query[i].key, "needs_recovery") != 0)
             jv_error(errs, req->query[i].key, "unknown query parameter");
+    bool needs_recovery = false;
+    const char *nr = http_query(req, "needs_recovery");
+    if (nr && strcmp(nr, "true") == 0)
+        needs_recovery = true;
+    else if (nr && strcmp(nr, "false") != 0)
+        jv_error(errs, "needs_recovery", "must be true or false");
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;
     }
     json_t *out = NULL;
-    int rc = planner_actions_list(p, post_id, limit, cursor, &out);
+    int rc = planner_actions_list(p, post_id, needs_recovery, limit, cursor, &out);
     if (rc == ST_EINVALID) {
         jv_error(errs, "cursor", "is not a next_cursor of this list");
         http_invalid(resp, errs);

@@ -819,7 +819,7 @@ static char *proposal_frame(const PGresult *r, int i)
     json_object_set_new(p, "triaged_at", sql_json_time(r, i, 7));
     json_object_set_new(p, "expires_at", sql_json_time(r, i, 8));
     json_t *f = json_pack("{s:s, s:o}", "type", "scout_proposal", "proposal", p);
-    char *text = f ? json_dumps(f, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *text = f ? json_text(f, NULL) : NULL;
     json_decref(f);
     return text;
 }
@@ -1024,7 +1024,7 @@ static int sweep_tx(struct pool_conn *c, void *arg)
     }
     PQclear(r);
     if (json_array_size(users) > 0) {
-        char *text = json_dumps(users, JSON_COMPACT);
+        char *text = json_text(users, NULL);
         const char *np[] = {text};
         rc = text ? run_discard(c, &st_notify_users, np) : ST_ENOMEM;
         free(text);

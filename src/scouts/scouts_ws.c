@@ -524,7 +524,7 @@ static int presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t f
     json_t *chunk = json_array();
     for (size_t i = from; chunk && i < to; i++)
         json_array_append(chunk, json_array_get(ids, i));
-    char *text = chunk ? json_dumps(chunk, JSON_COMPACT) : NULL;
+    char *text = chunk ? json_text(chunk, NULL) : NULL;
     json_t *gone = NULL;
     int rc = text ? scouts_devices_refresh(s, text, &gone) : ST_ENOMEM;
     if (rc == ST_OK) {
@@ -807,7 +807,7 @@ char *scouts_local_devices_json(struct scouts *s)
         json_array_append_new(ids,
                               json_string(hash_entry(h, struct scouts_sess, by_sid)->device_id));
     pthread_mutex_unlock(&s->mu);
-    char *text = json_array_size(ids) ? json_dumps(ids, JSON_COMPACT) : NULL;
+    char *text = json_array_size(ids) ? json_text(ids, NULL) : NULL;
     json_decref(ids);
     return text;
 }

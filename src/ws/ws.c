@@ -202,7 +202,7 @@ int ws_send(struct ws_server *ws, uint64_t sid, const char *text, size_t len)
 
 int ws_send_json(struct ws_server *ws, uint64_t sid, const json_t *frame)
 {
-    char *text = json_dumps(frame, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = json_text(frame, NULL);
     if (!text)
         return -1;
     int rc = ws_send(ws, sid, text, strlen(text));

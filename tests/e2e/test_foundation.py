@@ -148,7 +148,7 @@ def test_auth_statuses_per_scope(server, keys):
     body = problem(server.post('/v1/lessons', key=keys['read'], json={'lesson_type': 'x'}), 403)
     assert 'service' in body['detail']
     assert server.post('/v1/lessons', key=keys['service'],
-                       json={'lesson_type': 'gate_failure'}).status_code == 201
+                       json={'lesson_type': 'gate_failure', 'source': 'manual'}).status_code == 201
     problem(server.patch('/v1/lessons/1', key=keys['service'], json={'status': 'closed'}), 403)
     assert server.patch('/v1/lessons/1', key=keys['admin'],
                         json={'status': 'closed'}).status_code == 200

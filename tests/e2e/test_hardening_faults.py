@@ -40,7 +40,8 @@ class WriteLoad:
         url = self.server.url
         if kind == 'lesson':
             r = session.post(url + '/v1/lessons', headers=h, timeout=10,
-                             json={'lesson_type': 'gate_failure', 'repo': ident})
+                             json={'lesson_type': 'gate_failure', 'repo': ident,
+                                   'source': 'manual'})
         elif kind == 'metrics':
             r = session.post(url + f'/v1/posts/{ident}/metrics', headers=h, timeout=10, json={
                 'points': [{'timestamp': '2026-11-22T10:00:00Z', 'impressions': 5,

@@ -244,7 +244,8 @@ def test_sql_metacharacters_are_stored_and_returned_verbatim(server, keys, sql):
         fields = {'work_item_id': s, 'task_id': s, 'stage': s, 'agent': s, 'repo': s,
                   'root_cause': s, 'suggestion': s, 'related_task': s, 'target_repo': s,
                   'detail': {s: s, 'nested': [s]}}
-        r = server.post('/v1/lessons', key=svc, json={'lesson_type': 'gate_failure', **fields})
+        r = server.post('/v1/lessons', key=svc,
+                        json={'lesson_type': 'gate_failure', 'source': 'manual', **fields})
         assert r.status_code == 201, r.text
         lesson = server.get(f"/v1/lessons/{r.json()['id']}", key=svc).json()
         for k, v in fields.items():

@@ -310,7 +310,8 @@ def world(server, keys, sql):
     """Real resources, so bad requests against real ids reach the validators."""
     svc = keys['service']
     user = 'storm-user'
-    r = server.post('/v1/lessons', key=svc, json={'lesson_type': 'gate_failure', 'repo': 'r'})
+    r = server.post('/v1/lessons', key=svc,
+                    json={'lesson_type': 'gate_failure', 'repo': 'r', 'source': 'manual'})
     assert r.status_code == 201
     lesson_id = str(r.json()['id'])
     assert server.post(f'/v1/bonds/{user}/notes', json={'note': 'n'}).status_code == 200

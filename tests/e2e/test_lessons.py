@@ -231,13 +231,13 @@ def test_post_defaults(server, keys, sql):
     r = server.post('/v1/lessons', key=keys['service'], json={'lesson_type': 'future_kind'})
     assert r.status_code == 201
     lesson = server.get(f"/v1/lessons/{r.json()['id']}").json()
-    assert lesson['status'] == 'new' and lesson['source'] == 'manual'
+    assert lesson['status'] == 'new' and lesson['source'] == 'auto'
     assert lesson['detail'] == {}
     for k in ('work_item_id', 'task_id', 'stage', 'agent', 'repo', 'root_cause', 'suggestion',
               'related_task', 'attribution', 'target_repo', 'target_domain'):
         assert lesson[k] is None, k
     row = lesson_row(sql, r.json()['id'])
-    assert row['status'] == 'new' and row['source'] == 'manual' and row['detail'] == {}
+    assert row['status'] == 'new' and row['source'] == 'auto' and row['detail'] == {}
 
 
 def test_get_unknown_or_malformed_id_is_404(server, keys):
@@ -293,7 +293,8 @@ def test_concurrent_identical_auto_records_write_one_row(make_server, db_url, ke
 
 
 def test_manual_records_are_never_deduplicated(server, keys, sql):
-    body = {'lesson_type': 'gate_failure', 'work_item_id': 'wi-manual', 'stage': 'ci'}
+    body = {'lesson_type': 'gate_failure', 'work_item_id': 'wi-manual', 'stage': 'ci',
+            'source': 'manual'}
     results = post_many(server, keys['service'], body, 10)
     assert sorted(r.status_code for r in results) == [201] * 10
     assert len({r.json()['id'] for r in results}) == 10
@@ -302,6 +303,12 @@ def test_manual_records_are_never_deduplicated(server, keys, sql):
     # a manual record does not make a later auto record a duplicate either
     r = server.post('/v1/lessons', key=keys['service'], json=body | {'source': 'auto'})
     assert r.status_code == 201
+    # a caller that omits source is deduplicated like an auto record (the earlier
+    # journal's default)
+    del body['source']
+    again = server.post('/v1/lessons', key=keys['service'], json=body)
+    assert again.status_code == 200, again.text
+    assert again.json()['duplicate_of'] == r.json()['id']
 
 
 def test_dedup_window_edges_and_key(server, keys, sql):
@@ -365,7 +372,8 @@ def test_list_filters_combine_and_paginate_stably(make_server, fresh_db_url):
     for i in range(12):
         body = {'lesson_type': 'gate_failure' if i % 2 else 'merge_hold',
                 'status': 'closed' if i % 3 == 0 else 'new',
-                'repo': 'acme/a' if i < 6 else 'acme/b', 'work_item_id': f'w{i % 4}'}
+                'repo': 'acme/a' if i < 6 else 'acme/b', 'work_item_id': f'w{i % 4}',
+                'source': 'manual'}
         r = s.post('/v1/lessons', json=body)
         assert r.status_code == 201
         ids.append((r.json()['id'], body))
@@ -401,7 +409,8 @@ def test_list_filters_combine_and_paginate_stably(make_server, fresh_db_url):
     page = listed('?limit=5')
     seen += [x['id'] for x in page['items']]
     while page['next_cursor']:
-        assert s.post('/v1/lessons', json={'lesson_type': 'gate_failure'}).status_code == 201
+        assert s.post('/v1/lessons', json={'lesson_type': 'gate_failure',
+                                           'source': 'manual'}).status_code == 201
         page = listed(f"?limit=5&cursor={page['next_cursor']}")
         assert len(page['items']) <= 5
         seen += [x['id'] for x in page['items']]
@@ -495,7 +504,7 @@ def test_patch_rejects_other_fields_and_changes_nothing(server, keys, sql):
 
 def test_patch_scope_and_missing(server, keys):
     lid = server.post('/v1/lessons', key=keys['service'],
-                      json={'lesson_type': 'gate_failure'}).json()['id']
+                      json={'lesson_type': 'gate_failure', 'source': 'manual'}).json()['id']
     assert server.patch(f'/v1/lessons/{lid}', key=keys['service'],
                         json={'status': 'closed'}).status_code == 403
     assert server.patch(f'/v1/lessons/{lid}', key=keys['read'],
@@ -516,7 +525,8 @@ def test_snapshot_counts_match_rows(make_server, fresh_db_url):
                      'last_24h': 0, 'newest_at': None}
     for t, st in (('gate_failure', 'new'), ('gate_failure', 'closed'), ('merge_hold', 'new'),
                   ('new_kind', 'in_progress'), ('gate_failure', 'new')):
-        assert s.post('/v1/lessons', json={'lesson_type': t, 'status': st}).status_code == 201
+        assert s.post('/v1/lessons', json={'lesson_type': t, 'status': st,
+                                           'source': 'manual'}).status_code == 201
     with psycopg.connect(fresh_db_url, autocommit=True) as conn:
         conn.execute("UPDATE lessons SET created_at = now() - interval '25 hours' "
                      "WHERE id = (SELECT min(id) FROM lessons)")

@@ -206,11 +206,12 @@ def test_insufficient_samples_stored_and_inline(server, keys):
     server.post(f'/v1/posts/{post}/metrics', key=keys['service'],
                 json={'points': points(t, [(0, 0), (10, 0)])})
     assert plan(server, post, keys, now=t) == {
-        'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 2}
-    assert plan(server, new_post(), keys) == {
-        'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 0}
+        'post_id': post, 'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 2}
+    other = new_post()
+    assert plan(server, other, keys) == {
+        'post_id': other, 'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 0}
     assert plan(server, post, keys, now=t, metrics=[]) == {
-        'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 0}
+        'post_id': post, 'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 0}
 
 
 def test_tiers_from_stored_and_inline_metrics(server, keys):
@@ -244,7 +245,7 @@ def test_window_edge_by_pinned_now(server, keys):
     assert plan(server, post, keys, now=t)['eligible'] is True
     later = t + timedelta(microseconds=1)
     assert plan(server, post, keys, now=later) == {
-        'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 2}
+        'post_id': post, 'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 2}
     # the same edge through inline metrics
     assert plan(server, post, keys, now=t, metrics=pts)['eligible'] is True
     assert plan(server, post, keys, now=later, metrics=pts)['sample_count'] == 2
@@ -260,7 +261,7 @@ def test_duplicate_action_for_success_and_running_only(server, keys):
         got = plan(server, post, keys, now=t + timedelta(days=400),
                    metrics=points(t + timedelta(days=400), 'thread'))
         if dup:
-            assert got == {'eligible': False, 'reason': 'duplicate_action',
+            assert got == {'post_id': post, 'eligible': False, 'reason': 'duplicate_action',
                            'idempotency_key': key_of(post, 'thread')}
         else:
             assert got == eligible(post, 'thread')
@@ -276,11 +277,14 @@ def test_window_frequency_cap_and_check_order(server, keys, sql):
                         (post,)).fetchone()[0]
     now = init + timedelta(seconds=1)
     # two actions in the window: a thread (no cooldown of its own) is still refused
+    # (the answer names the post and the planned action's key, as the earlier planner's)
     assert plan(server, post, keys, now=now, metrics=points(now, 'thread')) == {
-        'eligible': False, 'reason': 'window_frequency_exceeded'}
+        'post_id': post, 'eligible': False, 'reason': 'window_frequency_exceeded',
+        'idempotency_key': key_of(post, 'thread')}
     # frequency is checked before cooldown (comment is also cooling down here)
     assert plan(server, post, keys, now=now, metrics=points(now, 'comment')) == {
-        'eligible': False, 'reason': 'window_frequency_exceeded'}
+        'post_id': post, 'eligible': False, 'reason': 'window_frequency_exceeded',
+        'idempotency_key': key_of(post, 'comment')}
     # duplicate is checked before frequency
     outcome(server, keys, post, 'thread', 'success')
     assert plan(server, post, keys, now=now, metrics=points(now, 'thread'))['reason'] == \
@@ -298,7 +302,8 @@ def test_window_frequency_cap_and_check_order(server, keys, sql):
     past = newest + timedelta(minutes=90, microseconds=1)
     # all three left the window; edit's 2 h cooldown is still active
     assert plan(server, post, keys, now=past, metrics=points(past, 'edit')) == {
-        'eligible': False, 'reason': 'action_cooldown_active'}
+        'post_id': post, 'eligible': False, 'reason': 'action_cooldown_active',
+        'idempotency_key': key_of(post, 'edit')}
     # comment's 30 min cooldown has expired
     assert plan(server, post, keys, now=past, metrics=points(past, 'comment')) == \
         eligible(post, 'comment')
@@ -311,7 +316,8 @@ def test_cooldown_expiry_by_pinned_now(server, keys):
                      ['initiated_at'])
         before = init + timedelta(seconds=secs) - timedelta(microseconds=1)
         assert plan(server, post, keys, now=before, metrics=points(before, action)) == {
-            'eligible': False, 'reason': 'action_cooldown_active'}
+            'post_id': post, 'eligible': False, 'reason': 'action_cooldown_active',
+            'idempotency_key': key_of(post, action)}
         at = init + timedelta(seconds=secs)
         assert plan(server, post, keys, now=at, metrics=points(at, action)) == \
             eligible(post, action)
@@ -385,7 +391,7 @@ def test_claim_race_yields_exactly_one_eligible(server, keys, sql):
     assert len(winners) == 1
     assert winners[0] == eligible(post, 'thread') | {'claimed': True}
     losers = [r for r in results if not r['eligible']]
-    assert all(r == {'eligible': False, 'reason': 'duplicate_action',
+    assert all(r == {'post_id': post, 'eligible': False, 'reason': 'duplicate_action',
                      'idempotency_key': key_of(post, 'thread')} for r in losers)
     rows = sql.execute('SELECT idempotency_key, status, attempts, action_type, tier FROM actions '
                        'WHERE post_id = %s', (post,)).fetchall()
@@ -458,8 +464,8 @@ def test_outcome_upsert_counts_attempts(server, keys, sql):
     a = outcome(server, keys, post, 'comment', 'running')
     assert a['attempts'] == 1 and a['status'] == 'running' and a['idempotency_key'] == k
     assert set(a) == {'idempotency_key', 'post_id', 'action_type', 'tier', 'status', 'attempts',
-                      'initiated_at', 'outcome', 'error_code', 'should_retry',
-                      'retry_after_seconds', 'retry_at'}
+                      'initiated_at', 'outcome', 'error_code', 'needs_recovery',
+                      'should_retry', 'retry_after_seconds', 'retry_at'}
     b = outcome(server, keys, post, 'comment', 'failed', 'timeout', {'http': 504})
     assert b['attempts'] == 2 and b['error_code'] == 'timeout' and b['outcome'] == {'http': 504}
     assert parse(b['initiated_at']) > parse(a['initiated_at'])
@@ -577,7 +583,7 @@ def test_actions_list_newest_first_with_cursor(server, keys):
     assert [i['action_type'] for i in full['items']] == seen and full['next_cursor'] is None
     assert set(full['items'][0]) == {'idempotency_key', 'post_id', 'action_type', 'tier',
                                      'status', 'attempts', 'initiated_at', 'outcome',
-                                     'error_code'}
+                                     'error_code', 'needs_recovery'}
     assert server.get(f'/v1/posts/{new_post()}/actions', key=keys['read']).json() == \
         {'items': [], 'next_cursor': None}
     r = server.get(f'/v1/posts/{post}/actions?cursor=bogus&limit=0', key=keys['read'])
@@ -722,7 +728,8 @@ def test_plan_queries_use_indexes(server, keys, sql):
         "AND \"timestamp\" >= now() - interval '90 minutes'", (post,)).fetchall())
     assert 'Seq Scan' not in plan_text and 'post_metrics_pkey' in plan_text
     got = plan(server, post, keys)
-    assert got == {'eligible': False, 'reason': 'insufficient_samples', 'sample_count': 0}
+    assert got == {'post_id': post, 'eligible': False, 'reason': 'insufficient_samples',
+                   'sample_count': 0}
 
 
 # ---------------------------------------------------------------------------------------

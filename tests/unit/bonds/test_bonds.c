@@ -125,6 +125,10 @@ static void test_rate_eval(void)
     /* more than 86400 s: the count is 0 again */
     bonds_rate_eval(10, 10, t0 - day - 1000000, t0, &r);
     CHECK(r.allowed && r.remaining == 10 && r.count == 0 && r.reset_in_s == 86401);
+
+    /* no message yet: no window runs, whenever the row was created */
+    bonds_rate_eval(10, 0, t0 - day + 60 * 1000000LL, t0, &r);
+    CHECK(r.allowed && r.remaining == 10 && r.count == 0 && r.reset_in_s == 86401);
 }
 
 int main(void)

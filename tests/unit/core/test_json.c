@@ -1,4 +1,6 @@
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -112,8 +114,52 @@ static void check_time_format(void)
     CHECK(random.count == 300000 && random.mismatches == 0);
 }
 
+/* json_text of the parse of in equals want. */
+static void text_is(const char *in, const char *want)
+{
+    json_t *v = json_loads(in, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    char *t = v ? json_text(v, NULL) : NULL;
+    unit_check(t && strcmp(t, want) == 0, want, __FILE__, __LINE__);
+    if (t && strcmp(t, want) != 0)
+        fprintf(stderr, "# json_text(%s) = %s\n", in, t);
+    free(t);
+    json_decref(v);
+}
+
+static void test_text(void)
+{
+    text_is("0.975", "0.975");
+    text_is("3.132", "3.132");
+    text_is("[0.1, 0.30000000000000004, 2.0, -0.0, 1e300, 5e-324, 1.7976931348623157e308]",
+            "[0.1,0.30000000000000004,2.0,-0.0,1e+300,5e-324,"
+            "1.7976931348623157e+308]");
+    text_is("{\"z\": 1, \"a\": {\"y\": true, \"b\": null}, \"m\": [\"x\\n\\u0001\"]}",
+            "{\"z\":1,\"a\":{\"y\":true,\"b\":null},\"m\":[\"x\\n\\u0001\"]}");
+    text_is("\"a\\u0000b\"", "\"a\\u0000b\"");
+    text_is("-9223372036854775808", "-9223372036854775808");
+    /* every double of a random sample reads back as itself */
+    uint64_t seed = 0x2545F4914F6CDD1DULL;
+    int bad = 0;
+    for (int i = 0; i < 20000; i++) {
+        uint64_t bits = next_rand(&seed);
+        double d;
+        memcpy(&d, &bits, sizeof(d));
+        if (!isfinite(d))
+            continue;
+        json_t *r = json_real(d);
+        char *t = json_text(r, NULL);
+        if (!t || strtod(t, NULL) != d)
+            bad++;
+        free(t);
+        json_decref(r);
+    }
+    CHECK(bad == 0);
+    CHECK(json_text(NULL, NULL) == NULL);
+}
+
 int main(void)
 {
+    test_text();
     char err[200];
     json_t *v = jv_parse("{\"a\": 1,\n \"b\": }", 17, err, sizeof(err));
     CHECK(v == NULL);

@@ -83,8 +83,8 @@ static void check_periods(void)
     rec_init(&a, 5);
     rec_init(&b, 0);
     int64_t t0 = clock_now_us();
-    CHECK(sched_add(s, &(struct sched_job){"a", rec_run, &a, 30, 0, 0, false}) == 0);
-    CHECK(sched_add(s, &(struct sched_job){"b", rec_run, &b, 80, 150, 0, false}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"a", rec_run, &a, 30, 0, 0, false, false, 0}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"b", rec_run, &b, 80, 150, 0, false, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     CHECK(sched_start(s) == 0); /* twice is harmless */
     usleep(600000);
@@ -115,7 +115,7 @@ static void check_no_overlap(void)
     struct sched *s = sched_new(q);
     struct rec r;
     rec_init(&r, 40);
-    CHECK(sched_add(s, &(struct sched_job){"slow", rec_run, &r, 5, 0, 0, false}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"slow", rec_run, &r, 5, 0, 0, false, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     usleep(400000);
     sched_stop(s);
@@ -135,7 +135,7 @@ static void check_stop_while_running(void)
     struct sched *s = sched_new(q);
     struct rec r;
     rec_init(&r, 200);
-    CHECK(sched_add(s, &(struct sched_job){"long", rec_run, &r, 10, 0, 0, false}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"long", rec_run, &r, 10, 0, 0, false, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     int64_t limit = clock_now_us() + 2000000;
     while (!atomic_load(&r.started) && clock_now_us() < limit)
@@ -150,7 +150,7 @@ static void check_stop_while_running(void)
     usleep(50000);
     CHECK(rec_runs(&r) == 1);
     sched_stop(s); /* idempotent */
-    CHECK(sched_add(s, &(struct sched_job){"late", rec_run, &r, 10, 0, 0, false}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"late", rec_run, &r, 10, 0, 0, false, false, 0}) == -1);
     CHECK(sched_start(s) == -1);
     sched_free(s);
     workq_free(q);
@@ -173,7 +173,7 @@ static void check_stop_skips_queued(void)
         usleep(1000);
     struct rec r;
     rec_init(&r, 0);
-    CHECK(sched_add(s, &(struct sched_job){"queued", rec_run, &r, 10, 0, 0, false}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"queued", rec_run, &r, 10, 0, 0, false, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     usleep(60000); /* due and queued behind the blocker */
     sched_stop(s);
@@ -188,8 +188,8 @@ static void check_inline(void)
     struct sched *s = sched_new(NULL);
     struct rec r;
     rec_init(&r, 0);
-    CHECK(sched_add(s, &(struct sched_job){"queued", rec_run, &r, 10, 0, 0, false}) == -1);
-    CHECK(sched_add(s, &(struct sched_job){"inline", rec_run, &r, 10, 0, 0, true}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"queued", rec_run, &r, 10, 0, 0, false, false, 0}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"inline", rec_run, &r, 10, 0, 0, true, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     usleep(100000);
     sched_stop(s);
@@ -206,7 +206,7 @@ static void check_jitter(void)
     struct sched *s = sched_new(q);
     struct rec r;
     rec_init(&r, 0);
-    CHECK(sched_add(s, &(struct sched_job){"jit", rec_run, &r, 10, 0, 40, false}) == 0);
+    CHECK(sched_add(s, &(struct sched_job){"jit", rec_run, &r, 10, 0, 40, false, false, 0}) == 0);
     CHECK(sched_start(s) == 0);
     usleep(500000);
     sched_stop(s);
@@ -228,23 +228,70 @@ static void check_add_rules(void)
 {
     struct workq *q = workq_new(1);
     struct sched *s = sched_new(q);
-    CHECK(sched_add(s, &(struct sched_job){"zero", nop, NULL, 0, 0, 0, false}) == -1);
-    CHECK(sched_add(s, &(struct sched_job){"nofn", NULL, NULL, 10, 0, 0, false}) == -1);
-    CHECK(sched_add(s, &(struct sched_job){"neg", nop, NULL, 10, -1, 0, false}) == -1);
-    CHECK(sched_add(s, &(struct sched_job){"negj", nop, NULL, 10, 0, -1, false}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"zero", nop, NULL, 0, 0, 0, false, false, 0}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"nofn", NULL, NULL, 10, 0, 0, false, false, 0}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"neg", nop, NULL, 10, -1, 0, false, false, 0}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"negj", nop, NULL, 10, 0, -1, false, false, 0}) == -1);
     int ok = 0;
     for (int i = 0; i < SCHED_MAX_JOBS; i++)
-        ok += sched_add(s, &(struct sched_job){"n", nop, NULL, 100000, 0, 0, false}) == 0;
+        ok += sched_add(s, &(struct sched_job){"n", nop, NULL, 100000, 0, 0, false, false, 0}) == 0;
     CHECK(ok == SCHED_MAX_JOBS);
-    CHECK(sched_add(s, &(struct sched_job){"full", nop, NULL, 10, 0, 0, false}) == -1);
+    CHECK(sched_add(s, &(struct sched_job){"full", nop, NULL, 10, 0, 0, false, false, 0}) == -1);
     sched_free(s); /* never started */
     sched_free(NULL);
     sched_stop(NULL);
     workq_free(q);
 }
 
+struct wall_rec {
+    atomic_int n;
+    int64_t at_us[4];
+};
+
+static void wall_run(void *ctx)
+{
+    struct wall_rec *w = ctx;
+    int i = atomic_fetch_add(&w->n, 1);
+    if (i < 4)
+        w->at_us[i] = clock_wall_us();
+}
+
+/* The wall-clock grid: every 15 min at offset 5 min runs at :05, :20, :35, :50. */
+static void check_grid(void)
+{
+    const int64_t min = 60 * 1000000LL, hour = 60 * min;
+    int64_t base = 1795000000LL * 1000000 - (1795000000LL * 1000000) % (2 * hour); /* even hour */
+    CHECK(sched_grid_delay_us(base, 15 * 60000, 5 * 60000) == 5 * min);
+    CHECK(sched_grid_delay_us(base + 5 * min, 15 * 60000, 5 * 60000) == 15 * min);
+    CHECK(sched_grid_delay_us(base + 5 * min + 1, 15 * 60000, 5 * 60000) == 15 * min - 1);
+    CHECK(sched_grid_delay_us(base + 19 * min, 15 * 60000, 5 * 60000) == 1 * min);
+    /* every 2 h at offset 60 min: 01:00, 03:00, ... */
+    CHECK(sched_grid_delay_us(base, 120 * 60000, 60 * 60000) == hour);
+    CHECK(sched_grid_delay_us(base + hour + 1, 120 * 60000, 60 * 60000) == 2 * hour - 1);
+    /* an offset beyond the period is taken modulo it */
+    CHECK(sched_grid_delay_us(base, 1000, 300000) == 1000000);
+    /* a wall_aligned job runs on the grid: 1 s period, so at whole seconds */
+    struct workq *q = workq_new(1);
+    struct sched *s = sched_new(q);
+    struct wall_rec w = {0};
+    struct sched_job j = {.name = "grid", .fn = wall_run, .ctx = &w, .period_ms = 1000,
+                          .wall_aligned = true};
+    CHECK(sched_add(s, &j) == 0);
+    j.offset_ms = -1;
+    CHECK(sched_add(s, &j) == -1);
+    sched_start(s);
+    usleep(2500000);
+    sched_free(s);
+    workq_free(q);
+    int n = atomic_load(&w.n);
+    CHECK(n >= 2 && n <= 3);
+    for (int i = 0; i < n && i < 4; i++)
+        CHECK(w.at_us[i] % 1000000 < 200000); /* shortly after a whole second */
+}
+
 int main(void)
 {
+    check_grid();
     check_periods();
     check_no_overlap();
     check_stop_while_running();

@@ -120,6 +120,16 @@ static void test_judge_health(void)
     json_decref(reasons);
 }
 
+static void test_pool_queue_levels(void)
+{
+    /* the earlier sweep's levels: warning above 5 waiting, critical above 10 */
+    CHECK_STR(healer_pool_queue_level(0), "ok");
+    CHECK_STR(healer_pool_queue_level(5), "ok");
+    CHECK_STR(healer_pool_queue_level(6), "warning");
+    CHECK_STR(healer_pool_queue_level(10), "warning");
+    CHECK_STR(healer_pool_queue_level(11), "critical");
+}
+
 static void test_sweep_event(void)
 {
     struct healer_sweep_figures f = {
@@ -158,10 +168,16 @@ static void test_sweep_event(void)
     json_t *h = json_object_get(ev, "system_health");
     static const char *keys[] = {"stuck_actions", "requeued_deliveries", "failed_deliveries",
                                  "expired_proposals", "archived_actions", "db_latency_ms",
-                                 "pool_waiting", "ws_connections", "degraded"};
-    CHECK(json_object_size(h) == 9);
-    for (size_t i = 0; i < 9; i++)
+                                 "pool_waiting", "ws_connections", "degraded",
+                                 "success_without_outcome", "pool_queue", "database_issues",
+                                 "circuit_open"};
+    CHECK(json_object_size(h) == 13);
+    for (size_t i = 0; i < 13; i++)
         CHECK(json_object_get(h, keys[i]) != NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(h, "pool_queue"), "level")),
+              "ok");
+    CHECK(json_array_size(json_object_get(h, "database_issues")) == 0);
+    CHECK(json_is_false(json_object_get(h, "circuit_open")));
     CHECK(json_integer_value(json_object_get(h, "expired_proposals")) == 4);
     CHECK(near(json_real_value(json_object_get(h, "db_latency_ms")), 0.123));
     CHECK(json_integer_value(json_object_get(h, "ws_connections")) == 7);
@@ -250,6 +266,7 @@ int main(void)
     test_route_delta_and_figures();
     test_judge_health();
     test_sweep_event();
+    test_pool_queue_levels();
     test_recommendations();
     return unit_done();
 }
