@@ -93,12 +93,13 @@ def test_a_locked_table_never_delays_the_outcome(fresh_db_url, make_server):
     for round_ in range(5):
         post = new_post()
         posts.append(post)
+        deferred = metric(srv, 'lessons_deferred_total')
         lock = TableLock(fresh_db_url)
         try:
             took, body = exhaust(srv, post)
             assert body['attempts'] == 1 and body['should_retry'] is False
             assert metric(srv, 'lessons_queued') == 1
-            assert metric(srv, 'lessons_deferred_total') == round_ + 1
+            assert metric(srv, 'lessons_deferred_total') == deferred + 1
             if round_ == 0:
                 # a second one goes behind it without trying the table at all
                 post2 = new_post()
@@ -123,12 +124,12 @@ def test_a_locked_table_never_delays_the_outcome(fresh_db_url, make_server):
     msgs = [r['msg'] for r in srv.log_records()]
     assert 'lessons journal busy; lessons queued for retry' in msgs
     assert 'queued lessons written' in msgs
+    concurrent_outcomes_under_a_lock(srv, fresh_db_url)
 
 
-def test_concurrent_outcomes_under_a_lock_all_answer_and_all_lessons_land(fresh_db_url,
-                                                                          make_server):
-    srv = make_server(fresh_db_url)
-    assert srv.put('/v1/planner/config', json=CONFIG).status_code == 200
+def concurrent_outcomes_under_a_lock(srv, fresh_db_url):
+    """Many outcomes at once against the locked table all answer, and every lesson lands
+    exactly once after the release."""
     posts = [new_post() for _ in range(24)]
     lock = TableLock(fresh_db_url)
     try:
@@ -167,11 +168,12 @@ def test_overflow_is_counted_and_logged_without_content(fresh_db_url, make_serve
     assert full[0]['queue_max'] == 2 and full[0]['dropped'] == 1
     text = '\n'.join(srv.log_lines())
     assert not any(p in text for p in posts)  # no user content in any line
+    shutdown_flushes_the_queue(srv, fresh_db_url)
 
 
-def test_shutdown_flushes_the_queue(fresh_db_url, make_server):
-    srv = make_server(fresh_db_url, STEWARD_SHUTDOWN_TIMEOUT_S='8')
-    assert srv.put('/v1/planner/config', json=CONFIG).status_code == 200
+def shutdown_flushes_the_queue(srv, fresh_db_url):
+    """What is queued at SIGTERM is written once the lock goes, within the shutdown
+    timeout (8 s by default)."""
     post = new_post()
     lock = TableLock(fresh_db_url)
     exhaust(srv, post)
