@@ -153,8 +153,7 @@ def test_overflow_is_counted_and_logged_without_content(fresh_db_url, make_serve
     lock = TableLock(fresh_db_url)
     try:
         for p in posts:
-            took, _ = exhaust(srv, p)
-            assert took < 0.5
+            exhaust(srv, p)  # (how long they take is the first test's business)
         assert metric(srv, 'lessons_queued') == 2
         assert metric(srv, 'lessons_queue_overflow_total') == 3
     finally:
