@@ -31,6 +31,8 @@ struct config {
     /* lessons */
     bool lessons_enabled;
     int lessons_dedup_window_s;
+    int lessons_record_wait_ms;
+    int lessons_queue_max;
     /* scouts and delivery */
     int proposal_ttl_days;
     int ack_timeout_s;

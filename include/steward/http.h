@@ -96,6 +96,10 @@ void http_list_params_into(const struct http_req *req, json_t *errs, int *limit,
  * Returns 0, or -1 when the table is full (a programming error: checked at start-up). */
 int http_route(struct router *rt, const char *method, const char *pattern, int scope,
                http_handler_fn fn, void *ctx);
+/* The same for a route whose requests may carry more than HTTP_BODY_LIMIT bytes of body
+ * (a batch): body_limit bytes at most (a whole number of MiB), for this route only. */
+int http_route_sized(struct router *rt, const char *method, const char *pattern, int scope,
+                     http_handler_fn fn, void *ctx, size_t body_limit);
 /* The same for a handler that never waits: it only computes, or hands its database work
  * to the pipe with http_defer. Such a handler runs on the HTTP event loop itself; every
  * other handler runs on one of the HTTP handler threads. */

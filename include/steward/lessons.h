@@ -16,8 +16,13 @@
 #include "steward/metrics.h"
 #include "steward/pool.h"
 struct router;
+struct sched;
 
 struct lessons;
+
+/* Defaults of the retry queue of lessons_record_auto (lessons_configure). */
+#define LESSONS_QUEUE_MAX_DEFAULT 1000
+#define LESSONS_RECORD_WAIT_MS_DEFAULT 5
 
 /* Length limits (characters) of the free-text fields. */
 #define LESSONS_ID_MAX 200    /* work_item_id, task_id, stage, agent, repo, related_task,
@@ -72,12 +77,30 @@ void lessons_free(struct lessons *l);
 bool lessons_enabled(const struct lessons *l);
 
 /* Records a lesson on steward's own behalf (source "auto"), deduplicated within the
- * configured window. Never-raise: with the kill switch off, a missing table or any
- * database error it logs a warning and returns false; it never fails or blocks the
- * caller for longer than one statement. l may be NULL (then it does nothing). detail
- * is borrowed and may be NULL. Returns true when a row was written. */
+ * configured window. Never-raise and never-wait: with the kill switch off or invalid
+ * input it logs a warning and returns false. Otherwise it waits at most record_wait_ms
+ * for a pooled connection and record_wait_ms for the statement (statement_timeout); a
+ * lesson that cannot be written now (pool busy, table or dedup key locked, database
+ * away) is copied to a bounded in-memory queue that a background job retries, oldest
+ * first (lessons_start), and so is every lesson recorded while the queue is not empty.
+ * A full queue drops the lesson, counts it (MC_LESSONS_DROPPED) and logs a warning at
+ * most once a second. A permanent database failure (table missing, privileges) logs a
+ * warning and drops it. l may be NULL (then it does nothing). detail is borrowed and may
+ * be NULL. Returns true when a row was written by this call. */
 bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char *work_item_id,
                          const char *stage, json_t *detail);
+
+/* Sets the retry queue's bound (lessons) and the caller's wait (ms) of
+ * lessons_record_auto; before any recording. Values below 1 count as 1. */
+void lessons_configure(struct lessons *l, int queue_max, int record_wait_ms);
+/* Adds the job retrying queued lessons (every 250 ms, on the work queue) to sc, which
+ * must be stopped before lessons_free. Returns 0 or -1. */
+int lessons_start(struct lessons *l, struct sched *sc);
+/* Writes queued lessons for at most budget_ms (at shutdown, after the job stopped);
+ * logs a warning with the count of those left unwritten. Returns the rows written. */
+int lessons_flush(struct lessons *l, int budget_ms);
+/* Lessons waiting in the retry queue. */
+int lessons_queued(struct lessons *l);
 
 /* The snapshot {"enabled", "total", "by_type", "by_status", "last_24h",
  * "newest_at"} read in one statement, so the counts agree with each other. With the

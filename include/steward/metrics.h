@@ -37,6 +37,8 @@ enum metrics_counter {
     MC_HEAL_FAILURES, /* sweep steps that failed */
     MC_PERF_REPORTS,  /* performance reports written by this instance */
     MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_LESSONS_DEFERRED, /* internal lessons queued for a background retry */
+    MC_LESSONS_DROPPED,  /* internal lessons lost because the retry queue was full */
     MC_COUNT
 };
 
@@ -45,6 +47,7 @@ enum metrics_gauge {
     MG_WS_CONNECTIONS,   /* open device WebSocket connections */
     MG_WS_AUTHENTICATED, /* of those, the ones that completed device_hello */
     MG_WS_QUEUED_BYTES,  /* bytes queued for sending on all of them */
+    MG_LESSONS_QUEUED,   /* internal lessons waiting in the retry queue */
     MG_COUNT
 };
 

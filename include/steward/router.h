@@ -18,6 +18,7 @@ struct route {
     void *ctx;
     int index;        /* position in the table, for metrics */
     bool nonblocking; /* the handler never waits (it defers database work) */
+    size_t body_limit; /* bytes of request body accepted; 0: the server's default */
 };
 
 struct router {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "exporter.h"
+#include "steward/clock.h"
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/migrate.h"
@@ -237,6 +238,7 @@ static int create_capabilities(struct app *app)
     app->audit = audit_new(app->pool, &app->log);
     if (!app->audit)
         return -1;
+    lessons_configure(app->lessons, app->cfg.lessons_queue_max, app->cfg.lessons_record_wait_ms);
     app->planner = planner_new(app->pool, &app->log, app->lessons);
     if (!app->planner)
         return -1;
@@ -317,6 +319,10 @@ static int start_servers(struct app *app)
     if (scouts_ws_register(app->ws, app->scouts) != 0 ||
         scouts_start(app->scouts, app->sched) != 0) {
         log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
+        return -1;
+    }
+    if (lessons_start(app->lessons, app->sched) != 0) {
+        log_msg(&app->log, LOG_ERROR, "cannot schedule the lessons retry job", NULL);
         return -1;
     }
     if (healer_start(app->healer, app->sched) != 0) {
@@ -424,6 +430,7 @@ static int build(struct app *app)
 static void teardown(struct app *app)
 {
     int ms = app->cfg.shutdown_timeout_s * 1000;
+    struct deadline until = deadline_in_ms(ms);
     if (app->http)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
@@ -434,6 +441,9 @@ static void teardown(struct app *app)
         ws_server_stop(app->ws, ms / 4);
     workq_free(app->workq);
     sched_free(app->sched);
+    /* nothing records any more: write what the journal still queues, in the time left */
+    if (app->pool)
+        lessons_flush(app->lessons, deadline_left_ms(until));
     dbpipe_free(app->dbpipe);
     healer_free(app->healer);
     users_free(app->users);

@@ -156,6 +156,10 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
                "# HELP ws_authenticated_connections Connections that completed hello.\n"
                "# TYPE ws_authenticated_connections gauge\nws_authenticated_connections %lld\n",
                (long long)metrics_gauge_value(src->m, MG_WS_AUTHENTICATED));
+    buf_printf(b,
+               "# HELP lessons_queued Internal lessons waiting in the retry queue.\n"
+               "# TYPE lessons_queued gauge\nlessons_queued %lld\n",
+               (long long)metrics_gauge_value(src->m, MG_LESSONS_QUEUED));
     static const struct counter_label frames[] = {
         {MC_WS_FRAMES_IN_HELLO, "direction=\"in\",type=\"device_hello\""},
         {MC_WS_FRAMES_IN_ACK, "direction=\"in\",type=\"scout_proposal_ack\""},
@@ -191,6 +195,10 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Sweeps skipped because another run held the turn."},
         {MC_HEAL_FAILURES, "heal_step_failures_total", "Sweep steps that failed."},
         {MC_PERF_REPORTS, "perf_reports_total", "Performance reports written by this instance."},
+        {MC_LESSONS_DEFERRED, "lessons_deferred_total",
+         "Internal lessons that could not be written at once and went to the retry queue."},
+        {MC_LESSONS_DROPPED, "lessons_queue_overflow_total",
+         "Internal lessons dropped because the retry queue was full."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -74,6 +74,13 @@ static const struct setting settings[] = {
      "kill switch of the lessons journal: false makes every lessons operation a no-op"},
     {"STEWARD_LESSONS_DEDUP_WINDOW_S", K_INT, OFF(lessons_dedup_window_s), "3600", 0, 31536000,
      "dedup window of `auto` lessons; 0 turns dedup off"},
+    {"STEWARD_LESSONS_RECORD_WAIT_MS", K_INT, OFF(lessons_record_wait_ms), "5", 1, 1000,
+     "how long a lesson steward records itself may hold up the request that triggers it, "
+     "once waiting for a connection and once for the statement; past that it is queued "
+     "and retried in the background"},
+    {"STEWARD_LESSONS_QUEUE_MAX", K_INT, OFF(lessons_queue_max), "1000", 1, 1000000,
+     "lessons the background retry queue holds; more are dropped and counted in "
+     "`lessons_queue_overflow_total`"},
     {"STEWARD_PROPOSAL_TTL_DAYS", K_INT, OFF(proposal_ttl_days), "30", 1, 3650,
      "proposals expire this long after triage"},
     {"STEWARD_ACK_TIMEOUT_S", K_INT, OFF(ack_timeout_s), "300", 1, 86400,

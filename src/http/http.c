@@ -146,6 +146,15 @@ int http_route(struct router *rt, const char *method, const char *pattern, int s
     return router_add(rt, method, pattern, scope, (void *)fn, ctx) < 0 ? -1 : 0;
 }
 
+int http_route_sized(struct router *rt, const char *method, const char *pattern, int scope,
+                     http_handler_fn fn, void *ctx, size_t body_limit)
+{
+    if (http_route(rt, method, pattern, scope, fn, ctx) != 0)
+        return -1;
+    rt->routes[rt->count - 1].body_limit = body_limit;
+    return 0;
+}
+
 int http_route_nonblocking(struct router *rt, const char *method, const char *pattern, int scope,
                            http_handler_fn fn, void *ctx)
 {

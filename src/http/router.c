@@ -31,6 +31,8 @@ int router_add(struct router *r, const char *method, const char *pattern, int sc
     rt->handler = handler;
     rt->ctx = ctx;
     rt->index = (int)r->count;
+    rt->nonblocking = false;
+    rt->body_limit = 0;
     return (int)r->count++;
 }
 

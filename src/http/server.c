@@ -305,6 +305,20 @@ static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
         set_early(rs, status, NULL, d);
 }
 
+/* The body limit of the request's route, and the 413 detail naming it. */
+static size_t body_limit(const struct reqstate *rs)
+{
+    const struct route *rt = rs->match.route;
+    return rt && rt->body_limit ? rt->body_limit : HTTP_BODY_LIMIT;
+}
+
+static void too_large(struct reqstate *rs)
+{
+    char d[96];
+    snprintf(d, sizeof(d), "request bodies are limited to %zu MiB", body_limit(rs) >> 20);
+    set_early(rs, 413, NULL, d);
+}
+
 static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
 {
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -321,8 +335,8 @@ static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
         set_early(rs, 415, NULL, "request bodies must be application/json");
         return;
     }
-    if (cl && strtoull(cl, NULL, 10) > HTTP_BODY_LIMIT)
-        set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
+    if (cl && strtoull(cl, NULL, 10) > body_limit(rs))
+        too_large(rs);
 }
 
 static void start_request(struct reqstate *rs, struct MHD_Connection *conn, const char *url,
@@ -675,7 +689,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (rs->too_large || rs->body_len + n > HTTP_BODY_LIMIT) {
+        if (rs->too_large || rs->body_len + n > body_limit(rs)) {
             /* A chunked body ran past the limit: keep nothing more and answer 413 once it
              * ends (libmicrohttpd cannot send a response in the middle of an upload). */
             rs->too_large = true;
@@ -694,7 +708,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (rs->too_large) {
-        set_early(rs, 413, NULL, "request bodies are limited to 1 MiB");
+        too_large(rs);
         return send_early(rs, conn);
     }
     return run_handler(rs, conn, url);

@@ -5,13 +5,22 @@
 
 #include "steward/audit.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "steward/clock.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/sched.h"
 #include "steward/sql.h"
+
+/* A lesson of lessons_record_auto waiting to be written (one malloc'd block). */
+struct pending {
+    struct pending *next;
+    char *lesson_type, *work_item_id, *stage, *detail; /* detail: compact JSON or NULL */
+};
 
 struct lessons {
     struct pool *pool;
@@ -19,6 +28,15 @@ struct lessons {
     struct metrics *m;
     bool enabled;
     int dedup_window_s;
+    int queue_max;      /* lessons the retry queue holds at most */
+    int record_wait_ms; /* what a caller may wait for a connection, then for the statement */
+
+    pthread_mutex_t mu; /* the retry queue and its overflow bookkeeping */
+    struct pending *head, *tail;
+    int queued;
+    long long dropped_unlogged; /* overflows since the last overflow log line */
+    int64_t overflow_logged_us; /* monotonic time of that line (0: never) */
+    pthread_mutex_t drain_mu;   /* one drain at a time (the job, or the flush at shutdown) */
 };
 
 /* The columns of a lesson as the row readers below expect them. */
@@ -108,6 +126,27 @@ static const struct db_stmt st_list[16] = {
     {"lessons_list_15", LIST_SQL(LF_T, LF_S, LF_R, LF_W), 6},
 };
 
+/* The time limits of one record, set and restored around it in the same pipeline (one
+ * round trip): lock_timeout bounds its waits for the table and the dedup key's advisory
+ * lock (migrations/0010 took the function's own 1 s setting away so that the caller's
+ * applies), statement_timeout everything else. The reset restores the connection's
+ * defaults: the pool's statement_timeout and the server's lock_timeout. */
+static const struct db_stmt st_limits_set = {
+    "lessons_limits_set",
+    "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)",
+    2};
+static const struct db_stmt st_limits_reset = {
+    "lessons_limits_reset",
+    "SELECT set_config('lock_timeout', (SELECT reset_val FROM pg_settings "
+    "WHERE name = 'lock_timeout'), false), set_config('statement_timeout', $1, false)",
+    1};
+
+/* How long a lock wait of a REST record may take (503 past it), as before 0010. */
+#define REST_LOCK_MS 1000
+/* A caller's record is also cut short when slow for another reason than a lock (a
+ * starved CPU, a cold backend compiling the function): at most this long. */
+#define AUTO_BACKSTOP_MS 100
+
 struct lessons *lessons_new(struct pool *pool, const struct logger *lg, struct metrics *m,
                             bool enabled, int dedup_window_s)
 {
@@ -119,11 +158,38 @@ struct lessons *lessons_new(struct pool *pool, const struct logger *lg, struct m
     l->m = m;
     l->enabled = enabled;
     l->dedup_window_s = dedup_window_s < 0 ? 0 : dedup_window_s;
+    l->queue_max = LESSONS_QUEUE_MAX_DEFAULT;
+    l->record_wait_ms = LESSONS_RECORD_WAIT_MS_DEFAULT;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_mutex_init(&l->drain_mu, NULL);
     return l;
+}
+
+void lessons_configure(struct lessons *l, int queue_max, int record_wait_ms)
+{
+    if (!l)
+        return;
+    l->queue_max = queue_max < 1 ? 1 : queue_max;
+    l->record_wait_ms = record_wait_ms < 1 ? 1 : record_wait_ms;
 }
 
 void lessons_free(struct lessons *l)
 {
+    if (!l)
+        return;
+    if (l->queued > 0) {
+        struct log_line ln;
+        log_begin(&ln, l->lg, LOG_WARN, "queued lessons dropped");
+        log_int(&ln, "count", l->queued);
+        log_end(&ln);
+    }
+    for (struct pending *p = l->head, *next; p; p = next) {
+        next = p->next;
+        free(p);
+    }
+    metrics_gauge_add(l->m, MG_LESSONS_QUEUED, -(int64_t)l->queued);
+    pthread_mutex_destroy(&l->mu);
+    pthread_mutex_destroy(&l->drain_mu);
     free(l);
 }
 
@@ -366,8 +432,251 @@ static void warn_not_recorded(const struct lessons *l, const char *lesson_type,
     log_end(&ln);
 }
 
-/* How long an internal record may wait for a pooled connection. */
-#define AUTO_ACQUIRE_WAIT_MS 100
+/* ---- recording on steward's own behalf, and the retry queue ----------------------- */
+
+/* What one attempt at an auto record came to. */
+enum attempt { AT_WRITTEN, AT_DUPLICATE, AT_RETRY, AT_FAILED };
+
+/* A failure worth retrying later: the database was away, busy or locked, as opposed to
+ * one that would fail again the same way (a missing table, missing privileges). */
+static bool transient_state(const char *st)
+{
+    if (!st || !*st)
+        return true; /* no SQLSTATE: the connection went away */
+    return strncmp(st, "08", 2) == 0 || strncmp(st, "53", 2) == 0 ||
+           strncmp(st, "57P", 3) == 0 || strcmp(st, "57014") == 0 || strcmp(st, "55P03") == 0 ||
+           strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0;
+}
+
+/* Runs lessons_record() on c with lock_timeout lock_ms and statement_timeout stmt_ms;
+ * returns its result (never NULL; the caller clears it). Closes c when its limits
+ * could not be restored, so that no other statement runs with them. */
+static PGresult *run_record(struct lessons *l, struct pool_conn *c, const char *const params[16],
+                            int lock_ms, int stmt_ms)
+{
+    char lock[24], stmt[24], reset[24];
+    snprintf(lock, sizeof(lock), "%dms", lock_ms);
+    snprintf(stmt, sizeof(stmt), "%dms", stmt_ms);
+    snprintf(reset, sizeof(reset), "%dms", pool_statement_timeout_ms(l->pool));
+    const char *p_set[] = {lock, stmt}, *p_reset[] = {reset};
+    const struct db_stmt *sts[] = {&st_limits_set, &st_record, &st_limits_reset};
+    const char *const *ps[] = {p_set, params, p_reset};
+    PGresult *r[3];
+    pool_exec_batch(c, 3, sts, ps, r);
+    bool restored = PQresultStatus(r[2]) == PGRES_TUPLES_OK;
+    PQclear(r[0]);
+    PQclear(r[2]);
+    if (!restored && PQstatus(pool_conn_pg(c)) == CONNECTION_OK) {
+        PGresult *again = pool_exec(c, &st_limits_reset, p_reset);
+        restored = PQresultStatus(again) == PGRES_TUPLES_OK;
+        PQclear(again);
+        if (!restored)
+            pool_pipe_end(c, true); /* closes it; the next checkout reconnects */
+    }
+    return r[1];
+}
+
+/* One try at writing the auto lesson of params: waits at most acquire_ms for a
+ * connection and lock_ms for a lock. Permanent failures are logged here. */
+static enum attempt attempt_record(struct lessons *l, const char *const params[16],
+                                   int acquire_ms, int lock_ms, int stmt_ms)
+{
+    struct pool_conn *c;
+    if (pool_acquire_within(l->pool, acquire_ms, &c) != ST_OK)
+        return AT_RETRY;
+    PGresult *r = run_record(l, c, params, lock_ms, stmt_ms);
+    enum attempt at;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        struct lesson_outcome o;
+        outcome_of(r, &o);
+        at = o.recorded ? AT_WRITTEN : AT_DUPLICATE;
+        if (o.recorded)
+            metrics_count(l->m, MC_LESSONS_RECORDED, 1);
+    } else if (transient_state(pool_sqlstate(r))) {
+        at = AT_RETRY;
+    } else {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        msg[strcspn(msg, "\n")] = '\0';
+        warn_not_recorded(l, params[0], "database error", pool_sqlstate(r), msg);
+        at = AT_FAILED;
+    }
+    PQclear(r);
+    pool_release(l->pool, c); /* a connection that broke meanwhile is closed here */
+    return at;
+}
+
+static void pending_params(const struct lessons *l, const struct pending *p, char *window,
+                           const char *params[16])
+{
+    snprintf(window, 24, "%d", l->dedup_window_s);
+    const char *v[16] = {p->lesson_type, p->work_item_id, NULL, p->stage, NULL, NULL, NULL,
+                         NULL,           NULL,            NULL, NULL,     NULL, NULL, "auto",
+                         p->detail,      window};
+    memcpy(params, v, sizeof(v));
+}
+
+static char *dup_into(char **at, const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *out = memcpy(*at, s, n);
+    *at += n;
+    return out;
+}
+
+/* Appends a copy of the lesson to the retry queue, or counts and logs an overflow.
+ * Called with l->mu held. */
+static void enqueue_locked(struct lessons *l, const char *type, const char *work,
+                           const char *stage, const char *detail)
+{
+    if (l->queued >= l->queue_max) {
+        metrics_count(l->m, MC_LESSONS_DROPPED, 1);
+        l->dropped_unlogged++;
+        int64_t now = clock_now_us();
+        /* at most one line a second, carrying how many went since the last one */
+        if (l->overflow_logged_us == 0 || now - l->overflow_logged_us >= 1000000) {
+            struct log_line ln;
+            log_begin(&ln, l->lg, LOG_WARN, "lesson queue full; lesson dropped");
+            log_str(&ln, "lesson_type", type);
+            log_int(&ln, "dropped", l->dropped_unlogged);
+            log_int(&ln, "queue_max", l->queue_max);
+            log_end(&ln);
+            l->dropped_unlogged = 0;
+            l->overflow_logged_us = now;
+        }
+        return;
+    }
+    size_t need = sizeof(struct pending) + strlen(type) + 1 + (work ? strlen(work) + 1 : 0) +
+                  (stage ? strlen(stage) + 1 : 0) + (detail ? strlen(detail) + 1 : 0);
+    struct pending *p = malloc(need);
+    if (!p) {
+        metrics_count(l->m, MC_LESSONS_DROPPED, 1);
+        warn_not_recorded(l, type, "out of memory", NULL, NULL);
+        return;
+    }
+    char *at = (char *)(p + 1);
+    p->next = NULL;
+    p->lesson_type = dup_into(&at, type);
+    p->work_item_id = dup_into(&at, work);
+    p->stage = dup_into(&at, stage);
+    p->detail = dup_into(&at, detail);
+    if (l->tail)
+        l->tail->next = p;
+    else
+        l->head = p;
+    l->tail = p;
+    if (l->queued++ == 0) {
+        struct log_line ln;
+        /* info: nothing is lost yet (an overflow is the warning) */
+        log_begin(&ln, l->lg, LOG_INFO, "lessons journal busy; lessons queued for retry");
+        log_str(&ln, "lesson_type", type);
+        log_end(&ln);
+    }
+    metrics_count(l->m, MC_LESSONS_DEFERRED, 1);
+    metrics_gauge_add(l->m, MG_LESSONS_QUEUED, 1);
+}
+
+/* Writes queued lessons, oldest first, until the queue is empty, an attempt must be
+ * retried later, or the deadline passes. Returns how many rows were written. */
+static int drain(struct lessons *l, struct deadline until, int stmt_ms)
+{
+    int written = 0, done = 0;
+    pthread_mutex_lock(&l->drain_mu);
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        struct pending *p = l->head; /* only a drain removes entries */
+        pthread_mutex_unlock(&l->mu);
+        if (!p || deadline_passed(until))
+            break;
+        int64_t left = deadline_left_ms(until);
+        int wait = stmt_ms < left ? stmt_ms : (int)(left > 0 ? left : 1);
+        char window[24];
+        const char *params[16];
+        pending_params(l, p, window, params);
+        enum attempt at = attempt_record(l, params, wait, wait, wait);
+        if (at == AT_RETRY)
+            break;
+        written += at == AT_WRITTEN;
+        done++;
+        pthread_mutex_lock(&l->mu);
+        l->head = p->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->queued--;
+        bool empty = l->queued == 0;
+        pthread_mutex_unlock(&l->mu);
+        metrics_gauge_add(l->m, MG_LESSONS_QUEUED, -1);
+        free(p);
+        if (empty) {
+            struct log_line ln;
+            log_begin(&ln, l->lg, LOG_INFO, "queued lessons written");
+            log_int(&ln, "done", done);
+            log_int(&ln, "written", written);
+            log_end(&ln);
+        }
+    }
+    pthread_mutex_unlock(&l->drain_mu);
+    return written;
+}
+
+/* A drain attempt from the background job: a locked table holds a worker this long
+ * at most per period. */
+#define DRAIN_STATEMENT_MS 250
+#define DRAIN_PERIOD_MS 250
+#define DRAIN_RUN_MS 2000
+
+static void drain_job(void *ctx)
+{
+    struct lessons *l = ctx;
+    pthread_mutex_lock(&l->mu);
+    bool any = l->head != NULL;
+    pthread_mutex_unlock(&l->mu);
+    if (any)
+        drain(l, deadline_in_ms(DRAIN_RUN_MS), DRAIN_STATEMENT_MS);
+}
+
+int lessons_start(struct lessons *l, struct sched *sc)
+{
+    if (!l || !l->enabled)
+        return 0;
+    struct sched_job job = {
+        .name = "lessons-retry", .fn = drain_job, .ctx = l, .period_ms = DRAIN_PERIOD_MS};
+    return sched_add(sc, &job);
+}
+
+int lessons_flush(struct lessons *l, int budget_ms)
+{
+    if (!l || !l->enabled)
+        return 0;
+    struct deadline until = deadline_in_ms(budget_ms);
+    int written = 0, left;
+    for (;;) {
+        written += drain(l, until, DRAIN_STATEMENT_MS);
+        left = lessons_queued(l);
+        if (left == 0 || deadline_passed(until))
+            break;
+        clock_sleep_us(50000); /* the database is busy or away: try again shortly */
+    }
+    if (left > 0) {
+        struct log_line ln;
+        log_begin(&ln, l->lg, LOG_WARN, "queued lessons not written before shutdown");
+        log_int(&ln, "count", left);
+        log_end(&ln);
+    }
+    return written;
+}
+
+int lessons_queued(struct lessons *l)
+{
+    if (!l)
+        return 0;
+    pthread_mutex_lock(&l->mu);
+    int n = l->queued;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
 
 bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char *work_item_id,
                          const char *stage, json_t *detail)
@@ -385,42 +694,36 @@ bool lessons_record_auto(struct lessons *l, const char *lesson_type, const char 
         wrapped = json_pack("{s:O}", "value", detail);
         detail = wrapped;
     }
-    struct lesson_input in = {
-        .lesson_type = lesson_type,
-        .work_item_id = work_item_id,
-        .stage = stage,
-        .source = "auto",
-        .detail = detail,
-    };
-    char window[24], *detail_text = NULL;
-    const char *params[16];
-    record_params(&in, l->dedup_window_s, window, &detail_text, params);
-    bool written = false;
-    struct pool_conn *c;
+    char *detail_text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    json_decref(wrapped);
     if (detail && !detail_text) {
         warn_not_recorded(l, lesson_type, "out of memory", NULL, NULL);
-    } else if (pool_acquire_within(l->pool, AUTO_ACQUIRE_WAIT_MS, &c) != ST_OK) {
-        /* never-raise also means never hold up the caller on a busy pool */
-        warn_not_recorded(l, lesson_type, "database unavailable", NULL, NULL);
-    } else {
-        PGresult *r = pool_exec(c, &st_record, params);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-            struct lesson_outcome o;
-            outcome_of(r, &o);
-            written = o.recorded;
-            if (written)
-                metrics_count(l->m, MC_LESSONS_RECORDED, 1);
-        } else {
-            char msg[256];
-            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-            msg[strcspn(msg, "\n")] = '\0';
-            warn_not_recorded(l, lesson_type, "database error", pool_sqlstate(r), msg);
+        return false;
+    }
+    struct pending p = {NULL, (char *)lesson_type, (char *)work_item_id, (char *)stage,
+                        detail_text};
+    char window[24];
+    const char *params[16];
+    pending_params(l, &p, window, params);
+    bool written = false;
+    /* Lessons already waiting go first (and a locked table holds up only the first
+     * caller): then this one waits behind them, and the caller not at all. */
+    pthread_mutex_lock(&l->mu);
+    bool behind = l->head != NULL;
+    if (behind)
+        enqueue_locked(l, lesson_type, work_item_id, stage, detail_text);
+    pthread_mutex_unlock(&l->mu);
+    if (!behind) {
+        int backstop = l->record_wait_ms > AUTO_BACKSTOP_MS ? l->record_wait_ms : AUTO_BACKSTOP_MS;
+        enum attempt at = attempt_record(l, params, l->record_wait_ms, l->record_wait_ms, backstop);
+        written = at == AT_WRITTEN;
+        if (at == AT_RETRY) {
+            pthread_mutex_lock(&l->mu);
+            enqueue_locked(l, lesson_type, work_item_id, stage, detail_text);
+            pthread_mutex_unlock(&l->mu);
         }
-        PQclear(r);
-        pool_release(l->pool, c);
     }
     free(detail_text);
-    json_decref(wrapped);
     return written;
 }
 
@@ -437,7 +740,7 @@ int lessons_record(struct lessons *l, const struct lesson_input *in, struct less
     struct pool_conn *c;
     int rc = pool_acquire(l->pool, &c);
     if (rc == ST_OK) {
-        PGresult *r = pool_exec(c, &st_record, params);
+        PGresult *r = run_record(l, c, params, REST_LOCK_MS, pool_statement_timeout_ms(l->pool));
         rc = pool_result_err(c, r);
         if (rc == ST_OK) {
             outcome_of(r, out);

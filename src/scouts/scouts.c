@@ -17,13 +17,14 @@
 
 #define SCOUT_COLS                                                                         \
     "id, user_id, provider, enabled, auto_trash_spam, device_inactivity_pause_days, "      \
-    SQL_US("created_at") ", " SQL_US("updated_at")
+    SQL_US("created_at") ", " SQL_US("updated_at") ", " SQL_US("last_run_at")              \
+    ", run_cursor, seq"
 
 #define PROPOSAL_COLS                                                                      \
     "id, scout_id, user_id, source_type, source_msg_ref, reason, raw_subject, raw_snippet, " \
     "status, delivery_attempts, " SQL_US("triaged_at") ", " SQL_US("expires_at") ", "        \
     SQL_US("delivered_at") ", " SQL_US("acked_at") ", " SQL_US("failed_at") ", "            \
-    SQL_US("expired_at") ", seq"
+    SQL_US("expired_at") ", seq, triage_verdict"
 
 #define DEVICE_COLS                                                                        \
     "id, user_id, name, " SQL_US("created_at") ", " SQL_US("last_seen_at") ", "            \
@@ -59,6 +60,35 @@ static const struct db_stmt st_ingest = {
     "SELECT outcome, proposal_id, archive FROM scouts_ingest($1::uuid, $2, $3::bool, $4, $5, "
     "$6, $7, $8::int)",
     8};
+
+/* Scout lists, newest first: one statement per combination of filters so each can use
+ * its index ($1 = created_at bound, $2 = seq bound, $3 = limit, $4 = user_id, $5 =
+ * enabled; unused ones are only typed). */
+#define SCOUTS_LIST_SQL(f)                                                                  \
+    "SELECT " SCOUT_COLS " FROM scouts WHERE (created_at, seq) < ($1::timestamptz, $2::int8)" \
+    f " ORDER BY created_at DESC, seq DESC LIMIT $3::int"
+static const struct db_stmt st_scouts_list[4] = {
+    {"scouts_list_all", SCOUTS_LIST_SQL(" AND $4::text IS NULL AND $5::bool IS NULL"), 5},
+    {"scouts_list_user", SCOUTS_LIST_SQL(" AND user_id = $4 AND $5::bool IS NULL"), 5},
+    {"scouts_list_enabled", SCOUTS_LIST_SQL(" AND $4::text IS NULL AND enabled = $5::bool"), 5},
+    {"scouts_list_user_enabled", SCOUTS_LIST_SQL(" AND user_id = $4 AND enabled = $5::bool"), 5},
+};
+
+/* A worker's run: $2 = the cursor, kept as it was when $3 is false. */
+static const struct db_stmt st_scout_run = {
+    "scouts_scout_run",
+    "UPDATE scouts SET last_run_at = now(), "
+    "run_cursor = CASE WHEN $3::bool THEN $2 ELSE run_cursor END "
+    "WHERE id = $1::uuid RETURNING " SCOUT_COLS,
+    3};
+
+/* Batch ingest in one statement (migrations/0011_triage.sql): every item through
+ * scouts_ingest, in input order, with the scout's row held meanwhile. */
+static const struct db_stmt st_ingest_batch = {
+    "scouts_ingest_batch",
+    "SELECT ord, outcome, proposal_id, archive FROM scouts_ingest_batch($1::uuid, $2::json, "
+    "$3::int)",
+    3};
 
 static const struct db_stmt st_proposals_all = {
     "scouts_proposals_all",
@@ -299,6 +329,8 @@ static json_t *scout_json(const PGresult *r, int i)
     json_object_set_new(o, "device_inactivity_pause_days", json_integer(sql_ll(r, i, 5)));
     json_object_set_new(o, "created_at", sql_json_time(r, i, 6));
     json_object_set_new(o, "updated_at", sql_json_time(r, i, 7));
+    json_object_set_new(o, "last_run_at", sql_json_time(r, i, 8));
+    json_object_set_new(o, "cursor", sql_json_str(r, i, 9));
     return o;
 }
 
@@ -312,6 +344,8 @@ struct scout_tx {
     const char *id;
     const char *actor;
     json_t *out;
+    bool set_cursor;        /* a run: the cursor changes */
+    const char *run_cursor; /* a run: the new cursor (NULL clears it) */
 };
 
 static int scout_create_tx(struct pool_conn *c, void *arg)
@@ -339,7 +373,7 @@ static int scout_create_tx(struct pool_conn *c, void *arg)
 int scouts_scout_create(struct scouts *s, const struct scouts_scout_in *in, const char *actor,
                         json_t **out)
 {
-    struct scout_tx t = {in, NULL, actor, NULL};
+    struct scout_tx t = {in, NULL, actor, NULL, false, NULL};
     int rc = pool_tx(s->pool, scout_create_tx, &t);
     if (rc != ST_OK) {
         json_decref(t.out);
@@ -369,7 +403,7 @@ int scouts_scout_get(struct scouts *s, const char *id, json_t **out)
 {
     if (!scouts_uuid_valid(id))
         return ST_ENOTFOUND;
-    struct scout_tx t = {NULL, id, NULL, NULL};
+    struct scout_tx t = {NULL, id, NULL, NULL, false, NULL};
     int rc = pool_with(s->pool, scout_get_fn, &t);
     if (rc != ST_OK) {
         json_decref(t.out);
@@ -409,7 +443,7 @@ int scouts_scout_patch(struct scouts *s, const char *id, const struct scouts_sco
 {
     if (!scouts_uuid_valid(id))
         return ST_ENOTFOUND;
-    struct scout_tx t = {in, id, actor, NULL};
+    struct scout_tx t = {in, id, actor, NULL, false, NULL};
     int rc = pool_tx(s->pool, scout_patch_tx, &t);
     if (rc != ST_OK) {
         json_decref(t.out);
@@ -443,11 +477,35 @@ int scouts_scout_delete(struct scouts *s, const char *id, const char *actor)
 {
     if (!scouts_uuid_valid(id))
         return ST_ENOTFOUND;
-    struct scout_tx t = {NULL, id, actor, NULL};
+    struct scout_tx t = {NULL, id, actor, NULL, false, NULL};
     return pool_tx(s->pool, scout_delete_tx, &t);
 }
 
 /* ---------------------------------------------------------------- ingest */
+
+/* The answer to one item from the (outcome, proposal_id, archive) columns at col of row
+ * i, as the single route gives it: *status 201 or 200 and the body; NULL with *status 0
+ * for not_found, disabled and conflict (the caller decides), NULL with *status set when
+ * out of memory. */
+static json_t *item_result(const PGresult *r, int i, int col, int *status)
+{
+    const char *outcome = sql_str(r, i, col);
+    *status = 200;
+    if (strcmp(outcome, "queued") == 0) {
+        *status = 201;
+        return json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, i, col + 1));
+    }
+    if (strcmp(outcome, "duplicate") == 0)
+        return json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id",
+                         sql_str(r, i, col + 1));
+    if (strcmp(outcome, "spam") == 0)
+        return json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive",
+                         sql_bool(r, i, col + 2));
+    if (strcmp(outcome, "paused") == 0)
+        return json_pack("{s:b, s:s}", "queued", 0, "reason", "paused_device_inactive");
+    *status = 0;
+    return NULL;
+}
 
 struct ingest_arg {
     struct scouts *s;
@@ -477,29 +535,13 @@ static int ingest_fn(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     const char *outcome = sql_str(r, 0, 0);
-    if (strcmp(outcome, "queued") == 0) {
-        t->status = 201;
-        t->out = json_pack("{s:b, s:s}", "queued", 1, "proposal_id", sql_str(r, 0, 1));
-    } else if (strcmp(outcome, "duplicate") == 0) {
-        t->status = 200;
-        t->out = json_pack("{s:b, s:s, s:s}", "queued", 0, "reason", "duplicate", "proposal_id",
-                           sql_str(r, 0, 1));
-    } else if (strcmp(outcome, "spam") == 0) {
-        t->status = 200;
-        t->out = json_pack("{s:b, s:s, s:b}", "queued", 0, "reason", "spam", "archive",
-                           sql_bool(r, 0, 2));
-    } else if (strcmp(outcome, "paused") == 0) {
-        t->status = 200;
-        t->out = json_pack("{s:b, s:s}", "queued", 0, "reason", "paused_device_inactive");
-    } else if (strcmp(outcome, "not_found") == 0) {
-        rc = ST_ENOTFOUND;
-    } else {
-        /* disabled, or the item collided with a proposal that was gone again */
-        rc = ST_ECONFLICT;
-    }
-    PQclear(r);
-    if (rc == ST_OK && !t->out)
+    t->out = item_result(r, 0, 0, &t->status);
+    if (!t->out && t->status)
         rc = ST_ENOMEM;
+    else if (!t->out)
+        /* disabled, or the item collided with a proposal that was gone again */
+        rc = strcmp(outcome, "not_found") == 0 ? ST_ENOTFOUND : ST_ECONFLICT;
+    PQclear(r);
     return rc;
 }
 
@@ -521,6 +563,145 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
     return ST_OK;
 }
 
+/* The items as the JSON array scouts_ingest_batch reads (malloc'd text), or NULL. */
+static char *batch_items_json(const struct scouts_item_in *items, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        const struct scouts_item_in *it = &items[i];
+        json_t *o = json_pack("{s:s, s:b}", "source_msg_ref", it->source_msg_ref, "spam",
+                              it->spam);
+        if (!o) {
+            json_decref(arr);
+            return NULL;
+        }
+        const char *opt[][2] = {{"source_type", it->source_type},
+                                {"reason", it->reason},
+                                {"subject", it->subject},
+                                {"snippet", it->snippet}};
+        for (size_t k = 0; k < 4; k++)
+            if (opt[k][1])
+                json_object_set_new(o, opt[k][0], json_string(opt[k][1]));
+        json_array_append_new(arr, o);
+    }
+    char *text = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    json_decref(arr);
+    return text;
+}
+
+struct batch_arg {
+    struct scouts *s;
+    const char *scout_id;
+    const char *items;
+    size_t n;
+    long long queued;
+    json_t *out;
+};
+
+static int batch_fn(struct pool_conn *c, void *arg)
+{
+    struct batch_arg *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    t->queued = 0;
+    char ttl[24];
+    const char *p[] = {t->scout_id, t->items, sql_fmt_ll(ttl, t->s->set.proposal_ttl_days)};
+    PGresult *r;
+    int rc = run(c, &st_ingest_batch, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    int n = PQntuples(r);
+    if (n == 1 && sql_ll(r, 0, 0) == 0 &&
+        (strcmp(sql_str(r, 0, 1), "not_found") == 0 || strcmp(sql_str(r, 0, 1), "disabled") == 0)) {
+        rc = strcmp(sql_str(r, 0, 1), "not_found") == 0 ? ST_ENOTFOUND : ST_ECONFLICT;
+        PQclear(r);
+        return rc;
+    }
+    json_t *results = json_array();
+    for (int i = 0; results && i < n && rc == ST_OK; i++) {
+        if (sql_ll(r, i, 0) != i) {
+            rc = ST_EINTERNAL; /* the function answers every item once, in order */
+            break;
+        }
+        int status;
+        json_t *o = item_result(r, i, 1, &status);
+        if (!o && !status) /* an item that collided with a proposal gone again */
+            o = json_pack("{s:b, s:s}", "queued", 0, "reason", "conflict"), status = 409;
+        json_t *item = o ? json_pack("{s:i}", "status", status) : NULL; /* status first */
+        if (!item || json_object_update(item, o) != 0) {
+            json_decref(o);
+            json_decref(item);
+            rc = ST_ENOMEM;
+            break;
+        }
+        json_decref(o);
+        t->queued += status == 201;
+        json_array_append_new(results, item);
+    }
+    PQclear(r);
+    if (rc == ST_OK && (!results || json_array_size(results) != t->n))
+        rc = results ? ST_EINTERNAL : ST_ENOMEM;
+    if (rc != ST_OK) {
+        json_decref(results);
+        return rc;
+    }
+    t->out = json_pack("{s:o, s:I}", "results", results, "queued", (json_int_t)t->queued);
+    return t->out ? ST_OK : ST_ENOMEM;
+}
+
+int scouts_ingest_batch(struct scouts *s, const char *scout_id, const struct scouts_item_in *items,
+                        size_t n, json_t **out)
+{
+    if (!scouts_uuid_valid(scout_id))
+        return ST_ENOTFOUND;
+    char *text = batch_items_json(items, n);
+    if (!text)
+        return ST_ENOMEM;
+    struct batch_arg t = {s, scout_id, text, n, 0, NULL};
+    int rc = pool_with(s->pool, batch_fn, &t);
+    free(text);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    metrics_count(s->metrics, MC_PROPOSALS_QUEUED, (uint64_t)t.queued);
+    *out = t.out;
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+static int scout_run_fn(struct pool_conn *c, void *arg)
+{
+    struct scout_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    const char *p[] = {t->id, t->run_cursor, t->set_cursor ? "true" : "false"};
+    PGresult *r;
+    int rc = run(c, &st_scout_run, p, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1)
+        t->out = scout_json(r, 0);
+    PQclear(r);
+    return t->out ? ST_OK : ST_ENOTFOUND;
+}
+
+int scouts_scout_run(struct scouts *s, const char *id, bool set_cursor, const char *cursor,
+                     json_t **out)
+{
+    if (!scouts_uuid_valid(id))
+        return ST_ENOTFOUND;
+    struct scout_tx t = {NULL, id, NULL, NULL, set_cursor, cursor};
+    int rc = pool_with(s->pool, scout_run_fn, &t);
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    *out = t.out;
+    return ST_OK;
+}
+
 /* ---------------------------------------------------------------- lists */
 
 static json_t *proposal_json(const PGresult *r, int i)
@@ -532,6 +713,8 @@ static json_t *proposal_json(const PGresult *r, int i)
     for (int k = 0; k < 9; k++)
         json_object_set_new(o, names[k], sql_json_str(r, i, k));
     json_object_set_new(o, "delivery_attempts", json_integer(sql_ll(r, i, 9)));
+    json_object_set_new(o, "triage_verdict", sql_json_str(r, i, 17));
+    json_object_set_new(o, "triage_reason", sql_json_str(r, i, 5));
     static const char *const times[] = {"triaged_at", "expires_at", "delivered_at",
                                         "acked_at",   "failed_at",  "expired_at"};
     for (int k = 0; k < 6; k++)
@@ -594,6 +777,18 @@ int scouts_proposals_list(struct scouts *s, const char *user_id, const char *sta
                        status};
     struct list_tx t = {status ? &st_proposals_status : &st_proposals_all, p, limit,
                         proposal_json, 10, 16, NULL};
+    return run_list(s, &t, out);
+}
+
+int scouts_scouts_list(struct scouts *s, const char *user_id, int enabled, int limit,
+                       int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out)
+{
+    char ts[32], seq[24], lim[24];
+    const char *p[] = {has_cursor ? sql_fmt_time(ts, cur_a) : "infinity",
+                       sql_fmt_ll(seq, has_cursor ? cur_b : 0), sql_fmt_ll(lim, limit + 1),
+                       user_id, enabled < 0 ? NULL : enabled ? "true" : "false"};
+    int variant = (user_id ? 1 : 0) | (enabled >= 0 ? 2 : 0);
+    struct list_tx t = {&st_scouts_list[variant], p, limit, scout_json, 6, 10, NULL};
     return run_list(s, &t, out);
 }
 

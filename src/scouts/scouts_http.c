@@ -1,5 +1,6 @@
 /* HTTP adapter of the scouts capability: validates requests and maps results. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "scouts_int.h"
@@ -9,6 +10,10 @@
 #include "steward/json.h"
 
 #define USER_MAX USERS_ID_MAX
+/* A batch of SCOUTS_BATCH_MAX items each at its longest (a 512-character reference, 2000
+ * of reason and subject, 10000 of snippet, all possibly escaped) would pass 16 MiB; 8 MiB
+ * holds 500 items of about 16 KiB of JSON each, far more than triage items carry. */
+#define SCOUTS_BATCH_BODY_LIMIT (8u << 20)
 
 static const char *actor(const struct http_req *req)
 {
@@ -132,27 +137,43 @@ static void scout_delete(void *ctx, const struct http_req *req, struct http_resp
         http_json(resp, 204, NULL);
 }
 
+/* One triage verdict, the body of POST /v1/scouts/{id}/items or an element of a batch's
+ * items (field names in errs start with prefix). Strings are borrowed from obj. */
+static void parse_item(const json_t *obj, const char *prefix, struct scouts_item_in *in,
+                       json_t *errs)
+{
+    static const char *const allowed[] = {"source_msg_ref", "verdict", "reason", "subject",
+                                          "snippet", "source_type", NULL};
+    memset(in, 0, sizeof(*in));
+    if (!json_is_object(obj)) {
+        jv_error(errs, prefix, "must be a JSON object");
+        return;
+    }
+    const char *verdict = NULL;
+    jv_unknown_fields(obj, allowed, prefix, errs);
+    jv_string(obj, "source_msg_ref", prefix, true, 1, 512, &in->source_msg_ref, errs);
+    if (jv_string(obj, "verdict", prefix, true, 1, 16, &verdict, errs) == 1) {
+        if (strcmp(verdict, "spam") == 0) {
+            in->spam = true;
+        } else if (strcmp(verdict, "relevant") != 0) {
+            char path[64];
+            jv_error(errs, jv_path(path, sizeof(path), prefix, "verdict"),
+                     "must be relevant or spam");
+        }
+    }
+    jv_string(obj, "reason", prefix, false, 0, 2000, &in->reason, errs);
+    jv_string(obj, "subject", prefix, false, 0, 2000, &in->subject, errs);
+    jv_string(obj, "snippet", prefix, false, 0, 10000, &in->snippet, errs);
+    jv_string(obj, "source_type", prefix, false, 1, 64, &in->source_type, errs);
+}
+
 static void item_post(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     if (!http_body_object(req, resp, true))
         return;
-    static const char *const allowed[] = {"source_msg_ref", "verdict", "reason", "subject",
-                                          "snippet", "source_type", NULL};
     json_t *errs = json_array();
-    struct scouts_item_in in = {0};
-    const char *verdict = NULL;
-    jv_unknown_fields(req->body, allowed, "", errs);
-    jv_string(req->body, "source_msg_ref", "", true, 1, 512, &in.source_msg_ref, errs);
-    if (jv_string(req->body, "verdict", "", true, 1, 16, &verdict, errs) == 1) {
-        if (strcmp(verdict, "spam") == 0)
-            in.spam = true;
-        else if (strcmp(verdict, "relevant") != 0)
-            jv_error(errs, "verdict", "must be relevant or spam");
-    }
-    jv_string(req->body, "reason", "", false, 0, 2000, &in.reason, errs);
-    jv_string(req->body, "subject", "", false, 0, 2000, &in.subject, errs);
-    jv_string(req->body, "snippet", "", false, 0, 10000, &in.snippet, errs);
-    jv_string(req->body, "source_type", "", false, 1, 64, &in.source_type, errs);
+    struct scouts_item_in in;
+    parse_item(req->body, "", &in, errs);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;
@@ -169,6 +190,134 @@ static void item_post(void *ctx, const struct http_req *req, struct http_resp *r
         http_error(resp, rc, NULL);
     else
         http_json(resp, status, out);
+}
+
+/* Problems reported for a batch at most; past that the 422 says how many more. */
+#define BATCH_ERRORS_MAX 100
+
+static void item_batch(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, true))
+        return;
+    static const char *const allowed[] = {"items", NULL};
+    json_t *errs = json_array();
+    jv_unknown_fields(req->body, allowed, "", errs);
+    json_t *items = json_object_get(req->body, "items");
+    size_t n = json_array_size(items);
+    if (!json_is_array(items) || n < 1 || n > SCOUTS_BATCH_MAX) {
+        jv_error(errs, "items", "must be an array of 1 to %d items", SCOUTS_BATCH_MAX);
+        http_invalid(resp, errs);
+        return;
+    }
+    struct scouts_item_in *in = calloc(n, sizeof(*in));
+    if (!in) {
+        json_decref(errs);
+        http_error(resp, ST_ENOMEM, NULL);
+        return;
+    }
+    size_t bad_items = 0;
+    for (size_t i = 0; i < n; i++) {
+        char prefix[32];
+        snprintf(prefix, sizeof(prefix), "items[%zu]", i);
+        size_t before = json_array_size(errs);
+        parse_item(json_array_get(items, i), prefix, &in[i], errs);
+        bad_items += json_array_size(errs) != before;
+    }
+    if (json_array_size(errs) > BATCH_ERRORS_MAX) {
+        size_t more = json_array_size(errs) - BATCH_ERRORS_MAX;
+        while (json_array_size(errs) > BATCH_ERRORS_MAX)
+            json_array_remove(errs, json_array_size(errs) - 1);
+        jv_error(errs, "items", "%zu more problems not listed (%zu items are invalid)", more,
+                 bad_items);
+    }
+    if (json_array_size(errs) > 0) {
+        free(in);
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_ingest_batch(ctx, http_param(req, "id"), in, n, &out);
+    free(in);
+    if (rc == ST_ENOTFOUND)
+        http_error(resp, rc, "no such scout");
+    else if (rc == ST_ECONFLICT)
+        http_problem_slug(resp, 409, "scout-disabled", "the scout is disabled");
+    else if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void scout_run(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    if (!http_body_object(req, resp, false))
+        return;
+    static const char *const allowed[] = {"cursor", NULL};
+    json_t *errs = json_array();
+    bool set_cursor = false;
+    const char *cursor = NULL;
+    if (req->body) {
+        jv_unknown_fields(req->body, allowed, "", errs);
+        json_t *c = json_object_get(req->body, "cursor");
+        if (c && json_is_null(c))
+            set_cursor = true;
+        else if (c && jv_string(req->body, "cursor", "", false, 0, SCOUTS_RUN_CURSOR_MAX, &cursor,
+                                errs) == 1)
+            set_cursor = true;
+    }
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_scout_run(ctx, http_param(req, "id"), set_cursor, cursor, &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, rc == ST_ENOTFOUND ? "no such scout" : NULL);
+    else
+        http_json(resp, 200, out);
+}
+
+static void scouts_list(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    static const char *const known[] = {"user_id", "enabled", "limit", "cursor", NULL};
+    json_t *errs = json_array();
+    for (size_t i = 0; i < req->nquery; i++) {
+        bool ok = false;
+        for (const char *const *k = known; *k; k++)
+            ok |= strcmp(req->query[i].key, *k) == 0;
+        if (!ok)
+            jv_error(errs, req->query[i].key, "unknown query parameter");
+    }
+    int limit = 0;
+    const char *cursor = NULL;
+    http_list_params_into(req, errs, &limit, &cursor);
+    int64_t a = 0, b = 0;
+    if (cursor && cursor_decode(cursor, &a, &b) != 0)
+        jv_error(errs, "cursor", "is not a cursor of this list");
+    const char *user = http_query(req, "user_id");
+    if (user && !jv_is_printable_id(user, USER_MAX))
+        jv_error(errs, "user_id", "must be 1 to %d printable characters", USER_MAX);
+    const char *en = http_query(req, "enabled");
+    int enabled = -1;
+    if (en && strcmp(en, "true") == 0)
+        enabled = 1;
+    else if (en && strcmp(en, "false") == 0)
+        enabled = 0;
+    else if (en)
+        jv_error(errs, "enabled", "must be true or false");
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *out = NULL;
+    int rc = scouts_scouts_list(ctx, user, enabled, limit, a, b, cursor != NULL, &out);
+    if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, 200, out);
 }
 
 static void proposals_list(void *ctx, const struct http_req *req, struct http_resp *resp)
@@ -257,7 +406,11 @@ int scouts_http_register(struct router *r, struct scouts *ctx)
     rc |= http_route(r, "GET", "/v1/scouts/{id}", AUTH_READ, scout_get, ctx);
     rc |= http_route(r, "PATCH", "/v1/scouts/{id}", AUTH_ADMIN, scout_patch, ctx);
     rc |= http_route(r, "DELETE", "/v1/scouts/{id}", AUTH_ADMIN, scout_delete, ctx);
+    rc |= http_route(r, "GET", "/v1/scouts", AUTH_READ, scouts_list, ctx);
     rc |= http_route(r, "POST", "/v1/scouts/{id}/items", AUTH_SERVICE, item_post, ctx);
+    rc |= http_route_sized(r, "POST", "/v1/scouts/{id}/items/batch", AUTH_SERVICE, item_batch, ctx,
+                           SCOUTS_BATCH_BODY_LIMIT);
+    rc |= http_route(r, "POST", "/v1/scouts/{id}/runs", AUTH_SERVICE, scout_run, ctx);
     rc |= http_route(r, "GET", "/v1/users/{user_id}/proposals", AUTH_READ, proposals_list, ctx);
     rc |= http_route(r, "POST", "/v1/devices", AUTH_ADMIN, device_create, ctx);
     rc |= http_route(r, "GET", "/v1/users/{user_id}/devices", AUTH_READ, devices_list, ctx);

@@ -140,6 +140,22 @@ struct scouts_item_in {
  * unknown scout, ST_ECONFLICT for a disabled one. */
 int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
                   int *status, json_t **out);
+/* Ingests n verdicts in one statement, each exactly as scouts_ingest would, in input
+ * order. *out gets {"results": [one {"status", ...single route body} per item],
+ * "queued": n}; an item that collided with a proposal gone again is status 409
+ * {"queued": false, "reason": "conflict"}. ST_ENOTFOUND for an unknown scout and
+ * ST_ECONFLICT for a disabled one (nothing ingested). */
+#define SCOUTS_BATCH_MAX 500
+int scouts_ingest_batch(struct scouts *s, const char *scout_id, const struct scouts_item_in *items,
+                        size_t n, json_t **out);
+/* Records a worker's run of the scout: last_run_at = now and, when set_cursor, its
+ * cursor (NULL clears it). *out gets the scout. ST_ENOTFOUND for an unknown scout. */
+#define SCOUTS_RUN_CURSOR_MAX 4096
+int scouts_scout_run(struct scouts *s, const char *id, bool set_cursor, const char *cursor,
+                     json_t **out);
+/* Scouts newest first, of one user (user_id NULL: all), enabled 1 / 0 / -1 (any). */
+int scouts_scouts_list(struct scouts *s, const char *user_id, int enabled, int limit,
+                       int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
 int scouts_proposals_list(struct scouts *s, const char *user_id, const char *status, int limit,
                           int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
 
