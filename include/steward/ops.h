@@ -3,6 +3,7 @@
 #ifndef STEWARD_OPS_H
 #define STEWARD_OPS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 struct pool;
@@ -10,6 +11,9 @@ struct router;
 
 struct ops_ctx {
     struct pool *pool;
+    /* Set by the app at SIGTERM (any thread): /readyz then answers 503 while every other
+     * route is still served, so a load balancer's health check takes the instance out. */
+    atomic_bool draining;
 };
 
 /* The OpenAPI document compiled into the binary. */
