@@ -37,6 +37,9 @@ enum metrics_counter {
     MC_HEAL_FAILURES, /* sweep steps that failed */
     MC_PERF_REPORTS,  /* performance reports written by this instance */
     MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_DELIVERY_FIRST,  /* proposals sent to a device for the first time */
+    MC_DELIVERY_LAG_US, /* their summed time from triage to that first send, in us */
+    MC_LESSONS_FAILED,  /* lessons that could not be written (the journal is failing) */
     MC_COUNT
 };
 
@@ -45,6 +48,7 @@ enum metrics_gauge {
     MG_WS_CONNECTIONS,   /* open device WebSocket connections */
     MG_WS_AUTHENTICATED, /* of those, the ones that completed device_hello */
     MG_WS_QUEUED_BYTES,  /* bytes queued for sending on all of them */
+    MG_HEAL_LAST_SWEEP_S, /* unix time this instance last finished a sweep; 0: never */
     MG_COUNT
 };
 
@@ -80,6 +84,8 @@ uint64_t metrics_counter_value(const struct metrics *m, enum metrics_counter c);
 /* Adds delta (may be negative) to a named gauge (m may be NULL: nothing happens).
  * Lock-free. */
 void metrics_gauge_add(struct metrics *m, enum metrics_gauge g, int64_t delta);
+/* Sets a named gauge (m may be NULL: nothing happens). Lock-free. */
+void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, int64_t value);
 /* The current value of a named gauge. */
 int64_t metrics_gauge_value(const struct metrics *m, enum metrics_gauge g);
 /* Copies the figures of one route slot (0..metrics_route_slots(m)-1; all zero for a slot

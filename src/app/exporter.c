@@ -156,6 +156,21 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
                "# HELP ws_authenticated_connections Connections that completed hello.\n"
                "# TYPE ws_authenticated_connections gauge\nws_authenticated_connections %lld\n",
                (long long)metrics_gauge_value(src->m, MG_WS_AUTHENTICATED));
+    buf_printf(b,
+               "# HELP heal_last_sweep_timestamp_seconds Unix time this instance last finished "
+               "a self-healing sweep and stored its report; 0: never (the instances take turns: "
+               "take the max over them).\n"
+               "# TYPE heal_last_sweep_timestamp_seconds gauge\n"
+               "heal_last_sweep_timestamp_seconds %lld\n",
+               (long long)metrics_gauge_value(src->m, MG_HEAL_LAST_SWEEP_S));
+    buf_printf(b,
+               "# HELP proposals_delivery_lag_seconds Time from triage to the first send to a "
+               "device, over the proposals this instance sent for the first time.\n"
+               "# TYPE proposals_delivery_lag_seconds summary\n"
+               "proposals_delivery_lag_seconds_sum %.6f\n"
+               "proposals_delivery_lag_seconds_count %llu\n",
+               (double)metrics_counter_value(src->m, MC_DELIVERY_LAG_US) / 1e6,
+               (unsigned long long)metrics_counter_value(src->m, MC_DELIVERY_FIRST));
     static const struct counter_label frames[] = {
         {MC_WS_FRAMES_IN_HELLO, "direction=\"in\",type=\"device_hello\""},
         {MC_WS_FRAMES_IN_ACK, "direction=\"in\",type=\"scout_proposal_ack\""},
@@ -191,6 +206,8 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Sweeps skipped because another run held the turn."},
         {MC_HEAL_FAILURES, "heal_step_failures_total", "Sweep steps that failed."},
         {MC_PERF_REPORTS, "perf_reports_total", "Performance reports written by this instance."},
+        {MC_LESSONS_FAILED, "lessons_record_failures_total",
+         "Lessons this instance could not write (the journal is failing)."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},
