@@ -33,10 +33,10 @@ enum metrics_counter {
     MC_PROPOSALS_FAILED,
     MC_HEAL_RUNS,
     MC_LESSONS_RECORDED,
-    MC_HEAL_SKIPPED,  /* sweeps this instance skipped because the turn was taken */
-    MC_HEAL_FAILURES, /* sweep steps that failed */
-    MC_PERF_REPORTS,  /* performance reports written by this instance */
-    MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_HEAL_SKIPPED,    /* sweeps this instance skipped because the turn was taken */
+    MC_HEAL_FAILURES,   /* sweep steps that failed */
+    MC_PERF_REPORTS,    /* performance reports written by this instance */
+    MC_HTTP_PARKED,     /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
     MC_DELIVERY_FIRST,  /* proposals sent to a device for the first time */
     MC_DELIVERY_LAG_US, /* their summed time from triage to that first send, in us */
     MC_LESSONS_FAILED,  /* lessons that could not be written (the journal is failing) */
@@ -45,9 +45,9 @@ enum metrics_counter {
 
 /* Named gauges: levels that go up and down, kept by the module that owns the thing. */
 enum metrics_gauge {
-    MG_WS_CONNECTIONS,   /* open device WebSocket connections */
-    MG_WS_AUTHENTICATED, /* of those, the ones that completed device_hello */
-    MG_WS_QUEUED_BYTES,  /* bytes queued for sending on all of them */
+    MG_WS_CONNECTIONS,    /* open device WebSocket connections */
+    MG_WS_AUTHENTICATED,  /* of those, the ones that completed device_hello */
+    MG_WS_QUEUED_BYTES,   /* bytes queued for sending on all of them */
     MG_HEAL_LAST_SWEEP_S, /* unix time this instance last finished a sweep; 0: never */
     MG_COUNT
 };
