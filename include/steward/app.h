@@ -1,6 +1,7 @@
 /* The application context: everything the process owns, created by app_serve and
  * passed down explicitly. There is no other process-wide mutable state (the one
- * thread-local is the dbpipe's binding of an HTTP loop thread to its own lane). */
+ * thread-locals are the dbpipe's binding of an HTTP loop thread to its own lane, and the
+ * log scope the transports set while a request is handled, see steward/log.h). */
 #ifndef STEWARD_APP_H
 #define STEWARD_APP_H
 

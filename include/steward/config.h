@@ -28,6 +28,7 @@ struct config {
     int http_park_ms;
     int worker_threads;
     int shutdown_timeout_s;
+    int drain_s;
     /* lessons */
     bool lessons_enabled;
     int lessons_dedup_window_s;

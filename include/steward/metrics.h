@@ -33,21 +33,25 @@ enum metrics_counter {
     MC_PROPOSALS_FAILED,
     MC_HEAL_RUNS,
     MC_LESSONS_RECORDED,
-    MC_HEAL_SKIPPED,  /* sweeps this instance skipped because the turn was taken */
-    MC_HEAL_FAILURES, /* sweep steps that failed */
-    MC_PERF_REPORTS,  /* performance reports written by this instance */
-    MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_HEAL_SKIPPED,     /* sweeps this instance skipped because the turn was taken */
+    MC_HEAL_FAILURES,    /* sweep steps that failed */
+    MC_PERF_REPORTS,     /* performance reports written by this instance */
+    MC_HTTP_PARKED,      /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
     MC_LESSONS_DEFERRED, /* internal lessons queued for a background retry */
     MC_LESSONS_DROPPED,  /* internal lessons lost because the retry queue was full */
+    MC_DELIVERY_FIRST,   /* proposals sent to a device for the first time */
+    MC_DELIVERY_LAG_US,  /* their summed time from triage to that first send, in us */
+    MC_LESSONS_FAILED,   /* lessons that could not be written (the journal is failing) */
     MC_COUNT
 };
 
 /* Named gauges: levels that go up and down, kept by the module that owns the thing. */
 enum metrics_gauge {
-    MG_WS_CONNECTIONS,   /* open device WebSocket connections */
-    MG_WS_AUTHENTICATED, /* of those, the ones that completed device_hello */
-    MG_WS_QUEUED_BYTES,  /* bytes queued for sending on all of them */
-    MG_LESSONS_QUEUED,   /* internal lessons waiting in the retry queue */
+    MG_WS_CONNECTIONS,    /* open device WebSocket connections */
+    MG_WS_AUTHENTICATED,  /* of those, the ones that completed device_hello */
+    MG_WS_QUEUED_BYTES,   /* bytes queued for sending on all of them */
+    MG_LESSONS_QUEUED,    /* internal lessons waiting in the retry queue */
+    MG_HEAL_LAST_SWEEP_S, /* unix time this instance last finished a sweep; 0: never */
     MG_COUNT
 };
 
@@ -83,6 +87,8 @@ uint64_t metrics_counter_value(const struct metrics *m, enum metrics_counter c);
 /* Adds delta (may be negative) to a named gauge (m may be NULL: nothing happens).
  * Lock-free. */
 void metrics_gauge_add(struct metrics *m, enum metrics_gauge g, int64_t delta);
+/* Sets a named gauge (m may be NULL: nothing happens). Lock-free. */
+void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, int64_t value);
 /* The current value of a named gauge. */
 int64_t metrics_gauge_value(const struct metrics *m, enum metrics_gauge g);
 /* Copies the figures of one route slot (0..metrics_route_slots(m)-1; all zero for a slot

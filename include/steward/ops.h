@@ -4,6 +4,7 @@
 #define STEWARD_OPS_H
 
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 struct pool;
@@ -14,6 +15,9 @@ struct ops_ctx {
     /* NULL when notifications flow; else why not (the listener, wired by app.c) */
     const char *(*listen_problem)(void *arg);
     void *listen_arg;
+    /* Set by the app at SIGTERM (any thread): /readyz then answers 503 while every other
+     * route is still served, so a load balancer's health check takes the instance out. */
+    atomic_bool draining;
 };
 
 /* The OpenAPI document compiled into the binary. */

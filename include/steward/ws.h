@@ -26,14 +26,15 @@
 
 /* Close codes this server sends (RFC 6455 7.4.1; 4000-4999 are ours). */
 enum {
-    WS_CLOSE_GOING_AWAY = 1001,    /* the server is shutting down */
-    WS_CLOSE_INVALID_DATA = 1007,  /* a text frame that is not UTF-8 */
-    WS_CLOSE_POLICY = 1008,        /* the peer does not read: its queue overflowed */
-    WS_CLOSE_TOO_BIG = 1009,       /* a frame over WS_MAX_FRAME */
-    WS_CLOSE_TRY_AGAIN = 1013,     /* the database is away or the server is busy */
-    WS_CLOSE_UNAUTHORIZED = 4401,  /* no device_hello yet, or a wrong one */
-    WS_CLOSE_REVOKED = 4403,       /* the device was deleted or its user erased */
-    WS_CLOSE_HELLO_TIMEOUT = 4408, /* no device_hello within hello_timeout_s */
+    WS_CLOSE_GOING_AWAY = 1001,      /* the peer is going away (not sent by this server) */
+    WS_CLOSE_INVALID_DATA = 1007,    /* a text frame that is not UTF-8 */
+    WS_CLOSE_POLICY = 1008,          /* the peer does not read: its queue overflowed */
+    WS_CLOSE_TOO_BIG = 1009,         /* a frame over WS_MAX_FRAME */
+    WS_CLOSE_SERVICE_RESTART = 1012, /* the server is stopping: reconnect, elsewhere */
+    WS_CLOSE_TRY_AGAIN = 1013,       /* the database is away or the server is busy */
+    WS_CLOSE_UNAUTHORIZED = 4401,    /* no device_hello yet, or a wrong one */
+    WS_CLOSE_REVOKED = 4403,         /* the device was deleted or its user erased */
+    WS_CLOSE_HELLO_TIMEOUT = 4408,   /* no device_hello within hello_timeout_s */
 };
 
 struct ws_server;
@@ -69,8 +70,8 @@ void ws_server_on_closed(struct ws_server *ws, ws_closed_fn fn, void *ctx);
 /* Starts the service thread. Returns 0 or -1. */
 int ws_server_start(struct ws_server *ws);
 int ws_server_port(const struct ws_server *ws);
-/* Closes every session with WS_CLOSE_GOING_AWAY (after flushing what is queued), stops the service
- * thread within timeout_ms and frees the server. */
+/* Closes every session with WS_CLOSE_SERVICE_RESTART (after flushing what is queued), stops the
+ * service thread within timeout_ms and frees the server. */
 void ws_server_stop(struct ws_server *ws, int timeout_ms);
 
 /* Thread-safe. Queues a text frame (copied) for the session. Returns 0, or -1 when the

@@ -3,6 +3,7 @@
 #include "steward/app.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -459,6 +460,46 @@ static void teardown(struct app *app)
     config_release(&app->cfg);
 }
 
+/* The first signal starts the drain: /readyz answers 503 at once while every route is
+ * still served for STEWARD_DRAIN_S, long enough for a load balancer's health check to take
+ * this instance out; a second signal cuts it short. teardown then closes the device
+ * sockets with 1012 (service restart), so devices reconnect to another instance. */
+static void drain(struct app *app, const sigset_t *set, int sig)
+{
+    const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    atomic_store(&app->ops.draining, true);
+    if (app->cfg.drain_s > 0) {
+        struct log_line l;
+        log_begin(&l, &app->log, LOG_INFO, "draining");
+        log_str(&l, "signal", name);
+        log_int(&l, "drain_s", app->cfg.drain_s);
+        log_end(&l);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += app->cfg.drain_s;
+        for (;;) {
+            struct timespec now, left;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left.tv_sec = until.tv_sec - now.tv_sec;
+            left.tv_nsec = until.tv_nsec - now.tv_nsec;
+            if (left.tv_nsec < 0) {
+                left.tv_sec--;
+                left.tv_nsec += 1000000000L;
+            }
+            if (left.tv_sec < 0)
+                break;
+            int got = sigtimedwait(set, NULL, &left);
+            if (got == SIGTERM || got == SIGINT) {
+                log_msg(&app->log, LOG_WARN, "second signal: drain cut short", NULL);
+                break;
+            }
+            if (got < 0 && errno == EAGAIN)
+                break;
+        }
+    }
+    log_msg(&app->log, LOG_INFO, "shutting down", "signal", name, NULL);
+}
+
 static void block_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -510,8 +551,7 @@ int app_serve(void)
     log_end(&l);
     int sig = 0;
     sigwait(&set, &sig);
-    log_msg(&app.log, LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-            NULL);
+    drain(&app, &set, sig);
     teardown(&app);
     struct logger lg = {LOG_INFO, stderr};
     log_msg(&lg, LOG_INFO, "stopped", NULL);

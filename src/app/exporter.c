@@ -160,6 +160,21 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
                "# HELP lessons_queued Internal lessons waiting in the retry queue.\n"
                "# TYPE lessons_queued gauge\nlessons_queued %lld\n",
                (long long)metrics_gauge_value(src->m, MG_LESSONS_QUEUED));
+    buf_printf(b,
+               "# HELP heal_last_sweep_timestamp_seconds Unix time this instance last finished "
+               "a self-healing sweep and stored its report; 0: never (the instances take turns: "
+               "take the max over them).\n"
+               "# TYPE heal_last_sweep_timestamp_seconds gauge\n"
+               "heal_last_sweep_timestamp_seconds %lld\n",
+               (long long)metrics_gauge_value(src->m, MG_HEAL_LAST_SWEEP_S));
+    buf_printf(b,
+               "# HELP proposals_delivery_lag_seconds Time from triage to the first send to a "
+               "device, over the proposals this instance sent for the first time.\n"
+               "# TYPE proposals_delivery_lag_seconds summary\n"
+               "proposals_delivery_lag_seconds_sum %.6f\n"
+               "proposals_delivery_lag_seconds_count %llu\n",
+               (double)metrics_counter_value(src->m, MC_DELIVERY_LAG_US) / 1e6,
+               (unsigned long long)metrics_counter_value(src->m, MC_DELIVERY_FIRST));
     static const struct counter_label frames[] = {
         {MC_WS_FRAMES_IN_HELLO, "direction=\"in\",type=\"device_hello\""},
         {MC_WS_FRAMES_IN_ACK, "direction=\"in\",type=\"scout_proposal_ack\""},
@@ -199,6 +214,8 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Internal lessons that could not be written at once and went to the retry queue."},
         {MC_LESSONS_DROPPED, "lessons_queue_overflow_total",
          "Internal lessons dropped because the retry queue was full."},
+        {MC_LESSONS_FAILED, "lessons_record_failures_total",
+         "Lessons this instance could not write (the journal is failing)."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -69,7 +69,12 @@ static const struct setting settings[] = {
     {"STEWARD_WORKER_THREADS", K_INT, OFF(worker_threads), "4", 1, 256,
      "threads of the work queue: database work of the WebSocket layer and of the timers"},
     {"STEWARD_SHUTDOWN_TIMEOUT_S", K_INT, OFF(shutdown_timeout_s), "8", 1, 300,
-     "bound on draining in-flight work at SIGTERM (inside Docker's 10 s)"},
+     "bound on finishing in-flight work once the drain is over (with the drain, inside "
+     "the orchestrator's grace period: `stop_grace_period` in docker/compose.yaml)"},
+    {"STEWARD_DRAIN_S", K_INT, OFF(drain_s), "5", 0, 300,
+     "at SIGTERM, `/readyz` answers 503 at once while requests are still served for this "
+     "long, so a load balancer stops routing here; then device sockets close with 1012; a "
+     "second signal cuts the drain short"},
     {"STEWARD_LESSONS_ENABLED", K_BOOL, OFF(lessons_enabled), "true", 0, 0,
      "kill switch of the lessons journal: false makes every lessons operation a no-op"},
     {"STEWARD_LESSONS_DEDUP_WINDOW_S", K_INT, OFF(lessons_dedup_window_s), "3600", 0, 31536000,

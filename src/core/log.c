@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -15,6 +16,52 @@
 #include "steward/jsonw.h"
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+/* The calling thread's request context (log.h): set and restored by the transports. */
+static _Thread_local const struct log_scope *tl_scope;
+
+const struct log_scope *log_scope_set(const struct log_scope *scope)
+{
+    const struct log_scope *prev = tl_scope;
+    tl_scope = scope;
+    return prev;
+}
+
+/* n lowercase hex digits, not all zero */
+static bool hex_field(const char *s, size_t n)
+{
+    bool nonzero = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+        nonzero |= c != '0';
+    }
+    return nonzero;
+}
+
+int log_traceparent_parse(const char *v, char *trace_id, char *canon)
+{
+    if (!v)
+        return -1;
+    size_t n = strnlen(v, 56);
+    if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+        return -1;
+    bool v00 = v[0] == '0' && v[1] == '0';
+    if (!(hex_field(v, 2) || v00) || (v[0] == 'f' && v[1] == 'f'))
+        return -1;
+    if ((v00 && n != 55) || (!v00 && n > 55 && v[55] != '-'))
+        return -1;
+    if (!hex_field(v + 3, 32) || !hex_field(v + 36, 16) ||
+        !(hex_field(v + 53, 2) || (v[53] == '0' && v[54] == '0')))
+        return -1;
+    memcpy(trace_id, v + 3, LOG_TRACE_ID_LEN);
+    trace_id[LOG_TRACE_ID_LEN] = '\0';
+    memcpy(canon, "00", 2);
+    memcpy(canon + 2, v + 2, 53);
+    canon[55] = '\0';
+    return 0;
+}
 
 int log_level_parse(const char *s, enum log_level *out)
 {
@@ -91,6 +138,11 @@ void log_begin(struct log_line *l, const struct logger *lg, enum log_level lvl, 
     put_raw(l, "\",\"msg\":\"");
     l->len = jsonw_escape(l->buf, l->len, sizeof(l->buf) - 2, msg ? msg : "");
     put_raw(l, "\"");
+    if (tl_scope && tl_scope->trace_id[0]) {
+        put_raw(l, ",\"trace_id\":\""); /* 32 lowercase hex digits: nothing to escape */
+        put_raw(l, tl_scope->trace_id);
+        put_raw(l, "\"");
+    }
 }
 
 void log_str(struct log_line *l, const char *key, const char *val)

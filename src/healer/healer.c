@@ -759,6 +759,7 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
         rec.id = 0;
         rec.created_us = 0;
     } else {
+        metrics_gauge_set(h->m, MG_HEAL_LAST_SWEEP_S, jtime_now_us() / 1000000);
         struct log_line l;
         log_begin(&l, h->lg, LOG_INFO, "sweep done");
         log_int(&l, "report_id", rec.id);

@@ -121,6 +121,8 @@ struct reqstate {
     struct route_match match;
     struct auth_principal who;
     char request_id[72];
+    struct log_scope scope; /* the trace id of a valid traceparent, else empty */
+    char traceparent[56];   /* echoed when valid */
     int early_status;
     char early_detail[160];
     const char *early_slug;
@@ -351,6 +353,12 @@ static void start_request(struct reqstate *rs, struct MHD_Connection *conn, cons
     else
         request_id_format(rs->request_id, srv->id_prefix,
                           atomic_fetch_add_explicit(&srv->next_id, 1, memory_order_relaxed));
+    const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    if (tp && log_traceparent_parse(tp, rs->scope.trace_id, rs->traceparent) != 0) {
+        rs->scope.trace_id[0] = '\0';
+        rs->traceparent[0] = '\0';
+    }
+    log_scope_set(&rs->scope); /* on_request restores the loop's own when it returns */
 
     const char *match_method = strcmp(method, "HEAD") == 0 ? "GET" : method;
     router_match(srv->o.router, match_method, url, &rs->match);
@@ -402,6 +410,8 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
     if (ctype && resp->status != 204)
         MHD_add_response_header(r, "Content-Type", ctype);
     MHD_add_response_header(r, "X-Request-Id", rs->request_id);
+    if (rs->traceparent[0])
+        MHD_add_response_header(r, "traceparent", rs->traceparent);
     MHD_add_response_header(r, "Cache-Control", "no-store");
     for (int i = 0; i < resp->nheaders; i++)
         MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
@@ -535,6 +545,9 @@ static void handler_thread_run(void *arg)
 {
     struct reqstate *rs = arg;
     struct http_resp *resp = &rs->dresp;
+    /* a copy: rs may be gone once a deferred handler returns, while this thread logs */
+    struct log_scope scope = rs->scope;
+    const struct log_scope *prev = log_scope_set(&scope);
     json_t *body = rs->body_json; /* ours: rs may be gone once a deferred handler returns */
     rs->body_json = NULL;
     if (rs->auth_secret) {
@@ -546,6 +559,7 @@ static void handler_thread_run(void *arg)
             refusal(rs, status, NULL, d, resp);
             json_decref(body);
             http_deferred_finish(&rs->defer);
+            log_scope_set(prev);
             return;
         }
     }
@@ -553,10 +567,11 @@ static void handler_thread_run(void *arg)
     rs->handler_deferred = &deferred;
     ((http_handler_fn)rs->match.route->handler)(rs->match.route->ctx, &rs->req, resp);
     json_decref(body);
-    if (deferred)
-        return; /* its completion finishes the request, and rs must not be touched */
-    rs->handler_deferred = NULL;
-    http_deferred_finish(&rs->defer);
+    if (!deferred) {
+        rs->handler_deferred = NULL;
+        http_deferred_finish(&rs->defer);
+    } /* else its completion finishes the request, and rs must not be touched */
+    log_scope_set(prev);
 }
 
 static enum MHD_Result run_handler(struct reqstate *rs, struct MHD_Connection *conn,
@@ -651,9 +666,10 @@ static enum MHD_Result deferred_poll(struct reqstate *rs, struct MHD_Connection 
     return answer(rs, conn, &rs->dresp);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result on_request_run(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls)
 {
     (void)version;
     struct http_loop *loop = cls;
@@ -714,6 +730,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return run_handler(rs, conn, url);
 }
 
+/* Every line logged while libmicrohttpd asks about a request (its handler when it runs on
+ * the loop included) carries the request's trace id: the log scope is the request's for
+ * the call (start_request sets it for a new one), then the loop's own again. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    struct reqstate *rs = *con_cls;
+    struct log_scope scope;
+    if (rs)
+        scope = rs->scope;
+    const struct log_scope *prev = log_scope_set(rs ? &scope : NULL);
+    enum MHD_Result r =
+        on_request_run(cls, conn, url, method, version, upload_data, upload_data_size, con_cls);
+    log_scope_set(prev);
+    return r;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -731,7 +765,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (srv->o.access_log || status >= 500) {
         struct log_line l;
         enum log_level lvl = status == 503 ? LOG_WARN : status >= 500 ? LOG_ERROR : LOG_INFO;
+        const struct log_scope *prev = log_scope_set(&rs->scope);
         log_begin(&l, srv->o.lg, lvl, "request");
+        log_scope_set(prev);
         log_str(&l, "request_id", rs->request_id);
         log_str(&l, "method", rs->method);
         log_str(&l, "route", rs->match.route ? rs->match.route->pattern : "unmatched");

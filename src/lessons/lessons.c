@@ -421,6 +421,7 @@ static void outcome_of(const PGresult *r, struct lesson_outcome *out)
 static void warn_not_recorded(const struct lessons *l, const char *lesson_type,
                               const char *reason, const char *sqlstate, const char *error)
 {
+    metrics_count(l->m, MC_LESSONS_FAILED, 1);
     struct log_line ln;
     log_begin(&ln, l->lg, LOG_WARN, "lesson not recorded");
     log_str(&ln, "lesson_type", lesson_type ? lesson_type : "");
@@ -752,6 +753,8 @@ int lessons_record(struct lessons *l, const struct lesson_input *in, struct less
         PQclear(r);
         pool_release(l->pool, c);
     }
+    if (rc != ST_OK)
+        metrics_count(l->m, MC_LESSONS_FAILED, 1);
     free(detail_text);
     return rc;
 }

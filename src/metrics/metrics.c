@@ -84,6 +84,12 @@ void metrics_gauge_add(struct metrics *m, enum metrics_gauge g, int64_t delta)
         atomic_fetch_add_explicit(&m->gauges[g], delta, memory_order_relaxed);
 }
 
+void metrics_gauge_set(struct metrics *m, enum metrics_gauge g, int64_t value)
+{
+    if (m && g < MG_COUNT)
+        atomic_store_explicit(&m->gauges[g], value, memory_order_relaxed);
+}
+
 int64_t metrics_gauge_value(const struct metrics *m, enum metrics_gauge g)
 {
     return g < MG_COUNT ? atomic_load_explicit(&m->gauges[g], memory_order_relaxed) : 0;

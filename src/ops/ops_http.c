@@ -20,6 +20,10 @@ static void readyz(void *ctx, const struct http_req *req, struct http_resp *resp
 {
     (void)req;
     struct ops_ctx *o = ctx;
+    if (atomic_load(&o->draining)) {
+        http_problem(resp, 503, "draining: this instance is shutting down");
+        return;
+    }
     long long version = -1;
     bool read_only = false;
     int rc = ops_schema_version(o, &version, &read_only);

@@ -168,7 +168,7 @@ static const struct db_stmt st_devices_refresh = {
 static const struct db_stmt st_deliver = {
     "scouts_deliver",
     "WITH c AS (SELECT id, scout_id, source_type, source_msg_ref, raw_subject, raw_snippet, "
-    "status, triaged_at, expires_at, seq FROM proposals "
+    "status, triaged_at, expires_at, seq, delivery_attempts FROM proposals "
     "WHERE user_id = $1 AND status IN ('queued', 'delivered') AND expires_at > now() "
     "ORDER BY triaged_at, seq LIMIT $2::int), "
     "r AS (SELECT s.si, c.id, c.status, c.triaged_at, c.seq, s.sent ? c.id::text AS had "
@@ -187,7 +187,8 @@ static const struct db_stmt st_deliver = {
     "SELECT c.id, c.scout_id, c.source_type, c.source_msg_ref, c.raw_subject, c.raw_snippet, "
     "(SELECT string_agg(pick.si::text, ',' ORDER BY pick.si) FROM pick "
     "WHERE pick.id = c.id AND EXISTS (SELECT 1 FROM upd WHERE upd.id = c.id)), "
-    SQL_US("c.triaged_at") ", " SQL_US("c.expires_at") " FROM c ORDER BY c.triaged_at, c.seq",
+    SQL_US("c.triaged_at") ", " SQL_US("c.expires_at") ", c.delivery_attempts "
+    "FROM c ORDER BY c.triaged_at, c.seq",
     3};
 
 /* The ack and, when it flipped the proposal, the notification other instances act on
@@ -1086,6 +1087,7 @@ struct deliver_arg {
     struct scouts_pending *rows;
     size_t n;
     uint64_t marked;
+    uint64_t first, lag_us; /* first deliveries, and their summed time since triage */
 };
 
 static int deliver_fn(struct pool_conn *c, void *arg)
@@ -1115,6 +1117,11 @@ static int deliver_fn(struct pool_conn *c, void *arg)
         if (sql_isnull(r, i, 6))
             continue;
         a->marked++;
+        if (sql_ll(r, i, 9) == 0) {
+            int64_t lag = jtime_now_us() - sql_ll(r, i, 7);
+            a->first++;
+            a->lag_us += lag > 0 ? (uint64_t)lag : 0;
+        }
         int prc = scouts_parse_sessions(sql_str(r, i, 6), a->nsess, &row->sessions,
                                         &row->nsessions);
         if (prc == 0 && !(row->frame = proposal_frame(r, i)))
@@ -1132,13 +1139,15 @@ static int deliver_fn(struct pool_conn *c, void *arg)
 int scouts_deliver_fetch(struct scouts *s, const char *user_id, int window, const char *windows,
                          size_t nsess, struct scouts_pending **rows, size_t *n)
 {
-    struct deliver_arg a = {user_id, window, windows, nsess, NULL, 0, 0};
+    struct deliver_arg a = {user_id, window, windows, nsess, NULL, 0, 0, 0, 0};
     int rc = pool_with(s->pool, deliver_fn, &a);
     if (rc != ST_OK) {
         scouts_pending_free(a.rows, a.n);
         return rc;
     }
     metrics_count(s->metrics, MC_PROPOSALS_DELIVERED, a.marked);
+    metrics_count(s->metrics, MC_DELIVERY_FIRST, a.first);
+    metrics_count(s->metrics, MC_DELIVERY_LAG_US, a.lag_us);
     *rows = a.rows;
     *n = a.n;
     return ST_OK;

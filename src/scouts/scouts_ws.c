@@ -580,6 +580,8 @@ struct hello_arg {
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     char token[TOKEN_MAX + 1];
+    struct log_scope scope; /* from the hello's traceparent: every line of the check */
+    char traceparent[56];   /* echoed in hello_ok when valid */
 };
 
 static void reject_hello(struct scouts *s, uint64_t sid)
@@ -588,9 +590,18 @@ static void reject_hello(struct scouts *s, uint64_t sid)
     ws_close(s->ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
 }
 
+static void hello_check(struct scouts *s, struct hello_arg *a);
+
 static void hello_job(struct scouts *s, void *arg)
 {
     struct hello_arg *a = arg;
+    const struct log_scope *prev = log_scope_set(&a->scope);
+    hello_check(s, a);
+    log_scope_set(prev);
+}
+
+static void hello_check(struct scouts *s, struct hello_arg *a)
+{
     char user[SCOUTS_USER_MAX * 4 + 1];
     int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user));
     explicit_bzero(a->token, sizeof(a->token));
@@ -642,10 +653,13 @@ static void hello_job(struct scouts *s, void *arg)
     char sess_id[48], now[32];
     snprintf(sess_id, sizeof(sess_id), "%s-%llu", s->instance, (unsigned long long)a->sid);
     jtime_format(jtime_now_us(), now);
-    send_json(s, a->sid,
-              json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
-                        "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s),
-              MC_WS_FRAMES_OUT_HELLO_OK);
+    json_t *ok = json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
+                           "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s);
+    if (ok && a->traceparent[0])
+        json_object_set_new(ok, "traceparent", json_string(a->traceparent));
+    send_json(s, a->sid, ok, MC_WS_FRAMES_OUT_HELLO_OK);
+    log_msg(s->lg, LOG_INFO, "device connected", "device_id", a->device_id, "session_id", sess_id,
+            NULL);
     pthread_mutex_lock(&s->mu);
     struct scouts_sess *mine = sess_find_locked(s, a->sid);
     if (mine)
@@ -679,6 +693,12 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
     a->sid = sid;
     snprintf(a->device_id, sizeof(a->device_id), "%s", device);
     snprintf(a->token, sizeof(a->token), "%s", token);
+    /* W3C Trace Context: a malformed value is ignored, as a header would be */
+    const char *tp = json_string_value(json_object_get(frame, "traceparent"));
+    if (!tp || log_traceparent_parse(tp, a->scope.trace_id, a->traceparent) != 0) {
+        a->scope.trace_id[0] = '\0';
+        a->traceparent[0] = '\0';
+    }
     if (submit(s, hello_job, a, false) != 0)
         ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
 }

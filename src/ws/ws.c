@@ -260,7 +260,7 @@ static void session_register(struct ws_server *ws, struct session *s, struct lws
     ws->connections++;
     metrics_gauge_add(ws->o.metrics, MG_WS_CONNECTIONS, 1);
     if (atomic_load(&ws->stopping))
-        s->close_code = WS_CLOSE_GOING_AWAY; /* the caller asks for writeable */
+        s->close_code = WS_CLOSE_SERVICE_RESTART; /* the caller asks for writeable */
     pthread_mutex_unlock(&ws->mu);
 }
 
@@ -900,7 +900,7 @@ void ws_server_stop(struct ws_server *ws, int timeout_ms)
     for (struct hash_node *n; (n = hash_iter_next(&it)) != NULL;) {
         struct session *s = hash_entry(n, struct session, sid_node);
         if (!s->close_code)
-            s->close_code = WS_CLOSE_GOING_AWAY;
+            s->close_code = WS_CLOSE_SERVICE_RESTART;
         mark_pending_locked(ws, s);
     }
     pthread_mutex_unlock(&ws->mu);

@@ -342,7 +342,7 @@ def test_sigterm_with_open_connections_exits_zero(fresh_db_url):
             code = await _recv_close(ws, 10)
             return code, time.monotonic() - t0
     code, elapsed = asyncio.run(go())
-    assert code == 1001
+    assert code == 1012
     assert s.proc.wait(10) == 0
     assert elapsed < 8
     assert any(r.get('msg') == 'stopped' for r in s.log_records())

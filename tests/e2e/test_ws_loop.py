@@ -88,7 +88,7 @@ def test_hello_deadline_for_many_sessions_in_waves(make_server, db_url):
 
 def test_sigterm_with_hundreds_of_sockets(fresh_db_url):
     """200 devices that said hello (each hello_ok queued by a worker thread and sent by
-    the loop) and 100 silent sockets: SIGTERM closes all 300 with 1001, and steward
+    the loop) and 100 silent sockets: SIGTERM closes all 300 with 1012, and steward
     exits 0 with a clean sanitizer log."""
     s = Steward(fresh_db_url, STEWARD_WORKER_THREADS=4)
     devs = [mk_device(s, f'term-{uuid.uuid4().hex[:10]}') for _ in range(200)]
@@ -113,7 +113,7 @@ def test_sigterm_with_hundreds_of_sockets(fresh_db_url):
 
     results, elapsed = asyncio.run(body())
     codes = [code for code, _, _ in results]
-    assert codes.count(1001) == 300, sorted(set(codes))
+    assert codes.count(1012) == 300, sorted(set(codes))
     assert elapsed < 8
     assert s.proc.wait(15) == 0
     assert any(r.get('msg') == 'stopped' for r in s.log_records())

@@ -27,6 +27,8 @@ def base_env(db_url: str, **extra) -> dict:
         'STEWARD_WS_PORT': '0',
         'STEWARD_ADMIN_KEY': ADMIN_KEY,
         'STEWARD_LOG_LEVEL': 'info',
+        # no drain unless a test asks for it (tests/e2e/test_drain.py): stops stay quick
+        'STEWARD_DRAIN_S': '0',
         'ASAN_OPTIONS': 'detect_leaks=1:abort_on_error=0:halt_on_error=1',
         'UBSAN_OPTIONS': 'print_stacktrace=1:halt_on_error=1',
         'LSAN_OPTIONS': 'suppressions=' + os.path.join(ROOT, 'tests', 'harness', 'lsan.supp'),

@@ -41,9 +41,8 @@ static void check_ts(void)
             struct tm tm;
             gmtime_r(&t, &tm);
             char want[96];
-            snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(ms % 1000));
+            snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
             if (strcmp(got, want) == 0) {
                 ok++;
                 break;
@@ -55,8 +54,8 @@ static void check_ts(void)
 
 static void check_int(void)
 {
-    const long long vals[] = {0, 1, -1, 9, 10, -10, 200, 499, 123456789, -987654321,
-                              LLONG_MAX, LLONG_MIN, LLONG_MIN + 1};
+    const long long vals[] = {0,   1,         -1,         9,         10,        -10,          200,
+                              499, 123456789, -987654321, LLONG_MAX, LLONG_MIN, LLONG_MIN + 1};
     int bad = 0;
     for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
         char got[24], want[32];
@@ -72,6 +71,47 @@ static void check_int(void)
             bad++;
     }
     CHECK(bad == 0);
+}
+
+/* traceparent parsing, and the per-thread scope that puts trace_id on every line */
+static void check_trace(void)
+{
+    char id[LOG_TRACE_ID_LEN + 1], canon[56];
+    const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    CHECK(log_traceparent_parse(tp, id, canon) == 0);
+    CHECK(strcmp(id, "4bf92f3577b34da6a3ce929d0e0e4736") == 0 && strcmp(canon, tp) == 0);
+    CHECK(log_traceparent_parse("0a-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", id,
+                                canon) == 0 &&
+          strcmp(canon, tp) == 0);
+    const char *bad[] = {
+        NULL,
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", /* 00 has no tail */
+        "0a-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",  /* tail without '-' */
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(log_traceparent_parse(bad[i], id, canon) == -1);
+
+    char out[512] = {0};
+    FILE *f = fmemopen(out, sizeof(out), "w");
+    struct logger lg = {LOG_INFO, f};
+    struct log_scope sc;
+    memcpy(sc.trace_id, id, sizeof(sc.trace_id));
+    const struct log_scope *prev = log_scope_set(&sc);
+    log_msg(&lg, LOG_INFO, "in", NULL);
+    CHECK(log_scope_set(prev) == &sc);
+    log_msg(&lg, LOG_INFO, "out", NULL);
+    fclose(f);
+    CHECK(strstr(out, "\"msg\":\"in\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"}\n") !=
+          NULL);
+    CHECK(strstr(out, "\"msg\":\"out\"}\n") != NULL);
 }
 
 int main(void)
@@ -111,5 +151,6 @@ int main(void)
     CHECK(log_level_parse("verbose", &lvl) == -1);
     check_ts();
     check_int();
+    check_trace();
     return unit_done();
 }
