@@ -20,6 +20,7 @@
 #include "steward/ws.h"
 
 #define TOKEN_MAX 256
+#define CLIENT_FIELD_MAX 64 /* device_hello's client.name and client.version */
 #define PRESENCE_CHUNK 256 /* devices per presence refresh statement */
 
 /* ------------------------------------------------------------ registry (s->mu held) */
@@ -580,7 +581,42 @@ struct hello_arg {
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     char token[TOKEN_MAX + 1];
+    char client[CLIENT_FIELD_MAX + 1]; /* empty when the hello named no client */
+    char client_version[CLIENT_FIELD_MAX + 1];
 };
+
+/* A client name or version: 1 to CLIENT_FIELD_MAX of [A-Za-z0-9._+@/-], so what is
+ * logged is a library's name, never free text. */
+static bool client_field_ok(const char *v)
+{
+    size_t n = v ? strlen(v) : 0;
+    if (n == 0 || n > CLIENT_FIELD_MAX)
+        return false;
+    for (const char *p = v; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._+@/-", c)))
+            return false;
+    }
+    return true;
+}
+
+/* The optional "client": {"name": ..., "version": ...} of a device_hello (other members
+ * are ignored). Returns false when it is there but not such an object. */
+static bool hello_client(const json_t *frame, struct hello_arg *a)
+{
+    a->client[0] = a->client_version[0] = '\0';
+    const json_t *c = json_object_get(frame, "client");
+    if (!c)
+        return true;
+    const char *name = json_string_value(json_object_get(c, "name"));
+    const char *version = json_string_value(json_object_get(c, "version"));
+    if (!json_is_object(c) || !client_field_ok(name) || !client_field_ok(version))
+        return false;
+    snprintf(a->client, sizeof(a->client), "%s", name);
+    snprintf(a->client_version, sizeof(a->client_version), "%s", version);
+    return true;
+}
 
 static void reject_hello(struct scouts *s, uint64_t sid)
 {
@@ -639,6 +675,14 @@ static void hello_job(struct scouts *s, void *arg)
     /* x is the session's now: on_closed may free it at any moment, so it is found
      * again by sid below and not used directly */
     x = NULL;
+    struct log_line l;
+    log_begin(&l, s->lg, LOG_INFO, "device connected");
+    log_str(&l, "device_id", a->device_id);
+    log_int(&l, "session", (long long)a->sid);
+    log_str(&l, "client", a->client[0] ? a->client : "unknown");
+    if (a->client_version[0])
+        log_str(&l, "client_version", a->client_version);
+    log_end(&l);
     char sess_id[48], now[32];
     snprintf(sess_id, sizeof(sess_id), "%s-%llu", s->instance, (unsigned long long)a->sid);
     jtime_format(jtime_now_us(), now);
@@ -674,6 +718,12 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
     struct hello_arg *a = malloc(sizeof(*a));
     if (!a) {
         reject_hello(s, sid);
+        return;
+    }
+    if (!hello_client(frame, a)) {
+        free(a);
+        send_error(s, sid, "bad_frame", NULL);
+        ws_close(s->ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
         return;
     }
     a->sid = sid;
