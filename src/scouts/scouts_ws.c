@@ -581,8 +581,8 @@ struct hello_arg {
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     char token[TOKEN_MAX + 1];
-    char client[CLIENT_FIELD_MAX + 1]; /* empty when the hello named no client */
-    char client_version[CLIENT_FIELD_MAX + 1];
+    char client[CLIENT_FIELD_MAX + 1]; /* "unknown" when the hello named none */
+    char client_version[CLIENT_FIELD_MAX + 1]; /* empty unless given and valid */
 };
 
 /* A client name or version: 1 to CLIENT_FIELD_MAX of [A-Za-z0-9._+@/-], so what is
@@ -601,21 +601,19 @@ static bool client_field_ok(const char *v)
     return true;
 }
 
-/* The optional "client": {"name": ..., "version": ...} of a device_hello (other members
- * are ignored). Returns false when it is there but not such an object. */
-static bool hello_client(const json_t *frame, struct hello_arg *a)
+/* What the log line on connect says of the optional "client": {"name": ..., "version":
+ * ...} of a device_hello. Never a reason to refuse the hello: clients older than the
+ * field sent other shapes, which steward ignored. Only checked values are logged: a name
+ * that is missing or not one is "invalid", a version that is not one is left out. */
+static void hello_client(const json_t *frame, struct hello_arg *a)
 {
-    a->client[0] = a->client_version[0] = '\0';
     const json_t *c = json_object_get(frame, "client");
-    if (!c)
-        return true;
     const char *name = json_string_value(json_object_get(c, "name"));
     const char *version = json_string_value(json_object_get(c, "version"));
-    if (!json_is_object(c) || !client_field_ok(name) || !client_field_ok(version))
-        return false;
-    snprintf(a->client, sizeof(a->client), "%s", name);
-    snprintf(a->client_version, sizeof(a->client_version), "%s", version);
-    return true;
+    snprintf(a->client, sizeof(a->client), "%s",
+             !c ? "unknown" : client_field_ok(name) ? name : "invalid");
+    snprintf(a->client_version, sizeof(a->client_version), "%s",
+             c && client_field_ok(version) ? version : "");
 }
 
 static void reject_hello(struct scouts *s, uint64_t sid)
@@ -679,7 +677,7 @@ static void hello_job(struct scouts *s, void *arg)
     log_begin(&l, s->lg, LOG_INFO, "device connected");
     log_str(&l, "device_id", a->device_id);
     log_int(&l, "session", (long long)a->sid);
-    log_str(&l, "client", a->client[0] ? a->client : "unknown");
+    log_str(&l, "client", a->client);
     if (a->client_version[0])
         log_str(&l, "client_version", a->client_version);
     log_end(&l);
@@ -720,12 +718,7 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
         reject_hello(s, sid);
         return;
     }
-    if (!hello_client(frame, a)) {
-        free(a);
-        send_error(s, sid, "bad_frame", NULL);
-        ws_close(s->ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
-        return;
-    }
+    hello_client(frame, a);
     a->sid = sid;
     snprintf(a->device_id, sizeof(a->device_id), "%s", device);
     snprintf(a->token, sizeof(a->token), "%s", token);
