@@ -277,4 +277,7 @@ test('7. no console errors', () => {
     const other = p.console.filter((t) => !CONNECT_FAILED.test(t));
     assert.deepEqual(other, [], `${p.name}: console errors and warnings`);
   }
+  // the listener works: Chromium's line for each failed attempt on the dead port is there
+  const clockPage = pages.find((p) => p.name === 'clock');
+  assert.ok(clockPage.console.length >= 8, clockPage.console.join('\n'));
 });
