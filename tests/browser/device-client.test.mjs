@@ -82,10 +82,14 @@ before(async () => {
   page = await openPage('main');
 });
 after(async () => {
-  if (browser) await browser.close();
   if (web) web.close();
-  if (steward) await steward.stop();
-  if (db) await db.stop();
+  await Promise.all([
+    browser && browser.close(),
+    (async () => {
+      if (steward) await steward.stop();
+      if (db) await db.stop();
+    })(),
+  ]);
 });
 
 /** A new user with a device and a scout, and a client for it on the page. */
