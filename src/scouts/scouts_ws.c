@@ -20,6 +20,7 @@
 #include "steward/ws.h"
 
 #define TOKEN_MAX 256
+#define CLIENT_FIELD_MAX 64 /* device_hello's client.name and client.version */
 #define PRESENCE_CHUNK 256 /* devices per presence refresh statement */
 
 /* ------------------------------------------------------------ registry (s->mu held) */
@@ -582,7 +583,40 @@ struct hello_arg {
     char token[TOKEN_MAX + 1];
     struct log_scope scope; /* from the hello's traceparent: every line of the check */
     char traceparent[56];   /* echoed in hello_ok when valid */
+    char client[CLIENT_FIELD_MAX + 1]; /* "unknown" when the hello named none */
+    char client_version[CLIENT_FIELD_MAX + 1]; /* empty unless given and valid */
 };
+
+/* A client name or version: 1 to CLIENT_FIELD_MAX of [A-Za-z0-9._+@/-], so what is
+ * logged is a library's name, never free text. */
+static bool client_field_ok(const char *v)
+{
+    size_t n = v ? strlen(v) : 0;
+    if (n == 0 || n > CLIENT_FIELD_MAX)
+        return false;
+    for (const char *p = v; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._+@/-", c)))
+            return false;
+    }
+    return true;
+}
+
+/* What the log line on connect says of the optional "client": {"name": ..., "version":
+ * ...} of a device_hello. Never a reason to refuse the hello: clients older than the
+ * field sent other shapes, which steward ignored. Only checked values are logged: a name
+ * that is missing or not one is "invalid", a version that is not one is left out. */
+static void hello_client(const json_t *frame, struct hello_arg *a)
+{
+    const json_t *c = json_object_get(frame, "client");
+    const char *name = json_string_value(json_object_get(c, "name"));
+    const char *version = json_string_value(json_object_get(c, "version"));
+    snprintf(a->client, sizeof(a->client), "%s",
+             !c ? "unknown" : client_field_ok(name) ? name : "invalid");
+    snprintf(a->client_version, sizeof(a->client_version), "%s",
+             c && client_field_ok(version) ? version : "");
+}
 
 static void reject_hello(struct scouts *s, uint64_t sid)
 {
@@ -658,8 +692,15 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (ok && a->traceparent[0])
         json_object_set_new(ok, "traceparent", json_string(a->traceparent));
     send_json(s, a->sid, ok, MC_WS_FRAMES_OUT_HELLO_OK);
-    log_msg(s->lg, LOG_INFO, "device connected", "device_id", a->device_id, "session_id", sess_id,
-            NULL);
+    struct log_line l;
+    log_begin(&l, s->lg, LOG_INFO, "device connected");
+    log_str(&l, "device_id", a->device_id);
+    log_int(&l, "session", (long long)a->sid);
+    log_str(&l, "session_id", sess_id);
+    log_str(&l, "client", a->client);
+    if (a->client_version[0])
+        log_str(&l, "client_version", a->client_version);
+    log_end(&l);
     pthread_mutex_lock(&s->mu);
     struct scouts_sess *mine = sess_find_locked(s, a->sid);
     if (mine)
@@ -690,6 +731,7 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
         reject_hello(s, sid);
         return;
     }
+    hello_client(frame, a);
     a->sid = sid;
     snprintf(a->device_id, sizeof(a->device_id), "%s", device);
     snprintf(a->token, sizeof(a->token), "%s", token);

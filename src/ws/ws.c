@@ -59,7 +59,9 @@ struct session {
     struct ws_hello_node hello;
     int64_t last_rx_ms;   /* the peer's last frame or pong */
     int64_t last_ping_ms;
+    int64_t last_tx_ms; /* our last text frame, or the heartbeat's decision to send one */
     bool ping_due;
+    bool beat_due; /* a {"type":"heartbeat"} frame is owed, unless another frame goes first */
     struct session *all_prev, *all_next; /* ws->all_head: every established session */
     bool closing; /* the close frame is set: further input is ignored */
     bool close_listed;
@@ -492,7 +494,7 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         if (lws_write(wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
             return -1;
         pthread_mutex_lock(&ws->mu);
-        bool more = s->qhead != NULL || s->close_code;
+        bool more = s->qhead != NULL || s->close_code || s->beat_due;
         pthread_mutex_unlock(&ws->mu);
         if (more)
             lws_callback_on_writable(wsi);
@@ -516,12 +518,25 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         free(f);
         if (n < 0)
             return -1;
+        s->beat_due = false; /* this frame told the peer we are alive */
+        s->last_tx_ms = clock_now_ms();
         if (more || close_code)
             lws_callback_on_writable(wsi);
         return 0;
     }
-    if (close_code)
+    if (close_code) {
         close_later(ws, s, close_code, reason); /* what was queued is sent */
+        return 0;
+    }
+    if (s->beat_due) {
+        s->beat_due = false;
+        static const char beat_frame[] = "{\"type\":\"heartbeat\"}";
+        unsigned char buf[LWS_PRE + sizeof(beat_frame)];
+        memcpy(buf + LWS_PRE, beat_frame, sizeof(beat_frame) - 1);
+        if (lws_write(wsi, buf + LWS_PRE, sizeof(beat_frame) - 1, LWS_WRITE_TEXT) < 0)
+            return -1;
+        s->last_tx_ms = clock_now_ms();
+    }
     return 0;
 }
 
@@ -639,8 +654,10 @@ static void hello_sweep(uv_timer_t *t)
  * sorted insert into a list of every connection's timers, O(connections), on each
  * connect). A session whose peer sent nothing (no frame, no pong) for heartbeat_s is
  * pinged, again every heartbeat_s of silence; one silent for 2 * heartbeat_s + 5 is
- * dropped without a close frame (the peer is gone). O(sessions) per beat, a few times
- * per interval. */
+ * dropped without a close frame (the peer is gone). An authenticated session we sent no
+ * frame for heartbeat_s gets {"type":"heartbeat"}: browsers cannot see pings, so that is
+ * how a client notices a half-open connection. O(sessions) per beat, a few times per
+ * interval; the lock is taken only for sessions due a heartbeat frame. */
 static void beat(uv_timer_t *t)
 {
     struct ws_server *ws = t->data;
@@ -656,11 +673,26 @@ static void beat(uv_timer_t *t)
         if (idle >= drop_after) {
             s->closing = true;
             lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
-        } else if (idle >= ping_after && now - s->last_ping_ms >= ping_after) {
+            continue;
+        }
+        bool write = false;
+        if (idle >= ping_after && now - s->last_ping_ms >= ping_after) {
             s->ping_due = true;
             s->last_ping_ms = now;
-            lws_callback_on_writable(s->wsi);
+            write = true;
         }
+        if (now - s->last_tx_ms >= ping_after && !s->beat_due) {
+            pthread_mutex_lock(&ws->mu);
+            bool authed = s->authed;
+            pthread_mutex_unlock(&ws->mu);
+            if (authed) {
+                s->beat_due = true;
+                s->last_tx_ms = now;
+                write = true;
+            }
+        }
+        if (write)
+            lws_callback_on_writable(s->wsi);
     }
 }
 
@@ -692,7 +724,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED:
         session_register(ws, s, wsi);
         hello_expect(ws, s);
-        s->last_rx_ms = clock_now_ms();
+        s->last_rx_ms = s->last_tx_ms = clock_now_ms();
         all_link(ws, s);
         if (atomic_load(&ws->stopping))
             lws_callback_on_writable(wsi);

@@ -43,7 +43,8 @@ def test_every_setting_the_binary_reads_is_documented():
 def markdown_files():
     files = [os.path.join(ROOT, 'README.md')]
     files += sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
-    for extra in ('tests/RELIABILITY.md', 'docker/README.md', 'bench/README.md'):
+    for extra in ('tests/RELIABILITY.md', 'docker/README.md', 'bench/README.md',
+                  'clients/js/README.md'):
         files.append(os.path.join(ROOT, extra))
     return files
 

@@ -71,8 +71,18 @@ class Device:
     async def send(self, obj):
         await self.ws.send(json.dumps(obj))
 
+    async def _next(self, timeout):
+        """The next frame but heartbeats (clients ignore them; STEWARD_WS_HEARTBEAT_S=1 or 2
+        in some tests sends them within the test)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            m = json.loads(await asyncio.wait_for(self.ws.recv(), max(left, 0.001)))
+            if m != {'type': 'heartbeat'}:
+                return m
+
     async def recv(self, timeout=WAIT):
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        return await self._next(timeout)
 
     async def proposal(self, timeout=WAIT):
         m = await self.recv(timeout)
@@ -84,7 +94,7 @@ class Device:
 
     async def nothing(self, timeout=0.4):
         try:
-            m = await asyncio.wait_for(self.ws.recv(), timeout)
+            m = await self._next(timeout)
         except asyncio.TimeoutError:
             return
         raise AssertionError(f'unexpected frame {m}')
@@ -94,7 +104,7 @@ class Device:
         frames = []
         try:
             while True:
-                frames.append(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+                frames.append(await self._next(timeout))
         except websockets.ConnectionClosed:
             pass
         return self.ws.close_code, frames
@@ -307,6 +317,42 @@ def test_hello_ok_bad_token_revoked_and_early_frames(server, keys, sql):
     run(body())
     # the device went offline when its socket closed
     assert sql.execute('SELECT count(*) FROM devices WHERE user_id = %s', (user,)).fetchone()[0] == 0
+
+
+def test_hello_client_is_checked_and_logged(server):
+    """device_hello may name its client library ({"name", "version"}: 1 to 64 characters
+    of [A-Za-z0-9._+@/-] each; other members are ignored). steward logs it on connect,
+    without the token; what is not such a value is not logged (the name shows as
+    "invalid"), and never refuses the hello: older clients sent other shapes."""
+    dev = mk_device(server, uid())
+    cases = [
+        ({'name': 'steward-device', 'version': '0.1.0-rc.1+b7', 'os': 'linux'},
+         ('steward-device', '0.1.0-rc.1+b7')),
+        (None, ('unknown', None)),
+        ({'app_version': 'bench'}, ('invalid', None)),
+        ('steward-device', ('invalid', None)),
+        ({'name': 'steward device', 'version': '1'}, ('invalid', '1')),
+        ({'name': 'x' * 65, 'version': 'y' * 65}, ('invalid', None)),
+        ({'name': 'a', 'version': 1}, ('a', None)),
+        ({'name': 'a\nb', 'version': '\u00fc'}, ('invalid', None)),
+    ]
+
+    async def body():
+        for client, _ in cases:
+            ws = await websockets.connect(server.ws_url, ping_interval=None)
+            d = Device(ws)
+            frame = {'type': 'device_hello', 'device_id': dev['device_id'], 'token': dev['token']}
+            if client is not None:
+                frame['client'] = client
+            await d.send(frame)
+            assert (await d.recv())['type'] == 'hello_ok', client
+            await d.close()
+
+    run(body())
+    lines = [r for r in server.log_records() if r.get('msg') == 'device connected'
+             and r.get('device_id') == dev['device_id']]
+    assert [(r['client'], r.get('client_version')) for r in lines] == [c[1] for c in cases]
+    assert all(dev['token'] not in str(r) and 'os' not in r for r in lines)
 
 
 def test_hello_checks_the_token_and_marks_presence_in_one_statement(server, sql):

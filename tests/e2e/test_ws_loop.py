@@ -173,17 +173,29 @@ def raw_ws(port):
 
 def test_heartbeat_pings_and_drops_a_silent_peer(make_server, db_url):
     """STEWARD_WS_HEARTBEAT_S=1: a peer that never answers is pinged and dropped once it
-    has been silent for 2 * 1 + 5 s; a peer that answers pings stays."""
+    has been silent for 2 * 1 + 5 s, and gets no heartbeat frame (it never said hello); a
+    device that answers pings stays, and while steward has nothing else to send it, it
+    gets {"type":"heartbeat"} about every second (the one timer checks every 250 ms)."""
     s = make_server(db_url, STEWARD_WS_HEARTBEAT_S=1, STEWARD_WS_HELLO_TIMEOUT_S=60)
+    dev = mk_device(s, f'beat-{uuid.uuid4().hex[:10]}')
 
     async def body():
-        answering = await websockets.connect(s.ws_url, ping_interval=None)
+        answering = await hello(s, dev)
+        beats = []
+
+        async def listen():
+            while True:
+                m = json.loads(await answering.recv())
+                assert m == {'type': 'heartbeat'}, m
+                beats.append(time.monotonic())
+
+        listener = asyncio.create_task(listen())
         loop = asyncio.get_running_loop()
 
         def silent():
             sock, data = raw_ws(s.ws_port)
             t0 = time.monotonic()
-            pings = 0
+            pings = texts = 0
             while True:
                 while len(data) >= 2:
                     n = data[1] & 0x7f
@@ -191,24 +203,31 @@ def test_heartbeat_pings_and_drops_a_silent_peer(make_server, db_url):
                         break
                     if data[0] & 0x0f == 9:
                         pings += 1
+                    if data[0] & 0x0f == 1:
+                        texts += 1
                     data = data[2 + n:]
                 chunk = sock.recv(4096)
                 if not chunk:
                     break
                 data += chunk
             sock.close()
-            return pings, time.monotonic() - t0
+            return pings, texts, time.monotonic() - t0
 
-        pings, lived = await loop.run_in_executor(None, silent)
+        pings, texts, lived = await loop.run_in_executor(None, silent)
+        listener.cancel()
         # the answering peer has been silent as long, but its pongs count
         pong = await answering.ping()
         await asyncio.wait_for(pong, 5)
         await answering.close()
-        return pings, lived
+        return pings, texts, lived, beats
 
-    pings, lived = asyncio.run(body())
+    pings, texts, lived, beats = asyncio.run(body())
     assert pings >= 1
+    assert texts == 0
     assert 6.5 < lived < 10, lived
+    assert len(beats) >= 5, beats
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert all(0.9 < g < 2.5 for g in gaps), gaps
 
 
 def test_ws_port_in_use_exits_1_cleanly(server, db_url):

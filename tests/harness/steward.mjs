@@ -7,7 +7,8 @@
 //   const s = await Steward.start(db.url, { STEWARD_WS_HEARTBEAT_S: 2 });
 //   await s.request('GET', '/v1/bonds');        // admin key by default
 //   s.pause(); s.resume(); await s.kill(); await s.restart(); await s.stop();
-import { spawn } from 'node:child_process';
+//   psql(db.url, "SELECT status FROM proposals WHERE id = :'id'", { id });
+import { spawn, execFileSync } from 'node:child_process';
 import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -50,6 +51,20 @@ export async function startDatabase() {
       await done;
     },
   };
+}
+
+/**
+ * Runs SQL through psql against dbUrl; answers the rows as arrays of text. vars become psql
+ * variables, so values go in quoted as :'name' and never into the statement text.
+ */
+export function psql(dbUrl, query, vars = {}) {
+  const args = [dbUrl, '-X', '-A', '-t', '-q', '-F', '\t', '-v', 'ON_ERROR_STOP=1'];
+  for (const [k, v] of Object.entries(vars)) args.push('-v', `${k}=${v}`);
+  const out = execFileSync('psql', args, { input: query, encoding: 'utf8' });
+  return out
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => l.split('\t'));
 }
 
 function baseEnv(dbUrl, settings) {
