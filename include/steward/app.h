@@ -57,6 +57,7 @@ struct app {
     struct bonds *bonds;
     struct scouts *scouts;
     struct healer *healer;
+    struct deck *deck; /* the Observation Deck's files and overview */
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */
 };
 

@@ -39,6 +39,7 @@ static void scouts_hook_erased(void *ctx, const char *user_id)
 }
 
 #include "steward/healer.h"
+#include "steward/deck.h"
 
 /* The healer reaches the other capabilities only through these hooks (ctx = the app). */
 static int healer_hook_lessons_snapshot(void *ctx, json_t **out)
@@ -151,6 +152,8 @@ static int register_routes(struct app *app)
     rc |= bonds_http_register(&app->router, app->bonds);
     rc |= scouts_http_register(&app->router, app->scouts);
     rc |= healer_http_register(&app->router, app->healer);
+    rc |= auth_http_register(&app->router, app->auth);
+    rc |= deck_http_register(&app->router, app->deck);
     return rc;
 }
 
@@ -221,7 +224,10 @@ static int create_capabilities(struct app *app)
         return -1;
     app->healer =
         healer_new(app->pool, &app->log, app->metrics, app->route_labels, nroutes, &hs, &hk);
-    return app->healer ? 0 : -1;
+    struct deck_opts dopts = {.enabled = app->cfg.deck, .dir = app->cfg.deck_dir};
+    app->deck = deck_new(app->pool, &app->log, &dopts);
+    auth_sessions_configure(app->auth, app->cfg.deck_session_ttl_s, app->cfg.deck_secure_cookie);
+    return app->healer && app->deck ? 0 : -1;
 }
 
 /* How many routes register_routes adds: the metrics get one slot per route, and they
@@ -373,6 +379,7 @@ static void teardown(struct app *app)
     sched_free(app->sched);
     dbpipe_free(app->dbpipe);
     healer_free(app->healer);
+    deck_free(app->deck);
     bonds_free(app->bonds);
     scouts_free(app->scouts);
     planner_free(app->planner);
