@@ -7,7 +7,7 @@
 //   const s = await Steward.start(db.url, { STEWARD_WS_HEARTBEAT_S: 2 });
 //   await s.request('GET', '/v1/bonds');        // admin key by default
 //   s.pause(); s.resume(); await s.kill(); await s.restart(); await s.stop();
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -201,6 +201,13 @@ export class Steward {
     const bad = ['ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error:'];
     return text.split('\n').filter((l) => bad.some((b) => l.includes(b)));
   }
+}
+
+/** Runs SQL through psql against dbUrl; answers its unaligned, tuples-only output. */
+export function psql(dbUrl, text) {
+  return execFileSync('psql', [dbUrl, '-v', 'ON_ERROR_STOP=1', '-qAtX', '-c', text], {
+    encoding: 'utf8',
+  }).trim();
 }
 
 /** Debian's Chromium through playwright-core (no browser is downloaded). */
