@@ -28,6 +28,7 @@ struct exporter_sources {
 };
 
 struct lessons;
+struct audit;
 struct planner;
 struct bonds;
 struct scouts;
@@ -53,6 +54,7 @@ struct app {
     struct ops_ctx ops;
     struct exporter_sources msrc;
     struct lessons *lessons;
+    struct audit *audit;
     struct planner *planner;
     struct bonds *bonds;
     struct scouts *scouts;

@@ -106,6 +106,9 @@ enum healer_skip {
  * "errors"; they never undo the others. */
 int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_skip *skip,
                  char *holder, size_t cap);
+/* Records an on-demand sweep (POST /v1/heal) by actor in the audit trail, with the
+ * report's status. Returns ST_*. */
+int healer_audit_sweep(struct healer *h, const char *actor, const json_t *report);
 
 /* Writes one performance report now (what the periodic job does). *report (may be
  * NULL) gets the written report, new reference. ST_EUNAVAIL when it could not be stored

@@ -115,9 +115,10 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
                  json_t **items, long long *next_before);
 
 /* Applies changes (from lessons_parse_patch, borrowed) to lesson id and stamps
- * updated_at. ST_OK with *out the updated lesson (new reference), ST_ENOTFOUND,
+ * updated_at, with an audit row "lesson.update" by actor in the same transaction. ST_OK with *out the updated lesson (new reference), ST_ENOTFOUND,
  * ST_EDISABLED or a database failure. */
-int lessons_update(struct lessons *l, long long id, const json_t *changes, json_t **out);
+int lessons_update(struct lessons *l, long long id, const json_t *changes, const char *actor,
+                   json_t **out);
 
 /* Registers the lessons routes. Does not dereference l (it may be NULL when only the
  * route table is listed). Returns 0 or -1 when the route table is full. */

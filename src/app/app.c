@@ -20,6 +20,7 @@
 #include "steward/migrate.h"
 #include "steward/dbpipe.h"
 #include "steward/lessons.h"
+#include "steward/audit.h"
 
 #include "steward/planner.h"
 
@@ -148,6 +149,7 @@ static int register_routes(struct app *app)
     app->msrc.dbpipe = app->dbpipe;
     rc |= exporter_register(&app->router, &app->msrc);
     rc |= lessons_http_register(&app->router, app->lessons);
+    rc |= audit_http_register(&app->router, app->audit);
     rc |= planner_http_register(&app->router, app->planner);
     rc |= bonds_http_register(&app->router, app->bonds);
     rc |= scouts_http_register(&app->router, app->scouts);
@@ -183,6 +185,9 @@ static int create_capabilities(struct app *app)
     app->lessons = lessons_new(app->pool, &app->log, app->metrics, app->cfg.lessons_enabled,
                                app->cfg.lessons_dedup_window_s);
     if (!app->lessons)
+        return -1;
+    app->audit = audit_new(app->pool, &app->log);
+    if (!app->audit)
         return -1;
     app->planner = planner_new(app->pool, &app->log, app->lessons);
     if (!app->planner)
@@ -384,6 +389,7 @@ static void teardown(struct app *app)
     scouts_free(app->scouts);
     planner_free(app->planner);
     lessons_free(app->lessons);
+    audit_free(app->audit);
     auth_free(app->auth);
     metrics_free(app->metrics);
     free(app->route_labels);

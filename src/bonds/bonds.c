@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "steward/audit.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
@@ -1021,6 +1022,23 @@ struct admin_args {
 typedef void (*admin_parts_fn)(const struct admin_args *a, const struct locked *l,
                                struct buf *value, struct buf *detail, struct buf *data);
 
+/* The audit row of an admin write (a note's text stays out of it: user content). */
+static int audit_admin(struct pool_conn *c, const struct admin_args *a, const struct locked *l)
+{
+    struct buf target = {0};
+    buf_printf(&target, "user:%s", a->user_id);
+    json_t *d = a->note ? json_pack("{s:I}", "note_chars", (json_int_t)utf8_count(a->note))
+                        : json_pack("{s:I, s:I}", "old_cap", (json_int_t)l->cap, "new_cap",
+                                    (json_int_t)a->cap);
+    int rc = target.oom || !d ? ST_ENOMEM
+                              : audit_record_tx(c, a->actor, a->note ? "bond.note.add"
+                                                                     : "bond.cap.set",
+                                                target.data, d);
+    json_decref(d);
+    buf_release(&target);
+    return rc;
+}
+
 /* The transaction of an admin write: lock the row, update it with st ($1 user, $2 the
  * value, $3 the time of the lock, $4 the event count), record one admin_action event and
  * drop the events past the kept number. The entry's JSON goes to a->out. */
@@ -1050,6 +1068,8 @@ static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_s
         rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
     if (rc == ST_OK)
         rc = trim_events(c, a->user_id, drop);
+    if (rc == ST_OK)
+        rc = audit_admin(c, a, &l);
     buf_release(&value);
     buf_release(&detail);
     buf_release(&data);

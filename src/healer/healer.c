@@ -3,6 +3,8 @@
  * header (their work arrives through struct healer_hooks). */
 #include "steward/healer.h"
 
+#include "steward/audit.h"
+
 #include "healer_int.h"
 
 #include <errno.h>
@@ -676,6 +678,17 @@ static int sweep_locked(struct healer *h, bool on_demand, json_t **report,
     json_decref(event);
     json_decref(f.errors);
     return ST_OK;
+}
+
+int healer_audit_sweep(struct healer *h, const char *actor, const json_t *report)
+{
+    json_t *d = json_object();
+    json_t *st = json_object_get(report, "status");
+    if (d && json_is_string(st))
+        json_object_set(d, "status", st);
+    int rc = d ? audit_record(h->pool, actor, "heal.run", "healer:sweep", d) : ST_ENOMEM;
+    json_decref(d);
+    return rc;
 }
 
 int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_skip *skip,

@@ -3,6 +3,8 @@
  * No transport here; the HTTP adapter is lessons_http.c. */
 #include "steward/lessons.h"
 
+#include "steward/audit.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,7 +517,49 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
     return rc;
 }
 
-int lessons_update(struct lessons *l, long long id, const json_t *changes, json_t **out)
+struct update_tx {
+    const char *params[2];
+    const json_t *changes;
+    const char *actor;
+    json_t *out;
+};
+
+/* The update and its audit row in one transaction. The audit names the fields changed
+ * (and the new status), not their free text. */
+static int update_fn(struct pool_conn *c, void *arg)
+{
+    struct update_tx *t = arg;
+    json_decref(t->out);
+    t->out = NULL;
+    PGresult *r = pool_exec(c, &st_update, t->params);
+    int rc = pool_result_err(c, r);
+    if (rc == ST_OK && PQntuples(r) == 0)
+        rc = ST_ENOTFOUND;
+    if (rc == ST_OK) {
+        t->out = row_json(r, 0);
+        if (!t->out)
+            rc = ST_ENOMEM;
+    }
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    json_t *fields = json_array();
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)t->changes, k, v) json_array_append_new(fields, json_string(k));
+    json_t *d = json_pack("{s:o}", "fields", fields);
+    json_t *status = json_object_get(t->changes, "status");
+    if (d && json_is_string(status))
+        json_object_set(d, "status", status);
+    char target[40];
+    snprintf(target, sizeof(target), "lesson:%s", t->params[0]);
+    rc = d ? audit_record_tx(c, t->actor, "lesson.update", target, d) : ST_ENOMEM;
+    json_decref(d);
+    return rc;
+}
+
+int lessons_update(struct lessons *l, long long id, const json_t *changes, const char *actor,
+                   json_t **out)
 {
     *out = NULL;
     if (!lessons_enabled(l))
@@ -524,24 +568,15 @@ int lessons_update(struct lessons *l, long long id, const json_t *changes, json_
     char *text = json_dumps(changes, JSON_COMPACT);
     if (!text)
         return ST_ENOMEM;
-    const char *params[] = {sql_fmt_ll(idbuf, id), text};
-    struct pool_conn *c;
-    int rc = pool_acquire(l->pool, &c);
-    if (rc == ST_OK) {
-        PGresult *r = pool_exec(c, &st_update, params);
-        rc = pool_result_err(c, r);
-        if (rc == ST_OK && PQntuples(r) == 0)
-            rc = ST_ENOTFOUND;
-        if (rc == ST_OK) {
-            *out = row_json(r, 0);
-            if (!*out)
-                rc = ST_ENOMEM;
-        }
-        PQclear(r);
-        pool_release(l->pool, c);
-    }
+    struct update_tx t = {{sql_fmt_ll(idbuf, id), text}, changes, actor, NULL};
+    int rc = pool_tx(l->pool, update_fn, &t);
     free(text);
-    return rc;
+    if (rc != ST_OK) {
+        json_decref(t.out);
+        return rc;
+    }
+    *out = t.out;
+    return ST_OK;
 }
 
 int lessons_snapshot(struct lessons *l, json_t **out)

@@ -146,7 +146,7 @@ static void patch_lesson(void *ctx, const struct http_req *req, struct http_resp
     }
     json_decref(errs);
     json_t *lesson = NULL;
-    int rc = lessons_update(l, id, changes, &lesson);
+    int rc = lessons_update(l, id, changes, req->who ? req->who->name : NULL, &lesson);
     json_decref(changes);
     if (rc == ST_EDISABLED)
         http_json(resp, 200, json_pack("{s:b, s:s}", "updated", 0, "reason", "disabled"));

@@ -12,6 +12,7 @@
 #include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/audit.h"
 #include "steward/lessons.h"
 #include "steward/log.h"
 #include "steward/pool.h"
@@ -82,10 +83,6 @@ static const struct db_stmt st_config_put = {
     "max_attempts = EXCLUDED.max_attempts, updated_at = now(), updated_by = EXCLUDED.updated_by "
     "RETURNING " CONFIG_COLS,
     8};
-
-static const struct db_stmt st_audit = {
-    "planner_audit",
-    "INSERT INTO system_events (event_type, event_data) VALUES ($1, $2::jsonb)", 2};
 
 /* Count and first/last point of a post's window, through the (post_id, timestamp) key. */
 static const struct db_stmt st_window = {
@@ -737,16 +734,11 @@ static int config_put_fn(struct pool_conn *c, void *arg)
     PQclear(r);
     if (rc != ST_OK)
         return rc;
-    json_t *ev = json_pack("{s:s?, s:O}", "key_name", x->actor, "config", x->out);
-    char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
-    json_decref(ev);
-    if (!text)
+    json_t *d = json_pack("{s:O}", "config", x->out);
+    if (!d)
         return ST_ENOMEM;
-    const char *ap[] = {"planner_config_updated", text};
-    r = pool_exec(c, &st_audit, ap);
-    rc = pool_result_err(c, r);
-    PQclear(r);
-    free(text);
+    rc = audit_record_tx(c, x->actor, "planner.config.set", "planner:config", d);
+    json_decref(d);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 
 #include "scouts_int.h"
 #include "scouts_notify.h"
+#include "steward/audit.h"
 #include "steward/crypto.h"
 #include "steward/cursor.h"
 #include "steward/err.h"
@@ -27,10 +28,6 @@
 #define DEVICE_COLS                                                                        \
     "id, user_id, name, " SQL_US("created_at") ", " SQL_US("last_seen_at") ", "            \
     "coalesce(connected_until > now(), false), seq"
-
-static const struct db_stmt st_audit = {
-    "scouts_audit",
-    "INSERT INTO system_events (event_type, event_data) VALUES ('audit', $1::jsonb)", 1};
 
 static const struct db_stmt st_scout_insert = {
     "scouts_scout_insert",
@@ -276,21 +273,13 @@ static int run_discard(struct pool_conn *c, const struct db_stmt *st, const char
     return rc;
 }
 
-int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail)
+/* An audit row about user_id's scout or device (the id only in the target). */
+static int audit_user_tx(struct pool_conn *c, const char *action, const char *actor,
+                         const char *user_id, json_t *detail)
 {
-    json_t *ev = json_pack("{s:s, s:s}", "action", action, "key", actor ? actor : "");
-    if (!ev)
-        return ST_ENOMEM;
-    if (detail)
-        json_object_update(ev, detail);
-    char *text = json_dumps(ev, JSON_COMPACT);
-    json_decref(ev);
-    if (!text)
-        return ST_ENOMEM;
-    const char *p[] = {text};
-    int rc = run_discard(c, &st_audit, p);
-    free(text);
-    return rc;
+    char target[8 + 4 * SCOUTS_USER_MAX + 1];
+    snprintf(target, sizeof(target), "user:%s", user_id ? user_id : "");
+    return audit_record_tx(c, actor, action, target, detail);
 }
 
 /* ---------------------------------------------------------------- scouts */
@@ -337,9 +326,8 @@ static int scout_create_tx(struct pool_conn *c, void *arg)
         return rc;
     t->out = scout_json(r, 0);
     PQclear(r);
-    json_t *d = json_pack("{s:O, s:s}", "scout_id", json_object_get(t->out, "id"), "user_id",
-                          t->in->user_id);
-    rc = scouts_audit_tx(c, "scout.create", t->actor, d);
+    json_t *d = json_pack("{s:O}", "scout_id", json_object_get(t->out, "id"));
+    rc = audit_user_tx(c, "scout.create", t->actor, t->in->user_id, d);
     json_decref(d);
     return rc;
 }
@@ -406,7 +394,8 @@ static int scout_patch_tx(struct pool_conn *c, void *arg)
     if (!t->out)
         return ST_ENOTFOUND;
     json_t *d = json_pack("{s:s}", "scout_id", t->id);
-    rc = scouts_audit_tx(c, "scout.update", t->actor, d);
+    rc = audit_user_tx(c, "scout.update", t->actor,
+                       json_string_value(json_object_get(t->out, "user_id")), d);
     json_decref(d);
     return rc;
 }
@@ -435,12 +424,14 @@ static int scout_delete_tx(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
-    PQclear(r);
-    if (n == 0)
+    if (n == 0) {
+        PQclear(r);
         return ST_ENOTFOUND;
+    }
     json_t *d = json_pack("{s:s}", "scout_id", t->id);
-    rc = scouts_audit_tx(c, "scout.delete", t->actor, d);
+    rc = audit_user_tx(c, "scout.delete", t->actor, sql_str(r, 0, 0), d);
     json_decref(d);
+    PQclear(r);
     return rc;
 }
 
@@ -644,9 +635,8 @@ static int device_create_tx(struct pool_conn *c, void *arg)
     t->out = json_pack("{s:o, s:s, s:s, s:o}", "device_id", sql_json_str(r, 0, 0), "user_id",
                        t->user_id, "name", t->name, "created_at", sql_json_time(r, 0, 1));
     PQclear(r);
-    json_t *d = json_pack("{s:O, s:s}", "device_id", json_object_get(t->out, "device_id"),
-                          "user_id", t->user_id);
-    rc = scouts_audit_tx(c, "device.create", t->actor, d);
+    json_t *d = json_pack("{s:O}", "device_id", json_object_get(t->out, "device_id"));
+    rc = audit_user_tx(c, "device.create", t->actor, t->user_id, d);
     json_decref(d);
     return rc;
 }
@@ -678,13 +668,14 @@ static int device_delete_tx(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
-    json_t *d = n ? json_pack("{s:s, s:s}", "device_id", t->id, "user_id", sql_str(r, 0, 0))
-                  : NULL;
-    PQclear(r);
-    if (n == 0)
+    if (n == 0) {
+        PQclear(r);
         return ST_ENOTFOUND;
-    rc = scouts_audit_tx(c, "device.delete", t->actor, d);
+    }
+    json_t *d = json_pack("{s:s}", "device_id", t->id);
+    rc = audit_user_tx(c, "device.delete", t->actor, sql_str(r, 0, 0), d);
     json_decref(d);
+    PQclear(r);
     return rc;
 }
 

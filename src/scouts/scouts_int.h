@@ -105,8 +105,6 @@ struct scouts_pending {
 
 /* True when s is a canonical lowercase or uppercase uuid. */
 bool scouts_uuid_valid(const char *s);
-/* Writes an audit row (admin actions) on c; detail is borrowed. */
-int scouts_audit_tx(struct pool_conn *c, const char *action, const char *actor, json_t *detail);
 
 struct scouts_scout_in {
     const char *user_id;

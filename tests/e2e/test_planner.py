@@ -666,9 +666,11 @@ def test_config_get_put_and_audit(server, keys, sql):
         assert got['updated_by'] == 'admin-env'
         again = server.get('/v1/planner/config', key=keys['read']).json()
         assert again == got
-        ev = sql.execute("SELECT event_data FROM system_events WHERE event_type = "
-                         "'planner_config_updated' ORDER BY id DESC LIMIT 1").fetchone()[0]
-        assert ev['key_name'] == 'admin-env' and ev['config']['max_attempts'] == 7
+        actor, target, detail = sql.execute(
+            "SELECT actor, target, detail FROM audit_log WHERE action = 'planner.config.set' "
+            "ORDER BY id DESC LIMIT 1").fetchone()
+        assert actor == 'admin-env' and target == 'planner:config'
+        assert detail['config']['max_attempts'] == 7
         # a GET body can be PUT back as is (read-only fields are ignored)
         assert server.put('/v1/planner/config', json=again).status_code == 200
     finally:

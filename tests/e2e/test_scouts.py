@@ -169,12 +169,11 @@ def test_scout_crud_and_audit(server, keys, sql):
     assert server.delete(f'/v1/scouts/{s["id"]}').status_code == 204
     assert server.get(f'/v1/scouts/{s["id"]}').status_code == 404
     assert server.delete(f'/v1/scouts/{s["id"]}').status_code == 404
-    actions = [r[0] for r in sql.execute(
-        "SELECT event_data->>'action' FROM system_events WHERE event_type = 'audit' "
-        "AND event_data->>'scout_id' = %s ORDER BY id", (s['id'],))]
-    assert actions == ['scout.create', 'scout.update', 'scout.delete']
-    assert sql.execute("SELECT DISTINCT event_data->>'key' FROM system_events WHERE "
-                       "event_data->>'scout_id' = %s", (s['id'],)).fetchall() == [('admin-env',)]
+    rows = sql.execute(
+        "SELECT action, actor, target FROM audit_log WHERE detail->>'scout_id' = %s "
+        "ORDER BY id", (s['id'],)).fetchall()
+    assert rows == [(a, 'admin-env', f'user:{user}')
+                    for a in ('scout.create', 'scout.update', 'scout.delete')]
 
 
 def test_ingest_rules(server, keys, sql):
