@@ -40,6 +40,7 @@ struct config {
     /* healer */
     int heal_interval_s;
     int perf_interval_s;
+    int instance_heartbeat_s;
     int stuck_after_s;
     int archive_after_days;
     int degraded_db_latency_ms;

@@ -46,6 +46,7 @@ struct healer_settings {
     int perf_error_rate_pct;    /* a route with more 5xx than this percentage is flagged */
     int perf_route_p99_ms;      /* a route with a p99 above this is flagged */
     int64_t started_us;         /* process start (epoch microseconds), for uptime_s */
+    int instance_heartbeat_s;   /* STEWARD_INSTANCE_HEARTBEAT_S: instance registry tick */
 };
 
 /* What the sweep and the reports call in the other capabilities. Every hook may be NULL:
@@ -131,7 +132,24 @@ json_t *healer_status(struct healer *h);
 /* This instance's name ("host:pid:random"), as written in heartbeats and reports. */
 const char *healer_instance(const struct healer *h);
 
-/* Registers POST /v1/heal (admin), GET /v1/reports (read) and GET /v1/status (read).
+/* The instance registry (table instances). Each instance upserts its row every
+ * instance_heartbeat_s (a job healer_start adds, first run at once) with the figures it
+ * measures in itself: {"pool":{"size","open","busy","waiting","timeouts_total"},
+ * "sockets","rss_bytes","memory_limit_bytes","memory_limit_source","requests_total",
+ * "server_errors_total"}. A row whose heartbeat is older than three ticks is not live;
+ * rows silent for a day are deleted by the heartbeat. */
+/* One heartbeat now (what the job does). Returns ST_*. */
+int healer_instance_beat(struct healer *h);
+/* Deletes this instance's row (at shutdown; failures ignored). */
+void healer_instance_retire(struct healer *h);
+/* The live instances, oldest start first: a new array of
+ * {"id","version","started_at","heartbeat_at","uptime_s","pool":{"size","busy","waiting"},
+ *  "sockets","rss_bytes"} (with_figures adds the whole stored "figures" object).
+ * Returns ST_*. */
+int healer_instances_list(struct healer *h, bool with_figures, json_t **items);
+
+/* Registers POST /v1/heal (admin), GET /v1/reports, GET /v1/status and GET /v1/instances
+ * (read).
  * Does not dereference h (the route table command passes NULL). Returns 0 or -1 when the
  * table is full. Implemented in src/healer/healer_http.c. */
 int healer_http_register(struct router *r, struct healer *h);

@@ -219,6 +219,7 @@ static int create_capabilities(struct app *app)
         .perf_error_rate_pct = app->cfg.perf_error_rate_pct,
         .perf_route_p99_ms = app->cfg.perf_route_p99_ms,
         .started_us = app->started_us,
+        .instance_heartbeat_s = app->cfg.instance_heartbeat_s,
     };
     struct healer_hooks hk = {.ctx = app};
     healer_wire_hooks(app, &hk);
@@ -377,6 +378,7 @@ static void teardown(struct app *app)
     if (app->http)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
+    healer_instance_retire(app->healer); /* no heartbeat after sched_stop */
     scouts_stop(app->scouts);
     if (app->ws)
         ws_server_stop(app->ws, ms / 4);

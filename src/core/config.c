@@ -84,6 +84,9 @@ static const struct setting settings[] = {
      "self-healing sweep period"},
     {"STEWARD_PERF_INTERVAL_S", K_INT, OFF(perf_interval_s), "7200", 1, 604800,
      "performance report period"},
+    {"STEWARD_INSTANCE_HEARTBEAT_S", K_INT, OFF(instance_heartbeat_s), "5", 1, 300,
+     "each instance records its figures in the instance registry this often; an instance "
+     "silent for three periods is no longer listed as live"},
     {"STEWARD_STUCK_AFTER_S", K_INT, OFF(stuck_after_s), "1800", 1, 604800,
      "running planner actions older than this are reset to failed/timeout"},
     {"STEWARD_ARCHIVE_AFTER_DAYS", K_INT, OFF(archive_after_days), "7", 1, 3650,

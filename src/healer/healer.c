@@ -21,6 +21,7 @@
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/json.h"
+#include "steward/proc.h"
 #include "steward/sched.h"
 #include "steward/sql.h"
 
@@ -125,6 +126,31 @@ static const struct db_stmt st_reports_both = {
     "(SELECT " REPORT_COLS " FROM system_events WHERE event_type = '" EV_PERF "' "
     "AND id < $1::int8 ORDER BY id DESC LIMIT $2::int)) s ORDER BY id DESC LIMIT $2::int",
     2};
+
+static const struct db_stmt st_instance_upsert = {
+    "healer_instance_upsert",
+    "INSERT INTO instances (id, version, started_at, heartbeat_at, figures) "
+    "VALUES ($1, $2, $3::timestamptz, now(), $4::jsonb) "
+    "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
+    "heartbeat_at = EXCLUDED.heartbeat_at, figures = EXCLUDED.figures",
+    4};
+
+/* Rows of instances silent for a day; a range on instances_heartbeat_at. */
+static const struct db_stmt st_instance_prune = {
+    "healer_instance_prune",
+    "DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'", 0};
+
+static const struct db_stmt st_instance_retire = {
+    "healer_instance_retire", "DELETE FROM instances WHERE id = $1", 1};
+
+/* Live rows: a heartbeat within $1 seconds (a range on instances_heartbeat_at). */
+static const struct db_stmt st_instances_live = {
+    "healer_instances_live",
+    "SELECT id, version, " SQL_US("started_at") ", " SQL_US("heartbeat_at") ", "
+    "greatest(0, extract(epoch from now() - started_at))::int8, figures::text "
+    "FROM instances WHERE heartbeat_at >= now() - make_interval(secs => $1::int) "
+    "ORDER BY started_at, id",
+    1};
 
 /* ------------------------------------------------------------------ pure parts */
 
@@ -964,7 +990,157 @@ json_t *healer_status(struct healer *h)
                      lessons ? lessons : json_null(), "last_sweep", last ? last : json_null());
 }
 
+/* ------------------------------------------------------------------ instance registry */
+
+/* A heartbeat is live for this many ticks. */
+#define INSTANCE_LIVE_TICKS 3
+
+/* What this instance measures in itself (new reference). */
+static json_t *instance_figures(struct healer *h)
+{
+    struct pool_stats ps;
+    pool_stats(h->pool, &ps);
+    uint64_t requests = 0, server_errors = 0;
+    for (size_t i = 0; i < h->nslots; i++) {
+        struct metrics_route_snap snap;
+        metrics_route_snapshot(h->m, i, &snap);
+        struct healer_route_figures fg;
+        healer_route_figures(&snap, &fg);
+        requests += fg.requests;
+        server_errors += fg.server_errors;
+    }
+    const char *source = NULL;
+    int64_t limit = proc_memory_limit_bytes(&source);
+    int64_t rss = proc_rss_bytes();
+    return json_pack("{s:{s:i, s:i, s:i, s:i, s:I}, s:I, s:o, s:o, s:o, s:I, s:I}", "pool",
+                     "size", ps.size, "open", ps.open, "busy", ps.busy, "waiting", ps.waiting,
+                     "timeouts_total", (json_int_t)ps.timeouts_total, "sockets",
+                     (json_int_t)metrics_gauge_value(h->m, MG_WS_CONNECTIONS), "rss_bytes",
+                     rss >= 0 ? json_integer(rss) : json_null(), "memory_limit_bytes",
+                     limit > 0 ? json_integer(limit) : json_null(), "memory_limit_source",
+                     source ? json_string(source) : json_null(), "requests_total",
+                     (json_int_t)requests, "server_errors_total", (json_int_t)server_errors);
+}
+
+struct beat {
+    const char *id;
+    const char *started;
+    const char *figures;
+};
+
+static int beat_fn(struct pool_conn *c, void *arg)
+{
+    struct beat *b = arg;
+    const char *p[] = {b->id, STEWARD_VERSION, b->started, b->figures};
+    PGresult *r = pool_exec(c, &st_instance_upsert, p);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    if (rc != ST_OK)
+        return rc;
+    r = pool_exec(c, &st_instance_prune, NULL);
+    rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+int healer_instance_beat(struct healer *h)
+{
+    json_t *fig = instance_figures(h);
+    char *text = fig ? json_dumps(fig, JSON_COMPACT) : NULL;
+    json_decref(fig);
+    if (!text)
+        return ST_ENOMEM;
+    char started[32];
+    sql_fmt_time(started, h->s.started_us ? h->s.started_us : jtime_now_us());
+    struct beat b = {h->instance, started, text};
+    int rc = pool_tx(h->pool, beat_fn, &b);
+    free(text);
+    if (rc != ST_OK)
+        log_msg(h->lg, LOG_WARN, "cannot record the instance heartbeat", "error",
+                st_strerror(rc), NULL);
+    return rc;
+}
+
+static int retire_fn(struct pool_conn *c, void *arg)
+{
+    const char *p[] = {arg};
+    PGresult *r = pool_exec(c, &st_instance_retire, p);
+    int rc = pool_result_err(c, r);
+    PQclear(r);
+    return rc;
+}
+
+void healer_instance_retire(struct healer *h)
+{
+    if (h)
+        (void)pool_with(h->pool, retire_fn, h->instance);
+}
+
+struct instances {
+    int live_s;
+    bool with_figures;
+    json_t *items;
+};
+
+static json_t *json_get_or_null(const json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return v ? json_incref(v) : json_null();
+}
+
+static int instances_fn(struct pool_conn *c, void *arg)
+{
+    struct instances *in = arg;
+    json_array_clear(in->items);
+    char secs[16];
+    snprintf(secs, sizeof(secs), "%d", in->live_s);
+    const char *p[] = {secs};
+    PGresult *r = pool_exec(c, &st_instances_live, p);
+    int rc = pool_result_err(c, r);
+    for (int i = 0; rc == ST_OK && i < PQntuples(r); i++) {
+        json_t *fig = sql_json_parse(r, i, 5);
+        json_t *pool = json_object_get(fig, "pool");
+        json_t *item = json_pack(
+            "{s:o, s:o, s:o, s:o, s:I, s:{s:o, s:o, s:o}, s:o, s:o}", "id", sql_json_str(r, i, 0),
+            "version", sql_json_str(r, i, 1), "started_at", sql_json_time(r, i, 2),
+            "heartbeat_at", sql_json_time(r, i, 3), "uptime_s", (json_int_t)sql_ll(r, i, 4),
+            "pool", "size", json_get_or_null(pool, "size"), "busy",
+            json_get_or_null(pool, "busy"), "waiting", json_get_or_null(pool, "waiting"),
+            "sockets", json_get_or_null(fig, "sockets"), "rss_bytes",
+            json_get_or_null(fig, "rss_bytes"));
+        if (item && in->with_figures)
+            json_object_set(item, "figures", fig ? fig : json_null());
+        json_decref(fig);
+        if (!item || json_array_append_new(in->items, item) != 0)
+            rc = ST_ENOMEM;
+    }
+    PQclear(r);
+    return rc;
+}
+
+int healer_instances_list(struct healer *h, bool with_figures, json_t **items)
+{
+    struct instances in = {h->s.instance_heartbeat_s * INSTANCE_LIVE_TICKS, with_figures,
+                           json_array()};
+    *items = NULL;
+    if (!in.items)
+        return ST_ENOMEM;
+    int rc = pool_with(h->pool, instances_fn, &in);
+    if (rc != ST_OK) {
+        json_decref(in.items);
+        return rc;
+    }
+    *items = in.items;
+    return ST_OK;
+}
+
 /* ------------------------------------------------------------------ periodic jobs */
+
+static void instance_job(void *arg)
+{
+    healer_instance_beat(arg);
+}
+
 
 static void sweep_job(void *arg)
 {
@@ -990,7 +1166,12 @@ int healer_start(struct healer *h, struct sched *sc)
                                    .fn = perf_job,
                                    .ctx = h,
                                    .period_ms = (int64_t)h->s.perf_interval_s * 1000};
-    if (sched_add(sc, &sweep) != 0 || sched_add(sc, &perf) != 0)
+    const struct sched_job beat = {.name = "instance_heartbeat",
+                                   .fn = instance_job,
+                                   .ctx = h,
+                                   .period_ms = (int64_t)h->s.instance_heartbeat_s * 1000,
+                                   .first_ms = 1};
+    if (sched_add(sc, &sweep) != 0 || sched_add(sc, &perf) != 0 || sched_add(sc, &beat) != 0)
         return -1;
     log_msg(h->lg, LOG_INFO, "healer started", "instance", h->instance, NULL);
     return 0;

@@ -117,11 +117,32 @@ static void status(void *ctx, const struct http_req *req, struct http_resp *resp
     http_json(resp, 200, st);
 }
 
+static void instances(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    struct healer *h = ctx;
+    json_t *errs = json_array();
+    static const char *const none[] = {NULL};
+    unknown_query(req, none, errs);
+    if (json_array_size(errs) > 0) {
+        http_invalid(resp, errs);
+        return;
+    }
+    json_decref(errs);
+    json_t *items = NULL;
+    int rc = healer_instances_list(h, false, &items);
+    if (rc != ST_OK) {
+        http_error(resp, rc, NULL);
+        return;
+    }
+    http_json(resp, 200, json_pack("{s:o}", "items", items));
+}
+
 int healer_http_register(struct router *r, struct healer *h)
 {
     int rc = 0;
     rc |= http_route(r, "POST", "/v1/heal", AUTH_ADMIN, heal, h);
     rc |= http_route(r, "GET", "/v1/reports", AUTH_READ, reports, h);
     rc |= http_route(r, "GET", "/v1/status", AUTH_READ, status, h);
+    rc |= http_route(r, "GET", "/v1/instances", AUTH_READ, instances, h);
     return rc;
 }
