@@ -170,7 +170,7 @@ function user({ id }, navigate) {
   const noteMsg = h('div');
   const eraseMsg = h('div');
   const admin = isAdmin();
-  let etag = null;
+  let etag = null; // of the bond whose cap the field shows: a save is refused if it moved
   let bond = null;
 
   const capInput = h('input', { id: 'cap', type: 'number', min: 0, max: 1000000, step: 1, required: true });
@@ -212,7 +212,6 @@ function user({ id }, navigate) {
       fill(card, h('p', { class: 'muted' }, 'No bond entry for this user.'));
     } else {
       bond = b.data;
-      etag = b.etag;
       fill(card, h('dl', { class: 'kv' },
         h('dt', {}, 'phase'), h('dd', {}, bond.phase), h('dt', {}, 'previous phase'), h('dd', {}, bond.prev_phase),
         h('dt', {}, 'archetype'), h('dd', {}, bond.archetype), h('dt', {}, 'risk'), h('dd', { class: `risk-${bond.risk_level}` }, bond.risk_level),
@@ -220,7 +219,11 @@ function user({ id }, navigate) {
       const pk = Object.entries(bond.peak_nodes || {}).sort((x, y) => y[1] - x[1]).slice(0, 12);
       fill(peaks, h('h2', {}, 'Peaks'), barChart(pk.map(([k, v]) => ({ label: k, value: v })), { title: 'Peak values by node' }));
       fill(root.querySelector('#cap-now'), h('p', {}, `${bond.daily_msg_count} of ${bond.daily_msg_cap || 'unlimited'} today; resets ${when(new Date(new Date(bond.daily_msg_reset_at).getTime() + 86400000).toISOString())}`));
-      if (document.activeElement !== capInput) capInput.value = String(bond.daily_msg_cap);
+      // while the operator edits the field, it keeps the ETag of the value they started from
+      if (document.activeElement !== capInput) {
+        capInput.value = String(bond.daily_msg_cap);
+        etag = b.etag;
+      }
       fill(notes, bond.notes.length ? h('ul', { class: 'timeline' }, bond.notes.map((n) => h('li', {}, n))) : h('p', { class: 'muted' }, 'no notes'));
     }
     events = ev.missing ? [] : ev.data.items;
@@ -246,7 +249,6 @@ function user({ id }, navigate) {
     if (!Number.isInteger(v) || v < 0) return message(capMsg, 'error', 'The cap is a whole number, 0 for no cap.');
     try {
       const r = await send('PUT', `/v1/bonds/${enc}/rate-limit`, { daily_msg_cap: v }, etag ? { 'If-Match': etag } : {});
-      etag = r.etag;
       message(capMsg, 'ok', `Saved: the daily cap is ${r.data.daily_msg_cap}.`);
       forget(`/v1/bonds/${enc}`);
       await refresh();

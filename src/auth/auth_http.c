@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "steward/auth.h"
+#include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/http.h"
 #include "steward/json.h"
@@ -81,14 +82,32 @@ static void current(void *ctx, const struct http_req *req, struct http_resp *res
     http_json(resp, 200, session_json(&s));
 }
 
+/* Open, so that any session can end itself; the session's own CSRF token stands in for
+ * the server's cookie-write check (no other site can send the SameSite=Strict cookie,
+ * and none can read the token). */
 static void sign_out(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     char id[80];
-    if (!req->who->session || !http_req_cookie(req, AUTH_SESSION_COOKIE, id, sizeof(id))) {
+    struct auth_session s;
+    if (!http_req_cookie(req, AUTH_SESSION_COOKIE, id, sizeof(id))) {
         http_problem(resp, 404, "this request did not come with a console session");
         return;
     }
-    int rc = auth_session_end(ctx, id);
+    int rc = auth_session_get(ctx, id, &s);
+    if (rc == ST_ENOTFOUND) {
+        http_problem(resp, 404, "no such session");
+        return;
+    }
+    if (rc != ST_OK) {
+        http_error(resp, rc, NULL);
+        return;
+    }
+    const char *csrf = http_req_header(req, "X-CSRF-Token");
+    if (!csrf || strlen(csrf) != 64 || !crypto_equal(csrf, s.csrf_token, 64)) {
+        http_problem(resp, 403, "signing out needs the session's X-CSRF-Token");
+        return;
+    }
+    rc = auth_session_end(ctx, id);
     if (rc != ST_OK) {
         http_error(resp, rc, NULL);
         return;
@@ -102,6 +121,6 @@ int auth_http_register(struct router *r, struct auth *a)
     int rc = 0;
     rc |= http_route(r, "POST", "/v1/sessions", AUTH_NONE, sign_in, a);
     rc |= http_route(r, "GET", "/v1/sessions/current", AUTH_READ, current, a);
-    rc |= http_route(r, "DELETE", "/v1/sessions/current", AUTH_READ, sign_out, a);
+    rc |= http_route(r, "DELETE", "/v1/sessions/current", AUTH_NONE, sign_out, a);
     return rc;
 }

@@ -5,10 +5,12 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "steward/clock.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
 #include "steward/sql.h"
@@ -18,7 +20,15 @@ struct deck {
     const struct logger *lg;
     bool enabled;
     char *dir; /* NULL: embedded */
+    /* The overview, computed at most once per DECK_OVERVIEW_TTL_US on this instance
+     * however many consoles refresh (its bond grid reads every bond's index entry). */
+    pthread_mutex_t mu;
+    char *overview;
+    size_t overview_len;
+    int64_t overview_at_us;
 };
+
+#define DECK_OVERVIEW_TTL_US 4000000
 
 struct deck *deck_new(struct pool *pool, const struct logger *lg, const struct deck_opts *opts)
 {
@@ -28,6 +38,7 @@ struct deck *deck_new(struct pool *pool, const struct logger *lg, const struct d
     d->pool = pool;
     d->lg = lg;
     d->enabled = opts->enabled;
+    pthread_mutex_init(&d->mu, NULL);
     if (opts->dir && opts->dir[0] && !(d->dir = strdup(opts->dir))) {
         free(d);
         return NULL;
@@ -40,6 +51,8 @@ void deck_free(struct deck *d)
     if (!d)
         return;
     free(d->dir);
+    free(d->overview);
+    pthread_mutex_destroy(&d->mu);
     free(d);
 }
 
@@ -265,8 +278,27 @@ static int overview_fn(struct pool_conn *c, void *arg)
     return rc;
 }
 
+/* A copy of the cached overview when it is fresh: ST_OK, or ST_ENOTFOUND. */
+static int cached(struct deck *d, char **json, size_t *len)
+{
+    int rc = ST_ENOTFOUND;
+    pthread_mutex_lock(&d->mu);
+    if (d->overview && clock_now_us() - d->overview_at_us < DECK_OVERVIEW_TTL_US) {
+        *json = malloc(d->overview_len + 1);
+        if (*json) {
+            memcpy(*json, d->overview, d->overview_len + 1);
+            *len = d->overview_len;
+            rc = ST_OK;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    return rc;
+}
+
 int deck_overview(struct deck *d, char **json, size_t *len)
 {
+    if (cached(d, json, len) == ST_OK)
+        return ST_OK;
     struct overview_args a = {NULL};
     int rc = pool_with(d->pool, overview_fn, &a);
     if (rc != ST_OK)
@@ -276,5 +308,14 @@ int deck_overview(struct deck *d, char **json, size_t *len)
     if (!*json)
         return ST_ENOMEM;
     *len = strlen(*json);
+    char *keep = strdup(*json);
+    if (keep) {
+        pthread_mutex_lock(&d->mu);
+        free(d->overview);
+        d->overview = keep;
+        d->overview_len = *len;
+        d->overview_at_us = clock_now_us();
+        pthread_mutex_unlock(&d->mu);
+    }
     return ST_OK;
 }

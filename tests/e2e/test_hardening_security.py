@@ -55,10 +55,19 @@ DOCUMENTED_SCOPES = {
     ('GET', '/v1/reports'): 'read',
     ('GET', '/v1/status'): 'read',
     ('GET', '/v1/audit'): 'admin',
+    ('GET', '/v1/instances'): 'read',
     ('GET', '/livez'): 'none',
     ('GET', '/readyz'): 'none',
     ('GET', '/metrics'): 'none',
     ('GET', '/openapi.yaml'): 'none',
+    ('GET', '/deck'): 'none',
+    ('GET', '/deck/'): 'none',
+    ('GET', '/deck/{name}'): 'none',
+    ('GET', '/deck/users/{user_id}'): 'none',
+    ('POST', '/v1/sessions'): 'none',
+    ('GET', '/v1/sessions/current'): 'read',
+    ('DELETE', '/v1/sessions/current'): 'none',
+    ('GET', '/v1/overview'): 'read',
 }
 # pytest imports every test module before it runs any: this is the session's start
 COLLECTED_AT = time.time()
