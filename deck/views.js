@@ -89,7 +89,7 @@ function overview() {
     const st = s.data || {};
     const rep = r.data && r.data.items && r.data.items[0];
     fill(health, h('dl', { class: 'kv' },
-      h('dt', {}, 'database'), h('dd', {}, st.database ? (st.database.status || JSON.stringify(st.database)) : '—'),
+      h('dt', {}, 'database'), h('dd', {}, !st.database ? '—' : st.database.reachable ? `reachable, ${Number(st.database.latency_ms).toFixed(1)} ms` : 'unreachable'),
       h('dt', {}, 'version'), h('dd', {}, st.version || '—'),
       h('dt', {}, 'last sweep'), h('dd', {}, st.last_sweep ? when(st.last_sweep.at || st.last_sweep.created_at || st.last_sweep.finished_at) : 'none yet'),
       h('dt', {}, 'last report'), h('dd', {}, rep ? `${when(rep.created_at)}: ${rep.event_data && rep.event_data.status ? rep.event_data.status : 'stored'}` : 'none yet')));

@@ -50,22 +50,6 @@ static void serve(struct deck *d, const char *name, struct http_resp *resp)
     free(owned);
 }
 
-static void root_redirect(void *ctx, const struct http_req *req, struct http_resp *resp)
-{
-    struct deck_file f;
-    unsigned char *owned = NULL;
-    if (deck_file_get(ctx, "index.html", &f, &owned) == ST_EDISABLED) {
-        serve(ctx, "index.html", resp);
-        return;
-    }
-    free(owned);
-    resp->status = 308;
-    resp->text = strdup("");
-    resp->content_type = "text/plain; charset=utf-8";
-    http_header(resp, "Location", "/deck/");
-    security_headers(resp);
-}
-
 static void page(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     serve(ctx, "index.html", resp);
@@ -102,7 +86,7 @@ static void overview(void *ctx, const struct http_req *req, struct http_resp *re
 int deck_http_register(struct router *r, struct deck *d)
 {
     int rc = 0;
-    rc |= http_route_nonblocking(r, "GET", "/deck", AUTH_NONE, root_redirect, d);
+    rc |= http_route_nonblocking(r, "GET", "/deck", AUTH_NONE, page, d);
     rc |= http_route_nonblocking(r, "GET", "/deck/", AUTH_NONE, page, d);
     rc |= http_route_nonblocking(r, "GET", "/deck/{name}", AUTH_NONE, file_or_view, d);
     rc |= http_route_nonblocking(r, "GET", "/deck/users/{user_id}", AUTH_NONE, page, d);

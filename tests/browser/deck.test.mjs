@@ -105,7 +105,7 @@ test('the console is served from the binary with its headers, ETags and deep lin
   // every file in deck/ is listed in meson.build, so none is missing from the binary
   const listed = [...readFileSync(join(ROOT, 'meson.build'), 'utf8').matchAll(/'deck\/([^']+)'/g)].map((m) => m[1]).sort();
   assert.deepEqual(listed, readdirSync(join(ROOT, 'deck')).sort());
-  for (const path of ['/deck/', '/deck/bonds', '/deck/users/u%3Cx%3E', '/deck/lessons', '/deck/audit']) {
+  for (const path of ['/deck', '/deck/', '/deck/bonds', '/deck/users/u%3Cx%3E', '/deck/lessons', '/deck/audit']) {
     const r = await fetch(s.url + path);
     assert.equal(r.status, 200, path);
     assert.match(r.headers.get('content-type'), /^text\/html/);
@@ -124,9 +124,6 @@ test('the console is served from the binary with its headers, ETags and deep lin
   assert.equal(again.headers.get('content-security-policy'), CSP);
   assert.equal((await fetch(s.url + '/deck/nope.js')).status, 404);
   assert.equal((await fetch(s.url + '/deck/..%2Fmeson.build')).status, 404);
-  const redirect = await fetch(s.url + '/deck', { redirect: 'manual' });
-  assert.equal(redirect.status, 308);
-  assert.equal(redirect.headers.get('location'), '/deck/');
   // the JSON routes answer conditional reads too
   const ov = await s.request('GET', '/v1/overview');
   assert.equal(ov.status, 200);
@@ -309,7 +306,7 @@ test('every view: no console error, first load under 100 KB, rendered within 300
       await rendered(page, name);
       // the budget is the console's; on a loaded test machine take the best of 3 loads
       let best = Infinity;
-      for (let i = 0; i < 3 && best >= 300; i++) {
+      for (let i = 0; i < 3 && best >= budget; i++) {
         if (i) {
           await page.reload();
           await rendered(page, name);
@@ -319,7 +316,8 @@ test('every view: no console error, first load under 100 KB, rendered within 300
       const m = await page.evaluate((v) => {
         const entries = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
         return {
-          bytes: entries.reduce((n, e) => n + (e.transferSize || e.encodedBodySize || 0), 0),
+          // an upper bound of the first load: a body revalidated from cache counts in full
+          bytes: entries.reduce((n, e) => n + Math.max(e.transferSize || 0, (e.encodedBodySize || 0) + 300), 0),
           overflow: document.documentElement.scrollWidth - window.innerWidth,
         };
       }, name);
