@@ -69,7 +69,7 @@ function overview() {
       h('section', { class: 'card', 'aria-label': 'Deliveries' }, h('h2', {}, 'Deliveries (24 h)'), deliv),
       h('section', { class: 'card', 'aria-label': 'Health' }, h('h2', {}, 'Health'), health),
       h('section', { class: 'card', 'aria-label': 'Lessons' }, h('h2', {}, 'Lessons (24 h)'), lessons),
-      h('section', { class: 'card', 'aria-label': 'Phase by risk' }, h('h2', {}, 'Bonds: phase × risk'), grid),
+      h('section', { class: 'card wide', 'aria-label': 'Phase by risk' }, h('h2', {}, 'Bonds: phase × risk'), grid),
       h('section', { class: 'card wide', 'aria-label': 'Needs attention' }, h('h2', {}, 'Needs attention'), attention)));
   let first = true;
   async function refresh() {
@@ -95,7 +95,9 @@ function overview() {
       h('dt', {}, 'last report'), h('dd', {}, rep ? `${when(rep.created_at)}: ${rep.event_data && rep.event_data.status ? rep.event_data.status : 'stored'}` : 'none yet')));
     fill(lessons, barChart(o.data.lessons.by_type.map((x) => ({ label: x.lesson_type, value: x.count })), { title: 'Lessons of the last 24 h by type' }));
     const phases = [...new Set(o.data.bonds.grid.map((g) => g.phase))];
-    const risks = [...new Set(o.data.bonds.grid.map((g) => g.risk_level))];
+    const order = ['low', 'medium', 'high', 'critical'];
+    const rank = (k) => (order.includes(k) ? order.indexOf(k) : order.length);
+    const risks = [...new Set(o.data.bonds.grid.map((g) => g.risk_level))].sort((x, y) => rank(x) - rank(y) || (x < y ? -1 : 1));
     const count = (p, k) => (o.data.bonds.grid.find((g) => g.phase === p && g.risk_level === k) || { count: 0 }).count;
     const max = Math.max(1, ...o.data.bonds.grid.map((g) => g.count));
     fill(grid, h('p', { class: 'muted' }, `${o.data.bonds.total} bonds`),
