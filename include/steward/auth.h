@@ -82,7 +82,7 @@ int auth_session_end(struct auth *a, const char *id);
 /* Registers POST /v1/sessions, GET and DELETE /v1/sessions/current. Does not
  * dereference a. 0, or -1 when the route table is full. */
 struct router;
-int auth_http_register(struct router *r, struct auth *a);
+int auth_sessions_http_register(struct router *r, struct auth *a);
 
 /* True when name is a valid key name: 1..64 of [A-Za-z0-9._-]. */
 bool auth_name_valid(const char *name);

@@ -154,7 +154,7 @@ static int register_routes(struct app *app)
     rc |= bonds_http_register(&app->router, app->bonds);
     rc |= scouts_http_register(&app->router, app->scouts);
     rc |= healer_http_register(&app->router, app->healer);
-    rc |= auth_http_register(&app->router, app->auth);
+    rc |= auth_sessions_http_register(&app->router, app->auth);
     rc |= deck_http_register(&app->router, app->deck);
     return rc;
 }

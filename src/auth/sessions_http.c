@@ -116,7 +116,7 @@ static void sign_out(void *ctx, const struct http_req *req, struct http_resp *re
     set_cookie(resp, "", 0, auth_session_secure_cookie(ctx));
 }
 
-int auth_http_register(struct router *r, struct auth *a)
+int auth_sessions_http_register(struct router *r, struct auth *a)
 {
     int rc = 0;
     rc |= http_route(r, "POST", "/v1/sessions", AUTH_NONE, sign_in, a);
