@@ -62,6 +62,7 @@ struct app {
     struct users *users;
     struct scouts *scouts;
     struct healer *healer;
+    struct deck *deck; /* the Observation Deck's files and overview */
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */
 };
 

@@ -92,6 +92,37 @@ int auth_key_revoke(struct pool *pool, const char *name);
  * STEWARD_ADMIN_KEY). Idempotent and safe when several instances start together. */
 int auth_key_ensure(struct pool *pool, const char *name, const char *secret, enum auth_scope scope);
 
+/* ---- console sessions (the Observation Deck; docs/deck.md) ----
+ * A key is exchanged for a session: a random 256-bit id (64 hex digits, the cookie),
+ * stored as its SHA-256 with an expiry, and a CSRF token writes must carry. auth_check
+ * accepts AUTH_SESSION_PREFIX secrets (principal.h) while the session has not expired
+ * and its key is not revoked. */
+struct auth_session {
+    char id[65];         /* the cookie's value; only known at creation and to its holder */
+    char csrf_token[65]; /* X-CSRF-Token of writes */
+    char expires_at[32]; /* RFC 3339, UTC */
+    enum auth_scope scope;
+    char name[AUTH_NAME_MAX * 4 + 1]; /* the key's name */
+    int ttl_s;
+    bool secure_cookie;
+};
+
+/* Session lifetime and whether the cookie is marked Secure (STEWARD_DECK_*). */
+void auth_sessions_configure(struct auth *a, int ttl_s, bool secure_cookie);
+bool auth_session_secure_cookie(const struct auth *a);
+/* A new session for the key who was checked as (out filled). ST_ENOTFOUND when the key
+ * was revoked meanwhile. Expired sessions are pruned on the way. */
+int auth_session_create(struct auth *a, const struct auth_principal *who,
+                        struct auth_session *out);
+/* The live session with this cookie value (out filled, id included), or ST_ENOTFOUND. */
+int auth_session_get(struct auth *a, const char *id, struct auth_session *out);
+/* Ends the session with this cookie value (ST_OK also when there was none). */
+int auth_session_end(struct auth *a, const char *id);
+/* Registers POST /v1/sessions, GET and DELETE /v1/sessions/current. Does not
+ * dereference a. 0, or -1 when the route table is full. */
+struct router;
+int auth_sessions_http_register(struct router *r, struct auth *a);
+
 /* True when name is a valid key name: 1..64 of [A-Za-z0-9._-]. */
 bool auth_name_valid(const char *name);
 

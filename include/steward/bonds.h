@@ -75,11 +75,14 @@ struct bonds_rate {
 
 /* ---- operations (each a transaction or a single statement) ---- */
 
-/* Reads the entry of user_id; done(arg, rc, json, len) runs exactly once, on a database
+/* The entry's ETag (quoted, strong): every write to the entry changes it. */
+#define BONDS_ETAG_MAX 64
+
+/* Reads the entry of user_id; done(arg, rc, json, len, etag) runs exactly once, on a database
  * thread (or before this returns), with the entry as a JSON object text (the callee owns
  * json; NULL unless rc is ST_OK). rc is ST_ENOTFOUND when the user was never written.
  * user_id is copied. */
-typedef void (*bonds_json_done)(void *arg, int rc, char *json, size_t len);
+typedef void (*bonds_json_done)(void *arg, int rc, char *json, size_t len, const char *etag);
 void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void *arg);
 
 /* Lists entries newest last_updated first as {"items": [...], "next_cursor": ...}.
@@ -87,6 +90,9 @@ void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void 
  * page or NULL. ST_EINVALID when the cursor is not one this module wrote. */
 int bonds_list(struct bonds *b, const char *phase, const char *risk_level, int limit,
                const char *cursor, char **json, size_t *len);
+/* The same restricted to user ids starting with prefix (1..BONDS_USER_ID_MAX chars). */
+int bonds_search(struct bonds *b, const char *prefix, const char *phase, const char *risk_level,
+                 int limit, const char *cursor, char **json, size_t *len);
 
 /* Applies a detection (creating the entry on first write) and answers
  * {"bond": {...}, "event": {...} | null} (the phase event or null). */
@@ -108,9 +114,11 @@ typedef void (*bonds_rate_done)(void *arg, int rc, const struct bonds_rate *rate
 void bonds_consume(struct bonds *b, const char *user_id, bonds_rate_done done, void *arg);
 
 /* Sets the daily cap (0..BONDS_CAP_MAX), logging an admin_action carrying actor.
- * Answers the entry. */
+ * Answers the entry and its new ETag (etag may be NULL). With if_match (an If-Match
+ * list) the write happens only while the entry's ETag is listed: ST_ECONFLICT
+ * otherwise, and nothing changes. */
 int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const char *actor,
-                  char **json, size_t *len);
+                  const char *if_match, char **json, size_t *len, char etag[BONDS_ETAG_MAX]);
 
 /* Adds a note (1..BONDS_NOTE_MAX characters), keeping the newest 20, logging an
  * admin_action carrying actor. Answers the entry. */

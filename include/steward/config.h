@@ -58,6 +58,11 @@ struct config {
     int perf_route_p99_ms;
     /* auth cache */
     int auth_cache_refresh_ms;
+    /* the Observation Deck */
+    bool deck;
+    char *deck_dir;
+    bool deck_secure_cookie;
+    int deck_session_ttl_s;
 };
 
 /* Reads one variable; returns NULL when unset. Lets tests feed values. */

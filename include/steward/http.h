@@ -63,6 +63,14 @@ void http_deferred_finish(struct http_deferred *d);
 const char *http_param(const struct http_req *req, const char *name);
 /* A query parameter by name, or NULL. */
 const char *http_query(const struct http_req *req, const char *name);
+/* A request header by name (case-insensitive), or NULL; valid while req is. NULL too
+ * outside the server (direct calls). */
+const char *http_req_header(const struct http_req *req, const char *name);
+/* The value of the cookie named name in the Cookie header, copied into out[cap];
+ * false when absent or longer. */
+bool http_req_cookie(const struct http_req *req, const char *name, char *out, size_t cap);
+/* The same on a Cookie header's text (NULL: absent). */
+bool http_cookie_value(const char *header, const char *name, char *out, size_t cap);
 
 /* Sets status and a JSON body (stolen). */
 void http_json(struct http_resp *resp, int status, json_t *body);

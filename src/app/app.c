@@ -77,6 +77,7 @@ static int wire_users(struct app *app)
 }
 
 #include "steward/healer.h"
+#include "steward/deck.h"
 
 /* The healer reaches the other capabilities only through these hooks (ctx = the app). */
 static int healer_hook_lessons_snapshot(void *ctx, json_t **out)
@@ -205,6 +206,8 @@ static int register_routes(struct app *app)
     rc |= users_http_register(&app->router, app->users);
     rc |= scouts_http_register(&app->router, app->scouts);
     rc |= healer_http_register(&app->router, app->healer);
+    rc |= auth_sessions_http_register(&app->router, app->auth);
+    rc |= deck_http_register(&app->router, app->deck);
     return rc;
 }
 
@@ -282,7 +285,10 @@ static int create_capabilities(struct app *app)
         return -1;
     app->healer =
         healer_new(app->pool, &app->log, app->metrics, app->route_labels, nroutes, &hs, &hk);
-    return app->healer ? 0 : -1;
+    struct deck_opts dopts = {.enabled = app->cfg.deck, .dir = app->cfg.deck_dir};
+    app->deck = deck_new(app->pool, &app->log, &dopts);
+    auth_sessions_configure(app->auth, app->cfg.deck_session_ttl_s, app->cfg.deck_secure_cookie);
+    return app->healer && app->deck ? 0 : -1;
 }
 
 /* How many routes register_routes adds: the metrics get one slot per route, and they
@@ -448,6 +454,7 @@ static void teardown(struct app *app)
     dbpipe_free(app->dbpipe);
     healer_free(app->healer);
     users_free(app->users);
+    deck_free(app->deck);
     bonds_free(app->bonds);
     scouts_free(app->scouts);
     planner_free(app->planner);

@@ -39,22 +39,27 @@ struct auth {
         auth_revoke_fn fn;
         void *ctx;
     } hooks[AUTH_MAX_HOOKS];
+    int session_ttl_s; /* console sessions (auth_sessions_configure) */
+    bool secure_cookie;
 };
 
 /* The usable keys: not revoked, not expired (a key that expires while in a snapshot is
  * refused by the lookup itself). */
 static const struct db_stmt st_active = {
     "auth_active",
-    "SELECT key_hash, scope, id, name, " SQL_US("expires_at") " FROM api_keys "
-    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+    "SELECT key_hash, scope, id, name, " SQL_US(
+        "expires_at") " FROM api_keys "
+                      "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     0};
 static const struct db_stmt st_by_hash = {
     "auth_by_hash",
-    "SELECT key_hash, scope, id, name, " SQL_US("expires_at") " FROM api_keys "
-    "WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+    "SELECT key_hash, scope, id, name, " SQL_US(
+        "expires_at") " FROM api_keys "
+                      "WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR "
+                      "expires_at > now())",
     1};
-#define KEY_COLS                                                                               \
-    "id, name, scope, " SQL_US("created_at") ", " SQL_US("last_used_at") ", " SQL_US(         \
+#define KEY_COLS                                                                                   \
+    "id, name, scope, " SQL_US("created_at") ", " SQL_US("last_used_at") ", " SQL_US(              \
         "revoked_at") ", " SQL_US("expires_at")
 /* An expired key still holds its name in the unique index: it is retired (revoked as of
  * its expiry) before a new key takes the name. */
@@ -98,6 +103,35 @@ static const struct db_stmt st_ensure = {
     "WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE key_hash = $3 AND revoked_at IS NULL) "
     "ON CONFLICT DO NOTHING",
     3};
+
+/* Console sessions. A session is checked against its key on every request (the join on
+ * api_keys.revoked_at), so revoking the key ends it at once on every instance. */
+static const struct db_stmt st_session_check = {
+    "auth_session_check",
+    "SELECT k.scope, k.id, k.name, s.csrf_token FROM deck_sessions s"
+    " JOIN api_keys k ON k.id = s.key_id"
+    " WHERE s.id_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL"
+    " AND (k.expires_at IS NULL OR k.expires_at > now())",
+    1};
+static const struct db_stmt st_session_create = {
+    "auth_session_create",
+    "WITH gone AS (DELETE FROM deck_sessions WHERE expires_at < now() - interval '1 day')"
+    " INSERT INTO deck_sessions (id_hash, key_id, csrf_token, expires_at)"
+    " SELECT $1, k.id, $3, now() + make_interval(secs => $4::int) FROM api_keys k"
+    " WHERE k.id = $2::int8 AND k.revoked_at IS NULL"
+    " AND (k.expires_at IS NULL OR k.expires_at > now())"
+    " RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    4};
+static const struct db_stmt st_session_get = {
+    "auth_session_get",
+    "SELECT k.scope, k.name, s.csrf_token,"
+    " to_char(s.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+    " FROM deck_sessions s JOIN api_keys k ON k.id = s.key_id"
+    " WHERE s.id_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL"
+    " AND (k.expires_at IS NULL OR k.expires_at > now())",
+    1};
+static const struct db_stmt st_session_end = {"auth_session_end",
+                                              "DELETE FROM deck_sessions WHERE id_hash = $1", 1};
 
 bool auth_name_valid(const char *name)
 {
@@ -387,8 +421,9 @@ static bool listen_nap(struct auth *a, int ms)
 
 static PGconn *listen_connect(struct auth *a)
 {
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives",
-                          "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
+    const char *keys[] = {
+        "dbname",          "application_name",    "connect_timeout",  "keepalives",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
     const char *vals[] = {a->listen_url, "steward-keys", "3", "1", "10", "5", "3", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
@@ -545,6 +580,137 @@ static int lookup_db(struct pool_conn *c, void *arg)
     return rc;
 }
 
+/* ---- console sessions ---- */
+
+/* A session id as the cookie carries it: 64 lowercase hex digits. */
+static bool session_id_valid(const char *id, size_t len)
+{
+    if (len != 64)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return false;
+    return true;
+}
+
+struct session_q {
+    const struct db_stmt *st;
+    const char *params[4];
+    PGresult *r;
+};
+
+static int session_q(struct pool_conn *c, void *arg)
+{
+    struct session_q *q = arg;
+    q->r = pool_exec(c, q->st, q->params);
+    int rc = pool_result_err(c, q->r);
+    if (rc != ST_OK) {
+        PQclear(q->r);
+        q->r = NULL;
+    }
+    return rc;
+}
+
+/* body is "<id>:<csrf>" (csrf may be empty). */
+static int session_check(struct auth *a, const char *body, struct auth_principal *who)
+{
+    const char *colon = strchr(body, ':');
+    if (!colon || !session_id_valid(body, (size_t)(colon - body)))
+        return ST_ENOTFOUND;
+    char hex[65];
+    crypto_sha256_hex(body, 64, hex);
+    struct session_q q = {&st_session_check, {hex}, NULL};
+    int rc = pool_with(a->pool, session_q, &q);
+    if (rc != ST_OK)
+        return rc;
+    rc = ST_ENOTFOUND;
+    enum auth_scope scope;
+    if (PQntuples(q.r) == 1 && auth_scope_parse(PQgetvalue(q.r, 0, 0), &scope) == 0) {
+        who->scope = scope;
+        who->key_id = atoll(PQgetvalue(q.r, 0, 1));
+        snprintf(who->name, sizeof(who->name), "%s", PQgetvalue(q.r, 0, 2));
+        who->session = true;
+        const char *want = PQgetvalue(q.r, 0, 3), *got = colon + 1;
+        who->csrf_ok = strlen(got) == 64 && strlen(want) == 64 && crypto_equal(got, want, 64);
+        rc = ST_OK;
+    }
+    PQclear(q.r);
+    return rc;
+}
+
+void auth_sessions_configure(struct auth *a, int ttl_s, bool secure_cookie)
+{
+    a->session_ttl_s = ttl_s;
+    a->secure_cookie = secure_cookie;
+}
+
+int auth_session_create(struct auth *a, const struct auth_principal *who, struct auth_session *out)
+{
+    if (crypto_token(out->id, sizeof(out->id), "", 32) != 0 ||
+        crypto_token(out->csrf_token, sizeof(out->csrf_token), "", 32) != 0)
+        return ST_EINTERNAL;
+    char hex[65], keybuf[24], ttlbuf[24];
+    crypto_sha256_hex(out->id, 64, hex);
+    snprintf(keybuf, sizeof(keybuf), "%lld", who->key_id);
+    snprintf(ttlbuf, sizeof(ttlbuf), "%d", a->session_ttl_s);
+    struct session_q q = {&st_session_create, {hex, keybuf, out->csrf_token, ttlbuf}, NULL};
+    int rc = pool_with(a->pool, session_q, &q);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(q.r) == 1) {
+        snprintf(out->expires_at, sizeof(out->expires_at), "%s", PQgetvalue(q.r, 0, 0));
+        out->scope = who->scope;
+        snprintf(out->name, sizeof(out->name), "%s", who->name);
+        out->ttl_s = a->session_ttl_s;
+        out->secure_cookie = a->secure_cookie;
+    } else {
+        rc = ST_ENOTFOUND; /* the key was revoked meanwhile */
+    }
+    PQclear(q.r);
+    return rc;
+}
+
+int auth_session_get(struct auth *a, const char *id, struct auth_session *out)
+{
+    if (!session_id_valid(id, strlen(id)))
+        return ST_ENOTFOUND;
+    char hex[65];
+    crypto_sha256_hex(id, 64, hex);
+    struct session_q q = {&st_session_get, {hex}, NULL};
+    int rc = pool_with(a->pool, session_q, &q);
+    if (rc != ST_OK)
+        return rc;
+    rc = ST_ENOTFOUND;
+    if (PQntuples(q.r) == 1 && auth_scope_parse(PQgetvalue(q.r, 0, 0), &out->scope) == 0) {
+        snprintf(out->id, sizeof(out->id), "%s", id);
+        snprintf(out->name, sizeof(out->name), "%s", PQgetvalue(q.r, 0, 1));
+        snprintf(out->csrf_token, sizeof(out->csrf_token), "%s", PQgetvalue(q.r, 0, 2));
+        snprintf(out->expires_at, sizeof(out->expires_at), "%s", PQgetvalue(q.r, 0, 3));
+        out->ttl_s = a->session_ttl_s;
+        out->secure_cookie = a->secure_cookie;
+        rc = ST_OK;
+    }
+    PQclear(q.r);
+    return rc;
+}
+
+int auth_session_end(struct auth *a, const char *id)
+{
+    if (!session_id_valid(id, strlen(id)))
+        return ST_OK;
+    char hex[65];
+    crypto_sha256_hex(id, 64, hex);
+    struct session_q q = {&st_session_end, {hex}, NULL};
+    int rc = pool_with(a->pool, session_q, &q);
+    PQclear(q.r);
+    return rc;
+}
+
+bool auth_session_secure_cookie(const struct auth *a)
+{
+    return a->secure_cookie;
+}
+
 /* Looks the hash up in the snapshot: 1 found (who filled), 0 found but not usable
  * (revoked), -1 absent. Holds the snapshot only for the lookup. */
 static int snapshot_lookup(struct auth *a, const unsigned char *hash, struct auth_principal *who)
@@ -571,6 +737,10 @@ int auth_check_cached(struct auth *a, const char *secret, struct auth_principal 
 {
     unsigned char hash[32];
     *miss = false;
+    if (strncmp(secret, AUTH_SESSION_PREFIX, strlen(AUTH_SESSION_PREFIX)) == 0) {
+        *miss = true; /* a session is always checked against the database */
+        return ST_ENOTFOUND;
+    }
     if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
         return ST_EUNAVAIL;
     int found = snapshot_lookup(a, hash, who);
@@ -581,6 +751,8 @@ int auth_check_cached(struct auth *a, const char *secret, struct auth_principal 
 int auth_check(struct auth *a, const char *secret, struct auth_principal *who)
 {
     unsigned char hash[32];
+    if (strncmp(secret, AUTH_SESSION_PREFIX, strlen(AUTH_SESSION_PREFIX)) == 0)
+        return session_check(a, secret + strlen(AUTH_SESSION_PREFIX), who);
     if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
         return ST_EUNAVAIL;
     int found = snapshot_lookup(a, hash, who);
@@ -621,8 +793,8 @@ static json_t *key_json(const PGresult *r, int row)
     return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)sql_ll(r, row, 0),
                      "name", sql_json_str(r, row, 1), "scope", sql_json_str(r, row, 2),
                      "created_at", sql_json_time(r, row, 3), "last_used_at",
-                     sql_json_time(r, row, 4), "revoked_at", sql_json_time(r, row, 5),
-                     "expires_at", sql_json_time(r, row, 6));
+                     sql_json_time(r, row, 4), "revoked_at", sql_json_time(r, row, 5), "expires_at",
+                     sql_json_time(r, row, 6));
 }
 
 struct create_tx {
@@ -670,8 +842,9 @@ int auth_key_create_full(struct pool *pool, const char *name, enum auth_scope sc
         return ST_EINTERNAL;
     char hex[65], exp[32];
     crypto_sha256_hex(secret, strlen(secret), hex);
-    struct create_tx t = {name, auth_scope_name(scope), hex,
-                          expires_us ? sql_fmt_time(exp, expires_us) : NULL, actor, NULL};
+    struct create_tx t = {name,  auth_scope_name(scope),
+                          hex,   expires_us ? sql_fmt_time(exp, expires_us) : NULL,
+                          actor, NULL};
     int rc = pool_tx(pool, create_fn, &t);
     if (rc == ST_OK && out)
         *out = t.out;

@@ -40,6 +40,23 @@ double bonds_round4(double value)
     return strtod(text, NULL);
 }
 
+bool bonds_etag_matches(const char *list, const char *etag)
+{
+    size_t n = strlen(etag);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == '*')
+            return true;
+        if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+            return true;
+        p = strchr(p, ',');
+        if (!p)
+            break;
+    }
+    return false;
+}
+
 bool bonds_valid_id(const char *s, size_t max_chars)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -165,12 +182,22 @@ static const struct db_stmt st_list_both = {
     "bonds_list_both",
     "SELECT " BOND_COLS " FROM bonds WHERE phase = $4 AND risk_level = $5 AND" LIST_TAIL, 5};
 
+/* A search by user id prefix: the byte-wise range the prefix spans (text_pattern_ops
+ * index bonds_user_prefix), then the same order and cursor as the lists. */
+static const struct db_stmt st_list_prefix = {
+    "bonds_list_prefix",
+    "SELECT " BOND_COLS " FROM bonds WHERE user_id ~>=~ $4 AND user_id ~<~ $5"
+    " AND starts_with(user_id, $4) AND ($6::text IS NULL OR phase = $6)"
+    " AND ($7::text IS NULL OR risk_level = $7) AND" LIST_TAIL,
+    7};
+
 /* Locks the row for a write and reads what the writers need, with the time of the lock
  * (the clock after waiting, so times follow the order of the writes). */
 static const struct db_stmt st_lock = {
     "bonds_lock",
     "SELECT phase, risk_level, peak_nodes::text, event_count, daily_msg_cap, " SQL_US(
-        "clock_timestamp()") " FROM bonds WHERE user_id = $1 FOR UPDATE",
+        "clock_timestamp()") ", id, " SQL_US("last_updated") ", daily_msg_count"
+                             " FROM bonds WHERE user_id = $1 FOR UPDATE",
     1};
 static const struct db_stmt st_ensure = {
     "bonds_ensure",
@@ -282,6 +309,19 @@ static void json_time(struct buf *o, int64_t us)
 static void json_key(struct buf *o, const char *key)
 {
     buf_append(o, key, strlen(key));
+}
+
+/* The entry's strong ETag: every write moves last_updated or the count. */
+static void etag_format(char out[BONDS_ETAG_MAX], long long id, long long updated_us,
+                        long long count)
+{
+    snprintf(out, BONDS_ETAG_MAX, "\"%llx-%llx-%llx\"", (unsigned long long)id,
+             (unsigned long long)updated_us, (unsigned long long)count);
+}
+
+static void bond_etag(char out[BONDS_ETAG_MAX], const PGresult *r, int row)
+{
+    etag_format(out, sql_ll(r, row, BC_ID), sql_ll(r, row, BC_UPDATED), sql_ll(r, row, BC_COUNT));
 }
 
 static void bond_json(struct buf *o, const PGresult *r, int row)
@@ -422,13 +462,16 @@ static void get_done(struct dbpipe_job *job, PGresult *r, int rc)
     struct buf out = {0};
     if (rc == ST_OK && PQntuples(r) != 1)
         rc = ST_ENOTFOUND;
-    if (rc == ST_OK)
+    char etag[BONDS_ETAG_MAX] = "";
+    if (rc == ST_OK) {
         bond_json(&out, r, 0);
+        bond_etag(etag, r, 0);
+    }
     PQclear(r);
     char *json = NULL;
     size_t len = 0;
     rc = finish_json(rc, &out, &json, &len);
-    op->json_done(op->arg, rc, json, len);
+    op->json_done(op->arg, rc, json, len, etag);
     free(op);
 }
 
@@ -436,7 +479,7 @@ void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void 
 {
     struct bond_op *op = op_new(b, user_id, get_done, arg);
     if (!op) {
-        done(arg, ST_ENOMEM, NULL, 0);
+        done(arg, ST_ENOMEM, NULL, 0, "");
         return;
     }
     op->json_done = done;
@@ -446,7 +489,7 @@ void bonds_get(struct bonds *b, const char *user_id, bonds_json_done done, void 
 
 struct list_args {
     const struct db_stmt *st;
-    const char *params[5];
+    const char *params[7];
     int limit;
     struct buf out;
 };
@@ -508,6 +551,36 @@ int bonds_list(struct bonds *b, const char *phase, const char *risk_level, int l
         a.st = &st_list_all;
     }
     return finish_json(pool_with(b->pool, list_fn, &a), &a.out, json, len);
+}
+
+int bonds_search(struct bonds *b, const char *prefix, const char *phase, const char *risk_level,
+                 int limit, const char *cursor, char **json, size_t *len)
+{
+    struct list_args a = {.limit = limit, .st = &st_list_prefix};
+    char ts[32] = "infinity", idbuf[24], limbuf[24];
+    int64_t cur_us = 0, cur_id = INT64_MAX;
+    if (cursor) {
+        if (cursor_decode(cursor, &cur_us, &cur_id) != 0)
+            return ST_EINVALID;
+        sql_fmt_time(ts, cur_us);
+    }
+    /* every id starting with prefix sorts below prefix + U+10FFFF, the highest character */
+    size_t n = strlen(prefix);
+    char *upper = malloc(n + 5);
+    if (!upper)
+        return ST_ENOMEM;
+    memcpy(upper, prefix, n);
+    memcpy(upper + n, "\xf4\x8f\xbf\xbf", 5);
+    a.params[0] = ts;
+    a.params[1] = sql_fmt_ll(idbuf, cur_id);
+    a.params[2] = sql_fmt_ll(limbuf, (long long)limit + 1);
+    a.params[3] = prefix;
+    a.params[4] = upper;
+    a.params[5] = phase;
+    a.params[6] = risk_level;
+    int rc = finish_json(pool_with(b->pool, list_fn, &a), &a.out, json, len);
+    free(upper);
+    return rc;
 }
 
 struct events_args {
@@ -689,6 +762,7 @@ struct locked {
     long long cap;
     int64_t now_us;
     char now_text[32];
+    char etag[BONDS_ETAG_MAX]; /* of the row as locked */
 };
 
 /* Locks the user's row, creating it with the defaults first when missing. Looking first
@@ -716,6 +790,7 @@ static int lock_row(struct pool_conn *c, const char *user_id, struct locked *l)
             l->cap = sql_ll(r, 0, 4);
             l->now_us = sql_ll(r, 0, 5);
             sql_fmt_time(l->now_text, l->now_us);
+            etag_format(l->etag, sql_ll(r, 0, 6), sql_ll(r, 0, 7), sql_ll(r, 0, 8));
             return ST_OK;
         }
         PQclear(r);
@@ -770,7 +845,7 @@ static int trim_events(struct pool_conn *c, const char *user_id, long long drop)
 
 /* Runs an UPDATE answering BOND_COLS and appends the entry's JSON to out. */
 static int update_bond(struct pool_conn *c, const struct db_stmt *st, const char *const *p,
-                       struct buf *out)
+                       struct buf *out, char *etag)
 {
     PGresult *r = pool_exec(c, st, p);
     int rc = pool_result_err(c, r);
@@ -778,6 +853,8 @@ static int update_bond(struct pool_conn *c, const struct db_stmt *st, const char
         rc = ST_EINTERNAL; /* the row is locked by us: it cannot have gone */
     if (rc == ST_OK)
         bond_json(out, r, 0);
+    if (rc == ST_OK && etag)
+        bond_etag(etag, r, 0);
     PQclear(r);
     return rc;
 }
@@ -899,7 +976,7 @@ static int detect_fn(struct pool_conn *c, void *arg)
         sql_fmt_ll(countbuf, count),
     };
     buf_append(&a->out, "{\"bond\":", 8);
-    rc = update_bond(c, &st_detect, p, &a->out);
+    rc = update_bond(c, &st_detect, p, &a->out, NULL);
     if (rc == ST_OK && phase_moved)
         rc = add_event(c, a->user_id, "phase_transition", phase_detail.data, phase_data.data,
                        l.now_text, &event);
@@ -939,6 +1016,8 @@ struct admin_args {
     long long cap;
     const char *note;
     const char *actor;
+    const char *if_match; /* NULL: unconditional */
+    char etag[BONDS_ETAG_MAX];
     struct buf out;
 };
 
@@ -975,6 +1054,10 @@ static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_s
     int rc = lock_row(c, a->user_id, &l);
     if (rc != ST_OK)
         return rc;
+    if (a->if_match && !bonds_etag_matches(a->if_match, l.etag)) {
+        unlock_row(&l);
+        return ST_ECONFLICT; /* changed since the caller read it: nothing is written */
+    }
     struct buf value = {0}, detail = {0}, data = {0};
     parts(a, &l, &value, &detail, &data);
     long long drop;
@@ -984,7 +1067,7 @@ static int admin_tx(struct pool_conn *c, struct admin_args *a, const struct db_s
     if (value.oom || detail.oom || data.oom)
         rc = ST_ENOMEM;
     if (rc == ST_OK)
-        rc = update_bond(c, st, p, &a->out);
+        rc = update_bond(c, st, p, &a->out, a->etag);
     if (rc == ST_OK)
         rc = add_event(c, a->user_id, "admin_action", detail.data, data.data, l.now_text, NULL);
     if (rc == ST_OK)
@@ -1014,12 +1097,15 @@ static int set_cap_fn(struct pool_conn *c, void *arg)
 }
 
 int bonds_set_cap(struct bonds *b, const char *user_id, long long cap, const char *actor,
-                  char **json, size_t *len)
+                  const char *if_match, char **json, size_t *len, char etag[BONDS_ETAG_MAX])
 {
     if (cap < 0 || cap > BONDS_CAP_MAX)
         return ST_EINVALID;
-    struct admin_args a = {.user_id = user_id, .cap = cap, .actor = actor};
-    return finish_json(pool_tx(b->pool, set_cap_fn, &a), &a.out, json, len);
+    struct admin_args a = {.user_id = user_id, .cap = cap, .actor = actor, .if_match = if_match};
+    int rc = finish_json(pool_tx(b->pool, set_cap_fn, &a), &a.out, json, len);
+    if (rc == ST_OK && etag)
+        memcpy(etag, a.etag, BONDS_ETAG_MAX);
+    return rc;
 }
 
 static void note_parts(const struct admin_args *a, const struct locked *l, struct buf *value,

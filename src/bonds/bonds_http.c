@@ -157,14 +157,16 @@ static void detections(void *ctx, const struct http_req *req, struct http_resp *
     answer_text(resp, 200, json, len);
 }
 
-static void got_bond(void *arg, int rc, char *json, size_t len)
+static void got_bond(void *arg, int rc, char *json, size_t len, const char *etag)
 {
     struct http_deferred *d = arg;
     struct http_resp *resp = http_deferred_resp(d);
-    if (rc != ST_OK)
+    if (rc != ST_OK) {
         http_error(resp, rc, rc == ST_ENOTFOUND ? "no bond entry for this user" : NULL);
-    else
+    } else {
         answer_text(resp, 200, json, len);
+        http_header(resp, "ETag", "%s", etag); /* the server answers 304 on If-None-Match */
+    }
     http_deferred_finish(d);
 }
 
@@ -186,6 +188,12 @@ static void list_bonds(void *ctx, const struct http_req *req, struct http_resp *
     json_t *errs = json_array();
     const char *phase = http_query(req, "phase");
     const char *risk = http_query(req, "risk_level");
+    const char *q = http_query(req, "user_id_prefix");
+    if (q && !*q)
+        q = NULL;
+    if (q && !bonds_valid_id(q, BONDS_USER_ID_MAX))
+        jv_error(errs, "user_id_prefix", "must be 1 to %d printable characters",
+                 BONDS_USER_ID_MAX);
     if (phase && !*phase)
         phase = NULL;
     if (risk && !*risk)
@@ -205,7 +213,8 @@ static void list_bonds(void *ctx, const struct http_req *req, struct http_resp *
         return;
     char *json = NULL;
     size_t len = 0;
-    int rc = bonds_list(ctx, phase, risk, limit, cursor, &json, &len);
+    int rc = q ? bonds_search(ctx, q, phase, risk, limit, cursor, &json, &len)
+               : bonds_list(ctx, phase, risk, limit, cursor, &json, &len);
     if (rc == ST_EINVALID) {
         errs = json_array();
         jv_error(errs, "cursor", "is not a cursor from this list");
@@ -313,12 +322,21 @@ static void set_cap(void *ctx, const struct http_req *req, struct http_resp *res
     json_decref(errs);
     char *json = NULL;
     size_t len = 0;
-    int rc = bonds_set_cap(ctx, user, cap, req->who->name, &json, &len);
+    const char *if_match = http_req_header(req, "If-Match");
+    char etag[BONDS_ETAG_MAX];
+    int rc = bonds_set_cap(ctx, user, cap, req->who->name, if_match, &json, &len, etag);
+    if (rc == ST_ECONFLICT && if_match) {
+        http_problem_slug(resp, 412, "precondition-failed",
+                          "the bond entry changed since it was read (If-Match); read it again "
+                          "and repeat the change if it still applies");
+        return;
+    }
     if (rc != ST_OK) {
         http_error(resp, rc, NULL);
         return;
     }
     answer_text(resp, 200, json, len);
+    http_header(resp, "ETag", "%s", etag);
 }
 
 static void add_note(void *ctx, const struct http_req *req, struct http_resp *resp)

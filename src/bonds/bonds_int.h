@@ -10,6 +10,9 @@
 #include "steward/bonds.h"
 #include "steward/buf.h"
 
+/* True when an If-Match list names etag (strong comparison) or is "*". */
+bool bonds_etag_matches(const char *list, const char *etag);
+
 /* value rounded to 4 decimals half to even on its exact binary value, i.e. the number
  * printf("%.4f") prints. */
 double bonds_round4(double value);

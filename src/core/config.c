@@ -133,6 +133,15 @@ static const struct setting settings[] = {
      "p99 latency of a route above which the performance report names the route"},
     {"STEWARD_AUTH_CACHE_REFRESH_MS", K_INT, OFF(auth_cache_refresh_ms), "2000", 100, 600000,
      "API key cache refresh period: a revocation reaches every instance within it"},
+    {"STEWARD_DECK", K_BOOL, OFF(deck), "true", 0, 0,
+     "serve the Observation Deck, the admin console, under `/deck/`; false answers 404 there"},
+    {"STEWARD_DECK_DIR", K_STR, OFF(deck_dir), NULL, 0, 0,
+     "serve the console's files from this folder (for development) instead of the copies "
+     "compiled into the binary"},
+    {"STEWARD_DECK_SECURE_COOKIE", K_BOOL, OFF(deck_secure_cookie), "false", 0, 0,
+     "mark the console's session cookie `Secure` (set it when a TLS proxy fronts steward)"},
+    {"STEWARD_DECK_SESSION_TTL_S", K_INT, OFF(deck_session_ttl_s), "43200", 60, 2592000,
+     "lifetime of a console session from sign-in"},
 };
 
 static const char *env_get(const char *name, void *arg)

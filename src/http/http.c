@@ -26,6 +26,32 @@ const char *http_query(const struct http_req *req, const char *name)
     return NULL;
 }
 
+bool http_cookie_value(const char *header, const char *name, char *out, size_t cap)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = header; p && *p;) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        const char *end = strchr(p, ';');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > nlen && strncmp(p, name, nlen) == 0 && p[nlen] == '=') {
+            size_t vlen = len - nlen - 1;
+            if (vlen + 1 > cap)
+                return false;
+            memcpy(out, p + nlen + 1, vlen);
+            out[vlen] = '\0';
+            return true;
+        }
+        p = end;
+    }
+    return false;
+}
+
+bool http_req_cookie(const struct http_req *req, const char *name, char *out, size_t cap)
+{
+    return http_cookie_value(http_req_header(req, "Cookie"), name, out, cap);
+}
+
 void http_json(struct http_resp *resp, int status, json_t *body)
 {
     json_decref(resp->body);

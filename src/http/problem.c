@@ -15,6 +15,7 @@ static const struct status_text texts[] = {
     {404, "not-found", "Not Found"},
     {405, "method-not-allowed", "Method Not Allowed"},
     {409, "conflict", "Conflict"},
+    {412, "precondition-failed", "Precondition Failed"},
     {413, "payload-too-large", "Payload Too Large"},
     {415, "unsupported-media-type", "Unsupported Media Type"},
     {422, "validation-failed", "Unprocessable Content"},

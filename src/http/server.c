@@ -109,6 +109,8 @@ struct reqstate {
     /* A key missing from the auth snapshot: checked against the database on a handler
      * thread rather than on the event loop. Points into the request's headers. */
     const char *auth_secret;
+    /* A console session cookie with the request's CSRF header, as the verifier takes it. */
+    char session_secret[AUTH_SESSION_SECRET_MAX];
     bool on_handler_thread;
     /* While a handler runs on a handler thread: where http_defer records that it was
      * called (on that thread's stack: rs may be freed as soon as the handler returns). */
@@ -282,7 +284,28 @@ static int auth_verdict(struct reqstate *rs, int rc, char *detail, size_t n)
                  auth_scope_name((enum auth_scope)need), auth_scope_name(rs->who.scope));
         return 403;
     }
+    /* A cookie rides along on any request the browser makes: a write needs proof that
+     * the console itself sent it (the session's CSRF token in X-CSRF-Token). */
+    if (rs->who.session && !rs->who.csrf_ok && strcmp(rs->method, "GET") != 0 &&
+        strcmp(rs->method, "HEAD") != 0) {
+        snprintf(detail, n, "a write with a session cookie needs the session's X-CSRF-Token");
+        return 403;
+    }
     return 0;
+}
+
+/* A console session: its cookie and the request's CSRF header as one secret for the
+ * verifier; false when the request carries no session cookie. */
+static bool session_secret(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    char id[80];
+    const char *cookie = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Cookie");
+    if (!http_cookie_value(cookie, AUTH_SESSION_COOKIE, id, sizeof(id)) || !id[0])
+        return false;
+    const char *csrf = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-CSRF-Token");
+    int n = snprintf(rs->session_secret, sizeof(rs->session_secret), "%s%s:%s",
+                     AUTH_SESSION_PREFIX, id, csrf && strlen(csrf) <= 80 ? csrf : "");
+    return n > 0 && (size_t)n < sizeof(rs->session_secret);
 }
 
 static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
@@ -291,14 +314,17 @@ static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
     if (!rt || rt->scope == AUTH_NONE)
         return;
     const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7]) {
+    const char *secret = h && strncasecmp(h, "Bearer ", 7) == 0 && h[7] ? h + 7 : NULL;
+    if (!h && session_secret(rs, conn))
+        secret = rs->session_secret;
+    if (!secret) {
         set_early(rs, 401, NULL, "missing bearer API key");
         return;
     }
     bool miss = false;
-    int rc = rs->srv->o.auth->check_cached(rs->srv->o.auth->ctx, h + 7, &rs->who, &miss);
+    int rc = rs->srv->o.auth->check_cached(rs->srv->o.auth->ctx, secret, &rs->who, &miss);
     if (miss) {
-        rs->auth_secret = h + 7; /* decided on a handler thread, which may ask the database */
+        rs->auth_secret = secret; /* decided on a handler thread, which may ask the database */
         return;
     }
     char d[128];
@@ -379,6 +405,44 @@ static void start_request(struct reqstate *rs, struct MHD_Connection *conn, cons
     check_body_headers(rs, conn);
 }
 
+/* A response header the handler set, or NULL. */
+static const char *header_value(const struct http_resp *resp, const char *name)
+{
+    for (int i = 0; i < resp->nheaders; i++)
+        if (strcasecmp(resp->headers[i].name, name) == 0)
+            return resp->headers[i].value;
+    return NULL;
+}
+
+/* True when the If-None-Match list names etag (or is "*"); weak tags compare by value. */
+static bool etag_listed(const char *list, const char *etag)
+{
+    size_t elen = strlen(etag);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        if (strncmp(p, etag, elen) == 0 && (p[elen] == '\0' || p[elen] == ',' || p[elen] == ' '))
+            return true;
+        const char *c = strchr(p, ',');
+        if (!c)
+            break;
+        p = c;
+    }
+    return false;
+}
+
+const char *http_req_header(const struct http_req *req, const char *name)
+{
+    const struct reqstate *rs = req->transport;
+    if (!rs || !rs->conn)
+        return NULL;
+    return MHD_lookup_connection_value(rs->conn, MHD_HEADER_KIND, name);
+}
+
 static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection *conn,
                                      struct http_resp *resp)
 {
@@ -396,8 +460,27 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
         ctype = "application/json";
     }
     resp->text = NULL;
+    /* Conditional reads for every GET that waits on the database anyway (the console's
+     * refresh): a strong ETag from the body, and 304 when the client already has it.
+     * The two loop-run bond routes are left out: they set their own or none. */
+    const char *etag = header_value(resp, "ETag");
+    if (!etag && resp->status == 200 && text && rs->match.route && !rs->match.route->nonblocking &&
+        (strcmp(rs->method, "GET") == 0 || strcmp(rs->method, "HEAD") == 0)) {
+        unsigned char d[32];
+        char hex[65];
+        crypto_sha256(text, len, d);
+        crypto_hex(d, 16, hex);
+        http_header(resp, "ETag", "\"%s\"", hex);
+        etag = header_value(resp, "ETag");
+    }
+    if (etag && resp->status == 200 &&
+        (strcmp(rs->method, "GET") == 0 || strcmp(rs->method, "HEAD") == 0)) {
+        const char *inm = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "If-None-Match");
+        if (inm && etag_listed(inm, etag))
+            resp->status = 304;
+    }
     struct MHD_Response *r;
-    if (resp->status == 204) {
+    if (resp->status == 204 || resp->status == 304) {
         free(text);
         r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     } else {
@@ -407,12 +490,13 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
     }
     if (!r)
         return MHD_NO;
-    if (ctype && resp->status != 204)
+    if (ctype && resp->status != 204 && resp->status != 304)
         MHD_add_response_header(r, "Content-Type", ctype);
     MHD_add_response_header(r, "X-Request-Id", rs->request_id);
     if (rs->traceparent[0])
         MHD_add_response_header(r, "traceparent", rs->traceparent);
-    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (!header_value(resp, "Cache-Control"))
+        MHD_add_response_header(r, "Cache-Control", "no-store");
     for (int i = 0; i < resp->nheaders; i++)
         MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
     rs->status = resp->status;

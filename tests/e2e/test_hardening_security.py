@@ -61,10 +61,19 @@ DOCUMENTED_SCOPES = {
     ('GET', '/v1/keys'): 'admin',
     ('POST', '/v1/keys'): 'admin',
     ('DELETE', '/v1/keys/{name}'): 'admin',
+    ('GET', '/v1/instances'): 'read',
     ('GET', '/livez'): 'none',
     ('GET', '/readyz'): 'none',
     ('GET', '/metrics'): 'none',
     ('GET', '/openapi.yaml'): 'none',
+    ('GET', '/deck'): 'none',
+    ('GET', '/deck/'): 'none',
+    ('GET', '/deck/{name}'): 'none',
+    ('GET', '/deck/users/{user_id}'): 'none',
+    ('POST', '/v1/sessions'): 'none',
+    ('GET', '/v1/sessions/current'): 'read',
+    ('DELETE', '/v1/sessions/current'): 'none',
+    ('GET', '/v1/overview'): 'read',
 }
 # The GET routes that need admin: who did what, and which keys exist.
 ADMIN_READS = {('GET', '/v1/audit'), ('GET', '/v1/keys')}

@@ -218,6 +218,13 @@ export class Steward {
   }
 }
 
+/** Runs SQL through psql against dbUrl; answers its unaligned, tuples-only output. */
+export function psql(dbUrl, text) {
+  return execFileSync('psql', [dbUrl, '-v', 'ON_ERROR_STOP=1', '-qAtX', '-c', text], {
+    encoding: 'utf8',
+  }).trim();
+}
+
 /** Debian's Chromium through playwright-core (no browser is downloaded). */
 export async function launchChromium() {
   const { chromium } = await import('playwright-core');

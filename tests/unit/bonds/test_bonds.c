@@ -131,8 +131,21 @@ static void test_rate_eval(void)
     CHECK(r.allowed && r.remaining == 10 && r.count == 0 && r.reset_in_s == 86401);
 }
 
+static void test_etag_matches(void)
+{
+    const char *e = "\"2a-5f1c0e2d3b4a5-7\"";
+    CHECK(bonds_etag_matches(e, e));
+    CHECK(bonds_etag_matches("*", e));
+    CHECK(bonds_etag_matches("\"x\", \"2a-5f1c0e2d3b4a5-7\"", e));
+    CHECK(!bonds_etag_matches("\"2a-5f1c0e2d3b4a5-8\"", e));
+    CHECK(!bonds_etag_matches("\"2a-5f1c0e2d3b4a5-7", e));
+    CHECK(!bonds_etag_matches("W/\"2a-5f1c0e2d3b4a5-7\"", e)); /* If-Match compares strongly */
+    CHECK(!bonds_etag_matches("", e));
+}
+
 int main(void)
 {
+    test_etag_matches();
     test_round4();
     test_valid_id();
     test_formats();
