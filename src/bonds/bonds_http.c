@@ -191,9 +191,9 @@ static void list_bonds(void *ctx, const struct http_req *req, struct http_resp *
     const char *q = http_query(req, "user_id_prefix");
     if (q && !*q)
         q = NULL;
-    if (q && !bonds_valid_id(q, BONDS_USER_ID_MAX))
+    if (q && !users_id_valid(q))
         jv_error(errs, "user_id_prefix", "must be 1 to %d printable characters",
-                 BONDS_USER_ID_MAX);
+                 USERS_ID_MAX);
     if (phase && !*phase)
         phase = NULL;
     if (risk && !*risk)
