@@ -76,9 +76,25 @@ static void check_workers(void)
     CHECK(z.http_threads == 9);
 }
 
+/* Behind a transaction-mode pooler: no lanes, database threads half the pool (1 to 8). */
+static void check_txn_pooler(void)
+{
+    struct config c = defaults();
+    c.database_pooler_txn = true;
+    struct app_sizing z = app_size(&c, 8);
+    CHECK(z.dbpipe_lanes == 0);
+    CHECK(z.dbpipe_threads == 4);
+    c.db_pool_size = 1;
+    CHECK(app_size(&c, 8).dbpipe_threads == 1);
+    c.db_pool_size = 64;
+    CHECK(app_size(&c, 8).dbpipe_threads == 8);
+    CHECK(app_size(&c, 8).http_loops == 4); /* the loops stay */
+}
+
 int main(void)
 {
     check_http_loops();
+    check_txn_pooler();
     check_dbpipe_threads();
     check_lanes();
     check_workers();
