@@ -54,8 +54,7 @@ static void scouts_part_erased(void *ctx, const char *user_id)
 static int lessons_part_erase_tx(void *ctx, struct pool_conn *c, const char *user_id,
                                  const char *pseudonym, json_t *counts)
 {
-    (void)ctx;
-    return lessons_erase_user_tx(c, user_id, pseudonym, counts);
+    return lessons_erase_user_tx(ctx, c, user_id, pseudonym, counts);
 }
 
 static int wire_users(struct app *app)

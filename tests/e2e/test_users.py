@@ -236,3 +236,24 @@ def test_configured_pseudonym_key(fresh_db_url, make_server):
     assert got[0]['detail']['counts']['bonds'] == 1
     with psycopg.connect(fresh_db_url, autocommit=True) as sql:
         assert hits(sql, user) == []
+
+
+def test_erasure_with_the_journal_switched_off(fresh_db_url, make_server):
+    s = make_server(fresh_db_url, STEWARD_LESSONS_ENABLED='false')
+    user, other = tok('OFF'), tok('OFF2')
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        # a lesson recorded while the journal was on
+        sql.execute("INSERT INTO lessons (lesson_type, source, detail) VALUES "
+                    "('delivery_failed', 'auto', json_build_object('user_id', %s::text))",
+                    (user,))
+        for u in (user, other):
+            assert s.post(f'/v1/bonds/{u}/detections',
+                          json={'detection': {}}).status_code == 200
+        assert s.delete(f'/v1/users/{user}').status_code == 204
+        assert hits(sql, user) == []
+        got = s.get('/v1/audit', params={'action': 'user.erase'}).json()['items'][0]
+        assert got['detail']['counts']['lessons_pseudonymised'] == 1
+        # without the table the erasure still goes through
+        sql.execute('DROP TABLE lessons CASCADE')
+        assert s.delete(f'/v1/users/{other}').status_code == 204
+        assert hits(sql, other) == []
