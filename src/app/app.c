@@ -383,7 +383,8 @@ static int build(struct app *app)
         .detach = guest_detach,
     };
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms,
-                                    app->cfg.database_listen_url) : NULL;
+                                     app->cfg.database_listen_url)
+                          : NULL;
     if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
         return -1;
     app->verifier = auth_verifier(app->auth);
