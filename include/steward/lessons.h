@@ -1,7 +1,8 @@
 /* Lessons: a machine-readable journal of deviations (docs/api.md).
  *
  * The journal is an observer. With the kill switch off (enabled = false) every
- * function here is a no-op that touches no table. Recording goes through the
+ * function here but erasure's (lessons_erase_user_tx) is a no-op that touches no
+ * table. Recording goes through the
  * lessons_record() SQL function of migration 0002, one round trip that deduplicates
  * auto records under a transaction-scoped advisory lock on their key. All functions
  * are thread-safe: state is read-only after lessons_new and the database is reached
@@ -147,10 +148,10 @@ int lessons_update(struct lessons *l, long long id, const json_t *changes, const
 /* Erasure's share of the journal (src/users), inside its transaction on c: every
  * lesson steward recorded about user_id (detail.user_id, e.g. delivery_failed) gets
  * pseudonym in that field instead; adds {"lessons_pseudonymised"} to counts. Runs with
- * the kill switch off too (erasure must be complete). Lessons written through the API
- * with free text are the caller's to erase. */
-int lessons_erase_user_tx(struct pool_conn *c, const char *user_id, const char *pseudonym,
-                          json_t *counts);
+ * the kill switch off too (erasure must be complete), then tolerating a missing table.
+ * Lessons written through the API with free text are the caller's to erase. */
+int lessons_erase_user_tx(struct lessons *l, struct pool_conn *c, const char *user_id,
+                          const char *pseudonym, json_t *counts);
 /* Registers the lessons routes. Does not dereference l (it may be NULL when only the
  * route table is listed). Returns 0 or -1 when the route table is full. */
 int lessons_http_register(struct router *r, struct lessons *l);

@@ -56,8 +56,7 @@ static void scouts_part_erased(void *ctx, const char *user_id)
 static int lessons_part_erase_tx(void *ctx, struct pool_conn *c, const char *user_id,
                                  const char *pseudonym, json_t *counts)
 {
-    (void)ctx;
-    return lessons_erase_user_tx(c, user_id, pseudonym, counts);
+    return lessons_erase_user_tx(ctx, c, user_id, pseudonym, counts);
 }
 
 static int wire_users(struct app *app)
@@ -415,7 +414,8 @@ static int build(struct app *app)
         .detach = guest_detach,
     };
     app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms,
-                                    app->cfg.database_listen_url) : NULL;
+                                     app->cfg.database_listen_url)
+                          : NULL;
     if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
         return -1;
     app->verifier = auth_verifier(app->auth);

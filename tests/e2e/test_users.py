@@ -224,15 +224,30 @@ def test_user_id_rule_is_the_same_everywhere(srv, sql):
         assert srv.delete('/v1/users/anyone', key=k).status_code == 403
 
 
-def test_configured_pseudonym_key(fresh_db_url, make_server):
+def test_configured_key_and_the_journal_switched_off(fresh_db_url, make_server):
+    """One instance for both: STEWARD_PSEUDONYM_KEY is the HMAC key when set, and the
+    lessons about the user are pseudonymised with the journal off too, even without the
+    lessons table."""
     secret = 'pseudonym-key-for-tests-0123'
-    s = make_server(fresh_db_url, STEWARD_PSEUDONYM_KEY=secret)
-    user = tok('CFG')
-    assert s.post(f'/v1/bonds/{user}/detections', json={'detection': {}}).status_code == 200
-    assert s.delete(f'/v1/users/{user}').status_code == 204
-    pseudo = '~' + hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()
-    got = s.get('/v1/audit', params={'action': 'user.erase'}).json()['items']
-    assert got[0]['target'] == 'user:' + pseudo
-    assert got[0]['detail']['counts']['bonds'] == 1
+    s = make_server(fresh_db_url, STEWARD_PSEUDONYM_KEY=secret, STEWARD_LESSONS_ENABLED='false')
+    user, other = tok('OFF'), tok('OFF2')
     with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        # a lesson recorded while the journal was on
+        sql.execute("INSERT INTO lessons (lesson_type, source, detail) VALUES "
+                    "('delivery_failed', 'auto', json_build_object('user_id', %s::text))",
+                    (user,))
+        for u in (user, other):
+            assert s.post(f'/v1/bonds/{u}/detections',
+                          json={'detection': {}}).status_code == 200
+        assert s.delete(f'/v1/users/{user}').status_code == 204
         assert hits(sql, user) == []
+        pseudo = '~' + hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()
+        got = s.get('/v1/audit', params={'action': 'user.erase'}).json()['items'][0]
+        assert got['target'] == 'user:' + pseudo
+        assert got['detail']['counts']['bonds'] == 1
+        assert got['detail']['counts']['lessons_pseudonymised'] == 1
+        assert sql.execute("SELECT detail->>'user_id' FROM lessons").fetchone()[0] == pseudo
+        # without the table the erasure still goes through
+        sql.execute('DROP TABLE lessons CASCADE')
+        assert s.delete(f'/v1/users/{other}').status_code == 204
+        assert hits(sql, other) == []
