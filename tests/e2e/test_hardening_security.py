@@ -54,6 +54,7 @@ DOCUMENTED_SCOPES = {
     ('POST', '/v1/heal'): 'admin',
     ('GET', '/v1/reports'): 'read',
     ('GET', '/v1/status'): 'read',
+    ('GET', '/v1/instances'): 'read',
     ('GET', '/livez'): 'none',
     ('GET', '/readyz'): 'none',
     ('GET', '/metrics'): 'none',
