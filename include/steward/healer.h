@@ -4,9 +4,11 @@
  * health and writes a "self_healing_report" to system_events. Only one instance sweeps at
  * a time: the turn is a lease row in healer_leases claimed with one UPDATE (transaction
  * scoped, so it holds behind a transaction-mode pooler). A performance report
- * ("performance_optimization_report") is written by every instance for its own traffic,
- * from the difference of the in-process histograms since its previous report. Both
- * periodic jobs record themselves in job_heartbeats under "<job>:<instance>".
+ * ("performance_optimization_report") is written once per period for the deployment by
+ * the instance that wins the same kind of lease ("perf_report"): its own traffic (the
+ * difference of the in-process histograms since its previous report) plus every live
+ * instance's figures from the instance registry and the slow jobs. Both periodic jobs
+ * record themselves in job_heartbeats under "<job>:<instance>".
  *
  * This module includes no transport header and no other capability's header: app.c wires
  * the hooks. */
@@ -87,10 +89,11 @@ struct healer *healer_new(struct pool *pool, const struct logger *lg, struct met
                           const struct healer_route *routes, size_t nroutes,
                           const struct healer_settings *settings,
                           const struct healer_hooks *hooks);
-/* Adds the two periodic jobs (sweep every heal_interval_s, performance report every
- * perf_interval_s) to sc; the first run of each comes one interval after the start, the
- * next one interval after the previous run ended. sc must be stopped before
- * healer_free. Returns 0, or -1 when sc refused a job. */
+/* Adds the periodic jobs to sc: the sweep every heal_interval_s at heal_offset_s and the
+ * performance report every perf_interval_s at perf_offset_s, both on the wall clock's
+ * grid (sched_job.wall_aligned), and the instance heartbeat every instance_heartbeat_s
+ * (first run at once). sc must be stopped before healer_free. Returns 0, or -1 when sc
+ * refused a job. */
 int healer_start(struct healer *h, struct sched *sc);
 /* Frees the healer. NULL is a no-op. */
 void healer_free(struct healer *h);
@@ -116,9 +119,11 @@ int healer_sweep(struct healer *h, bool on_demand, json_t **report, enum healer_
  * report's id, whether the system was degraded and how many steps failed. ST_*. */
 int healer_audit_sweep(struct healer *h, const char *actor, const json_t *report);
 
-/* Writes one performance report now (what the periodic job does). *report (may be
- * NULL) gets the written report, new reference. ST_EUNAVAIL when it could not be stored
- * (the next report then covers the longer interval). */
+/* Writes one performance report now (what the periodic job does), when this instance
+ * wins the period's turn (ST_ECONFLICT when another holds it or one ran less than 0.8
+ * interval ago). *report (may be NULL) gets the written report, new reference.
+ * ST_EUNAVAIL when it could not be stored (the next report then covers the longer
+ * interval). */
 int healer_perf_report(struct healer *h, json_t **report);
 
 /* Lists reports newest first. event_type is NULL (both kinds) or one of
