@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
-import { startDatabase, Steward, launchChromium, psql, stewardBinary, ROOT, ADMIN_KEY } from '../harness/steward.mjs';
+import { startDatabase, Steward, launchChromium, psqlText, stewardBinary, ROOT, ADMIN_KEY } from '../harness/steward.mjs';
 
 const HOSTILE = `<img src=x onerror=alert(1)></script>"'`;
 const HOSTILE_USER = `<img src=x onerror=alert(1)>"'`;
@@ -21,7 +21,7 @@ let db, s, browser;
 const sha = (x) => createHash('sha256').update(x).digest('hex');
 
 function addKey(name, scope, secret) {
-  psql(db.url, `INSERT INTO api_keys (name, scope, key_hash) VALUES ('${name}', '${scope}', '${sha(secret)}')`);
+  psqlText(db.url, `INSERT INTO api_keys (name, scope, key_hash) VALUES ('${name}', '${scope}', '${sha(secret)}')`);
 }
 
 async function session(key) {
@@ -67,7 +67,7 @@ before(async () => {
   addKey('deck-read', 'read', READ_KEY);
   addKey('deck-admin2', 'admin', ADMIN2_KEY);
   // 10,000 bonds across phases and risks; some at their cap
-  psql(db.url, `INSERT INTO bonds (user_id, phase, risk_level, daily_msg_cap, daily_msg_count, last_updated)
+  psqlText(db.url, `INSERT INTO bonds (user_id, phase, risk_level, daily_msg_cap, daily_msg_count, last_updated)
     SELECT 'user-' || lpad(i::text, 5, '0'), (ARRAY['dormant','bonding','attached','drifting'])[1 + i % 4],
            (ARRAY['low','medium','high','critical','low'])[1 + i % 5],
            CASE WHEN i % 97 = 0 THEN 3 ELSE 0 END, CASE WHEN i % 97 = 0 THEN 3 ELSE 0 END,
@@ -90,7 +90,7 @@ before(async () => {
   assert.equal(r.status, 201);
   r = await s.request('POST', '/v1/devices', { body: { user_id: HOSTILE_USER, name: HOSTILE } });
   assert.equal(r.status, 201);
-  psql(db.url, 'VACUUM ANALYZE bonds'); // the steady state autovacuum keeps
+  psqlText(db.url, 'VACUUM ANALYZE bonds'); // the steady state autovacuum keeps
   mkdirSync(SHOTS, { recursive: true });
   browser = await launchChromium();
 });
@@ -144,8 +144,8 @@ test('an admin signs in, sees the seeded data, saves a cap and adds a note', asy
   const cookies = await ctx.cookies();
   const c = cookies.find((x) => x.name === 'steward_session');
   assert.ok(c.httpOnly && c.sameSite === 'Strict' && c.path === '/');
-  assert.equal(psql(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${sha(c.value)}'`), '1');
-  assert.equal(psql(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${c.value}'`), '0');
+  assert.equal(psqlText(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${sha(c.value)}'`), '1');
+  assert.equal(psqlText(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${c.value}'`), '0');
   assert.equal(await page.locator('main tbody tr').count(), 50);
   // filters: phase and risk, a user id search, and the next page
   await page.getByLabel('Risk').selectOption('critical');
@@ -175,7 +175,7 @@ test('an admin signs in, sees the seeded data, saves a cap and adds a note', asy
   await page.getByLabel('Daily message cap').fill('17');
   await page.getByRole('button', { name: 'Save cap' }).click();
   await page.getByText('Saved: the daily cap is 17.').waitFor();
-  assert.equal(psql(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00042'"), '17');
+  assert.equal(psqlText(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00042'"), '17');
   await page.getByLabel('Note', { exact: true }).fill('called the user; all fine');
   await page.getByRole('button', { name: 'Add note' }).click();
   await page.getByText('Note added.').waitFor();
@@ -183,7 +183,7 @@ test('an admin signs in, sees the seeded data, saves a cap and adds a note', asy
   await timeline.getByText('rate limit: 0 -> 17', { exact: false }).waitFor();
   await timeline.getByText('called the user; all fine', { exact: false }).waitFor();
   // who did it: the bond's trail names the key, and so does the audit trail where there is one
-  const actor = psql(db.url, "SELECT data->>'actor' FROM bond_events WHERE user_id = 'user-00042' AND data->>'new_cap' = '17'");
+  const actor = psqlText(db.url, "SELECT data->>'actor' FROM bond_events WHERE user_id = 'user-00042' AND data->>'new_cap' = '17'");
   assert.equal(actor, 'deck-admin2');
   const audit = await s.request('GET', '/v1/audit?actor=deck-admin2');
   if (audit.status !== 404) {
@@ -192,7 +192,7 @@ test('an admin signs in, sees the seeded data, saves a cap and adds a note', asy
   }
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByLabel('API key').waitFor();
-  assert.equal(psql(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${sha(c.value)}'`), '0');
+  assert.equal(psqlText(db.url, `SELECT count(*) FROM deck_sessions WHERE id_hash = '${sha(c.value)}'`), '0');
   assert.deepEqual(bad, []);
   await ctx.close();
 });
@@ -211,7 +211,7 @@ test('a cap changed in another tab first: the stale save is refused with a messa
   await b.getByText('Saved: the daily cap is 5.').waitFor();
   await a.getByRole('button', { name: 'Save cap' }).click();
   await a.getByRole('alert').filter({ hasText: 'Someone changed this bond' }).waitFor();
-  assert.equal(psql(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00043'"), '5');
+  assert.equal(psqlText(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00043'"), '5');
   await ctx.close();
 });
 
@@ -233,7 +233,7 @@ test('a read key sees no write controls, and its forged writes answer 403', asyn
     return r.status;
   });
   assert.equal(status, 403);
-  assert.equal(psql(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00044'"), '0');
+  assert.equal(psqlText(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00044'"), '0');
   // the browser logs the forged write's 403 itself; nothing else may be there
   assert.deepEqual(bad.filter((m) => !m.includes('status of 403')), []);
   bad.length = 0;
@@ -258,8 +258,8 @@ test('a write without the CSRF token answers 403; a revoked key is sent back to 
     return [await put({}), await put({ 'x-csrf-token': 'f'.repeat(64) })];
   });
   assert.deepEqual(statuses, [403, 403]);
-  assert.equal(psql(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00045'"), '0');
-  psql(db.url, "UPDATE api_keys SET revoked_at = now() WHERE name = 'deck-admin3'");
+  assert.equal(psqlText(db.url, "SELECT daily_msg_cap FROM bonds WHERE user_id = 'user-00045'"), '0');
+  psqlText(db.url, "UPDATE api_keys SET revoked_at = now() WHERE name = 'deck-admin3'");
   // the next refresh (5 s) finds the session gone
   await page.getByLabel('API key').waitFor({ timeout: 12000 });
   const r = await page.evaluate(() => fetch('/v1/bonds').then((x) => x.status));

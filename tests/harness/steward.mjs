@@ -26,8 +26,28 @@ export function stewardBinary() {
   return path;
 }
 
-/** One throwaway PostgreSQL cluster; resolves once it accepts connections. */
+let dbSerial = 0;
+
+/**
+ * A throwaway database. When STEWARD_TEST_PG_URL names a running cluster (scripts/js-test
+ * starts one for all the files), a fresh database in it, dropped by stop(): starting a
+ * cluster takes seconds. Else a cluster of its own; resolves once it accepts connections.
+ */
 export async function startDatabase() {
+  const shared = process.env.STEWARD_TEST_PG_URL;
+  if (shared) {
+    dbSerial += 1;
+    const name = `js_${process.pid}_${dbSerial}`;
+    execFileSync('psql', [shared, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-c', `CREATE DATABASE ${name}`]);
+    const u = new URL(shared);
+    u.pathname = '/' + name;
+    return {
+      url: u.toString(),
+      async stop() {
+        execFileSync('psql', [shared, '-X', '-q', '-c', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+      },
+    };
+  }
   const proc = spawn(PYTHON, [join(ROOT, 'tests', 'harness', 'pgserve.py')], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -219,7 +239,7 @@ export class Steward {
 }
 
 /** Runs SQL through psql against dbUrl; answers its unaligned, tuples-only output. */
-export function psql(dbUrl, text) {
+export function psqlText(dbUrl, text) {
   return execFileSync('psql', [dbUrl, '-v', 'ON_ERROR_STOP=1', '-qAtX', '-c', text], {
     encoding: 'utf8',
   }).trim();
