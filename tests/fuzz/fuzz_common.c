@@ -15,6 +15,7 @@
 #include "steward/planner.h"
 #include "steward/pool.h"
 #include "steward/scouts.h"
+#include "steward/users.h"
 #include "steward/workq.h"
 #include "steward/ws.h"
 
@@ -76,8 +77,11 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
                                  .max_delivery_attempts = 10, .max_inflight = 32,
                                  .ws_heartbeat_s = 30, .database_listen_url = DEAD_DB};
     app.scouts = scouts_new(app.pool, &quiet, app.metrics, app.workq, app.ws, app.lessons, &ss);
-    app.bonds = bonds_new(app.pool, &quiet, NULL, NULL);
-    if (!app.lessons || !app.planner || !app.scouts || !app.bonds)
+    app.bonds = bonds_new(app.pool, &quiet, NULL);
+    /* erasure's validation is fuzzed with the bonds target (no parts: the database is
+     * absent anyway) */
+    app.users = users_new(app.pool, &quiet, NULL);
+    if (!app.lessons || !app.planner || !app.scouts || !app.bonds || !app.users)
         fuzz_fail("setup", "capabilities");
     router_init(&world.router);
     app.ops.pool = app.pool;
@@ -89,6 +93,7 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     rc |= lessons_http_register(&world.router, app.lessons);
     rc |= planner_http_register(&world.router, app.planner);
     rc |= bonds_http_register(&world.router, app.bonds);
+    rc |= users_http_register(&world.router, app.users);
     rc |= scouts_http_register(&world.router, app.scouts);
     /* the healer's routes are registered with a NULL context: the router and the
      * scope table are what the router target checks; its handlers are not fuzzed */

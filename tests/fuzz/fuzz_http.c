@@ -39,7 +39,8 @@ static bool belongs(const char *pattern)
         size_t n = strlen(*list);
         if (strncmp(pattern, *list, n) != 0)
             continue;
-        /* /v1/users/{user_id} alone is bonds' erasure; the longer ones are others' */
+        /* /v1/users/{user_id} alone is erasure (src/users, fuzzed with bonds, whose
+         * ids it takes); the longer ones are others' */
         if (strcmp(*list, "/v1/users/{user_id}") == 0 && pattern[n] != '\0')
             continue;
         return true;
