@@ -19,8 +19,12 @@ ALTER TABLE proposals ADD COLUMN triage_verdict text NOT NULL DEFAULT 'relevant'
 
 -- Batch ingest in one statement: p_items is a JSON array of objects with the fields of
 -- scouts_ingest (source_msg_ref, spam, source_type, reason, subject, snippet), and each
--- goes through scouts_ingest itself, in input order, so that every item is idempotent
--- exactly as the single route. The scout's row is held (FOR SHARE) for the statement, so
+-- goes through scouts_ingest itself, so that every item is idempotent exactly as the
+-- single route. Items are taken in the order of their source_msg_ref (input order among
+-- equal ones, so the first of them is the one queued): two batches inserting the same
+-- references then take the rows' locks in the same order and never deadlock, whereas in
+-- input order one could wait for the other's first item while holding its second. Rows
+-- come back tagged with their input index (ord). The scout's row is held (FOR SHARE) for the statement, so
 -- it cannot be disabled or deleted half way: either the whole batch answers not_found or
 -- disabled (one row, ord 0) or every item gets its own outcome (ord = its index). The
 -- statement is one transaction: PostgreSQL sends the one 'q|user' notification of the
@@ -41,7 +45,8 @@ BEGIN
         RETURN;
     END IF;
     FOR it IN SELECT (e.n - 1)::integer AS n, e.v
-                FROM json_array_elements(p_items) WITH ORDINALITY AS e(v, n) ORDER BY e.n
+                FROM json_array_elements(p_items) WITH ORDINALITY AS e(v, n)
+               ORDER BY e.v->>'source_msg_ref', e.n
     LOOP
         SELECT it.n, i.outcome, i.proposal_id, i.archive
           INTO ord, outcome, proposal_id, archive

@@ -618,10 +618,16 @@ static int batch_fn(struct pool_conn *c, void *arg)
         PQclear(r);
         return rc;
     }
-    json_t *results = json_array();
+    /* rows come in the order the items were written; each names its input index */
+    json_t *results = (size_t)n == t->n ? json_array() : NULL;
+    for (size_t i = 0; results && i < t->n; i++)
+        json_array_append_new(results, json_null());
+    if (!results)
+        rc = (size_t)n == t->n ? ST_ENOMEM : ST_EINTERNAL;
     for (int i = 0; results && i < n && rc == ST_OK; i++) {
-        if (sql_ll(r, i, 0) != i) {
-            rc = ST_EINTERNAL; /* the function answers every item once, in order */
+        long long ord = sql_ll(r, i, 0);
+        if (ord < 0 || (size_t)ord >= t->n || !json_is_null(json_array_get(results, (size_t)ord))) {
+            rc = ST_EINTERNAL; /* the function answers every item once */
             break;
         }
         int status;
@@ -637,11 +643,9 @@ static int batch_fn(struct pool_conn *c, void *arg)
         }
         json_decref(o);
         t->queued += status == 201;
-        json_array_append_new(results, item);
+        json_array_set_new(results, (size_t)ord, item);
     }
     PQclear(r);
-    if (rc == ST_OK && (!results || json_array_size(results) != t->n))
-        rc = results ? ST_EINTERNAL : ST_ENOMEM;
     if (rc != ST_OK) {
         json_decref(results);
         return rc;
