@@ -37,6 +37,11 @@ enum metrics_counter {
     MC_HEAL_FAILURES, /* sweep steps that failed */
     MC_PERF_REPORTS,  /* performance reports written by this instance */
     MC_HTTP_PARKED,   /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_WS_HELLO_REJECTED_MALFORMED, /* hellos without a device id and token of the right form */
+    MC_WS_HELLO_REJECTED_TOKEN,     /* hellos naming no device with that token */
+    MC_WS_HELLO_REJECTED_BUSY,      /* hellos refused because the database was away */
+    MC_WS_SESSIONS_LIMITED,         /* sessions closed 1008 for frames in flight */
+    MC_WS_QUEUE_FULL,               /* acks refused because the work queue was full */
     MC_COUNT
 };
 

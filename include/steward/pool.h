@@ -45,6 +45,9 @@ struct pool_stats {
 struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
                       int statement_timeout_ms, const struct logger *lg);
 void pool_free(struct pool *p);
+/* Routes pg's notices through lg as JSON log lines (every pooled connection gets it;
+ * connections opened elsewhere call it themselves). */
+void pool_log_notices(PGconn *pg, const struct logger *lg);
 
 /* Checks a connection out, waiting up to the acquire timeout. Opens or resets it as
  * needed (also one found dead while idle: input waiting on it means its backend ended). Returns

@@ -20,7 +20,48 @@ struct auth {
     int refresh_ms;
     struct auth_snaps snaps;
     struct crypto_md *sha256; /* fetched once: every request hashes its key */
+    /* Unknown keys the database just denied, so that a flood of one wrong key costs one
+     * query per refresh period, not one per request: direct-mapped by hash, each entry
+     * good for refresh_ms (a key created meanwhile is in the snapshot by then, and the
+     * snapshot is looked at first). */
+    pthread_mutex_t neg_mu;
+    struct neg_entry {
+        unsigned char hash[32];
+        int64_t until_ms;
+    } neg[AUTH_NEG_SLOTS];
 };
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct neg_entry *neg_slot(struct auth *a, const unsigned char *hash)
+{
+    uint32_t k;
+    memcpy(&k, hash, sizeof(k));
+    return &a->neg[k % AUTH_NEG_SLOTS];
+}
+
+static bool neg_known(struct auth *a, const unsigned char *hash)
+{
+    pthread_mutex_lock(&a->neg_mu);
+    struct neg_entry *e = neg_slot(a, hash);
+    bool hit = e->until_ms > now_ms() && memcmp(e->hash, hash, 32) == 0;
+    pthread_mutex_unlock(&a->neg_mu);
+    return hit;
+}
+
+static void neg_add(struct auth *a, const unsigned char *hash)
+{
+    pthread_mutex_lock(&a->neg_mu);
+    struct neg_entry *e = neg_slot(a, hash);
+    memcpy(e->hash, hash, 32);
+    e->until_ms = now_ms() + a->refresh_ms;
+    pthread_mutex_unlock(&a->neg_mu);
+}
 
 static const struct db_stmt st_active = {
     "auth_active", "SELECT key_hash, scope, id, name FROM api_keys WHERE revoked_at IS NULL", 0};
@@ -274,6 +315,7 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     a->pool = pool;
     a->lg = lg;
     a->refresh_ms = refresh_ms;
+    pthread_mutex_init(&a->neg_mu, NULL);
     return a;
 }
 
@@ -296,6 +338,7 @@ void auth_free(struct auth *a)
         return;
     auth_snaps_destroy(&a->snaps);
     crypto_md_free(a->sha256);
+    pthread_mutex_destroy(&a->neg_mu);
     free(a);
 }
 
@@ -343,7 +386,7 @@ int auth_check_cached(struct auth *a, const char *secret, struct auth_principal 
     if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
         return ST_EUNAVAIL;
     int found = snapshot_lookup(a, hash, who);
-    *miss = found < 0;
+    *miss = found < 0 && !neg_known(a, hash);
     return found > 0 ? ST_OK : ST_ENOTFOUND;
 }
 
@@ -355,13 +398,17 @@ int auth_check(struct auth *a, const char *secret, struct auth_principal *who)
     int found = snapshot_lookup(a, hash, who);
     if (found >= 0)
         return found > 0 ? ST_OK : ST_ENOTFOUND;
+    if (neg_known(a, hash))
+        return ST_ENOTFOUND;
     struct lookup lk = {0};
     crypto_hex(hash, sizeof(hash), lk.hex);
     int rc = pool_with(a->pool, lookup_db, &lk);
     if (rc != ST_OK)
         return rc;
-    if (!lk.found || !crypto_equal(lk.entry.hash, hash, 32) || lk.entry.scope == AUTH_NONE)
+    if (!lk.found || !crypto_equal(lk.entry.hash, hash, 32) || lk.entry.scope == AUTH_NONE) {
+        neg_add(a, hash);
         return ST_ENOTFOUND;
+    }
     who->scope = lk.entry.scope;
     who->key_id = lk.entry.id;
     memcpy(who->name, lk.entry.name, sizeof(who->name));

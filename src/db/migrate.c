@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "steward/crypto.h"
+#include "steward/pool.h"
 
 /* Arbitrary constant naming steward's migration lock. */
 #define MIGRATE_LOCK_KEY "7203381155550001"
@@ -140,6 +141,7 @@ int migrate_run(const char *conninfo, const struct logger *lg, char *err, size_t
     const char *keys[] = {"dbname", "application_name", "connect_timeout", NULL};
     const char *vals[] = {conninfo ? conninfo : "", "steward-migrate", "10", NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    pool_log_notices(pg, lg);
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         fail_pg(pg, NULL, "connecting to the database", err, errlen);
         PQfinish(pg);

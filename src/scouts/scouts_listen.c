@@ -128,6 +128,7 @@ static PGconn *listen_connect(struct scouts *s)
                           "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
     const char *vals[] = {s->listen_url, "steward-listen", "3", "1", "10", "5", "3", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
+    pool_log_notices(c, s->lg);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         PQfinish(c);
         return NULL;
