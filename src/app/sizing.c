@@ -40,7 +40,7 @@ struct app_fd_budget app_fd_budget(const struct config *cfg, long nofile, int ht
         return b;
     long room = nofile - b.reserve;
     long want = (long)b.http_max_connections + b.ws_max_connections;
-    if (want <= room)
+    if (want <= room || want <= 0)
         return b;
     if (room < 2)
         room = 2;
