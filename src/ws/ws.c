@@ -438,8 +438,8 @@ static void abort_session(struct ws_server *ws, struct session *s, int code, con
     close_later(ws, s, code, reason);
 }
 
-/* The frame rate limit: at most max_frames_per_s fragments per one-second window
- * (counted as they arrive, so a flood costs no parsing before it is cut off). */
+/* The frame rate limit: at most max_frames_per_s messages per one-second window
+ * (counted before they are parsed, so a flood costs no parsing once it is cut off). */
 static bool over_rate(struct ws_server *ws, struct session *s)
 {
     if (ws->o.max_frames_per_s <= 0)
@@ -456,19 +456,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
 {
     if (s->closing)
         return 0;
-    pthread_mutex_lock(&ws->mu);
-    bool authed = s->authed;
-    bool closing = s->close_code != 0;
-    pthread_mutex_unlock(&ws->mu);
-    if (closing)
-        return 0; /* its close is decided (queued behind its last frames): nothing more is
-                   * read or answered, so an unauthenticated flood gets one reply */
     s->last_rx_ms = clock_now_ms();
-    if (over_rate(ws, s)) {
-        metrics_count(ws->o.metrics, MC_WS_SESSIONS_LIMITED, 1);
-        abort_session(ws, s, WS_CLOSE_POLICY, "too many frames");
-        return 0;
-    }
     if (s->rx_len + len > WS_MAX_FRAME) {
         abort_session(ws, s, WS_CLOSE_TOO_BIG, "too large");
         return 0;
@@ -481,7 +469,18 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
     s->rx_len += len;
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
         return 0;
-    if (lws_frame_is_binary(wsi)) {
+    pthread_mutex_lock(&ws->mu);
+    bool authed = s->authed;
+    bool closing = s->close_code != 0;
+    pthread_mutex_unlock(&ws->mu);
+    if (closing) {
+        /* its close is decided (queued behind its last frames): nothing more is read or
+         * answered, so an unauthenticated flood gets one reply */
+    } else if (over_rate(ws, s)) {
+        metrics_count(ws->o.metrics, MC_WS_SESSIONS_LIMITED, 1);
+        abort_session(ws, s, WS_CLOSE_POLICY, "too many frames");
+        return 0;
+    } else if (lws_frame_is_binary(wsi)) {
         /* before hello it is closed 4401 like any frame it may not send yet */
         reject(ws, s->sid, "bad_frame", !authed);
     } else if (!utf8_valid(s->rx, s->rx_len)) {
