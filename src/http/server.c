@@ -291,7 +291,6 @@ static int heads_sweep(struct http_loop *l, int64_t now)
             head_unlink(l, c);
             if (c->fd >= 0)
                 shutdown(c->fd, SHUT_RDWR);
-            l->progress = true;
         }
         if (c && (next < 0 || c->head_due_us - now < next))
             next = c->head_due_us - now;
@@ -1131,6 +1130,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     struct http_server *srv = cls;
     struct reqstate *rs = *con_cls;
+    if (rs == (void *)&bad_line_mark) {
+        *con_cls = NULL; /* refused by libmicrohttpd before it asked us */
+        return;
+    }
     if (!rs)
         return;
     rs->loop->progress = true; /* the connection reads its next request on the next run */
@@ -1265,11 +1268,10 @@ static void *loop_main(void *arg)
             timeout = (int)((s->park_us + 999) / 1000);
         if (gto >= 0 && (timeout < 0 || gto < timeout))
             timeout = gto;
+        /* a head cut here wakes the poll below: its socket reads as ended */
         int hto = heads_sweep(l, clock_now_us());
         if (hto >= 0 && (timeout < 0 || hto < timeout))
             timeout = hto;
-        if (l->progress && timeout != 0)
-            timeout = 0; /* a head was cut: libmicrohttpd closes it in this run */
         if (stopping && (timeout < 0 || timeout > 10))
             timeout = 10;
         int n = poll(fds, (nfds_t)(3 + gn), timeout);
