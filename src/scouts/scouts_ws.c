@@ -161,10 +161,13 @@ static int submit_how(struct scouts *s, void (*fn)(struct scouts *, void *), voi
     }
     *j = (struct job){s, fn, arg, when_stopping};
     atomic_fetch_add(&s->jobs, 1);
-    int rc = how == JOB_URGENT    ? workq_submit_urgent(s->workq, job_run, j)
-             : how == JOB_BOUNDED ? workq_submit_bounded(s->workq, job_run, j,
-                                                         s->set.worker_queue_max)
-                                  : workq_submit(s->workq, job_run, j);
+    int rc;
+    if (how == JOB_URGENT)
+        rc = workq_submit_urgent(s->workq, job_run, j);
+    else if (how == JOB_BOUNDED)
+        rc = workq_submit_bounded(s->workq, job_run, j, s->set.worker_queue_max);
+    else
+        rc = workq_submit(s->workq, job_run, j);
     if (rc != 0) {
         atomic_fetch_sub(&s->jobs, 1);
         free(arg);
