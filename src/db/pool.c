@@ -130,7 +130,9 @@ static void notice_to_log(void *arg, const char *message)
     size_t n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         msg[--n] = '\0';
+    int saved = errno; /* libpq calls this mid-read: leave its errno as it was */
     log_msg(arg, LOG_WARN, "database notice", "detail", msg, NULL);
+    errno = saved;
 }
 
 void pool_log_notices(PGconn *pg, const struct logger *lg)

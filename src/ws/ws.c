@@ -13,6 +13,7 @@
 
 #include "ws_int.h"
 
+#include <errno.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -741,7 +742,9 @@ static void lws_emit(int level, const char *line)
     char raw[400];
     snprintf(raw, sizeof(raw), "%s", line);
     raw[strcspn(raw, "\n")] = '\0';
+    int saved = errno; /* lws may log between a failed call and its look at errno */
     log_msg(&lg, level == LLL_ERR ? LOG_ERROR : LOG_WARN, "libwebsockets", "detail", raw, NULL);
+    errno = saved;
 }
 
 /* On the loop: destroys the lws context, which closes every socket and lws' own
