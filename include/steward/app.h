@@ -37,6 +37,14 @@ struct scouts;
 struct healer;
 struct healer_route;
 
+/* How the open-file limit is shared. */
+struct app_fd_budget {
+    long nofile;              /* RLIMIT_NOFILE (soft, after raising it to the hard one) */
+    long reserve;             /* the pool, the listener, listeners, loops, files */
+    int http_max_connections; /* STEWARD_HTTP_MAX_CONNECTIONS, or less */
+    int ws_max_connections;   /* STEWARD_WS_MAX_CONNECTIONS, or less */
+};
+
 struct app {
     struct config cfg;
     struct logger log;
@@ -52,6 +60,7 @@ struct app {
     struct sched *sched; /* the periodic jobs (healer, scouts, auth), run on workq */
     struct http_server *http;
     int http_loops; /* resolved STEWARD_HTTP_LOOPS */
+    struct app_fd_budget fdb; /* the connection caps the open-file limit allows */
     struct ws_server *ws;
     struct ops_ctx ops;
     struct exporter_sources msrc;
@@ -74,6 +83,12 @@ struct app_sizing {
     int dbpipe_lanes;   /* pipelined lanes, one per HTTP loop at most */
     int worker_threads; /* the work queue (device work and periodic jobs) */
 };
+
+/* The descriptor budget: the configured caps when nofile holds them next to the
+ * reserve (db_pool_size + 2 for the listener and a spare, 2 per HTTP loop, 64 for the
+ * listening sockets, migrations and files), else both lowered in proportion so that
+ * their sum fits (each at least 1). nofile < 1: unknown, the caps as configured. */
+struct app_fd_budget app_fd_budget(const struct config *cfg, long nofile, int http_loops);
 
 /* The sizing rules, from the configuration and the online CPU count (cpus < 1: unknown):
  * - http_loops: STEWARD_HTTP_LOOPS, or when 0 one per two CPUs (1 below 4 CPUs); never

@@ -43,6 +43,12 @@ struct config {
     int ws_heartbeat_s;
     int ws_hello_timeout_s;
     int ws_max_connections;
+    int ws_max_frames_per_s;
+    int ws_max_frames_in_flight;
+    int worker_queue_max;
+    int http_max_connections;
+    int http_max_connections_per_address;
+    int http_header_timeout_s;
     /* healer */
     int heal_interval_s;
     int perf_interval_s;

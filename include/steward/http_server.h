@@ -41,6 +41,9 @@ struct http_server_opts {
     int park_ms; /* a loop handler's deferred request waits this long unsuspended, then
                   * is suspended (0: at once) */
     bool access_log;
+    int max_connections;      /* open connections in all (<= 0: 16384) */
+    int max_per_address;      /* open connections from one client address (0: no cap) */
+    int header_timeout_s;     /* a request head must arrive within this (<= 0: 10) */
     const struct router *router;
     const struct auth_verifier *auth; /* must outlive the server */
     struct metrics *metrics;

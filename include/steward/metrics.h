@@ -42,6 +42,11 @@ enum metrics_counter {
     MC_DELIVERY_FIRST,   /* proposals sent to a device for the first time */
     MC_DELIVERY_LAG_US,  /* their summed time from triage to that first send, in us */
     MC_LESSONS_FAILED,   /* lessons that could not be written (the journal is failing) */
+    MC_WS_HELLO_REJECTED_MALFORMED, /* hellos without a device id and token of the right form */
+    MC_WS_HELLO_REJECTED_TOKEN,     /* hellos naming no device with that token */
+    MC_WS_HELLO_REJECTED_BUSY,      /* hellos refused because the database was away */
+    MC_WS_SESSIONS_LIMITED,         /* sessions closed 1008 for frames in flight */
+    MC_WS_QUEUE_FULL,               /* acks refused because the work queue was full */
     MC_COUNT
 };
 

@@ -48,6 +48,9 @@ struct pool_stats {
 struct pool *pool_new(const char *conninfo, int size, int acquire_timeout_ms,
                       int statement_timeout_ms, const struct logger *lg);
 void pool_free(struct pool *p);
+/* Routes pg's notices through lg as JSON log lines (every pooled connection gets it;
+ * connections opened elsewhere call it themselves). */
+void pool_log_notices(PGconn *pg, const struct logger *lg);
 
 /* Behind a transaction-mode pooler (STEWARD_DATABASE_POOLER=transaction): statements
  * run unnamed (never prepared), each after a transaction-local statement_timeout in the

@@ -46,6 +46,7 @@ struct ws_server_opts {
     int heartbeat_s;
     int max_queue_bytes;
     int max_connections;
+    int max_frames_per_s; /* per session; more closes it WS_CLOSE_POLICY (0: no limit) */
     const struct logger *lg;
     struct metrics *metrics; /* frame counters; the MG_WS_* gauges (may be NULL) */
 };

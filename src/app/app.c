@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -219,7 +220,8 @@ static int create_ws(struct app *app)
         .hello_timeout_s = app->cfg.ws_hello_timeout_s,
         .heartbeat_s = app->cfg.ws_heartbeat_s,
         .max_queue_bytes = app->cfg.ws_max_queue_bytes,
-        .max_connections = app->cfg.ws_max_connections,
+        .max_connections = app->fdb.ws_max_connections,
+        .max_frames_per_s = app->cfg.ws_max_frames_per_s,
         .lg = &app->log,
         .metrics = app->metrics,
     };
@@ -251,6 +253,8 @@ static int create_capabilities(struct app *app)
         .max_delivery_attempts = app->cfg.max_delivery_attempts,
         .max_inflight = app->cfg.max_inflight,
         .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
+        .ws_max_frames_in_flight = app->cfg.ws_max_frames_in_flight,
+        .worker_queue_max = app->cfg.worker_queue_max,
         .database_listen_url = app->cfg.database_listen_url,
     };
     app->scouts =
@@ -345,6 +349,9 @@ static int start_servers(struct app *app)
         .threads = app->cfg.http_threads,
         .park_ms = app->cfg.http_park_ms,
         .access_log = app->cfg.access_log,
+        .max_connections = app->fdb.http_max_connections,
+        .max_per_address = app->cfg.http_max_connections_per_address,
+        .header_timeout_s = app->cfg.http_header_timeout_s,
         .router = &app->router,
         .auth = &app->verifier,
         .metrics = app->metrics,
@@ -382,6 +389,38 @@ static void guest_detach(void *st)
     dbpipe_lane_detach(st);
 }
 
+/* Raises the soft open-file limit to the hard one and shares it between the HTTP and
+ * WebSocket connections (app_fd_budget); the log line gives the split. */
+static struct app_fd_budget fd_budget(struct app *app)
+{
+    struct rlimit rl;
+    long nofile = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            struct rlimit up = {rl.rlim_max, rl.rlim_max};
+            if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+                rl = up;
+        }
+        nofile =
+            rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 100000000 ? 100000000 : (long)rl.rlim_cur;
+    }
+    struct app_fd_budget b = app_fd_budget(&app->cfg, nofile, app->http_loops);
+    struct log_line l;
+    bool lowered = b.http_max_connections < app->cfg.http_max_connections ||
+                   b.ws_max_connections < app->cfg.ws_max_connections;
+    log_begin(&l, &app->log, lowered ? LOG_WARN : LOG_INFO, "descriptor budget");
+    log_int(&l, "nofile", nofile);
+    log_int(&l, "reserve", b.reserve);
+    log_int(&l, "http_max_connections", b.http_max_connections);
+    log_int(&l, "ws_max_connections", b.ws_max_connections);
+    if (lowered)
+        log_str(&l, "detail",
+                "the open-file limit cannot hold the configured connection caps: both were "
+                "lowered; raise the limit (ulimit -n, LimitNOFILE=) to keep them");
+    log_end(&l);
+    return b;
+}
+
 static int build(struct app *app)
 {
     app->started_us = jtime_now_us();
@@ -395,6 +434,7 @@ static int build(struct app *app)
     app->metrics = metrics_new(route_count());
     struct app_sizing z = app_size(&app->cfg, sysconf(_SC_NPROCESSORS_ONLN));
     app->http_loops = z.http_loops;
+    app->fdb = fd_budget(app);
     app->workq = workq_new(z.worker_threads);
     /* one thread for every periodic job; the runs go to the work queue */
     app->sched = app->workq ? sched_new(app->workq) : NULL;

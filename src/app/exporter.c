@@ -200,6 +200,16 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++)
         buf_printf(b, "proposals_total{%s} %llu\n", props[i].labels,
                    (unsigned long long)metrics_counter_value(src->m, props[i].c));
+    static const struct counter_label hellos[] = {
+        {MC_WS_HELLO_REJECTED_MALFORMED, "reason=\"malformed\""},
+        {MC_WS_HELLO_REJECTED_TOKEN, "reason=\"bad_token\""},
+        {MC_WS_HELLO_REJECTED_BUSY, "reason=\"unavailable\""},
+    };
+    buf_printf(b, "# HELP ws_hello_rejected_total Device hellos refused, by reason.\n"
+                  "# TYPE ws_hello_rejected_total counter\n");
+    for (size_t i = 0; i < sizeof(hellos) / sizeof(hellos[0]); i++)
+        buf_printf(b, "ws_hello_rejected_total{%s} %llu\n", hellos[i].labels,
+                   (unsigned long long)metrics_counter_value(src->m, hellos[i].c));
     static const struct {
         enum metrics_counter c;
         const char *name, *help;
@@ -216,6 +226,10 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Internal lessons dropped because the retry queue was full."},
         {MC_LESSONS_FAILED, "lessons_record_failures_total",
          "Lessons this instance could not write (the journal is failing)."},
+        {MC_WS_SESSIONS_LIMITED, "ws_sessions_limited_total",
+         "Device sessions closed 1008 for too many frames in flight or per second."},
+        {MC_WS_QUEUE_FULL, "ws_work_refused_total",
+         "Acks refused (close 1013) because the work queue held STEWARD_WORKER_QUEUE_MAX jobs."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -35,3 +35,29 @@ struct app_sizing app_size(const struct config *cfg, long cpus)
     }
     return z;
 }
+
+struct app_fd_budget app_fd_budget(const struct config *cfg, long nofile, int http_loops)
+{
+    struct app_fd_budget b = {
+        .nofile = nofile,
+        .reserve = (long)cfg->db_pool_size + 2 + 2L * http_loops + 64,
+        .http_max_connections = cfg->http_max_connections,
+        .ws_max_connections = cfg->ws_max_connections,
+    };
+    if (nofile < 1)
+        return b;
+    long room = nofile - b.reserve;
+    long want = (long)b.http_max_connections + b.ws_max_connections;
+    if (want <= room || want <= 0)
+        return b;
+    if (room < 2)
+        room = 2;
+    long http = room * b.http_max_connections / want;
+    if (http < 1)
+        http = 1;
+    if (http > room - 1)
+        http = room - 1;
+    b.http_max_connections = (int)http;
+    b.ws_max_connections = (int)(room - http);
+    return b;
+}

@@ -41,7 +41,41 @@ struct auth {
     } hooks[AUTH_MAX_HOOKS];
     int session_ttl_s; /* console sessions (auth_sessions_configure) */
     bool secure_cookie;
+    /* Unknown keys the database just denied, so that a flood of one wrong key costs one
+     * query per refresh period, not one per request: direct-mapped by hash, each entry
+     * good for refresh_ms (a key created meanwhile is in the snapshot by then, and the
+     * snapshot is looked at first). */
+    pthread_mutex_t neg_mu;
+    struct neg_entry {
+        unsigned char hash[32];
+        int64_t until_ms;
+    } neg[AUTH_NEG_SLOTS];
 };
+
+static struct neg_entry *neg_slot(struct auth *a, const unsigned char *hash)
+{
+    uint32_t k;
+    memcpy(&k, hash, sizeof(k));
+    return &a->neg[k % AUTH_NEG_SLOTS];
+}
+
+static bool neg_known(struct auth *a, const unsigned char *hash)
+{
+    pthread_mutex_lock(&a->neg_mu);
+    struct neg_entry *e = neg_slot(a, hash);
+    bool hit = e->until_ms > clock_now_ms() && memcmp(e->hash, hash, 32) == 0;
+    pthread_mutex_unlock(&a->neg_mu);
+    return hit;
+}
+
+static void neg_add(struct auth *a, const unsigned char *hash)
+{
+    pthread_mutex_lock(&a->neg_mu);
+    struct neg_entry *e = neg_slot(a, hash);
+    memcpy(e->hash, hash, 32);
+    e->until_ms = clock_now_ms() + a->refresh_ms;
+    pthread_mutex_unlock(&a->neg_mu);
+}
 
 /* The usable keys: not revoked, not expired (a key that expires while in a snapshot is
  * refused by the lookup itself). */
@@ -400,6 +434,7 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     a->pool = pool;
     a->lg = lg;
     a->refresh_ms = refresh_ms;
+    pthread_mutex_init(&a->neg_mu, NULL);
     return a;
 }
 
@@ -421,11 +456,9 @@ static bool listen_nap(struct auth *a, int ms)
 
 static PGconn *listen_connect(struct auth *a)
 {
-    const char *keys[] = {
-        "dbname",          "application_name",    "connect_timeout",  "keepalives",
-        "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
-    const char *vals[] = {a->listen_url, "steward-keys", "3", "1", "10", "5", "3", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    /* the URL's own parameters win, as for every connection (pool_connect) */
+    PGconn *c = pool_connect(a->listen_url, "steward-keys", 3);
+    pool_log_notices(c, a->lg);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         PQfinish(c);
         return NULL;
@@ -557,6 +590,7 @@ void auth_free(struct auth *a)
     auth_snaps_destroy(&a->snaps);
     crypto_md_free(a->sha256);
     free(a->listen_url);
+    pthread_mutex_destroy(&a->neg_mu);
     free(a);
 }
 
@@ -744,7 +778,7 @@ int auth_check_cached(struct auth *a, const char *secret, struct auth_principal 
     if (crypto_md_digest(a->sha256, secret, strlen(secret), hash) != 0)
         return ST_EUNAVAIL;
     int found = snapshot_lookup(a, hash, who);
-    *miss = found < 0;
+    *miss = found < 0 && !neg_known(a, hash);
     return found > 0 ? ST_OK : ST_ENOTFOUND;
 }
 
@@ -758,13 +792,17 @@ int auth_check(struct auth *a, const char *secret, struct auth_principal *who)
     int found = snapshot_lookup(a, hash, who);
     if (found >= 0)
         return found > 0 ? ST_OK : ST_ENOTFOUND;
+    if (neg_known(a, hash))
+        return ST_ENOTFOUND;
     struct lookup lk = {0};
     crypto_hex(hash, sizeof(hash), lk.hex);
     int rc = pool_with(a->pool, lookup_db, &lk);
     if (rc != ST_OK)
         return rc;
-    if (!lk.found || !crypto_equal(lk.entry.hash, hash, 32) || lk.entry.scope == AUTH_NONE)
+    if (!lk.found || !crypto_equal(lk.entry.hash, hash, 32) || lk.entry.scope == AUTH_NONE) {
+        neg_add(a, hash);
         return ST_ENOTFOUND;
+    }
     who->scope = lk.entry.scope;
     who->key_id = lk.entry.id;
     memcpy(who->name, lk.entry.name, sizeof(who->name));

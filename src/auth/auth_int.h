@@ -33,6 +33,8 @@
 #include "steward/principal.h"
 
 #define AUTH_SNAP_SLOTS 1024 /* snapshots alive at once at most, counting slot 0 */
+/* Entries of the negative cache of unknown keys (direct-mapped; 36 KiB). */
+#define AUTH_NEG_SLOTS 1024
 
 struct auth_key {
     unsigned char hash[32]; /* SHA-256 of the secret */

@@ -101,7 +101,29 @@ static const struct setting settings[] = {
     {"STEWARD_WS_HELLO_TIMEOUT_S", K_INT, OFF(ws_hello_timeout_s), "10", 1, 600,
      "close 4408 when no `device_hello` arrives within this"},
     {"STEWARD_WS_MAX_CONNECTIONS", K_INT, OFF(ws_max_connections), "20000", 1, 1000000,
-     "device sockets per instance"},
+     "device sockets per instance; lowered at start-up when the open-file limit "
+     "(`RLIMIT_NOFILE`) cannot hold it next to the HTTP connections (the `descriptor "
+     "budget` log line gives the split)"},
+    {"STEWARD_WS_MAX_FRAMES_PER_S", K_INT, OFF(ws_max_frames_per_s), "200", 0, 1000000,
+     "frames a device session may send per second; more closes it 1008; 0 means no limit"},
+    {"STEWARD_WS_MAX_FRAMES_IN_FLIGHT", K_INT, OFF(ws_max_frames_in_flight), "64", 0, 100000,
+     "acks of one session submitted and not answered yet; one more closes it 1008; 0 means "
+     "no cap"},
+    {"STEWARD_WORKER_QUEUE_MAX", K_INT, OFF(worker_queue_max), "20000", 0, 10000000,
+     "jobs waiting for the workers beyond which an ack is refused (close 1013); hellos and "
+     "the timers' jobs are never refused, and hellos run ahead of waiting acks; 0 means no "
+     "bound"},
+    {"STEWARD_HTTP_MAX_CONNECTIONS", K_INT, OFF(http_max_connections), "16384", 1, 1000000,
+     "open REST connections; lowered at start-up when the open-file limit cannot hold it"},
+    {"STEWARD_HTTP_MAX_CONNECTIONS_PER_ADDRESS", K_INT, OFF(http_max_connections_per_address),
+     "256", 0, 1000000,
+     "open REST connections from one client address; more are closed at once. Behind a "
+     "load balancer every connection comes from its address: raise this to "
+     "`STEWARD_HTTP_MAX_CONNECTIONS` or set 0 (no cap) and cap per client at the balancer"},
+    {"STEWARD_HTTP_HEADER_TIMEOUT_S", K_INT, OFF(http_header_timeout_s), "10", 1, 3600,
+     "a request's line and headers must arrive within this of the connection opening (or of "
+     "the previous answer on a kept-alive connection, plus 30 s of idleness); else the "
+     "connection is closed"},
     {"STEWARD_HEAL_INTERVAL_S", K_INT, OFF(heal_interval_s), "900", 1, 604800,
      "self-healing sweep period"},
     {"STEWARD_HEAL_OFFSET_S", K_INT, OFF(heal_offset_s), "300", 0, 604800,

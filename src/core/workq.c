@@ -14,6 +14,7 @@ struct workq {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct job *head, *tail;
+    struct job *uhead, *utail; /* urgent jobs: taken before any other */
     int pending;
     bool stopping;
     int nthreads;
@@ -25,16 +26,22 @@ static void *worker(void *arg)
     struct workq *q = arg;
     for (;;) {
         pthread_mutex_lock(&q->mu);
-        while (!q->head && !q->stopping)
+        while (!q->head && !q->uhead && !q->stopping)
             pthread_cond_wait(&q->cv, &q->mu);
-        struct job *j = q->head;
+        struct job *j = q->uhead ? q->uhead : q->head;
         if (!j) {
             pthread_mutex_unlock(&q->mu);
             return NULL;
         }
-        q->head = j->next;
-        if (!q->head)
-            q->tail = NULL;
+        if (j == q->uhead) {
+            q->uhead = j->next;
+            if (!q->uhead)
+                q->utail = NULL;
+        } else {
+            q->head = j->next;
+            if (!q->head)
+                q->tail = NULL;
+        }
         q->pending--;
         pthread_mutex_unlock(&q->mu);
         j->fn(j->arg);
@@ -61,7 +68,7 @@ struct workq *workq_new(int threads)
     return q;
 }
 
-int workq_submit(struct workq *q, workq_fn fn, void *arg)
+static int submit(struct workq *q, workq_fn fn, void *arg, bool urgent, int max_pending)
 {
     struct job *j = malloc(sizeof(*j));
     if (!j)
@@ -70,20 +77,38 @@ int workq_submit(struct workq *q, workq_fn fn, void *arg)
     j->fn = fn;
     j->arg = arg;
     pthread_mutex_lock(&q->mu);
-    if (q->stopping) {
+    if (q->stopping || (max_pending > 0 && q->pending >= max_pending)) {
+        int rc = q->stopping ? -1 : -2;
         pthread_mutex_unlock(&q->mu);
         free(j);
-        return -1;
+        return rc;
     }
-    if (q->tail)
-        q->tail->next = j;
+    struct job **head = urgent ? &q->uhead : &q->head;
+    struct job **tail = urgent ? &q->utail : &q->tail;
+    if (*tail)
+        (*tail)->next = j;
     else
-        q->head = j;
-    q->tail = j;
+        *head = j;
+    *tail = j;
     q->pending++;
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return 0;
+}
+
+int workq_submit(struct workq *q, workq_fn fn, void *arg)
+{
+    return submit(q, fn, arg, false, 0);
+}
+
+int workq_submit_bounded(struct workq *q, workq_fn fn, void *arg, int max_pending)
+{
+    return submit(q, fn, arg, false, max_pending);
+}
+
+int workq_submit_urgent(struct workq *q, workq_fn fn, void *arg)
+{
+    return submit(q, fn, arg, true, 0);
 }
 
 int workq_pending(struct workq *q)

@@ -170,6 +170,27 @@ void pool_free(struct pool *p)
     free(p);
 }
 
+/* libpq's notices (a server NOTICE, or an error that arrives while the connection is
+ * idle, such as "FATAL: terminating connection due to administrator command") go to
+ * stderr raw by default; here they become JSON log lines. */
+static void notice_to_log(void *arg, const char *message)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", message ? message : "");
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+    int saved = errno; /* libpq calls this mid-read: leave its errno as it was */
+    log_msg(arg, LOG_WARN, "database notice", "detail", msg, NULL);
+    errno = saved;
+}
+
+void pool_log_notices(PGconn *pg, const struct logger *lg)
+{
+    if (pg && lg)
+        PQsetNoticeProcessor(pg, notice_to_log, (void *)lg);
+}
+
 static int conn_open(struct pool_conn *c)
 {
     struct pool *p = c->pool;
@@ -177,6 +198,7 @@ static int conn_open(struct pool_conn *c)
     c->pg = pool_connect(p->conninfo, "steward", 3);
     if (!c->pg)
         return ST_EUNAVAIL;
+    pool_log_notices(c->pg, p->lg);
     atomic_fetch_add(&p->open, 1);
     if (PQstatus(c->pg) != CONNECTION_OK) {
         char msg[256];

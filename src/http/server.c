@@ -23,6 +23,7 @@
 
 #include "steward/crypto.h"
 #include "steward/err.h"
+#include "steward/hash.h"
 #include "steward/http.h"
 #include "steward/json.h"
 #include "steward/problem.h"
@@ -33,13 +34,41 @@
  * request headers (larger ones are answered 431) and halves that cost. */
 #define HTTP_CONN_MEMORY (16 * 1024)
 
+/* libmicrohttpd's idle timeout of a connection (reset by every byte). */
+#define HTTP_IDLE_S 30
+
 /* One HTTP thread: its own daemon in external polling mode, driven by poll() on the
  * daemon's epoll descriptor, the shared listening socket, a wake-up eventfd and the
  * guest's descriptors. Every loop watches the listening socket and takes at most one
  * new connection per wake-up, so a burst of connections spreads evenly over the loops
  * (libmicrohttpd's own accept takes up to ten at a time on whichever loop woke first). */
+/* One open connection, from libmicrohttpd's connection notification to its close:
+ * its descriptor and client address (the per-address count), and its place in the
+ * loop's queue of request heads still awaited. */
+struct conn_ctx {
+    struct http_loop *loop;
+    int fd;
+    unsigned char addr[16];
+    unsigned alen;
+    bool counted;        /* in the per-address table */
+    int64_t head_due_us; /* when the awaited request head must be complete */
+    int which;           /* the head queue it is in (HEAD_*), or -1 */
+    struct conn_ctx *prev, *next;
+};
+
+/* Heads awaited: on a new connection (due header_timeout after it opened), and on a
+ * kept-alive one after an answer (due idle timeout + header_timeout after it). Every
+ * entry of a queue has the same delay, so arrival order is deadline order. */
+enum { HEAD_NEW, HEAD_KEPT, HEAD_QUEUES };
+struct head_queue {
+    struct conn_ctx *head, *tail;
+};
+
 struct http_loop {
     struct http_server *srv;
+    struct head_queue heads[HEAD_QUEUES]; /* loop thread only */
+    int64_t emfile_log_us;                /* the last "out of descriptors" line */
+    long emfile_skipped;                  /* accept failures since, not logged */
     struct MHD_Daemon *daemon;
     int epoll_fd; /* the daemon's */
     int wake_fd;
@@ -77,6 +106,17 @@ struct http_server {
     atomic_int suspended; /* deferred requests not finished yet */
     atomic_uint_fast64_t next_id;
     char id_prefix[17];
+    int64_t header_us; /* STEWARD_HTTP_HEADER_TIMEOUT_S */
+    /* open connections per client address (when max_per_address > 0) */
+    pthread_mutex_t addr_mu;
+    struct hash_table by_addr;
+};
+
+struct addr_count {
+    struct hash_node node;
+    unsigned char addr[16];
+    unsigned alen;
+    int n;
 };
 
 struct reqstate;
@@ -111,6 +151,10 @@ struct reqstate {
     const char *auth_secret;
     /* A console session cookie with the request's CSRF header, as the verifier takes it. */
     char session_secret[AUTH_SESSION_SECRET_MAX];
+    /* The key lookup that decides a request before its body is read (AUTH_*). */
+    int auth_stage;
+    /* answer with "Connection: close" (a request whose framing cannot be trusted) */
+    bool must_close;
     bool on_handler_thread;
     /* While a handler runs on a handler thread: where http_defer records that it was
      * called (on that thread's stack: rs may be freed as soon as the handler returns). */
@@ -141,6 +185,178 @@ struct reqstate {
     char method[12];
     struct reqstate *next_spare;
 };
+
+/* ---- per-address counts (srv->addr_mu) and the queues of awaited request heads ---- */
+
+static void addr_of(const struct sockaddr *sa, unsigned char out[16], unsigned *len)
+{
+    memset(out, 0, 16);
+    *len = 0;
+    if (sa->sa_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        *len = 4;
+    } else if (sa->sa_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        *len = 16;
+    }
+}
+
+static uint64_t addr_hash(const unsigned char a[16])
+{
+    uint64_t x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, a + 8, 8);
+    return hash_u64(x ^ (y * 0x9e3779b97f4a7c15ull));
+}
+
+static struct addr_count *addr_find_locked(struct http_server *s, const unsigned char a[16],
+                                           unsigned alen)
+{
+    for (struct hash_node *n = hash_first(&s->by_addr, addr_hash(a)); n; n = hash_next(n)) {
+        struct addr_count *e = hash_entry(n, struct addr_count, node);
+        if (e->alen == alen && memcmp(e->addr, a, 16) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* Open connections from the address. */
+static int addr_open(struct http_server *s, const unsigned char a[16], unsigned alen)
+{
+    pthread_mutex_lock(&s->addr_mu);
+    struct addr_count *e = addr_find_locked(s, a, alen);
+    int n = e ? e->n : 0;
+    pthread_mutex_unlock(&s->addr_mu);
+    return n;
+}
+
+static bool addr_add(struct http_server *s, const unsigned char a[16], unsigned alen, int delta)
+{
+    pthread_mutex_lock(&s->addr_mu);
+    struct addr_count *e = addr_find_locked(s, a, alen);
+    if (!e && delta > 0 && (e = calloc(1, sizeof(*e))) != NULL) {
+        memcpy(e->addr, a, 16);
+        e->alen = alen;
+        hash_insert(&s->by_addr, &e->node, addr_hash(a));
+    }
+    if (e) {
+        e->n += delta;
+        if (e->n <= 0) {
+            hash_remove(&s->by_addr, &e->node);
+            free(e);
+        }
+    }
+    pthread_mutex_unlock(&s->addr_mu);
+    return e != NULL || delta < 0;
+}
+
+static void head_unlink(struct http_loop *l, struct conn_ctx *c)
+{
+    if (c->which < 0)
+        return;
+    struct head_queue *q = &l->heads[c->which];
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        q->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        q->tail = c->prev;
+    c->prev = c->next = NULL;
+    c->which = -1;
+}
+
+static void head_push(struct http_loop *l, struct conn_ctx *c, int which, int64_t due_us)
+{
+    head_unlink(l, c);
+    struct head_queue *q = &l->heads[which];
+    c->which = which;
+    c->head_due_us = due_us;
+    c->next = NULL;
+    c->prev = q->tail;
+    if (q->tail)
+        q->tail->next = c;
+    else
+        q->head = c;
+    q->tail = c;
+}
+
+/* Closes the connections whose request head is overdue (libmicrohttpd's own timeout
+ * restarts with every byte, so a head sent a byte at a time would never end) and
+ * returns the milliseconds until the next is due, or -1. The socket is shut down;
+ * libmicrohttpd sees the end of it and closes the connection in its next run. */
+static int heads_sweep(struct http_loop *l, int64_t now)
+{
+    int64_t next = -1;
+    for (int w = 0; w < HEAD_QUEUES; w++) {
+        struct conn_ctx *c;
+        while ((c = l->heads[w].head) != NULL && c->head_due_us <= now) {
+            head_unlink(l, c);
+            if (c->fd >= 0)
+                shutdown(c->fd, SHUT_RDWR);
+        }
+        if (c && (next < 0 || c->head_due_us - now < next))
+            next = c->head_due_us - now;
+    }
+    return next < 0 ? -1 : (int)((next + 999) / 1000);
+}
+
+/* libmicrohttpd's connection notification: a connection opens (counted for its address,
+ * its first head awaited) or closes. On the loop thread (or at the daemon's stop). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_loop *l = cls;
+    struct http_server *s = l->srv;
+    struct conn_ctx *c = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        c = calloc(1, sizeof(*c));
+        if (!c)
+            return;
+        c->loop = l;
+        c->which = -1;
+        const union MHD_ConnectionInfo *fi =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = fi ? fi->connect_fd : -1;
+        const union MHD_ConnectionInfo *ai =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ai && ai->client_addr)
+            addr_of(ai->client_addr, c->addr, &c->alen);
+        if (s->o.max_per_address > 0 && c->alen)
+            c->counted = addr_add(s, c->addr, c->alen, 1);
+        head_push(l, c, HEAD_NEW, clock_now_us() + s->header_us);
+        *socket_context = c;
+        return;
+    }
+    if (!c)
+        return;
+    head_unlink(l, c);
+    if (c->counted)
+        addr_add(s, c->addr, c->alen, -1);
+    free(c);
+    *socket_context = NULL;
+}
+
+static struct conn_ctx *conn_ctx_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* The request head is complete: no deadline until the answer is out. */
+static void head_done(struct MHD_Connection *conn)
+{
+    struct conn_ctx *c = conn_ctx_of(conn);
+    if (c)
+        head_unlink(c->loop, c);
+}
+
+/* Where a request's key check stands: decided by the snapshot (or the negative cache)
+ * on the loop, or looked up in the database on a handler thread while the connection
+ * is suspended, before any of the body is taken. */
+enum { AUTH_DONE, AUTH_LOOKUP, AUTH_LOOKED_UP };
 
 /* A zeroed request state, from the loop's spares when it has one. */
 static struct reqstate *rs_new(struct http_loop *l)
@@ -308,6 +524,16 @@ static bool session_secret(struct reqstate *rs, struct MHD_Connection *conn)
     return n > 0 && (size_t)n < sizeof(rs->session_secret);
 }
 
+/* A key no key can be: too short or long, or with bytes outside printable ASCII. */
+static bool key_malformed(const char *k)
+{
+    size_t n = 0;
+    for (; k[n]; n++)
+        if ((unsigned char)k[n] <= ' ' || (unsigned char)k[n] >= 0x7f || n > 512)
+            return true;
+    return n < 16;
+}
+
 static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
 {
     const struct route *rt = rs->match.route;
@@ -321,10 +547,16 @@ static void check_auth(struct reqstate *rs, struct MHD_Connection *conn)
         set_early(rs, 401, NULL, "missing bearer API key");
         return;
     }
+    if (secret != rs->session_secret && key_malformed(secret)) {
+        set_early(rs, 401, NULL, "unknown or revoked API key");
+        return;
+    }
     bool miss = false;
     int rc = rs->srv->o.auth->check_cached(rs->srv->o.auth->ctx, secret, &rs->who, &miss);
     if (miss) {
-        rs->auth_secret = secret; /* decided on a handler thread, which may ask the database */
+        /* looked up on a handler thread before the body is taken (see on_request) */
+        rs->auth_secret = secret;
+        rs->auth_stage = AUTH_LOOKUP;
         return;
     }
     char d[128];
@@ -345,6 +577,128 @@ static void too_large(struct reqstate *rs)
     char d[96];
     snprintf(d, sizeof(d), "request bodies are limited to %zu MiB", body_limit(rs) >> 20);
     set_early(rs, 413, NULL, d);
+}
+
+/* The request line and header fields as they arrived. libmicrohttpd parses them in
+ * place, turning each CR and LF into a NUL, and accepts bare LF line ends, folded
+ * lines and NULs inside a line (a NUL cuts a value or path short: "Bearer key\0junk"
+ * would read as "Bearer key"). So the bytes right after each parsed string tell: after
+ * a well-formed line there are two NULs (its CR and LF); after a value cut by a NUL,
+ * a bare LF or a fold, the second one is something else. */
+struct head_scan {
+    bool bad;
+    const char *lo, *hi; /* the head as it arrived, when known */
+};
+
+static enum MHD_Result scan_head(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    (void)kind;
+    (void)key;
+    struct head_scan *h = cls;
+    if (value) {
+        size_t n = strlen(value);
+        /* a folded value is joined into memory outside the head */
+        if (h->lo && (key < h->lo || key >= h->hi || value < h->lo || value + n > h->hi))
+            h->bad = true;
+        else if (value[n + 1] != '\0')
+            h->bad = true;
+    }
+    return h->bad ? MHD_NO : MHD_YES;
+}
+
+/* The marker the URI log callback leaves in con_cls for a request line cut by a NUL. */
+static const char bad_line_mark = 1;
+
+/* libmicrohttpd's URI log callback: sees the request target as it arrived, before the
+ * query is split. After it comes the NUL that replaced the space before the version;
+ * anything but "HTTP/" after that NUL means the target held a NUL. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    (void)c;
+    size_t n = strlen(uri);
+    return strncmp(uri + n + 1, "HTTP/", 5) == 0 ? NULL : (void *)&bad_line_mark;
+}
+
+/* 400 for what RFC 9112 says a server must reject (or may, where accepting would let a
+ * proxy in front read the request otherwise): NUL in the line or a field, a bare LF
+ * line end, an obsolete folded line; HTTP/1.1 without Host is refused by
+ * libmicrohttpd itself (MHD_OPTION_STRICT_FOR_CLIENT). */
+static bool check_head(struct reqstate *rs, struct MHD_Connection *conn, const char *method,
+                       const char *version, bool bad_line)
+{
+    size_t n = strlen(version);
+    struct head_scan h = {bad_line || n == 0 || version[n + 1] != '\0', NULL, NULL};
+    /* the request line starts the head, whose size libmicrohttpd knows */
+    const union MHD_ConnectionInfo *hs =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (hs && hs->header_size > 0 && version > method && version < method + hs->header_size) {
+        h.lo = method;
+        h.hi = method + hs->header_size;
+    }
+    if (!h.bad)
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_head, &h);
+    if (h.bad) {
+        rs->must_close = true;
+        set_early(rs, 400, NULL,
+                  "malformed request head: a NUL byte, a bare LF line end or a folded header "
+                  "line");
+    }
+    return !h.bad;
+}
+
+/* What the request's framing headers say, every occurrence counted. */
+struct framing {
+    int ncl, nte;
+    bool cl_conflict, cl_bad;
+    unsigned long long cl;
+    bool te_chunked; /* every Transfer-Encoding is exactly "chunked" */
+};
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (!value)
+        value = "";
+    if (strcasecmp(key, "Content-Length") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (!*value || *value < '0' || *value > '9' || *end || errno)
+            f->cl_bad = true;
+        if (f->ncl++ && v != f->cl)
+            f->cl_conflict = true;
+        f->cl = v;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->te_chunked = (f->nte++ == 0 || f->te_chunked) && strcasecmp(value, "chunked") == 0;
+    }
+    return MHD_YES;
+}
+
+/* RFC 9112 6.1-6.3: two different lengths, or one that is not a number, are refused;
+ * a coding other than chunked is not implemented; a request with both a length and a
+ * coding is answered, then the connection is closed (a proxy in front may have framed
+ * it otherwise). Returns false when the request was refused. */
+static bool check_framing(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_framing, &f);
+    if (f.cl_conflict || f.cl_bad) {
+        rs->must_close = true;
+        set_early(rs, 400, NULL, "conflicting or malformed Content-Length");
+        return false;
+    }
+    if (f.nte && !f.te_chunked) {
+        rs->must_close = true;
+        set_early(rs, 501, NULL, "the only transfer coding served is chunked");
+        return false;
+    }
+    if (f.nte && f.ncl)
+        rs->must_close = true;
+    return true;
 }
 
 static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
@@ -368,7 +722,7 @@ static void check_body_headers(struct reqstate *rs, struct MHD_Connection *conn)
 }
 
 static void start_request(struct reqstate *rs, struct MHD_Connection *conn, const char *url,
-                          const char *method)
+                          const char *method, const char *version, bool bad_line)
 {
     struct http_server *srv = rs->srv;
     rs->start_us = clock_now_us();
@@ -386,6 +740,8 @@ static void start_request(struct reqstate *rs, struct MHD_Connection *conn, cons
     }
     log_scope_set(&rs->scope); /* on_request restores the loop's own when it returns */
 
+    if (!check_head(rs, conn, method, version, bad_line) || !check_framing(rs, conn))
+        return;
     const char *match_method = strcmp(method, "HEAD") == 0 ? "GET" : method;
     router_match(srv->o.router, match_method, url, &rs->match);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, rs);
@@ -399,7 +755,10 @@ static void start_request(struct reqstate *rs, struct MHD_Connection *conn, cons
             set_early(rs, 404, NULL, "no such route");
         return;
     }
+    /* the key first: a caller without a valid one learns nothing about its request */
     check_auth(rs, conn);
+    if (rs->auth_stage == AUTH_LOOKUP)
+        return; /* the rest once the key is known (after_lookup) */
     if (rs->bad_query)
         set_early(rs, 400, NULL, "the query string is badly encoded or has too many parameters");
     check_body_headers(rs, conn);
@@ -492,6 +851,8 @@ static enum MHD_Result send_response(struct reqstate *rs, struct MHD_Connection 
         return MHD_NO;
     if (ctype && resp->status != 204 && resp->status != 304)
         MHD_add_response_header(r, "Content-Type", ctype);
+    if (rs->must_close)
+        MHD_add_response_header(r, "Connection", "close");
     MHD_add_response_header(r, "X-Request-Id", rs->request_id);
     if (rs->traceparent[0])
         MHD_add_response_header(r, "traceparent", rs->traceparent);
@@ -750,15 +1111,50 @@ static enum MHD_Result deferred_poll(struct reqstate *rs, struct MHD_Connection 
     return answer(rs, conn, &rs->dresp);
 }
 
+/* On a handler thread: the database decides a key the snapshot did not know, while
+ * the request's connection is suspended before its body (see on_request). */
+static void lookup_run(void *arg)
+{
+    struct reqstate *rs = arg;
+    char d[128];
+    int status = auth_verdict(
+        rs, rs->srv->o.auth->check(rs->srv->o.auth->ctx, rs->auth_secret, &rs->who), d, sizeof(d));
+    if (status)
+        set_early(rs, status, NULL, d);
+    rs->auth_secret = NULL;
+    rs->auth_stage = AUTH_LOOKED_UP;
+    struct http_loop *loop = rs->loop;
+    struct MHD_Connection *conn = rs->conn;
+    struct http_server *srv = rs->srv;
+    MHD_resume_connection(conn);
+    atomic_fetch_sub(&srv->suspended, 1);
+    loop_wake(loop);
+}
+
+/* The first call after the key lookup: the checks start_request left for then. */
+static void after_lookup(struct reqstate *rs, struct MHD_Connection *conn)
+{
+    rs->auth_stage = AUTH_DONE;
+    if (rs->early_status)
+        return;
+    if (rs->bad_query)
+        set_early(rs, 400, NULL, "the query string is badly encoded or has too many parameters");
+    check_body_headers(rs, conn);
+}
+
 static enum MHD_Result on_request_run(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
                                       void **con_cls)
 {
-    (void)version;
     struct http_loop *loop = cls;
     struct http_server *srv = loop->srv;
     struct reqstate *rs = *con_cls;
+    bool bad_line = false;
+    if (rs == (void *)&bad_line_mark) {
+        rs = NULL;
+        bad_line = true;
+    }
     if (!rs || !rs->deferred)
         loop->progress = true;
     if (!rs) {
@@ -770,10 +1166,33 @@ static enum MHD_Result on_request_run(void *cls, struct MHD_Connection *conn, co
         atomic_fetch_add(&srv->inflight, 1);
         rs->counted = true;
         *con_cls = rs;
-        start_request(rs, conn, url, method);
+        head_done(conn);
+        start_request(rs, conn, url, method, version ? version : "", bad_line);
         /* A request refused before its body is read is answered now: libmicrohttpd
          * then skips the body, whereas a response queued while upload data is being
          * delivered is never sent (the connection is just closed). */
+        if (rs->early_status)
+            return send_early(rs, conn);
+        if (rs->auth_stage == AUTH_LOOKUP) {
+            /* A key the snapshot does not know: nothing of the body is taken until the
+             * database has said whether it is one. */
+            rs->conn = conn;
+            atomic_fetch_add(&srv->suspended, 1);
+            MHD_suspend_connection(conn);
+            if (workq_submit(srv->handlers, lookup_run, rs) != 0) {
+                rs->auth_stage = AUTH_LOOKED_UP;
+                set_early(rs, 503, NULL, "the server is stopping; retry shortly");
+                MHD_resume_connection(conn);
+                atomic_fetch_sub(&srv->suspended, 1);
+            }
+        }
+        return MHD_YES;
+    }
+    if (rs->auth_stage == AUTH_LOOKUP)
+        return MHD_YES; /* not resumed yet */
+    if (rs->auth_stage == AUTH_LOOKED_UP) {
+        /* resumed, libmicrohttpd asks again about the head: still before the body */
+        after_lookup(rs, conn);
         if (rs->early_status)
             return send_early(rs, conn);
         return MHD_YES;
@@ -783,7 +1202,13 @@ static enum MHD_Result on_request_run(void *cls, struct MHD_Connection *conn, co
     if (rs->status)
         return MHD_YES; /* already answered: discard whatever still arrives */
     if (rs->early_status) {
-        *upload_data_size = 0;
+        /* decided after the first call: the body is dropped as it arrives (nothing is
+         * kept or parsed) and the answer goes out once it is in, the one moment
+         * libmicrohttpd takes one */
+        if (*upload_data_size) {
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
         return send_early(rs, conn);
     }
     if (*upload_data_size) {
@@ -821,7 +1246,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
-    struct reqstate *rs = *con_cls;
+    struct reqstate *rs = *con_cls == (void *)&bad_line_mark ? NULL : *con_cls;
     struct log_scope scope;
     if (rs)
         scope = rs->scope;
@@ -835,13 +1260,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     struct http_server *srv = cls;
     struct reqstate *rs = *con_cls;
+    if (rs == (void *)&bad_line_mark) {
+        *con_cls = NULL; /* refused by libmicrohttpd before it asked us */
+        return;
+    }
     if (!rs)
         return;
     rs->loop->progress = true; /* the connection reads its next request on the next run */
-    int64_t dur = clock_now_us() - rs->start_us;
+    int64_t now = clock_now_us();
+    int64_t dur = now - rs->start_us;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        /* kept alive: the next head may come after the idle timeout, then must be quick */
+        struct conn_ctx *c = conn_ctx_of(conn);
+        if (c)
+            head_push(c->loop, c, HEAD_KEPT, now + HTTP_IDLE_S * 1000000ll + srv->header_us);
+    }
     int route_index = rs->match.route ? rs->match.route->index : -1;
     int status = rs->status ? rs->status : 499;
     if (srv->o.metrics)
@@ -899,13 +1334,37 @@ static void loop_accept(struct http_loop *l)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
-    int fd = accept4(l->srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct http_server *s = l->srv;
+    int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-            log_msg(l->srv->o.lg, LOG_WARN, "HTTP accept failed", "error", strerror(errno), NULL);
-        if (errno == EMFILE || errno == ENFILE)
+        int e = errno;
+        if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
+            return;
+        /* one line per 10 s at most, with how many failed meanwhile */
+        int64_t now = clock_now_us();
+        if (l->emfile_log_us == 0 || now - l->emfile_log_us >= 10000000) {
+            struct log_line ll;
+            log_begin(&ll, s->o.lg, LOG_WARN, "HTTP accept failed");
+            log_str(&ll, "error", strerror(e));
+            log_int(&ll, "failures_since_last_line", l->emfile_skipped);
+            log_end(&ll);
+            l->emfile_log_us = now;
+            l->emfile_skipped = 0;
+        } else {
+            l->emfile_skipped++;
+        }
+        if (e == EMFILE || e == ENFILE)
             usleep(10000); /* out of descriptors: do not spin on the pending connection */
         return;
+    }
+    if (s->o.max_per_address > 0) {
+        unsigned char a[16];
+        unsigned alen;
+        addr_of((struct sockaddr *)&ss, a, &alen);
+        if (alen && addr_open(s, a, alen) >= s->o.max_per_address) {
+            close(fd); /* this address holds its share already */
+            return;
+        }
     }
     /* libmicrohttpd owns (and closes) the socket from here on, even when it refuses it */
     MHD_add_connection(l->daemon, fd, (struct sockaddr *)&ss, sl);
@@ -943,6 +1402,10 @@ static void *loop_main(void *arg)
             timeout = (int)((s->park_us + 999) / 1000);
         if (gto >= 0 && (timeout < 0 || gto < timeout))
             timeout = gto;
+        /* a head cut here wakes the poll below: its socket reads as ended */
+        int hto = heads_sweep(l, clock_now_us());
+        if (hto >= 0 && (timeout < 0 || hto < timeout))
+            timeout = hto;
         if (stopping && (timeout < 0 || timeout > 10))
             timeout = 10;
         int n = poll(fds, (nfds_t)(3 + gn), timeout);
@@ -1019,8 +1482,10 @@ static bool loop_init(struct http_server *s, struct http_loop *l, unsigned conn_
     l->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)s->o.lg,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
-        NULL, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
+        NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_S, MHD_OPTION_CONNECTION_LIMIT,
+        conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, l, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_END);
     if (!l->daemon)
         return false;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
@@ -1051,6 +1516,13 @@ static void server_free(struct http_server *s)
         loop_destroy(&s->loops[i]);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
+    struct hash_iter it = hash_iter(&s->by_addr);
+    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;) {
+        hash_remove(&s->by_addr, h);
+        free(hash_entry(h, struct addr_count, node));
+    }
+    hash_release(&s->by_addr);
+    pthread_mutex_destroy(&s->addr_mu);
     free(s->loops);
     free(s);
 }
@@ -1066,6 +1538,13 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    if (hash_init(&s->by_addr, 4096) != 0) {
+        free(s->loops);
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&s->addr_mu, NULL);
     s->o = *o;
     s->park_us = (int64_t)(o->park_ms > 0 ? o->park_ms : 0) * 1000;
     unsigned char rnd[4];
@@ -1073,6 +1552,8 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
     crypto_hex(rnd, sizeof(rnd), s->id_prefix);
     s->listen_fd = open_listener(o, err, errlen);
     if (s->listen_fd < 0) {
+        hash_release(&s->by_addr);
+        pthread_mutex_destroy(&s->addr_mu);
         free(s->loops);
         free(s);
         return NULL;
@@ -1088,7 +1569,9 @@ struct http_server *http_server_start(const struct http_server_opts *o, char *er
     if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
         s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-    unsigned limit = 16384u / (unsigned)n;
+    s->header_us = (int64_t)(o->header_timeout_s > 0 ? o->header_timeout_s : 10) * 1000000;
+    unsigned total = o->max_connections > 0 ? (unsigned)o->max_connections : 16384u;
+    unsigned limit = total / (unsigned)n > 0 ? total / (unsigned)n : 1;
     for (int i = 0; i < n; i++) {
         s->nloops++;
         if (!loop_init(s, &s->loops[i], limit)) {

@@ -285,6 +285,13 @@ bool scouts_uuid_valid(const char *s)
     return true;
 }
 
+void scouts_uuid_canon(char *s)
+{
+    for (; *s; s++)
+        if (*s >= 'A' && *s <= 'F')
+            *s = (char)(*s - 'A' + 'a');
+}
+
 /* Runs a statement and maps failure; *out is the result on success (caller clears). */
 static int run(struct pool_conn *c, const struct db_stmt *st, const char *const *params,
                PGresult **out)

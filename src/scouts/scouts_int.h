@@ -53,6 +53,7 @@ struct scouts_sess {
     char (*sent)[SCOUTS_ID_LEN + 1];
     int nsent;
     int capsent;
+    int acks_inflight; /* acks submitted and not answered yet */
     struct scouts_sess *user_next; /* sessions of the same user */
     struct hash_node by_sid;       /* in scouts->by_sid */
 };
@@ -86,6 +87,10 @@ struct scouts {
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
     atomic_int jobs;       /* delivery jobs submitted and not finished */
+    /* the rate-limited warning of rejected hellos: when the last was written, and how
+     * many were left out since */
+    atomic_llong hello_warn_ms;
+    atomic_int hello_warn_skipped;
 
     pthread_mutex_t tmu; /* listener sleep */
     pthread_cond_t tcv;
@@ -113,6 +118,9 @@ struct scouts_pending {
 
 /* True when s is a canonical lowercase or uppercase uuid. */
 bool scouts_uuid_valid(const char *s);
+/* Lowercases a uuid in place: every id a client sends is canonicalised before it is
+ * stored or compared with the database's (lowercase) form. */
+void scouts_uuid_canon(char *s);
 
 struct scouts_scout_in {
     const char *user_id;

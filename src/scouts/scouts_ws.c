@@ -15,6 +15,7 @@
 
 #include "scouts_int.h"
 #include "scouts_notify.h"
+#include "steward/clock.h"
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/ws.h"
@@ -138,6 +139,8 @@ struct job {
     bool when_stopping; /* runs even after scouts_stop (touches no socket) */
 };
 
+enum how { JOB_NORMAL, JOB_URGENT, JOB_BOUNDED };
+
 static void job_run(void *p)
 {
     struct job *j = p;
@@ -148,8 +151,10 @@ static void job_run(void *p)
     free(j);
 }
 
-static int submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg,
-                  bool when_stopping)
+/* Returns 0, -1 (stopping, out of memory) or -2 (JOB_BOUNDED and the queue is full);
+ * arg is freed on failure. */
+static int submit_how(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg,
+                      bool when_stopping, enum how how)
 {
     struct job *j = malloc(sizeof(*j));
     if (!j) {
@@ -158,13 +163,26 @@ static int submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *a
     }
     *j = (struct job){s, fn, arg, when_stopping};
     atomic_fetch_add(&s->jobs, 1);
-    if (workq_submit(s->workq, job_run, j) != 0) {
+    int rc;
+    if (how == JOB_URGENT)
+        rc = workq_submit_urgent(s->workq, job_run, j);
+    else if (how == JOB_BOUNDED)
+        rc = workq_submit_bounded(s->workq, job_run, j, s->set.worker_queue_max);
+    else
+        rc = workq_submit(s->workq, job_run, j);
+    if (rc != 0) {
         atomic_fetch_sub(&s->jobs, 1);
         free(arg);
         free(j);
-        return -1;
+        return rc;
     }
     return 0;
+}
+
+static int submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg,
+                  bool when_stopping)
+{
+    return submit_how(s, fn, arg, when_stopping, JOB_NORMAL);
 }
 
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg)
@@ -618,6 +636,30 @@ static void hello_client(const json_t *frame, struct hello_arg *a)
              c && client_field_ok(version) ? version : "");
 }
 
+/* Counts a refused hello and warns about it, at most once a second (with how many
+ * were left out meanwhile), so that a token-guessing storm is seen without flooding
+ * the log. device is the id the client sent when it has the form of one, else NULL;
+ * the token never appears. */
+static void hello_refused(struct scouts *s, enum metrics_counter c, const char *reason,
+                          const char *device)
+{
+    metrics_count(s->metrics, c, 1);
+    long long now = (long long)clock_now_ms();
+    long long last = atomic_load(&s->hello_warn_ms);
+    if ((last != 0 && now - last < 1000) ||
+        !atomic_compare_exchange_strong(&s->hello_warn_ms, &last, now)) {
+        atomic_fetch_add(&s->hello_warn_skipped, 1);
+        return;
+    }
+    struct log_line l;
+    log_begin(&l, s->lg, LOG_WARN, "device hello rejected");
+    log_str(&l, "reason", reason);
+    if (device)
+        log_str(&l, "device_id", device);
+    log_int(&l, "suppressed", atomic_exchange(&s->hello_warn_skipped, 0));
+    log_end(&l);
+}
+
 static void reject_hello(struct scouts *s, uint64_t sid)
 {
     send_error(s, sid, "unauthorized", NULL);
@@ -640,10 +682,12 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user));
     explicit_bzero(a->token, sizeof(a->token));
     if (rc == ST_ENOTFOUND) {
+        hello_refused(s, MC_WS_HELLO_REJECTED_TOKEN, "bad_token", a->device_id);
         reject_hello(s, a->sid);
         return;
     }
     if (rc != ST_OK) {
+        hello_refused(s, MC_WS_HELLO_REJECTED_BUSY, "unavailable", a->device_id);
         send_error(s, a->sid, "unavailable", NULL);
         ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "try again later");
         return;
@@ -723,6 +767,8 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
     const char *device = json_string_value(json_object_get(frame, "device_id"));
     const char *token = json_string_value(json_object_get(frame, "token"));
     if (!device || !token || !scouts_uuid_valid(device) || strlen(token) > TOKEN_MAX) {
+        hello_refused(s, MC_WS_HELLO_REJECTED_MALFORMED, "malformed",
+                      scouts_uuid_valid(device) ? device : NULL);
         reject_hello(s, sid);
         return;
     }
@@ -734,6 +780,9 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
     hello_client(frame, a);
     a->sid = sid;
     snprintf(a->device_id, sizeof(a->device_id), "%s", device);
+    /* the database's spelling: the session's device id is compared with ids the
+     * database hands back (a deletion's notification, the presence refresh) */
+    scouts_uuid_canon(a->device_id);
     snprintf(a->token, sizeof(a->token), "%s", token);
     /* W3C Trace Context: a malformed value is ignored, as a header would be */
     const char *tp = json_string_value(json_object_get(frame, "traceparent"));
@@ -741,7 +790,8 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
         a->scope.trace_id[0] = '\0';
         a->traceparent[0] = '\0';
     }
-    if (submit(s, hello_job, a, false) != 0)
+    /* ahead of other sessions' acks and passes: a flood elsewhere never delays it */
+    if (submit_how(s, hello_job, a, false, JOB_URGENT) != 0)
         ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
 }
 
@@ -754,11 +804,22 @@ struct ack_arg {
     char user_id[SCOUTS_USER_MAX * 4 + 1];
 };
 
+/* The ack of session sid is answered (or dropped): one less in flight. */
+static void ack_done(struct scouts *s, uint64_t sid)
+{
+    pthread_mutex_lock(&s->mu);
+    struct scouts_sess *x = sess_find_locked(s, sid);
+    if (x && x->acks_inflight > 0)
+        x->acks_inflight--;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void ack_job(struct scouts *s, void *arg)
 {
     struct ack_arg *a = arg;
     bool found = false, changed = false;
     int rc = scouts_ack(s, a->pid, a->user_id, a->device_id, &found, &changed);
+    ack_done(s, a->sid);
     if (rc != ST_OK) {
         /* nothing changed; the device acks again when the proposal comes back */
         send_error(s, a->sid, "unavailable", a->pid);
@@ -799,21 +860,38 @@ static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, j
         return;
     a->sid = sid;
     snprintf(a->pid, sizeof(a->pid), "%s", pid);
-    for (char *p = a->pid; *p; p++)
-        if (*p >= 'A' && *p <= 'F')
-            *p = (char)(*p - 'A' + 'a');
+    scouts_uuid_canon(a->pid);
     pthread_mutex_lock(&s->mu);
     struct scouts_sess *x = sess_find_locked(s, sid);
+    bool over = false;
     if (x) {
         snprintf(a->device_id, sizeof(a->device_id), "%s", x->device_id);
         snprintf(a->user_id, sizeof(a->user_id), "%s", x->user->user_id);
+        over = s->set.ws_max_frames_in_flight > 0 &&
+               x->acks_inflight >= s->set.ws_max_frames_in_flight;
+        if (!over)
+            x->acks_inflight++;
     }
     pthread_mutex_unlock(&s->mu);
-    if (!x) {
+    if (!x || over) {
         free(a);
+        if (over) {
+            /* more unanswered acks than any device needs: a flood, cut off before it
+             * takes the workers from other sessions */
+            metrics_count(s->metrics, MC_WS_SESSIONS_LIMITED, 1);
+            ws_close(s->ws, sid, WS_CLOSE_POLICY, "too many frames in flight");
+        }
         return;
     }
-    submit(s, ack_job, a, false);
+    int rc = submit_how(s, ack_job, a, false, JOB_BOUNDED);
+    if (rc != 0) {
+        ack_done(s, sid);
+        if (rc == -2) {
+            metrics_count(s->metrics, MC_WS_QUEUE_FULL, 1);
+            send_error(s, sid, "unavailable", NULL);
+            ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
+        }
+    }
 }
 
 /* ------------------------------------------------------------ closes */

@@ -13,6 +13,7 @@
 
 #include "ws_int.h"
 
+#include <errno.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -27,7 +28,6 @@
 #include "steward/clock.h"
 #include "steward/hash.h"
 #include "steward/json.h"
-#include "steward/jsonw.h"
 #include "steward/utf8.h"
 
 #define SID_BUCKETS 16384
@@ -64,6 +64,8 @@ struct session {
     bool beat_due; /* a {"type":"heartbeat"} frame is owed, unless another frame goes first */
     struct session *all_prev, *all_next; /* ws->all_head: every established session */
     bool closing; /* the close frame is set: further input is ignored */
+    int64_t rate_window_ms; /* over_rate's window start and its count */
+    int rate_count;
     bool close_listed;
     struct session *close_prev, *close_next;
 };
@@ -389,14 +391,6 @@ void ws_dispatch_frame(struct ws_server *ws, uint64_t sid, bool authed, const ch
     json_decref(f);
 }
 
-static void dispatch(struct ws_server *ws, struct session *s, const char *text, size_t len)
-{
-    pthread_mutex_lock(&ws->mu);
-    bool authed = s->authed;
-    pthread_mutex_unlock(&ws->mu);
-    ws_dispatch_frame(ws, s->sid, authed, text, len);
-}
-
 /* Idle callback, outside any socket's service: closes what close_later listed. lws
  * sends the close frame when the socket is writeable, then waits (5 s at most) for the
  * peer's answer before it drops the connection. */
@@ -447,6 +441,19 @@ static void abort_session(struct ws_server *ws, struct session *s, int code, con
     close_later(ws, s, code, reason);
 }
 
+/* The frame rate limit: at most max_frames_per_s messages per one-second window
+ * (counted before they are parsed, so a flood costs no parsing once it is cut off). */
+static bool over_rate(struct ws_server *ws, struct session *s)
+{
+    if (ws->o.max_frames_per_s <= 0)
+        return false;
+    if (s->last_rx_ms - s->rate_window_ms >= 1000) {
+        s->rate_window_ms = s->last_rx_ms;
+        s->rate_count = 0;
+    }
+    return ++s->rate_count > ws->o.max_frames_per_s;
+}
+
 static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, const void *in,
                       size_t len)
 {
@@ -465,8 +472,20 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
     s->rx_len += len;
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
         return 0;
-    if (lws_frame_is_binary(wsi)) {
-        reject(ws, s->sid, "bad_frame", false);
+    pthread_mutex_lock(&ws->mu);
+    bool authed = s->authed;
+    bool closing = s->close_code != 0;
+    pthread_mutex_unlock(&ws->mu);
+    if (closing) {
+        /* its close is decided (queued behind its last frames): nothing more is read or
+         * answered, so an unauthenticated flood gets one reply */
+    } else if (over_rate(ws, s)) {
+        metrics_count(ws->o.metrics, MC_WS_SESSIONS_LIMITED, 1);
+        abort_session(ws, s, WS_CLOSE_POLICY, "too many frames");
+        return 0;
+    } else if (lws_frame_is_binary(wsi)) {
+        /* before hello it is closed 4401 like any frame it may not send yet */
+        reject(ws, s->sid, "bad_frame", !authed);
     } else if (!utf8_valid(s->rx, s->rx_len)) {
         /* RFC 6455 8.1; lws' own check (LWS_SERVER_OPTION_VALIDATE_UTF8) would close
          * through a -1 return, see close_later */
@@ -474,7 +493,7 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
         return 0;
     } else {
         s->rx[s->rx_len] = '\0';
-        dispatch(ws, s, (const char *)s->rx, s->rx_len);
+        ws_dispatch_frame(ws, s->sid, authed, (const char *)s->rx, s->rx_len);
     }
     free(s->rx);
     s->rx = NULL;
@@ -749,14 +768,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 static void lws_emit(int level, const char *line)
 {
-    /* libwebsockets' own diagnostics; its callback has no context argument, so they go
-     * straight to stderr as JSON lines. */
-    char raw[400], esc[512];
+    /* libwebsockets' own diagnostics. Its callback has no context argument, so a logger
+     * on the stack writes them: the same JSON lines (with ts) as every other. */
+    struct logger lg = {LOG_WARN, stderr};
+    char raw[400];
     snprintf(raw, sizeof(raw), "%s", line);
     raw[strcspn(raw, "\n")] = '\0';
-    jsonw_escape(esc, 0, sizeof(esc), raw);
-    fprintf(stderr, "{\"level\":\"%s\",\"msg\":\"libwebsockets\",\"detail\":\"%s\"}\n",
-            level == LLL_ERR ? "error" : "warn", esc);
+    int saved = errno; /* lws may log between a failed call and its look at errno */
+    log_msg(&lg, level == LLL_ERR ? LOG_ERROR : LOG_WARN, "libwebsockets", "detail", raw, NULL);
+    errno = saved;
 }
 
 /* On the loop: destroys the lws context, which closes every socket and lws' own

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import finish
+from harness.steward import Steward
 from hardening_lib import RawHttp, RawWs, table_checksums
 from test_hardening_security import binary_routes
 
@@ -303,6 +305,16 @@ def run_cases(port, cases, problems, counts, lock):
     with lock:
         for k, v in local.items():
             counts[k] = counts.get(k, 0) + v
+
+
+@pytest.fixture(scope='module')
+def server(db_url):
+    """The storm sends its frames as fast as the client can: what it checks is how
+    malformed content is answered, so the per-session frame rate limit
+    (STEWARD_WS_MAX_FRAMES_PER_S, tested in test_abuse.py) is off here."""
+    s = Steward(db_url, STEWARD_WS_MAX_FRAMES_PER_S=0)
+    yield s
+    finish(s)
 
 
 @pytest.fixture(scope='module')

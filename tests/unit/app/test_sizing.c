@@ -91,8 +91,34 @@ static void check_txn_pooler(void)
     CHECK(app_size(&c, 8).http_loops == 4); /* the loops stay */
 }
 
+/* The connection caps share the open-file limit with the reserve. */
+static void check_fd_budget(void)
+{
+    struct config c = defaults();
+    c.http_max_connections = 16384; /* the defaults of the two caps */
+    c.ws_max_connections = 20000;
+    /* room enough: the caps as configured */
+    struct app_fd_budget b = app_fd_budget(&c, 1048576, 1);
+    CHECK(b.http_max_connections == 16384 && b.ws_max_connections == 20000);
+    CHECK(b.reserve == 8 + 2 + 2 + 64);
+    /* unknown limit: as configured */
+    CHECK(app_fd_budget(&c, 0, 1).ws_max_connections == 20000);
+    /* 20,000 descriptors: both lowered in proportion, the sum fits */
+    b = app_fd_budget(&c, 20000, 1);
+    CHECK(b.http_max_connections + b.ws_max_connections + b.reserve == 20000);
+    CHECK(b.http_max_connections < 16384 && b.ws_max_connections < 20000);
+    CHECK(b.http_max_connections > 8000 && b.ws_max_connections > 10000);
+    /* a tiny limit still leaves one of each */
+    b = app_fd_budget(&c, 10, 1);
+    CHECK(b.http_max_connections >= 1 && b.ws_max_connections >= 1);
+    /* a bigger pool takes more of the reserve */
+    c.db_pool_size = 100;
+    CHECK(app_fd_budget(&c, 20000, 4).reserve == 100 + 2 + 8 + 64);
+}
+
 int main(void)
 {
+    check_fd_budget();
     check_http_loops();
     check_txn_pooler();
     check_dbpipe_threads();

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "steward/workq.h"
@@ -182,8 +183,58 @@ static void free_drains_the_queue(void)
     CHECK(atomic_load(&d.probes_run) == d.probes_queued);
 }
 
+static pthread_mutex_t order_mu = PTHREAD_MUTEX_INITIALIZER;
+static int order[8];
+static int norder;
+
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+};
+
+static void wait_gate(void *arg)
+{
+    struct gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void record(void *arg)
+{
+    pthread_mutex_lock(&order_mu);
+    order[norder++] = (int)(intptr_t)arg;
+    pthread_mutex_unlock(&order_mu);
+}
+
+/* Urgent jobs run before the ordinary ones waiting; a bounded submit is refused (-2)
+ * once that many jobs wait, and an urgent one never is. */
+static void urgent_and_bounded(void)
+{
+    struct workq *q = workq_new(1);
+    struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+    CHECK(workq_submit(q, wait_gate, &g) == 0);
+    while (workq_pending(q) > 0) /* the worker holds the gate job */
+        clock_sleep_us(1000);
+    CHECK(workq_submit_bounded(q, record, (void *)(intptr_t)1, 2) == 0);
+    CHECK(workq_submit_bounded(q, record, (void *)(intptr_t)2, 2) == 0);
+    CHECK(workq_submit_bounded(q, record, (void *)(intptr_t)9, 2) == -2);
+    CHECK(workq_submit_urgent(q, record, (void *)(intptr_t)3) == 0);
+    CHECK(workq_submit_urgent(q, record, (void *)(intptr_t)4) == 0);
+    pthread_mutex_lock(&g.mu);
+    g.open = true;
+    pthread_cond_signal(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    workq_free(q);
+    CHECK(norder == 4);
+    CHECK(order[0] == 3 && order[1] == 4 && order[2] == 1 && order[3] == 2);
+}
+
 int main(void)
 {
+    urgent_and_bounded();
     exactly_once();
     fifo_per_submitter();
     free_drains_the_queue();
