@@ -408,7 +408,9 @@ static struct app_fd_budget fd_budget(struct app *app)
     struct log_line l;
     bool lowered = b.http_max_connections < app->cfg.http_max_connections ||
                    b.ws_max_connections < app->cfg.ws_max_connections;
-    log_begin(&l, &app->log, lowered ? LOG_WARN : LOG_INFO, "descriptor budget");
+    /* info: with the default caps most hosts' limits (20,000 here) lower them, which is
+     * what this line is for, not a fault */
+    log_begin(&l, &app->log, LOG_INFO, "descriptor budget");
     log_int(&l, "nofile", nofile);
     log_int(&l, "reserve", b.reserve);
     log_int(&l, "http_max_connections", b.http_max_connections);
