@@ -6,6 +6,7 @@
 #include "steward/deck.h"
 #include "steward/err.h"
 #include "steward/http.h"
+#include "steward/users.h"
 
 #define DECK_CSP                                                                                   \
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "              \
@@ -55,6 +56,18 @@ static void page(void *ctx, const struct http_req *req, struct http_resp *resp)
     serve(ctx, "index.html", resp);
 }
 
+/* /deck/users/{user_id}: the page, for an id that could name a user (else 404). */
+static void user_page(void *ctx, const struct http_req *req, struct http_resp *resp)
+{
+    const char *id = http_param(req, "user_id");
+    if (!id || !users_id_valid(id)) {
+        http_problem(resp, 404, "no user can have this id");
+        security_headers(resp);
+        return;
+    }
+    serve(ctx, "index.html", resp);
+}
+
 /* /deck/{name}: a file, or one of the views' deep links (the page renders the view). */
 static void file_or_view(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
@@ -89,7 +102,7 @@ int deck_http_register(struct router *r, struct deck *d)
     rc |= http_route_nonblocking(r, "GET", "/deck", AUTH_NONE, page, d);
     rc |= http_route_nonblocking(r, "GET", "/deck/", AUTH_NONE, page, d);
     rc |= http_route_nonblocking(r, "GET", "/deck/{name}", AUTH_NONE, file_or_view, d);
-    rc |= http_route_nonblocking(r, "GET", "/deck/users/{user_id}", AUTH_NONE, page, d);
+    rc |= http_route_nonblocking(r, "GET", "/deck/users/{user_id}", AUTH_NONE, user_page, d);
     rc |= http_route(r, "GET", "/v1/overview", AUTH_READ, overview, d);
     return rc;
 }

@@ -16,7 +16,7 @@ import requests
 import websockets
 
 from conftest import finish
-from harness.pgcluster import PgCluster
+from harness.pgcluster import PgCluster, wait_for
 from harness.steward import ADMIN_KEY, Steward
 
 
@@ -165,7 +165,9 @@ def test_postgres_stopped_and_restarted_under_write_load(own_pg):
         during = [st for _, _, st, ts in load.results if down_at + 0.5 < ts < starting_at]
         assert during and set(during) == {503}, set(during)
         n = assert_acknowledged_writes_present(db_url, load)
-        assert server.get('/readyz', key=None).status_code == 200
+        # ready again once the notification listener has reconnected (its backoff is at
+        # most 2 s) and heard its own nonce back through the pool
+        assert wait_for(lambda: server.get('/readyz', key=None).status_code == 200, 6)
         assert server.proc.poll() is None
         print(f'pg restart: {n} acknowledged writes all present, statuses {statuses}, '
               f'first 2xx {first_any * 1000:.0f} ms after pg_ctl start was run '

@@ -34,13 +34,13 @@ def test_url_parameters_win_over_stewards_defaults(pg, make_server):
     s = make_server(db + '&application_name=ops-chosen')
     assert s.get('/readyz', key=None).status_code == 200
     names = set(wait_for(lambda: backends(db, 'topo_params') or None, 5))
-    # the pool and the listener both keep the operator's name
+    # the pool and both listeners (notifications, key revocations) keep the operator's name
     assert names == {'ops-chosen'}, names
     finish(s)
     s = make_server(db)
     assert s.get('/readyz', key=None).status_code == 200
-    assert wait_for(lambda: set(backends(db, 'topo_params')) == {'steward', 'steward-listen'},
-                    5), backends(db, 'topo_params')
+    assert wait_for(lambda: set(backends(db, 'topo_params')) ==
+                    {'steward', 'steward-listen', 'steward-keys'}, 5), backends(db, 'topo_params')
 
 
 # ------------------------------------------------------------- pooler settings
