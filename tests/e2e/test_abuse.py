@@ -203,7 +203,8 @@ def test_key_created_after_start_works_with_a_body(server, db_url):
     key = make_key(db_url, f'late-{uuid.uuid4().hex[:8]}', 'service')
     # at once: the snapshot does not hold it yet, the database does
     r = server.post('/v1/lessons', key=key,
-                    json={'lesson_type': 'gate_failure', 'repo': 'w', 'detail': {}})
+                    json={'lesson_type': 'gate_failure', 'repo': 'w', 'detail': {},
+                          'source': 'manual'})
     assert r.status_code == 201, r.text
     r = server.post('/v1/lessons', key=key, data='{x', headers={'Content-Type': 'application/json'})
     assert r.status_code == 400
