@@ -104,7 +104,7 @@ static const struct setting settings[] = {
      "device sockets per instance; lowered at start-up when the open-file limit "
      "(`RLIMIT_NOFILE`) cannot hold it next to the HTTP connections (the `descriptor "
      "budget` log line gives the split)"},
-    {"STEWARD_WS_MAX_FRAMES_PER_S", K_INT, OFF(ws_max_frames_per_s), "200", 0, 1000000,
+    {"STEWARD_WS_MAX_FRAMES_PER_S", K_INT, OFF(ws_max_frames_per_s), "1000", 0, 1000000,
      "frames a device session may send per second; more closes it 1008; 0 means no limit"},
     {"STEWARD_WS_MAX_FRAMES_IN_FLIGHT", K_INT, OFF(ws_max_frames_in_flight), "64", 0, 100000,
      "acks of one session submitted and not answered yet; one more closes it 1008; 0 means "
