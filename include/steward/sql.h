@@ -29,4 +29,15 @@ const char *sql_fmt_ll(char *buf, long long v);
 /* Formats epoch microseconds as an RFC 3339 string into buf (32 bytes). */
 const char *sql_fmt_time(char *buf, int64_t us);
 
+struct pool;
+struct db_stmt;
+
+/* One page of a keyset-paged list, newest first. st takes the id to read below as $1
+ * and a row count as $2, then params[2..] (params[0] and params[1] are filled in here);
+ * its first column is the row's id. On ST_OK, *items holds up to limit rows made by row,
+ * and *next_before the id to pass for the next page (0: this was the last). */
+int sql_page(struct pool *p, const struct db_stmt *st, const char **params, long long before_id,
+             int limit, json_t *(*row)(const PGresult *r, int i), json_t **items,
+             long long *next_before);
+
 #endif

@@ -157,36 +157,11 @@ static json_t *row_json(const PGresult *r, int row)
 int audit_list(struct audit *a, const struct audit_filter *f, int limit, long long before_id,
                json_t **items, long long *next_before)
 {
-    *items = NULL;
-    *next_before = 0;
     int variant = (f->actor ? 1 : 0) | (f->action ? 2 : 0) | (f->target ? 4 : 0);
-    char before[24], lim[24], since[32];
-    const char *params[] = {sql_fmt_ll(before, before_id > 0 ? before_id : INT64_MAX),
-                            sql_fmt_ll(lim, (long long)limit + 1),
-                            f->has_since ? sql_fmt_time(since, f->since_us) : NULL,
-                            f->actor,
-                            f->action,
-                            f->target};
-    struct pool_conn *c;
-    int rc = pool_acquire(a->pool, &c);
-    if (rc != ST_OK)
-        return rc;
-    PGresult *r = pool_exec(c, &st_list[variant], params);
-    rc = pool_result_err(c, r);
-    if (rc == ST_OK) {
-        json_t *arr = json_array();
-        int n = PQntuples(r);
-        for (int i = 0; arr && i < n && i < limit; i++)
-            json_array_append_new(arr, row_json(r, i));
-        if (!arr) {
-            rc = ST_ENOMEM;
-        } else {
-            if (n > limit)
-                *next_before = sql_ll(r, limit - 1, 0);
-            *items = arr;
-        }
-    }
-    PQclear(r);
-    pool_release(a->pool, c);
-    return rc;
+    char since[32];
+    const char *params[] = {
+        NULL,     NULL,      f->has_since ? sql_fmt_time(since, f->since_us) : NULL,
+        f->actor, f->action, f->target};
+    return sql_page(a->pool, &st_list[variant], params, before_id, limit, row_json, items,
+                    next_before);
 }

@@ -951,33 +951,8 @@ int auth_revoke(struct auth *a, const char *name, const char *actor)
 int auth_keys_list(struct auth *a, int limit, long long before_id, json_t **items,
                    long long *next_before)
 {
-    *items = NULL;
-    *next_before = 0;
-    char before[24], lim[24];
-    const char *p[] = {sql_fmt_ll(before, before_id > 0 ? before_id : INT64_MAX),
-                       sql_fmt_ll(lim, (long long)limit + 1)};
-    struct pool_conn *c;
-    int rc = pool_acquire(a->pool, &c);
-    if (rc != ST_OK)
-        return rc;
-    PGresult *r = pool_exec(c, &st_list, p);
-    rc = pool_result_err(c, r);
-    if (rc == ST_OK) {
-        json_t *arr = json_array();
-        int n = PQntuples(r);
-        for (int i = 0; arr && i < n && i < limit; i++)
-            json_array_append_new(arr, key_json(r, i));
-        if (!arr) {
-            rc = ST_ENOMEM;
-        } else {
-            if (n > limit)
-                *next_before = sql_ll(r, limit - 1, 0);
-            *items = arr;
-        }
-    }
-    PQclear(r);
-    pool_release(a->pool, c);
-    return rc;
+    const char *params[] = {NULL, NULL};
+    return sql_page(a->pool, &st_list, params, before_id, limit, key_json, items, next_before);
 }
 
 /* A changed STEWARD_ADMIN_KEY replaces the key of that name instead of adding one. */

@@ -793,35 +793,9 @@ int lessons_list(struct lessons *l, const struct lesson_filter *f, int limit, lo
         return ST_EDISABLED;
     int variant = (f->lesson_type ? 1 : 0) | (f->status ? 2 : 0) | (f->repo ? 4 : 0) |
                   (f->work_item_id ? 8 : 0);
-    char before[24], lim[24];
-    const char *params[] = {sql_fmt_ll(before, before_id > 0 ? before_id : INT64_MAX),
-                            sql_fmt_ll(lim, (long long)limit + 1),
-                            f->lesson_type,
-                            f->status,
-                            f->repo,
-                            f->work_item_id};
-    struct pool_conn *c;
-    int rc = pool_acquire(l->pool, &c);
-    if (rc != ST_OK)
-        return rc;
-    PGresult *r = pool_exec(c, &st_list[variant], params);
-    rc = pool_result_err(c, r);
-    if (rc == ST_OK) {
-        json_t *arr = json_array();
-        int n = PQntuples(r);
-        for (int i = 0; arr && i < n && i < limit; i++)
-            json_array_append_new(arr, row_json(r, i));
-        if (!arr) {
-            rc = ST_ENOMEM;
-        } else {
-            if (n > limit)
-                *next_before = sql_ll(r, limit - 1, 0);
-            *items = arr;
-        }
-    }
-    PQclear(r);
-    pool_release(l->pool, c);
-    return rc;
+    const char *params[] = {NULL, NULL, f->lesson_type, f->status, f->repo, f->work_item_id};
+    return sql_page(l->pool, &st_list[variant], params, before_id, limit, row_json, items,
+                    next_before);
 }
 
 static const struct db_stmt st_erase_user = {
