@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "steward/principal.h"
 #include "steward/log.h"
@@ -98,6 +99,12 @@ bool http_list_params(const struct http_req *req, struct http_resp *resp, int *l
  * at once: appends what is wrong to errs (an array of {"field","message"}) instead. */
 void http_list_params_into(const struct http_req *req, json_t *errs, int *limit,
                            const char **cursor);
+/* Appends "unknown query parameter" to errs for every query key not in allowed
+ * (NULL-terminated). */
+void http_unknown_query(const struct http_req *req, const char *const *allowed, json_t *errs);
+/* The id a list cursor of this service names (an id cursor, see cursor.h); 0 when cursor
+ * is NULL, and 0 with an error appended to errs when it is not one this service issued. */
+int64_t http_id_cursor(const char *cursor, json_t *errs);
 
 /* Route registration for capabilities: scope is an enum auth_scope. */
 /* Registers a route for a capability; scope is an enum auth_scope (AUTH_NONE = open).

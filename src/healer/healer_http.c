@@ -9,19 +9,6 @@
 #include "steward/http.h"
 #include "steward/json.h"
 
-/* Adds "unknown query parameter" for every key not in allowed (NULL-terminated). */
-static void unknown_query(const struct http_req *req, const char *const *allowed, json_t *errs)
-{
-    for (size_t i = 0; i < req->nquery; i++) {
-        bool known = false;
-        for (const char *const *a = allowed; *a; a++)
-            if (strcmp(req->query[i].key, *a) == 0)
-                known = true;
-        if (!known)
-            jv_error(errs, req->query[i].key, "unknown query parameter");
-    }
-}
-
 static void heal(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     struct healer *h = ctx;
@@ -31,7 +18,7 @@ static void heal(void *ctx, const struct http_req *req, struct http_resp *resp)
     static const char *const none[] = {NULL};
     if (req->body)
         jv_unknown_fields(req->body, none, "", errs);
-    unknown_query(req, none, errs);
+    http_unknown_query(req, none, errs);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;
@@ -64,7 +51,7 @@ static void reports(void *ctx, const struct http_req *req, struct http_resp *res
     struct healer *h = ctx;
     json_t *errs = json_array();
     static const char *const allowed[] = {"event_type", "limit", "cursor", NULL};
-    unknown_query(req, allowed, errs);
+    http_unknown_query(req, allowed, errs);
     int limit;
     const char *cursor;
     http_list_params_into(req, errs, &limit, &cursor);
@@ -103,7 +90,7 @@ static void status(void *ctx, const struct http_req *req, struct http_resp *resp
     struct healer *h = ctx;
     json_t *errs = json_array();
     static const char *const none[] = {NULL};
-    unknown_query(req, none, errs);
+    http_unknown_query(req, none, errs);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;
@@ -122,7 +109,7 @@ static void instances(void *ctx, const struct http_req *req, struct http_resp *r
     struct healer *h = ctx;
     json_t *errs = json_array();
     static const char *const none[] = {NULL};
-    unknown_query(req, none, errs);
+    http_unknown_query(req, none, errs);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;

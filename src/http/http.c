@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/json.h"
 #include "steward/problem.h"
@@ -151,6 +152,29 @@ void http_list_params_into(const struct http_req *req, json_t *errs, int *limit,
     }
     if (*cursor && !**cursor)
         *cursor = NULL;
+}
+
+void http_unknown_query(const struct http_req *req, const char *const *allowed, json_t *errs)
+{
+    for (size_t i = 0; i < req->nquery; i++) {
+        bool known = false;
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = strcmp(*a, req->query[i].key) == 0;
+        if (!known)
+            jv_error(errs, req->query[i].key, "unknown query parameter");
+    }
+}
+
+int64_t http_id_cursor(const char *cursor, json_t *errs)
+{
+    int64_t before = 0, zero = 0;
+    if (!cursor)
+        return 0;
+    if (cursor_decode(cursor, &before, &zero) != 0 || before <= 0 || zero != 0) {
+        jv_error(errs, "cursor", "is not a cursor this service issued");
+        return 0;
+    }
+    return before;
 }
 
 bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,

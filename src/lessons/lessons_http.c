@@ -61,26 +61,12 @@ static void list_lessons(void *ctx, const struct http_req *req, struct http_resp
     int limit;
     const char *cursor;
     json_t *errs = json_array();
-    if (!http_list_params(req, resp, &limit, &cursor)) {
-        /* keep the helper's limit error and add ours, so every bad parameter is listed */
-        json_array_extend(errs, json_object_get(resp->body, "errors"));
-    }
-    for (size_t i = 0; i < req->nquery; i++) {
-        bool known = false;
-        for (const char *const *a = allowed; *a && !known; a++)
-            known = strcmp(*a, req->query[i].key) == 0;
-        if (!known)
-            jv_error(errs, req->query[i].key, "unknown query parameter");
-    }
+    http_list_params_into(req, errs, &limit, &cursor);
+    http_unknown_query(req, allowed, errs);
     struct lesson_filter f = {http_query(req, "lesson_type"), http_query(req, "status"),
                               http_query(req, "repo"), http_query(req, "work_item_id")};
     lessons_check_filter(&f, errs);
-    cursor = http_query(req, "cursor");
-    if (cursor && !*cursor)
-        cursor = NULL;
-    int64_t before = 0, zero = 0;
-    if (cursor && (cursor_decode(cursor, &before, &zero) != 0 || before <= 0 || zero != 0))
-        jv_error(errs, "cursor", "is not a cursor this service issued");
+    int64_t before = http_id_cursor(cursor, errs);
     if (json_array_size(errs) > 0) {
         http_invalid(resp, errs);
         return;

@@ -250,10 +250,8 @@ static void actions_list(void *ctx, const struct http_req *req, struct http_resp
         return;
     json_t *errs = json_array();
     const char *post_id = post_id_param(req, errs);
-    for (size_t i = 0; i < req->nquery; i++)
-        if (strcmp(req->query[i].key, "limit") != 0 && strcmp(req->query[i].key, "cursor") != 0 &&
-            strcmp(req->query[i].key, "needs_recovery") != 0)
-            jv_error(errs, req->query[i].key, "unknown query parameter");
+    static const char *const allowed[] = {"limit", "cursor", "needs_recovery", NULL};
+    http_unknown_query(req, allowed, errs);
     bool needs_recovery = false;
     const char *nr = http_query(req, "needs_recovery");
     if (nr && strcmp(nr, "true") == 0)

@@ -283,13 +283,7 @@ static void scouts_list(void *ctx, const struct http_req *req, struct http_resp 
 {
     static const char *const known[] = {"user_id", "enabled", "limit", "cursor", NULL};
     json_t *errs = json_array();
-    for (size_t i = 0; i < req->nquery; i++) {
-        bool ok = false;
-        for (const char *const *k = known; *k; k++)
-            ok |= strcmp(req->query[i].key, *k) == 0;
-        if (!ok)
-            jv_error(errs, req->query[i].key, "unknown query parameter");
-    }
+    http_unknown_query(req, known, errs);
     int limit = 0;
     const char *cursor = NULL;
     http_list_params_into(req, errs, &limit, &cursor);
