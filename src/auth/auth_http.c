@@ -5,7 +5,6 @@
 
 #include "steward/auth.h"
 #include "steward/clock.h"
-#include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/http.h"
 #include "steward/json.h"
@@ -36,13 +35,7 @@ static void list_keys(void *ctx, const struct http_req *req, struct http_resp *r
         http_error(resp, rc, NULL);
         return;
     }
-    json_t *nc = json_null();
-    if (next > 0) {
-        char buf[CURSOR_LEN];
-        cursor_encode(buf, next, 0);
-        json_decref(nc);
-        nc = json_string(buf);
-    }
+    json_t *nc = http_next_cursor(next);
     http_json(resp, 200, json_pack("{s:o, s:o}", "items", items, "next_cursor", nc));
 }
 

@@ -76,13 +76,8 @@ static void reports(void *ctx, const struct http_req *req, struct http_resp *res
         http_error(resp, rc, NULL);
         return;
     }
-    json_t *next_cursor = json_null();
-    if (next > 0) {
-        char buf[CURSOR_LEN];
-        cursor_encode(buf, next, 0);
-        next_cursor = json_string(buf);
-    }
-    http_json(resp, 200, json_pack("{s:o, s:o}", "items", items, "next_cursor", next_cursor));
+    http_json(resp, 200,
+              json_pack("{s:o, s:o}", "items", items, "next_cursor", http_next_cursor(next)));
 }
 
 static void status(void *ctx, const struct http_req *req, struct http_resp *resp)

@@ -177,6 +177,15 @@ int64_t http_id_cursor(const char *cursor, json_t *errs)
     return before;
 }
 
+json_t *http_next_cursor(long long next)
+{
+    if (next <= 0)
+        return json_null();
+    char buf[CURSOR_LEN];
+    cursor_encode(buf, next, 0);
+    return json_string(buf);
+}
+
 bool http_list_params(const struct http_req *req, struct http_resp *resp, int *limit,
                       const char **cursor)
 {

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "steward/principal.h"
-#include "steward/cursor.h"
 #include "steward/err.h"
 #include "steward/http.h"
 #include "steward/json.h"
@@ -84,13 +83,7 @@ static void list_lessons(void *ctx, const struct http_req *req, struct http_resp
         http_error(resp, rc, NULL);
         return;
     }
-    json_t *nc = json_null();
-    if (next > 0) {
-        char buf[CURSOR_LEN];
-        cursor_encode(buf, next, 0);
-        json_decref(nc);
-        nc = json_string(buf);
-    }
+    json_t *nc = http_next_cursor(next);
     http_json(resp, 200, json_pack("{s:b, s:o, s:o}", "enabled", 1, "items", items,
                                    "next_cursor", nc));
 }
