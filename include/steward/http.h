@@ -105,6 +105,9 @@ void http_unknown_query(const struct http_req *req, const char *const *allowed, 
 /* The id a list cursor of this service names (an id cursor, see cursor.h); 0 when cursor
  * is NULL, and 0 with an error appended to errs when it is not one this service issued. */
 int64_t http_id_cursor(const char *cursor, json_t *errs);
+/* For a route that takes no query parameter: false after answering 422 naming every one
+ * the request has, true when it has none. */
+bool http_no_query(const struct http_req *req, struct http_resp *resp);
 /* The next_cursor of a list answer: an id cursor naming next, or JSON null when next is 0
  * (the last page). */
 json_t *http_next_cursor(long long next);

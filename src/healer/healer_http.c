@@ -83,14 +83,8 @@ static void reports(void *ctx, const struct http_req *req, struct http_resp *res
 static void status(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     struct healer *h = ctx;
-    json_t *errs = json_array();
-    static const char *const none[] = {NULL};
-    http_unknown_query(req, none, errs);
-    if (json_array_size(errs) > 0) {
-        http_invalid(resp, errs);
+    if (!http_no_query(req, resp))
         return;
-    }
-    json_decref(errs);
     json_t *st = healer_status(h);
     if (!st) {
         http_problem(resp, 500, "out of memory");
@@ -102,14 +96,8 @@ static void status(void *ctx, const struct http_req *req, struct http_resp *resp
 static void instances(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     struct healer *h = ctx;
-    json_t *errs = json_array();
-    static const char *const none[] = {NULL};
-    http_unknown_query(req, none, errs);
-    if (json_array_size(errs) > 0) {
-        http_invalid(resp, errs);
+    if (!http_no_query(req, resp))
         return;
-    }
-    json_decref(errs);
     json_t *items = NULL;
     int rc = healer_instances_list(h, false, &items);
     if (rc != ST_OK) {

@@ -165,6 +165,17 @@ void http_unknown_query(const struct http_req *req, const char *const *allowed, 
     }
 }
 
+bool http_no_query(const struct http_req *req, struct http_resp *resp)
+{
+    if (req->nquery == 0)
+        return true;
+    static const char *const none[] = {NULL};
+    json_t *errs = json_array();
+    http_unknown_query(req, none, errs);
+    http_invalid(resp, errs);
+    return false;
+}
+
 int64_t http_id_cursor(const char *cursor, json_t *errs)
 {
     int64_t before = 0, zero = 0;

@@ -679,9 +679,9 @@ static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const ch
 }
 
 /* RFC 9112 6.1-6.3: two different lengths, or one that is not a number, are refused;
- * a coding other than chunked is not implemented; a request with both a length and a
- * coding is answered, then the connection is closed (a proxy in front may have framed
- * it otherwise). Returns false when the request was refused. */
+ * a coding other than chunked is answered 501 (steward decodes chunked only); a request
+ * with both a length and a coding is answered, then the connection is closed (a proxy
+ * in front may have framed it otherwise). Returns false when the request was refused. */
 static bool check_framing(struct reqstate *rs, struct MHD_Connection *conn)
 {
     struct framing f = {0};

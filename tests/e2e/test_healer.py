@@ -366,6 +366,16 @@ def test_reports_bad_input(server, keys):
     assert server.get('/v1/reports', key=None).status_code == 401
 
 
+def test_routes_without_query_parameters_name_every_one_given(server, keys):
+    for path in ('/v1/status', '/v1/instances'):
+        r = server.get(path + '?colour=red&size=9', key=keys['read'])
+        assert r.status_code == 422, path
+        assert r.headers['content-type'].startswith('application/problem+json')
+        assert sorted(e['field'] for e in r.json()['errors']) == ['colour', 'size'], path
+        assert all(e['message'] == 'unknown query parameter' for e in r.json()['errors'])
+        assert server.get(path, key=keys['read']).status_code == 200, path
+
+
 # ---------------------------------------------------------------------------------------
 # GET /v1/status
 
