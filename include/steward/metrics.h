@@ -47,6 +47,8 @@ enum metrics_counter {
     MC_WS_HELLO_REJECTED_BUSY,      /* hellos refused because the database was away */
     MC_WS_SESSIONS_LIMITED,         /* sessions closed 1008 for frames in flight */
     MC_WS_QUEUE_FULL,               /* acks refused because the work queue was full */
+    MC_PRESENCE_RELEASE_STATEMENTS, /* statements releasing devices whose sockets closed */
+    MC_PRESENCE_RELEASED,           /* devices those statements carried */
     MC_COUNT
 };
 

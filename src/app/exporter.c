@@ -230,6 +230,10 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Device sessions closed 1008 for too many frames in flight or per second."},
         {MC_WS_QUEUE_FULL, "ws_work_refused_total",
          "Acks refused (close 1013) because the work queue held STEWARD_WORKER_QUEUE_MAX jobs."},
+        {MC_PRESENCE_RELEASE_STATEMENTS, "presence_release_statements_total",
+         "Statements that released devices whose last socket here closed (grouped)."},
+        {MC_PRESENCE_RELEASED, "presence_released_total",
+         "Devices carried by those statements."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -28,7 +28,8 @@
 
 #define DEVICE_COLS                                                                        \
     "id, user_id, name, " SQL_US("created_at") ", " SQL_US("last_seen_at") ", "            \
-    "coalesce(connected_until > now(), false), seq"
+    "(coalesce(connected_until > now(), false) OR EXISTS (SELECT 1 FROM device_hosts h "      \
+    "WHERE h.instance = devices.host AND h.lease_until > now())), seq"
 
 static const struct db_stmt st_scout_insert = {
     "scouts_scout_insert",
@@ -125,35 +126,60 @@ static const struct db_stmt st_device_delete = {
     1};
 
 /* A device_hello: the token is checked and, when it matches, the device is marked seen
- * and connected for the presence period, in one round trip (the device is present by
- * the time hello_ok goes out, and a wrong token writes nothing). The database compares
- * SHA-256 digests: how long that takes tells at most how much of the digest of the
- * caller's own guess matches, which brings no one closer to a token. */
+ * and held by this instance ($3: host, online while this instance's lease runs), in one
+ * round trip (the device is present by the time hello_ok goes out, and a wrong token
+ * writes nothing). It returns the last_seen_at it wrote, which the close compares (see
+ * st_devices_offline). The database compares SHA-256 digests: how long that takes tells
+ * at most how much of the digest of the caller's own guess matches, which brings no one
+ * closer to a token. */
 static const struct db_stmt st_device_hello = {
     "scouts_device_hello",
-    "UPDATE devices SET last_seen_at = now(), "
-    "connected_until = now() + make_interval(secs => $3::int) "
-    "WHERE id = $1::uuid AND token_hash = $2 RETURNING user_id",
+    "UPDATE devices SET last_seen_at = now(), host = $3 "
+    "WHERE id = $1::uuid AND token_hash = $2 RETURNING user_id, " SQL_US("last_seen_at"),
     3};
 
-static const struct db_stmt st_device_offline = {
-    "scouts_device_offline",
-    "UPDATE devices SET last_seen_at = now(), connected_until = NULL WHERE id = $1::uuid", 1};
+/* The last local sockets of a group of devices closed ($2 the ids, $3 the last_seen_at
+ * each one's latest hello here wrote, in microseconds): each is released where this
+ * instance ($1) still holds it and no hello came since (anywhere: every hello writes
+ * last_seen_at), so a device that reconnected here or elsewhere meanwhile stays online.
+ * A live connected_until means an instance of the previous version holds it too (rolling
+ * upgrade): released then as well, since that keeps it online. */
+static const struct db_stmt st_devices_offline = {
+    "scouts_devices_offline",
+    "UPDATE devices d SET host = NULL, last_seen_at = now() "
+    "FROM unnest($2::uuid[], $3::int8[]) AS x(id, seen) "
+    "WHERE d.id = x.id AND d.host = $1 "
+    "AND (" SQL_US("d.last_seen_at") " = x.seen OR d.connected_until > now())",
+    3};
 
-static const struct db_stmt st_devices_offline_all = {
-    "scouts_devices_offline_all",
-    "UPDATE devices SET last_seen_at = now(), connected_until = NULL "
-    "WHERE id IN (SELECT x::uuid FROM json_array_elements_text($1::json) x)",
+/* Shutdown: every device held here is released and the lease row goes. */
+static const struct db_stmt st_hosts_release = {
+    "scouts_hosts_release",
+    "WITH l AS (DELETE FROM device_hosts WHERE instance = $1) "
+    "UPDATE devices SET host = NULL, last_seen_at = now() WHERE host = $1",
     1};
 
-static const struct db_stmt st_devices_refresh = {
-    "scouts_devices_refresh",
-    "WITH ids AS (SELECT DISTINCT x::uuid AS id FROM json_array_elements_text($1::json) x), "
-    "u AS (UPDATE devices d SET last_seen_at = now(), "
-    "connected_until = now() + make_interval(secs => $2::int) FROM ids WHERE d.id = ids.id "
-    "RETURNING d.id) "
-    "SELECT ids.id FROM ids WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = ids.id)",
+/* The presence tick: this instance's lease renewed to now() + $2 s, in the same statement
+ * as the prune of instances whose lease lapsed a day ago (a crash; a table of a few rows,
+ * so the scan is cheap): their devices are released, their lease's end kept as the
+ * devices' last sighting. */
+static const struct db_stmt st_lease_renew = {
+    "scouts_lease_renew",
+    "WITH p AS (DELETE FROM device_hosts WHERE lease_until < now() - interval '1 day' "
+    "AND instance <> $1 RETURNING instance, lease_until), "
+    "c AS (UPDATE devices d SET host = NULL, "
+    "last_seen_at = greatest(d.last_seen_at, p.lease_until) FROM p WHERE d.host = p.instance) "
+    "INSERT INTO device_hosts (instance, lease_until) "
+    "VALUES ($1, now() + make_interval(secs => $2::int)) "
+    "ON CONFLICT (instance) DO UPDATE SET lease_until = EXCLUDED.lease_until",
     2};
+
+/* Which of the ids ($1) no longer name a device (read-only). */
+static const struct db_stmt st_devices_gone = {
+    "scouts_devices_gone",
+    "SELECT x FROM unnest($1::uuid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM devices d "
+    "WHERE d.id = x)",
+    1};
 
 /* One delivery pass for a user's sessions on this instance, fetch and mark in one
  * statement. c: the first $2 (the in-flight window) pending proposals of the user, oldest
@@ -193,8 +219,11 @@ static const struct db_stmt st_deliver = {
 
 /* The ack and, when it flipped the proposal, the notification other instances act on
  * (a|instance|proposal|device|user, $4 the instance), sent at commit; one autocommitted
- * statement. The ids are text parameters, cast to uuid where compared, so that the
- * notification carries the parameters' own text. */
+ * statement. The notification goes out only when another device of the user is held by
+ * another instance (its host's lease runs, or connected_until of the previous version):
+ * only there are sessions to tell (docs/architecture.md). The ids are text parameters,
+ * cast to uuid where compared, so that the notification carries the parameters' own
+ * text. */
 static const struct db_stmt st_ack = {
     "scouts_ack",
     "WITH p AS (SELECT id FROM proposals WHERE id = $1::text::uuid AND user_id = $2::text), "
@@ -203,7 +232,10 @@ static const struct db_stmt st_ack = {
     "WHERE id = $1::text::uuid AND user_id = $2::text "
     "AND status IN ('queued', 'delivered', 'failed') RETURNING id), "
     "n AS (SELECT steward_notify(" SCOUTS_NOTIFY_SQL_ACKED ", $4::text, $1::text, $3::text, "
-    "$2::text) FROM u) "
+    "$2::text) FROM u WHERE EXISTS (SELECT 1 FROM devices d "
+    "LEFT JOIN device_hosts h ON h.instance = d.host "
+    "WHERE d.user_id = $2::text AND d.id <> $3::text::uuid "
+    "AND ((d.host <> $4::text AND h.lease_until > now()) OR d.connected_until > now()))) "
     "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
     4};
 
@@ -907,6 +939,7 @@ struct hello_arg {
     const char *params[3];
     char *user;
     size_t ucap;
+    long long seen;
     bool ok;
 };
 
@@ -918,24 +951,26 @@ static int hello_fn(struct pool_conn *c, void *arg)
     if (rc != ST_OK)
         return rc;
     h->ok = PQntuples(r) == 1;
-    if (h->ok)
+    if (h->ok) {
         snprintf(h->user, h->ucap, "%s", sql_str(r, 0, 0));
+        h->seen = sql_ll(r, 0, 1);
+    }
     PQclear(r);
     return ST_OK;
 }
 
 int scouts_device_hello(struct scouts *s, const char *device_id, const char *token, char *user,
-                        size_t ucap)
+                        size_t ucap, long long *seen)
 {
     if (!scouts_uuid_valid(device_id))
         return ST_ENOTFOUND;
-    char hash[65], secs[24];
+    char hash[65];
     crypto_sha256_hex(token, strlen(token), hash);
-    struct hello_arg h = {
-        {device_id, hash, sql_fmt_ll(secs, presence_period_s(s))}, user, ucap, false};
+    struct hello_arg h = {{device_id, hash, s->instance}, user, ucap, 0, false};
     int rc = pool_with(s->pool, hello_fn, &h);
     if (rc != ST_OK)
         return rc;
+    *seen = h.seen;
     return h.ok ? ST_OK : ST_ENOTFOUND;
 }
 
@@ -950,32 +985,43 @@ static int one_fn(struct pool_conn *c, void *arg)
     return run_discard(c, o->st, o->params);
 }
 
-int scouts_device_offline(struct scouts *s, const char *device_id)
+int scouts_devices_offline(struct scouts *s, const char *ids, const char *seen)
 {
-    const char *p[] = {device_id};
-    struct one_arg o = {&st_device_offline, p};
+    const char *p[] = {s->instance, ids, seen};
+    struct one_arg o = {&st_devices_offline, p};
     return pool_with(s->pool, one_fn, &o);
 }
 
-int scouts_devices_offline_all(struct scouts *s, const char *ids_json)
+int scouts_hosts_release(struct scouts *s)
 {
-    const char *p[] = {ids_json};
-    struct one_arg o = {&st_devices_offline_all, p};
+    const char *p[] = {s->instance};
+    struct one_arg o = {&st_hosts_release, p};
     return pool_with(s->pool, one_fn, &o);
 }
 
-struct refresh_arg {
+int scouts_lease_renew(struct scouts *s)
+{
+    char secs[24];
+    const char *p[] = {s->instance, sql_fmt_ll(secs, presence_period_s(s))};
+    struct one_arg o = {&st_lease_renew, p};
+    int rc = pool_with(s->pool, one_fn, &o);
+    if (rc == ST_OK)
+        atomic_store(&s->lease_renewed, true);
+    return rc;
+}
+
+struct gone_arg {
     const char *const *params;
     json_t *gone;
 };
 
-static int refresh_fn(struct pool_conn *c, void *arg)
+static int gone_fn(struct pool_conn *c, void *arg)
 {
-    struct refresh_arg *a = arg;
+    struct gone_arg *a = arg;
     json_decref(a->gone);
     a->gone = NULL;
     PGresult *r;
-    int rc = run(c, &st_devices_refresh, a->params, &r);
+    int rc = run(c, &st_devices_gone, a->params, &r);
     if (rc != ST_OK)
         return rc;
     a->gone = json_array();
@@ -985,12 +1031,11 @@ static int refresh_fn(struct pool_conn *c, void *arg)
     return ST_OK;
 }
 
-int scouts_devices_refresh(struct scouts *s, const char *ids_json, json_t **gone)
+int scouts_devices_gone(struct scouts *s, const char *ids, json_t **gone)
 {
-    char secs[24];
-    const char *p[] = {ids_json, sql_fmt_ll(secs, presence_period_s(s))};
-    struct refresh_arg a = {p, NULL};
-    int rc = pool_with(s->pool, refresh_fn, &a);
+    const char *p[] = {ids};
+    struct gone_arg a = {p, NULL};
+    int rc = pool_with(s->pool, gone_fn, &a);
     if (rc != ST_OK) {
         json_decref(a.gone);
         return rc;
@@ -1394,7 +1439,7 @@ static int warm_conn(struct scouts *s, struct pool_conn *c)
     const char *pi[] = {NIL_UUID, "warm", "false", NULL, NULL, NULL, NULL,
                         sql_fmt_ll(ttl, s->set.proposal_ttl_days)};
     const char *pd[] = {"", sql_fmt_ll(lim, 1), "[[]]"};
-    const char *ph[] = {NIL_UUID, "", "1"};
+    const char *ph[] = {NIL_UUID, "", s->instance};
     const char *pk[] = {NIL_UUID, "", NIL_UUID, "warm"};
     int rc = run_discard(c, &st_ingest, pi);
     if (rc == ST_OK)

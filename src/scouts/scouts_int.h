@@ -54,6 +54,9 @@ struct scouts_sess {
     int nsent;
     int capsent;
     int acks_inflight; /* acks submitted and not answered yet */
+    /* last_seen_at (us) the latest hello of this device here wrote: its close releases
+     * the device only if no hello came since (scouts_devices_offline) */
+    long long seen;
     struct scouts_sess *user_next; /* sessions of the same user */
     struct hash_node by_sid;       /* in scouts->by_sid */
 };
@@ -69,6 +72,12 @@ struct scouts_user {
 
 #define SCOUTS_PROBE_WAIT_MS 5000 /* how long the listener's probe may take */
 
+/* A device whose last socket here closed, waiting for the grouped release. */
+struct scouts_offline {
+    char device_id[SCOUTS_ID_LEN + 1];
+    long long seen;
+};
+
 struct scouts {
     struct pool *pool;
     const struct logger *lg;
@@ -83,6 +92,14 @@ struct scouts {
     pthread_mutex_t mu;        /* the session registry below */
     struct hash_table by_sid;  /* struct scouts_sess by sid */
     struct hash_table by_user; /* struct scouts_user by user id */
+
+    /* closes waiting for their grouped release (guarded by mu): one job at a time writes
+     * what has gathered, then looks again (offline_running) */
+    struct scouts_offline *offline;
+    size_t noffline, capoffline;
+    bool offline_running;
+    atomic_bool offline_retry; /* a release failed: the retry job submits it again */
+    atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
 
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
@@ -174,17 +191,23 @@ int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_
 int scouts_device_delete(struct scouts *s, const char *id, const char *actor);
 
 /* A device_hello: checks the device's token and, when it matches, marks the device seen
- * and connected for the presence period, in one statement; fills user
- * (SCOUTS_USER_MAX*4+1 bytes). ST_ENOTFOUND for an unknown device or a wrong token. */
+ * and held by this instance, in one statement; fills user (SCOUTS_USER_MAX*4+1 bytes)
+ * and *seen (the last_seen_at written, in microseconds: what the close compares).
+ * ST_ENOTFOUND for an unknown device or a wrong token. */
 int scouts_device_hello(struct scouts *s, const char *device_id, const char *token, char *user,
-                        size_t ucap);
-/* Marks devices offline (their last local socket closed). */
-int scouts_device_offline(struct scouts *s, const char *device_id);
-/* Marks the devices (JSON array text of ids) offline at once (graceful shutdown). */
-int scouts_devices_offline_all(struct scouts *s, const char *ids_json);
-/* Refreshes presence of the n device ids (JSON array text) connected here; fills
- * *gone (new reference, array of ids that no longer exist). */
-int scouts_devices_refresh(struct scouts *s, const char *ids_json, json_t **gone);
+                        size_t ucap, long long *seen);
+/* Releases devices whose last local socket closed, in one statement: ids and seen are
+ * PostgreSQL array texts of the same length (uuids; the *seen of each one's latest hello
+ * here). A device that said hello again since, here or elsewhere, is left alone. */
+int scouts_devices_offline(struct scouts *s, const char *ids, const char *seen);
+/* Releases every device held here and drops this instance's lease (graceful shutdown). */
+int scouts_hosts_release(struct scouts *s);
+/* Renews this instance's presence lease (and prunes those lapsed a day ago); sets
+ * lease_renewed on success. */
+int scouts_lease_renew(struct scouts *s);
+/* Fills *gone (new reference) with those of the ids (PostgreSQL array text) that no
+ * longer name a device; read-only. */
+int scouts_devices_gone(struct scouts *s, const char *ids, json_t **gone);
 
 /* One delivery pass in one statement: fetches the first `window` pending proposals of
  * the user, oldest first, decides per session (the windows JSON text, see
@@ -218,14 +241,16 @@ void scouts_request_pass(struct scouts *s, const char *user_id);
 void scouts_catch_up(struct scouts *s);
 /* Handles a payload received on the notification channel. */
 void scouts_on_notify(struct scouts *s, const char *payload);
-/* Refreshes presence of the devices connected here, closing sessions of deleted ones. */
+/* Renews this instance's presence lease (one statement, whatever it holds). */
 void scouts_presence_tick(struct scouts *s);
+/* After the listener reconnected: closes (4403) sessions of devices deleted while no
+ * notification could be heard, checked in read-only statements of 256 ids (a job). */
+void scouts_recheck_devices(struct scouts *s);
+/* Submits the grouped release of closed devices again after it failed (retry job). */
+void scouts_offline_retry(struct scouts *s);
 /* Submits a job (arg is one malloc'd block, freed after the job) counted for
  * shutdown; returns 0 or -1 (arg freed then). */
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
-/* The device ids of this instance's sessions as JSON array text (malloc'd), or NULL
- * when there are none. */
-char *scouts_local_devices_json(struct scouts *s);
 /* Frees the session registry (at scouts_free). */
 void scouts_sessions_free(struct scouts *s);
 

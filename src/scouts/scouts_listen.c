@@ -8,9 +8,10 @@
  * which delivers whatever was queued meanwhile.
  *
  * Periodic jobs, on the process's scheduler (scouts_start registers them): the
- * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the presence refresh of the devices
- * connected here every heartbeat_s/2 (at least 1 s), and, every 250 ms, a retry of the
- * passes that failed while the database was away. */
+ * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the renewal of this instance's
+ * presence lease every heartbeat_s/2 (at least 1 s; the first at once), and, every
+ * 250 ms, a retry of the passes and device releases that failed while the database was
+ * away. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -89,19 +90,22 @@ static bool stopping_threads(struct scouts *s)
 }
 
 /* The periodic jobs do nothing once scouts_stop began (the scheduler is stopped before
- * it, so this only guards a wrong order: a presence refresh after the shutdown marked
- * the devices offline would mark them connected again). */
+ * it, so this only guards a wrong order: a lease renewal after the shutdown released
+ * the devices would leave a lease row behind). */
 static bool jobs_off(struct scouts *s)
 {
     return atomic_load(&s->stopping) || stopping_threads(s);
 }
 
-/* Inline on the scheduler thread: an atomic flag, and when set only queues passes. */
+/* Inline on the scheduler thread: atomic flags, and when set only queues jobs. */
 static void retry_job(void *arg)
 {
     struct scouts *s = arg;
-    if (!jobs_off(s) && atomic_exchange(&s->retry_all, false))
+    if (jobs_off(s))
+        return;
+    if (atomic_exchange(&s->retry_all, false))
         scouts_catch_up(s);
+    scouts_offline_retry(s);
 }
 
 static void sweep_job(void *arg)
@@ -233,8 +237,10 @@ static void *listen_main(void *arg)
             probe_due = true;
             probe_warned = false;
             warm(s);
-            /* whatever was queued while nobody listened is delivered now */
+            /* whatever was queued while nobody listened is delivered now, and devices
+             * deleted meanwhile (their notification was missed) are closed */
             scouts_catch_up(s);
+            scouts_recheck_devices(s);
         }
         if (probe_due)
             probe_due = !probe_send(s);
@@ -296,7 +302,8 @@ int scouts_start(struct scouts *s, struct sched *sc)
     const struct sched_job jobs[] = {
         {.name = "scouts_retry", .fn = retry_job, .ctx = s, .period_ms = 250, .inline_run = true},
         {.name = "delivery_sweep", .fn = sweep_job, .ctx = s, .period_ms = sweep_ms},
-        {.name = "presence_refresh", .fn = presence_job, .ctx = s, .period_ms = presence_ms},
+        {.name = "presence_refresh", .fn = presence_job, .ctx = s, .period_ms = presence_ms,
+         .first_ms = 1},
     };
     for (size_t i = 0; i < sizeof(jobs) / sizeof(jobs[0]); i++)
         if (sched_add(sc, &jobs[i]) != 0)
@@ -324,10 +331,8 @@ void scouts_stop(struct scouts *s)
     struct deadline deadline = deadline_in_ms(STOP_WAIT_MS);
     while (atomic_load(&s->jobs) > 0 && !deadline_passed(deadline))
         usleep(5000);
-    char *ids = scouts_local_devices_json(s);
-    if (ids)
-        scouts_devices_offline_all(s, ids);
-    free(ids);
+    /* one statement releases every device held here and drops the lease */
+    scouts_hosts_release(s);
 }
 
 void scouts_free(struct scouts *s)
@@ -335,6 +340,7 @@ void scouts_free(struct scouts *s)
     if (!s)
         return;
     scouts_sessions_free(s);
+    free(s->offline);
     hash_release(&s->by_sid);
     hash_release(&s->by_user);
     for (int i = 0; i < 2; i++)

@@ -22,7 +22,8 @@
 
 #define TOKEN_MAX 256
 #define CLIENT_FIELD_MAX 64 /* device_hello's client.name and client.version */
-#define PRESENCE_CHUNK 256 /* devices per presence refresh statement */
+#define RECHECK_CHUNK 256   /* device ids per statement of the check after a reconnect */
+#define OFFLINE_CHUNK 1000  /* devices per statement of the grouped release */
 
 /* ------------------------------------------------------------ registry (s->mu held) */
 
@@ -78,7 +79,8 @@ static struct scouts_sess *sess_find_locked(struct scouts *s, uint64_t sid)
 }
 
 /* Unlinks and frees a session; returns true when no other session of its device is
- * left on this instance. */
+ * left on this instance. The others of its device take its seen when later (the latest
+ * hello here is the one a release must match). */
 static bool sess_remove_locked(struct scouts *s, struct scouts_sess *x)
 {
     hash_remove(&s->by_sid, &x->by_sid);
@@ -89,8 +91,11 @@ static bool sess_remove_locked(struct scouts *s, struct scouts_sess *x)
             *pp = x->user_next;
             continue;
         }
-        if (strcmp((*pp)->device_id, x->device_id) == 0)
+        if (strcmp((*pp)->device_id, x->device_id) == 0) {
             last = false;
+            if ((*pp)->seen < x->seen)
+                (*pp)->seen = x->seen;
+        }
         pp = &(*pp)->user_next;
     }
     free(x->sent);
@@ -536,18 +541,37 @@ void scouts_on_notify(struct scouts *s, const char *payload)
 
 /* ------------------------------------------------------------ presence */
 
-/* Refreshes the presence of the devices in ids[from, to) in one statement and closes
- * the sessions of those the database no longer has. Returns the statement's outcome. */
-static int presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t from, size_t to)
+void scouts_presence_tick(struct scouts *s)
 {
-    json_t *chunk = json_array();
-    for (size_t i = from; chunk && i < to; i++)
-        json_array_append(chunk, json_array_get(ids, i));
-    char *text = chunk ? json_text(chunk, NULL) : NULL;
+    /* the database is away when it fails: the next tick tries again, and the devices
+     * held here stay online until the lease lapses */
+    scouts_lease_renew(s);
+}
+
+/* "{a,b,...}": a PostgreSQL array text of ids (uuids need no quoting), malloc'd. */
+static char *ids_array(json_t *ids, size_t from, size_t to)
+{
+    char *text = malloc((to - from) * (SCOUTS_ID_LEN + 1) + 3);
+    if (!text)
+        return NULL;
+    size_t len = 0;
+    text[len++] = '{';
+    for (size_t i = from; i < to; i++)
+        len += (size_t)sprintf(text + len, "%s%.*s", i > from ? "," : "", SCOUTS_ID_LEN,
+                               json_string_value(json_array_get(ids, i)));
+    text[len++] = '}';
+    text[len] = '\0';
+    return text;
+}
+
+/* Closes the sessions of those devices in ids[from, to) the database no longer has, in
+ * one read-only statement; returns its outcome. */
+static int recheck_chunk(struct scouts *s, json_t *ids, json_t *users, size_t from, size_t to)
+{
+    char *text = ids_array(ids, from, to);
     json_t *gone = NULL;
-    int rc = text ? scouts_devices_refresh(s, text, &gone) : ST_ENOMEM;
+    int rc = text ? scouts_devices_gone(s, text, &gone) : ST_ENOMEM;
     if (rc == ST_OK) {
-        /* a device deleted while its notification was missed */
         size_t i;
         json_t *g;
         json_array_foreach(gone, i, g)
@@ -563,12 +587,16 @@ static int presence_chunk(struct scouts *s, json_t *ids, json_t *users, size_t f
     }
     json_decref(gone);
     free(text);
-    json_decref(chunk);
     return rc;
 }
 
-void scouts_presence_tick(struct scouts *s)
+/* A device deleted while the listener was down was never heard of: its sessions here are
+ * found now, in statements of at most RECHECK_CHUNK ids (one for 10,000 would hold a
+ * core for long). The first that fails ends the check: the database is away, and the
+ * listener's next reconnect checks again. */
+static void recheck_job(struct scouts *s, void *arg)
 {
+    (void)arg;
     json_t *ids = json_array();
     json_t *users = json_array();
     pthread_mutex_lock(&s->mu);
@@ -579,18 +607,174 @@ void scouts_presence_tick(struct scouts *s)
         json_array_append_new(users, json_string(x->user->user_id));
     }
     pthread_mutex_unlock(&s->mu);
-    /* In statements of at most PRESENCE_CHUNK devices: one statement for 10,000 held
-     * their row locks (a hello of one of them waits) and a core for 250 ms. The first
-     * that fails ends the tick (the database is away: the next tick tries again), so
-     * the timer never waits out the pool once per chunk. */
     size_t n = json_array_size(ids);
-    for (size_t from = 0; from < n; from += PRESENCE_CHUNK) {
-        size_t to = from + PRESENCE_CHUNK < n ? from + PRESENCE_CHUNK : n;
-        if (presence_chunk(s, ids, users, from, to) != ST_OK)
+    for (size_t from = 0; from < n; from += RECHECK_CHUNK) {
+        size_t to = from + RECHECK_CHUNK < n ? from + RECHECK_CHUNK : n;
+        if (recheck_chunk(s, ids, users, from, to) != ST_OK)
             break;
     }
     json_decref(ids);
     json_decref(users);
+}
+
+void scouts_recheck_devices(struct scouts *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool any = s->by_sid.len > 0;
+    pthread_mutex_unlock(&s->mu);
+    if (any)
+        submit(s, recheck_job, NULL, false);
+}
+
+/* ------------------------------------------------------------ releases */
+
+/* Queues the release of a device whose last socket here closed (s->mu held). Returns
+ * true when the caller must start the release job (none is running). Out of memory, the
+ * device stays held until it says hello again or this instance stops. */
+static bool offline_push_locked(struct scouts *s, const char *device_id, long long seen)
+{
+    if (s->noffline == s->capoffline) {
+        size_t cap = s->capoffline ? s->capoffline * 2 : 64;
+        struct scouts_offline *n = realloc(s->offline, cap * sizeof(*n));
+        if (!n)
+            return false;
+        s->offline = n;
+        s->capoffline = cap;
+    }
+    struct scouts_offline *o = &s->offline[s->noffline++];
+    snprintf(o->device_id, sizeof(o->device_id), "%s", device_id);
+    o->seen = seen;
+    if (s->offline_running)
+        return false;
+    s->offline_running = true;
+    return true;
+}
+
+/* Writes the releases of o[0..n) in statements of OFFLINE_CHUNK devices. */
+static int offline_write(struct scouts *s, const struct scouts_offline *o, size_t n)
+{
+    for (size_t from = 0; from < n; from += OFFLINE_CHUNK) {
+        size_t k = n - from < OFFLINE_CHUNK ? n - from : OFFLINE_CHUNK;
+        char *ids = malloc(k * (SCOUTS_ID_LEN + 1) + 3);
+        char *seen = malloc(k * 21 + 3);
+        int rc = ST_ENOMEM;
+        if (ids && seen) {
+            size_t li = 0, ls = 0;
+            ids[li++] = '{';
+            seen[ls++] = '{';
+            for (size_t i = 0; i < k; i++) {
+                li += (size_t)sprintf(ids + li, "%s%s", i ? "," : "", o[from + i].device_id);
+                ls += (size_t)sprintf(seen + ls, "%s%lld", i ? "," : "", o[from + i].seen);
+            }
+            snprintf(ids + li, 2, "}");
+            snprintf(seen + ls, 2, "}");
+            rc = scouts_devices_offline(s, ids, seen);
+        }
+        free(ids);
+        free(seen);
+        if (rc != ST_OK)
+            return rc;
+        metrics_count(s->metrics, MC_PRESENCE_RELEASE_STATEMENTS, 1);
+        metrics_count(s->metrics, MC_PRESENCE_RELEASED, k);
+    }
+    return ST_OK;
+}
+
+/* One release job at a time: it writes whatever closes gathered, in one statement per
+ * group, and looks again until none is left, so a storm of closes costs a few
+ * statements rather than one per device. A failure puts the group back for the retry
+ * job (the database is away; nothing is lost meanwhile: the devices stay held). */
+static void offline_job(struct scouts *s, void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct scouts_offline *o = s->offline;
+        size_t n = s->noffline, cap = s->capoffline;
+        s->offline = NULL;
+        s->noffline = s->capoffline = 0;
+        if (n == 0)
+            s->offline_running = false;
+        pthread_mutex_unlock(&s->mu);
+        if (n == 0) {
+            free(o);
+            return;
+        }
+        int rc = offline_write(s, o, n);
+        if (rc == ST_OK) {
+            free(o);
+            continue;
+        }
+        log_msg(s->lg, LOG_WARN, "device release failed; retrying", "error", st_strerror(rc),
+                NULL);
+        /* back in front of what gathered meanwhile (written again is harmless: a device
+         * already released no longer matches). Out of memory, this group is dropped and
+         * its devices stay held until they say hello again or this instance stops. */
+        pthread_mutex_lock(&s->mu);
+        if (s->noffline) {
+            struct scouts_offline *m = realloc(o, (n + s->noffline) * sizeof(*o));
+            if (m) {
+                memcpy(m + n, s->offline, s->noffline * sizeof(*o));
+                n += s->noffline;
+                cap = n;
+                o = m;
+            } else {
+                free(o);
+                o = NULL;
+            }
+        }
+        if (o) {
+            free(s->offline);
+            s->offline = o;
+            s->noffline = n;
+            s->capoffline = cap;
+        }
+        s->offline_running = false;
+        pthread_mutex_unlock(&s->mu);
+        atomic_store(&s->offline_retry, true);
+        return;
+    }
+}
+
+static void offline_start(struct scouts *s)
+{
+    if (submit(s, offline_job, NULL, true) != 0) {
+        pthread_mutex_lock(&s->mu);
+        s->offline_running = false;
+        pthread_mutex_unlock(&s->mu);
+        atomic_store(&s->offline_retry, true);
+    }
+}
+
+void scouts_offline_retry(struct scouts *s)
+{
+    if (!atomic_exchange(&s->offline_retry, false))
+        return;
+    pthread_mutex_lock(&s->mu);
+    bool go = s->noffline > 0 && !s->offline_running;
+    if (go)
+        s->offline_running = true;
+    pthread_mutex_unlock(&s->mu);
+    if (go)
+        offline_start(s);
+}
+
+/* A hello of the device (of user) wrote seen, and no session of it is linked for it
+ * (s->mu held): other sessions of the device here take seen, and with none the device
+ * is released again. Returns true when the caller must start the release job. */
+static bool hello_unused_locked(struct scouts *s, const char *user, const char *device_id,
+                                long long seen)
+{
+    struct scouts_user *u = user_find_locked(s, user);
+    bool other = false;
+    for (struct scouts_sess *x = u ? u->sessions : NULL; x; x = x->user_next) {
+        if (strcmp(x->device_id, device_id) == 0) {
+            other = true;
+            if (x->seen < seen)
+                x->seen = seen;
+        }
+    }
+    return !other && offline_push_locked(s, device_id, seen);
 }
 
 /* ------------------------------------------------------------ device_hello */
@@ -679,7 +863,12 @@ static void hello_job(struct scouts *s, void *arg)
 static void hello_check(struct scouts *s, struct hello_arg *a)
 {
     char user[SCOUTS_USER_MAX * 4 + 1];
-    int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user));
+    long long seen = 0;
+    /* the device counts online only once this instance's lease row exists: written by
+     * the presence tick, and here until it was */
+    if (!atomic_load(&s->lease_renewed))
+        scouts_lease_renew(s);
+    int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user), &seen);
     explicit_bzero(a->token, sizeof(a->token));
     if (rc == ST_ENOTFOUND) {
         hello_refused(s, MC_WS_HELLO_REJECTED_TOKEN, "bad_token", a->device_id);
@@ -697,21 +886,30 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
      * in between is unlinked below. */
     pthread_mutex_lock(&s->mu);
     if (sess_find_locked(s, a->sid)) {
+        /* a second hello on the same session while the first was checked: it wrote
+         * presence all the same */
+        bool start = hello_unused_locked(s, user, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        return; /* a second hello on the same session while the first was checked */
+        if (start)
+            offline_start(s);
+        return;
     }
     struct scouts_user *u = user_get_locked(s, user);
     struct scouts_sess *x = u ? calloc(1, sizeof(*x)) : NULL;
     if (!x) {
         if (u)
             user_maybe_free_locked(s, u);
+        bool start = hello_unused_locked(s, user, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
+        if (start)
+            offline_start(s);
         send_error(s, a->sid, "unavailable", NULL);
         ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "out of memory");
         return;
     }
     x->sid = a->sid;
     snprintf(x->device_id, sizeof(x->device_id), "%s", a->device_id);
+    x->seen = seen;
     x->user = u;
     x->user_next = u->sessions;
     u->sessions = x;
@@ -721,8 +919,10 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (ws_session_accept(s->ws, a->sid, x) != 0) {
         /* gone or closing: x never became the session's tag, so it is still ours */
         pthread_mutex_lock(&s->mu);
-        sess_remove_locked(s, x);
+        bool start = sess_remove_locked(s, x) && offline_push_locked(s, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
+        if (start)
+            offline_start(s);
         return;
     }
     /* x is the session's now: on_closed may free it at any moment, so it is found
@@ -896,15 +1096,6 @@ static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, j
 
 /* ------------------------------------------------------------ closes */
 
-struct device_arg {
-    char device_id[SCOUTS_ID_LEN + 1];
-};
-
-static void offline_job(struct scouts *s, void *arg)
-{
-    scouts_device_offline(s, ((struct device_arg *)arg)->device_id);
-}
-
 /* Service thread: tag is the session's struct scouts_sess (see hello_job); the sid is
  * already unknown to ws, so nothing sends to it any more. */
 static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, void *tag)
@@ -916,15 +1107,13 @@ static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, void *tag)
     char device_id[SCOUTS_ID_LEN + 1];
     pthread_mutex_lock(&s->mu);
     snprintf(device_id, sizeof(device_id), "%s", x->device_id);
+    long long seen = x->seen;
     bool last = sess_remove_locked(s, x);
+    /* stopping: the shutdown releases every device held here at once */
+    bool start = last && !atomic_load(&s->stopping) && offline_push_locked(s, device_id, seen);
     pthread_mutex_unlock(&s->mu);
-    if (!last || atomic_load(&s->stopping))
-        return;
-    struct device_arg *a = malloc(sizeof(*a));
-    if (!a)
-        return;
-    snprintf(a->device_id, sizeof(a->device_id), "%s", device_id);
-    submit(s, offline_job, a, true);
+    if (start)
+        offline_start(s);
 }
 
 int scouts_ws_register(struct ws_server *ws, struct scouts *s)
@@ -935,21 +1124,6 @@ int scouts_ws_register(struct ws_server *ws, struct scouts *s)
     rc |= ws_server_on(ws, "scout_proposal_ack", false, on_ack, s);
     ws_server_on_closed(ws, on_closed, s);
     return rc;
-}
-
-/* Collects the device ids of this instance's sessions as a JSON array text. */
-char *scouts_local_devices_json(struct scouts *s)
-{
-    json_t *ids = json_array();
-    pthread_mutex_lock(&s->mu);
-    struct hash_iter it = hash_iter(&s->by_sid);
-    for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)
-        json_array_append_new(ids,
-                              json_string(hash_entry(h, struct scouts_sess, by_sid)->device_id));
-    pthread_mutex_unlock(&s->mu);
-    char *text = json_array_size(ids) ? json_text(ids, NULL) : NULL;
-    json_decref(ids);
-    return text;
 }
 
 void scouts_sessions_free(struct scouts *s)
