@@ -93,12 +93,11 @@ struct scouts {
     struct hash_table by_sid;  /* struct scouts_sess by sid */
     struct hash_table by_user; /* struct scouts_user by user id */
 
-    /* closes waiting for their grouped release (guarded by mu): one job at a time writes
-     * what has gathered, then looks again (offline_running) */
+    /* closes waiting for their grouped release (guarded by mu): every 250 ms one job
+     * writes what has gathered, then looks again until none is left (offline_running) */
     struct scouts_offline *offline;
     size_t noffline, capoffline;
     bool offline_running;
-    atomic_bool offline_retry; /* a release failed: the retry job submits it again */
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
 
     atomic_bool stopping;
@@ -246,8 +245,9 @@ void scouts_presence_tick(struct scouts *s);
 /* After the listener reconnected: closes (4403) sessions of devices deleted while no
  * notification could be heard, checked in read-only statements of 256 ids (a job). */
 void scouts_recheck_devices(struct scouts *s);
-/* Submits the grouped release of closed devices again after it failed (retry job). */
-void scouts_offline_retry(struct scouts *s);
+/* Starts the grouped release of the devices whose last socket here closed, unless it
+ * runs or none is waiting (the retry job, every 250 ms). */
+void scouts_offline_flush(struct scouts *s);
 /* Submits a job (arg is one malloc'd block, freed after the job) counted for
  * shutdown; returns 0 or -1 (arg freed then). */
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);

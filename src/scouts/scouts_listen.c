@@ -10,8 +10,8 @@
  * Periodic jobs, on the process's scheduler (scouts_start registers them): the
  * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the renewal of this instance's
  * presence lease every heartbeat_s/2 (at least 1 s; the first at once), and, every
- * 250 ms, a retry of the passes and device releases that failed while the database was
- * away. */
+ * 250 ms, a retry of the passes that failed while the database was away and the grouped
+ * release of the devices whose last socket here closed meanwhile. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -105,7 +105,7 @@ static void retry_job(void *arg)
         return;
     if (atomic_exchange(&s->retry_all, false))
         scouts_catch_up(s);
-    scouts_offline_retry(s);
+    scouts_offline_flush(s);
 }
 
 static void sweep_job(void *arg)

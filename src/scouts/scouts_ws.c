@@ -628,26 +628,22 @@ void scouts_recheck_devices(struct scouts *s)
 
 /* ------------------------------------------------------------ releases */
 
-/* Queues the release of a device whose last socket here closed (s->mu held). Returns
- * true when the caller must start the release job (none is running). Out of memory, the
- * device stays held until it says hello again or this instance stops. */
-static bool offline_push_locked(struct scouts *s, const char *device_id, long long seen)
+/* Queues the release of a device whose last socket here closed (s->mu held); the retry
+ * job (every 250 ms) hands what gathered to the release job. Out of memory, the device
+ * stays held until it says hello again or this instance stops. */
+static void offline_push_locked(struct scouts *s, const char *device_id, long long seen)
 {
     if (s->noffline == s->capoffline) {
         size_t cap = s->capoffline ? s->capoffline * 2 : 64;
         struct scouts_offline *n = realloc(s->offline, cap * sizeof(*n));
         if (!n)
-            return false;
+            return;
         s->offline = n;
         s->capoffline = cap;
     }
     struct scouts_offline *o = &s->offline[s->noffline++];
     snprintf(o->device_id, sizeof(o->device_id), "%s", device_id);
     o->seen = seen;
-    if (s->offline_running)
-        return false;
-    s->offline_running = true;
-    return true;
 }
 
 /* Writes the releases of o[0..n) in statements of OFFLINE_CHUNK devices. */
@@ -682,8 +678,8 @@ static int offline_write(struct scouts *s, const struct scouts_offline *o, size_
 
 /* One release job at a time: it writes whatever closes gathered, in one statement per
  * group, and looks again until none is left, so a storm of closes costs a few
- * statements rather than one per device. A failure puts the group back for the retry
- * job (the database is away; nothing is lost meanwhile: the devices stay held). */
+ * statements rather than one per device. A failure puts the group back for the next
+ * round (the database is away; nothing is lost meanwhile: the devices stay held). */
 static void offline_job(struct scouts *s, void *arg)
 {
     (void)arg;
@@ -731,38 +727,28 @@ static void offline_job(struct scouts *s, void *arg)
         }
         s->offline_running = false;
         pthread_mutex_unlock(&s->mu);
-        atomic_store(&s->offline_retry, true);
         return;
     }
 }
 
-static void offline_start(struct scouts *s)
+void scouts_offline_flush(struct scouts *s)
 {
-    if (submit(s, offline_job, NULL, true) != 0) {
-        pthread_mutex_lock(&s->mu);
-        s->offline_running = false;
-        pthread_mutex_unlock(&s->mu);
-        atomic_store(&s->offline_retry, true);
-    }
-}
-
-void scouts_offline_retry(struct scouts *s)
-{
-    if (!atomic_exchange(&s->offline_retry, false))
-        return;
     pthread_mutex_lock(&s->mu);
     bool go = s->noffline > 0 && !s->offline_running;
     if (go)
         s->offline_running = true;
     pthread_mutex_unlock(&s->mu);
-    if (go)
-        offline_start(s);
+    if (go && submit(s, offline_job, NULL, true) != 0) {
+        pthread_mutex_lock(&s->mu);
+        s->offline_running = false;
+        pthread_mutex_unlock(&s->mu);
+    }
 }
 
 /* A hello of the device (of user) wrote seen, and no session of it is linked for it
  * (s->mu held): other sessions of the device here take seen, and with none the device
- * is released again. Returns true when the caller must start the release job. */
-static bool hello_unused_locked(struct scouts *s, const char *user, const char *device_id,
+ * is released again. */
+static void hello_unused_locked(struct scouts *s, const char *user, const char *device_id,
                                 long long seen)
 {
     struct scouts_user *u = user_find_locked(s, user);
@@ -774,7 +760,8 @@ static bool hello_unused_locked(struct scouts *s, const char *user, const char *
                 x->seen = seen;
         }
     }
-    return !other && offline_push_locked(s, device_id, seen);
+    if (!other)
+        offline_push_locked(s, device_id, seen);
 }
 
 /* ------------------------------------------------------------ device_hello */
@@ -888,10 +875,8 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (sess_find_locked(s, a->sid)) {
         /* a second hello on the same session while the first was checked: it wrote
          * presence all the same */
-        bool start = hello_unused_locked(s, user, a->device_id, seen);
+        hello_unused_locked(s, user, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        if (start)
-            offline_start(s);
         return;
     }
     struct scouts_user *u = user_get_locked(s, user);
@@ -899,10 +884,8 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (!x) {
         if (u)
             user_maybe_free_locked(s, u);
-        bool start = hello_unused_locked(s, user, a->device_id, seen);
+        hello_unused_locked(s, user, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        if (start)
-            offline_start(s);
         send_error(s, a->sid, "unavailable", NULL);
         ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "out of memory");
         return;
@@ -919,10 +902,9 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (ws_session_accept(s->ws, a->sid, x) != 0) {
         /* gone or closing: x never became the session's tag, so it is still ours */
         pthread_mutex_lock(&s->mu);
-        bool start = sess_remove_locked(s, x) && offline_push_locked(s, a->device_id, seen);
+        if (sess_remove_locked(s, x))
+            offline_push_locked(s, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        if (start)
-            offline_start(s);
         return;
     }
     /* x is the session's now: on_closed may free it at any moment, so it is found
@@ -1110,10 +1092,9 @@ static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, void *tag)
     long long seen = x->seen;
     bool last = sess_remove_locked(s, x);
     /* stopping: the shutdown releases every device held here at once */
-    bool start = last && !atomic_load(&s->stopping) && offline_push_locked(s, device_id, seen);
+    if (last && !atomic_load(&s->stopping))
+        offline_push_locked(s, device_id, seen);
     pthread_mutex_unlock(&s->mu);
-    if (start)
-        offline_start(s);
 }
 
 int scouts_ws_register(struct ws_server *ws, struct scouts *s)

@@ -357,17 +357,18 @@ def test_hello_client_is_checked_and_logged(server):
 
 def test_hello_checks_the_token_and_marks_presence_in_one_statement(server, sql):
     """A wrong token (another device's, or none that exists) writes nothing; the right one
-    has the device seen and connected for 2 x heartbeat + 10 s by the time hello_ok
-    arrives (the check and the presence update are one statement)."""
+    has the device seen and held by this instance, whose lease runs 2 x heartbeat + 10 s,
+    by the time hello_ok arrives (the check and the presence update are one statement)."""
     user = uid()
     dev, other = mk_device(server, user, 'a'), mk_device(server, user, 'b')
 
     def presence(d):
-        return sql.execute('SELECT last_seen_at, connected_until - now() FROM devices '
-                           'WHERE id = %s', (d['device_id'],)).fetchone()
+        return sql.execute('SELECT d.last_seen_at, d.host, h.lease_until - now() FROM devices d '
+                           'LEFT JOIN device_hosts h ON h.instance = d.host '
+                           'WHERE d.id = %s', (d['device_id'],)).fetchone()
 
     before = presence(dev), presence(other)
-    assert before[0][1] is None and before[1][1] is None
+    assert before[0][1:] == (None, None) and before[1][1:] == (None, None)
 
     async def body():
         for token in (other['token'], 'dev_' + 'f' * 64, 'x'):
@@ -375,9 +376,11 @@ def test_hello_checks_the_token_and_marks_presence_in_one_statement(server, sql)
             code, frames = await bad.closed()
             assert frames == [{'type': 'error', 'code': 'unauthorized'}] and code == 4401
         assert (presence(dev), presence(other)) == before
-        d = await Device.hello(server, dev)
-        seen, left = presence(dev)
-        assert seen > before[0][0] and 60 < left.total_seconds() <= 70
+        d = await Device.open(server, dev)
+        ok = await d.recv()
+        seen, host, left = presence(dev)
+        assert seen > before[0][0] and host == ok['session_id'].split('-')[0]
+        assert 50 < left.total_seconds() <= 70
         assert presence(other) == before[1]
         await d.close()
 
@@ -551,7 +554,12 @@ def test_notification_payloads_byte_for_byte(server, keys, sql, db_url):
     got = []
     user, gone = uid('a|b'), uid()  # the user id is the last field and may hold '|'
     s, sg = mk_scout(server, user), mk_scout(server, gone)
-    dev = mk_device(server, user)
+    dev, elsewhere = mk_device(server, user), mk_device(server, user, 'held elsewhere')
+    # an ack is told to the other instances only when another device of the user is held
+    # by one of them (test_scouts_presence.py): here by a made-up instance with a live lease
+    sql.execute("INSERT INTO device_hosts VALUES ('feedfacefeedface', now() + interval '5 minutes')")
+    sql.execute("UPDATE devices SET host = 'feedfacefeedface' WHERE id = %s",
+                (elsewhere['device_id'],))
     with psycopg.connect(db_url, autocommit=True) as listen:
         listen.add_notify_handler(
             lambda n: got.append(n.payload) if n.channel == 'steward_scouts' else None)
@@ -587,6 +595,7 @@ def test_notification_payloads_byte_for_byte(server, keys, sql, db_url):
 
         assert server.delete(f'/v1/devices/{dev["device_id"]}').status_code == 204
         assert expect(lambda p: p.startswith('d|')) == [f'd|{dev["device_id"]}|{user}']
+        sql.execute("DELETE FROM device_hosts WHERE instance = 'feedfacefeedface'")
 
         assert server.delete(f'/v1/users/{gone}').status_code == 204
         assert expect(lambda p: p.startswith('u|')) == [f'u|{gone}']
