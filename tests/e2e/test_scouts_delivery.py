@@ -54,6 +54,18 @@ def test_ingest_rule_order(server, keys, sql):
     r = ingest(server, k, s['id'], 'm-4')
     assert r.status_code == 201
     sql.execute("UPDATE devices SET connected_until = NULL WHERE id = %s", (dev['device_id'],))
+    # so does a device held by an instance whose lease runs, and one whose host's lease
+    # lapsed within the scout's window (its last sighting), but not longer ago
+    for lease, code in (("now() + interval '1 minute'", 201),
+                        ("now() - interval '6 days'", 201),
+                        ("now() - interval '8 days'", 200)):
+        sql.execute(f"INSERT INTO device_hosts VALUES ('rule-order', {lease}) "
+                    'ON CONFLICT (instance) DO UPDATE SET lease_until = EXCLUDED.lease_until')
+        sql.execute("UPDATE devices SET host = 'rule-order' WHERE id = %s", (dev['device_id'],))
+        r = ingest(server, k, s['id'], f'm-4-{code}-{lease[6]}')
+        assert r.status_code == code, (lease, r.text)
+    sql.execute("UPDATE devices SET host = NULL WHERE id = %s", (dev['device_id'],))
+    sql.execute("DELETE FROM device_hosts WHERE instance = 'rule-order'")
 
     # disabled comes before duplicate and spam
     assert server.patch(f'/v1/scouts/{s["id"]}', json={'enabled': False}).status_code == 200
@@ -67,8 +79,8 @@ def test_ingest_rule_order(server, keys, sql):
 
     refs = [x[0] for x in sql.execute('SELECT source_msg_ref FROM proposals WHERE user_id = %s '
                                       'ORDER BY seq', (user,))]
-    assert refs == ['m-1', 'm-4']
-    assert queued_total(server) - before == 2
+    assert refs == ['m-1', 'm-4', 'm-4-201-+', 'm-4-201--']
+    assert queued_total(server) - before == 4
 
 
 def test_concurrent_ingest_counts_and_each_proposal_delivered_once(server, keys, sql):
