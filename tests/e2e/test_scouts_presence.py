@@ -270,3 +270,24 @@ def test_ack_is_told_to_other_instances_only_when_they_hold_a_device_of_the_user
                 await x.close()
 
         run(body())
+
+
+def test_overview_counts_a_device_held_under_a_live_lease_as_reached(make_server, fresh_db_url):
+    """The overview's unreached users (queued proposals, no device seen for 3 days): a
+    device's last_seen_at no longer moves while it stays connected, so one held by an
+    instance whose lease runs counts as seen."""
+    srv = make_server(fresh_db_url)
+    quiet, held = uid('quiet'), uid('held')
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        sql.execute("INSERT INTO device_hosts VALUES ('feedfacefeedface', now() + interval '1 minute')")
+        for user in (quiet, held):
+            s = mk_scout(srv, user)
+            dev = mk_device(srv, user)
+            sql.execute("UPDATE devices SET last_seen_at = now() - interval '4 days', host = %s "
+                        'WHERE id = %s', ('feedfacefeedface' if user == held else None,
+                                          dev['device_id']))
+            assert ingest(srv, ADMIN_KEY, s['id'], 'o1').status_code == 201
+        r = srv.get('/v1/overview')
+        assert r.status_code == 200, r.text
+        unreached = [u['user_id'] for u in r.json()['needs_attention']['unreached']]
+        assert quiet in unreached and held not in unreached
