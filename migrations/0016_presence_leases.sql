@@ -93,3 +93,26 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The notification of an ack (a|instance|proposal|device|user, through steward_notify),
+-- sent only when another device of the user is held by another instance (its host's lease
+-- runs, or connected_until of a previous version): only there are sessions to tell that
+-- the proposal is resolved. Returns whether it was sent. PL/pgSQL and VOLATILE, so that
+-- under READ COMMITTED the check takes a snapshot of its own after the ack's UPDATE (which
+-- waits for a delivery pass holding the proposal's row): a device whose hello committed
+-- before that pass marked the proposal delivered to it is seen here.
+CREATE FUNCTION scouts_ack_notify(p_instance text, p_proposal text, p_device text,
+                                  p_user text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM devices d LEFT JOIN device_hosts h ON h.instance = d.host
+                    WHERE d.user_id = p_user AND d.id <> p_device::uuid
+                      AND ((d.host <> p_instance AND h.lease_until > now())
+                           OR d.connected_until > now())) THEN
+        RETURN false;
+    END IF;
+    PERFORM steward_notify('a', p_instance, p_proposal, p_device, p_user);
+    RETURN true;
+END
+$$;

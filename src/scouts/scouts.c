@@ -219,11 +219,10 @@ static const struct db_stmt st_deliver = {
 
 /* The ack and, when it flipped the proposal, the notification other instances act on
  * (a|instance|proposal|device|user, $4 the instance), sent at commit; one autocommitted
- * statement. The notification goes out only when another device of the user is held by
- * another instance (its host's lease runs, or connected_until of the previous version):
- * only there are sessions to tell (docs/architecture.md). The ids are text parameters,
- * cast to uuid where compared, so that the notification carries the parameters' own
- * text. */
+ * statement. scouts_ack_notify (migrations/0016_presence_leases.sql) sends it only when
+ * another device of the user is held by another instance: only there are sessions to
+ * tell (docs/architecture.md). The ids are text parameters, cast to uuid where compared,
+ * so that the notification carries the parameters' own text. */
 static const struct db_stmt st_ack = {
     "scouts_ack",
     "WITH p AS (SELECT id FROM proposals WHERE id = $1::text::uuid AND user_id = $2::text), "
@@ -231,11 +230,7 @@ static const struct db_stmt st_ack = {
     "acked_device_id = $3::text::uuid, raw_subject = NULL, raw_snippet = NULL "
     "WHERE id = $1::text::uuid AND user_id = $2::text "
     "AND status IN ('queued', 'delivered', 'failed') RETURNING id), "
-    "n AS (SELECT steward_notify(" SCOUTS_NOTIFY_SQL_ACKED ", $4::text, $1::text, $3::text, "
-    "$2::text) FROM u WHERE EXISTS (SELECT 1 FROM devices d "
-    "LEFT JOIN device_hosts h ON h.instance = d.host "
-    "WHERE d.user_id = $2::text AND d.id <> $3::text::uuid "
-    "AND ((d.host <> $4::text AND h.lease_until > now()) OR d.connected_until > now()))) "
+    "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($4::text, $1::text, $3::text, $2::text)) "
     "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
     4};
 
