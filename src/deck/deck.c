@@ -162,7 +162,9 @@ static const struct db_stmt st_at_cap = {
     " AND daily_msg_reset_at > now() - interval '86400 seconds'"
     " ORDER BY last_updated DESC LIMIT " ATTENTION_LIMIT,
     0};
-/* Users with queued proposals whose devices were all silent for 3 days (or who have none). */
+/* Users with queued proposals whose devices were all silent for 3 days (or who have none).
+ * last_seen_at is written at hello and close only: a device held by an instance
+ * (devices.host) counts as seen until that instance's presence lease lapsed. */
 static const struct db_stmt st_unreached = {
     "deck_unreached",
     "SELECT q.user_id, q.queued, (SELECT " UTC(
@@ -171,7 +173,9 @@ static const struct db_stmt st_unreached = {
                                "status = 'queued'"
                                " GROUP BY user_id) q WHERE NOT EXISTS (SELECT 1 FROM devices d "
                                "WHERE d.user_id = q.user_id"
-                               " AND d.last_seen_at > now() - interval '3 days') ORDER BY q.queued "
+                               " AND (d.last_seen_at > now() - interval '3 days'"
+                               " OR EXISTS (SELECT 1 FROM device_hosts h WHERE h.instance = d.host"
+                               " AND h.lease_until > now() - interval '3 days'))) ORDER BY q.queued "
                                "DESC, q.user_id"
                                " LIMIT " ATTENTION_LIMIT,
     0};
