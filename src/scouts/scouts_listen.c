@@ -302,7 +302,10 @@ int scouts_start(struct scouts *s, struct sched *sc)
     const struct sched_job jobs[] = {
         {.name = "scouts_retry", .fn = retry_job, .ctx = s, .period_ms = 250, .inline_run = true},
         {.name = "delivery_sweep", .fn = sweep_job, .ctx = s, .period_ms = sweep_ms},
-        {.name = "presence_refresh", .fn = presence_job, .ctx = s, .period_ms = presence_ms,
+        {.name = "presence_refresh",
+         .fn = presence_job,
+         .ctx = s,
+         .period_ms = presence_ms,
          .first_ms = 1},
     };
     for (size_t i = 0; i < sizeof(jobs) / sizeof(jobs[0]); i++)

@@ -701,8 +701,7 @@ static void offline_job(struct scouts *s, void *arg)
             free(o);
             continue;
         }
-        log_msg(s->lg, LOG_WARN, "device release failed; retrying", "error", st_strerror(rc),
-                NULL);
+        log_msg(s->lg, LOG_WARN, "device release failed; retrying", "error", st_strerror(rc), NULL);
         /* back in front of what gathered meanwhile (written again is harmless: a device
          * already released no longer matches). Out of memory, this group is dropped and
          * its devices stay held until they say hello again or this instance stops. */
