@@ -53,13 +53,26 @@ async def wait_for(pred, timeout, step=0.1):
 def test_idle_ticks_renew_one_lease_row_and_write_no_device(make_server, fresh_db_url):
     """STEWARD_WS_HEARTBEAT_S=1: a presence tick every second. 50 devices connected over
     3.5 s of ticks stay online while no device row is written at all; the lease row is
-    renewed on every tick."""
+    renewed on every tick. The ticks also prune the lease of an instance dead for long."""
     srv = make_server(fresh_db_url, STEWARD_WS_HEARTBEAT_S=1)
     user = uid('idle')
     devs = [mk_device(srv, user, f'd{i}') for i in range(50)]
 
     with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        # an instance dead for two days: the ticks prune its lease row and release its
+        # device, keeping the lease's end as the device's last sighting
+        dead = mk_device(srv, uid('dead'))
+        sql.execute("INSERT INTO device_hosts VALUES ('deaddeaddeaddead', now() - interval '2 days')")
+        sql.execute("UPDATE devices SET host = 'deaddeaddeaddead', "
+                    "last_seen_at = now() - interval '5 days' WHERE id = %s", (dead['device_id'],))
+
         async def body():
+            assert await wait_for(lambda: sql.execute(
+                "SELECT count(*) FROM device_hosts WHERE instance = 'deaddeaddeaddead'"
+            ).fetchone()[0] == 0, 5)
+            host, ago = sql.execute('SELECT host, now() - last_seen_at FROM devices WHERE id = %s',
+                                    (dead['device_id'],)).fetchone()
+            assert host is None and 1.9 < ago.days + ago.seconds / 86400 < 2.1
             socks = await asyncio.gather(*(Device.hello(srv, d) for d in devs))
             assert all(online(srv, user).values()) and len(online(srv, user)) == 50
             dev0 = row_versions(sql, 'devices', 'id')
@@ -67,7 +80,7 @@ def test_idle_ticks_renew_one_lease_row_and_write_no_device(make_server, fresh_d
             await asyncio.sleep(3.5)
             dev1 = row_versions(sql, 'devices', 'id')
             lease1 = sql.execute('SELECT xmin::text, lease_until FROM device_hosts').fetchall()
-            assert len(dev0) == 50
+            assert len(dev0) == 51
             assert dev1 == dev0, f'{sum(dev1[k] != v for k, v in dev0.items())} device rows ' \
                                  'written by idle ticks'
             # the one lease row was rewritten, its end moved on by the ticks' 3 s or more
