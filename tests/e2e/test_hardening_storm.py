@@ -455,7 +455,8 @@ def test_malformed_input_storm(server, keys, world, db_url):
     cases = storm.cases
     rng.shuffle(cases)
     # devices.last_seen_at moves whenever a device connects, which the WS part does
-    skip = {'job_heartbeats', 'instances'}  # both change on every scheduler tick
+    # these change on every scheduler tick (device_hosts: the presence lease)
+    skip = {'job_heartbeats', 'instances', 'device_hosts'}
     before = table_checksums(db_url, skip)
     problems, counts, lock = [], {}, threading.Lock()
     stats = {'ws_frames': 0}
@@ -476,7 +477,7 @@ def test_malformed_input_storm(server, keys, world, db_url):
     assert server.proc.poll() is None
     after = table_checksums(db_url, skip)
     changed = {t: (before[t], after.get(t)) for t in before if before[t] != after.get(t)}
-    # a device's last_seen_at is legitimately stamped by its hello: compare the rest
+    # a device's last_seen_at and host are legitimately stamped by its hello: compare the rest
     if 'devices' in changed:
         assert after['devices'][0] == before['devices'][0]
         changed.pop('devices')
@@ -488,7 +489,7 @@ def test_malformed_input_storm(server, keys, world, db_url):
 def test_truncated_and_slow_bodies(server, keys, db_url):
     """A client that announces more body than it sends, or sends it a byte at a time,
     ties up no more than its own connection and leaves no trace."""
-    before = table_checksums(db_url, {'job_heartbeats', 'instances'})
+    before = table_checksums(db_url, {'job_heartbeats', 'instances', 'device_hosts'})
     auth = f'Authorization: Bearer {keys["admin"]}\r\n'.encode()
     socks = []
     # truncated: Content-Length says 1000, 10 bytes arrive, then the client goes away
@@ -571,5 +572,5 @@ def test_truncated_and_slow_bodies(server, keys, db_url):
         s.close()
     time.sleep(0.5)
     assert server.get('/v1/status', key=keys['read']).status_code == 200
-    after = table_checksums(db_url, {'job_heartbeats', 'instances'})
+    after = table_checksums(db_url, {'job_heartbeats', 'instances', 'device_hosts'})
     assert after == before
