@@ -5,7 +5,8 @@
  * scouts channel and turns notifications into delivery passes, resolved frames and
  * socket closes. When the connection breaks (a database restart) it reconnects with
  * backoff, LISTENs again and catches up: every user with a socket here gets a pass,
- * which delivers whatever was queued meanwhile.
+ * which delivers whatever was queued meanwhile, and the devices held here are looked up
+ * for deletions whose notification was missed.
  *
  * Periodic jobs, on the process's scheduler (scouts_start registers them): the
  * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the renewal of this instance's
