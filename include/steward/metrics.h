@@ -47,6 +47,8 @@ enum metrics_counter {
     MC_WS_HELLO_REJECTED_BUSY,      /* hellos refused because the database was away */
     MC_WS_SESSIONS_LIMITED,         /* sessions closed 1008 for frames in flight */
     MC_WS_QUEUE_FULL,               /* acks refused because the work queue was full */
+    MC_WS_HELLO_STATEMENTS,         /* token-check statements, each for a batch of hellos */
+    MC_PASS_STATEMENTS,             /* delivery pass statements (one user or a group) */
     MC_COUNT
 };
 
