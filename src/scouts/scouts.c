@@ -210,7 +210,10 @@ static const struct db_stmt st_deliver = {
  * proposals_pending range per user, as the user's own pass would read); r, w and pick
  * decide per (user, session) what the session is owed within its window (room = window -
  * how many of the user's c it has; a proposal it has goes out again only when queued
- * again); upd marks what any session is sent delivered, with the same recheck. Every row
+ * again); upd marks what any session is sent delivered, with the same recheck, looking the rows
+ * up by primary key or the users' pending ranges (= ANY of the ids and of the users,
+ * whichever index the planner takes reads only those: a join let it scan the table, and
+ * statistics taken while nothing was pending the whole pending index). Every row
  * of c comes back with the columns of st_deliver, then its user's number, ordered by
  * user and then oldest first. */
 static const struct db_stmt st_deliver_many = {
@@ -230,11 +233,13 @@ static const struct db_stmt st_deliver_many = {
     "$2::int - count(*) FILTER (WHERE had) OVER (PARTITION BY ui, si) AS room FROM r), "
     "pick AS (SELECT ui, si, id FROM w WHERE CASE WHEN had THEN status = 'queued' ELSE k <= room END), "
     "m AS (SELECT ui, user_id, max(triaged_at) AS last FROM c GROUP BY ui, user_id), "
+    "t AS (SELECT DISTINCT pick.id, m.user_id, m.last FROM pick JOIN m ON m.ui = pick.ui), "
     "upd AS (UPDATE proposals p SET status = 'delivered', delivered_at = now(), "
     "first_delivered_at = coalesce(p.first_delivered_at, now()), "
     "delivery_attempts = p.delivery_attempts + 1 "
-    "FROM (SELECT DISTINCT pick.id, m.user_id, m.last FROM pick JOIN m ON m.ui = pick.ui) t "
-    "WHERE p.id = t.id AND p.user_id = t.user_id AND p.triaged_at <= t.last "
+    "WHERE p.id = ANY (ARRAY(SELECT id FROM t)) "
+    "AND p.user_id = ANY (ARRAY(SELECT user_id FROM m)) AND EXISTS (SELECT 1 FROM t "
+    "WHERE t.id = p.id AND t.user_id = p.user_id AND p.triaged_at <= t.last) "
     "AND p.status IN ('queued', 'delivered') AND p.expires_at > now() RETURNING p.id), "
     "sent AS (SELECT pick.ui, pick.id, string_agg(pick.si::text, ',' ORDER BY pick.si) AS si "
     "FROM pick JOIN upd ON upd.id = pick.id GROUP BY pick.ui, pick.id) "
