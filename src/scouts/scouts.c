@@ -216,6 +216,7 @@ static const struct db_stmt st_deliver = {
  * statistics taken while nothing was pending the whole pending index). Every row
  * of c comes back with the columns of st_deliver, then its user's number, ordered by
  * user and then oldest first. */
+#define DELIVER_MANY_TIMES SQL_US("c.triaged_at") ", " SQL_US("c.expires_at")
 static const struct db_stmt st_deliver_many = {
     "scouts_deliver_many",
     "WITH q AS (SELECT t.k::int AS ui, t.e->>'u' AS user_id, t.e->'s' AS sess "
@@ -231,7 +232,8 @@ static const struct db_stmt st_deliver_many = {
     "w AS (SELECT ui, si, id, had, status, "
     "row_number() OVER (PARTITION BY ui, si, had ORDER BY triaged_at, seq) AS k, "
     "$2::int - count(*) FILTER (WHERE had) OVER (PARTITION BY ui, si) AS room FROM r), "
-    "pick AS (SELECT ui, si, id FROM w WHERE CASE WHEN had THEN status = 'queued' ELSE k <= room END), "
+    "pick AS (SELECT ui, si, id FROM w "
+    "WHERE CASE WHEN had THEN status = 'queued' ELSE k <= room END), "
     "m AS (SELECT ui, user_id, max(triaged_at) AS last FROM c GROUP BY ui, user_id), "
     "t AS (SELECT DISTINCT pick.id, m.user_id, m.last FROM pick JOIN m ON m.ui = pick.ui), "
     "upd AS (UPDATE proposals p SET status = 'delivered', delivered_at = now(), "
@@ -244,9 +246,8 @@ static const struct db_stmt st_deliver_many = {
     "sent AS (SELECT pick.ui, pick.id, string_agg(pick.si::text, ',' ORDER BY pick.si) AS si "
     "FROM pick JOIN upd ON upd.id = pick.id GROUP BY pick.ui, pick.id) "
     "SELECT c.id, c.scout_id, c.source_type, c.source_msg_ref, c.raw_subject, c.raw_snippet, "
-    "sent.si, " SQL_US("c.triaged_at") ", " SQL_US("c.expires_at") ", c.delivery_attempts, "
-    "c.ui FROM c LEFT JOIN sent ON sent.ui = c.ui AND sent.id = c.id "
-    "ORDER BY c.ui, c.triaged_at, c.seq",
+    "sent.si, " DELIVER_MANY_TIMES ", c.delivery_attempts, c.ui "
+    "FROM c LEFT JOIN sent USING (ui, id) ORDER BY c.ui, c.triaged_at, c.seq",
     2};
 
 /* The ack and, when it flipped the proposal, the notification other instances act on
@@ -1308,8 +1309,8 @@ char *scouts_users_json(const char *const *users, const char *const *windows, si
     size_t len = 0;
     out[len++] = '[';
     for (size_t i = 0; i < n; i++)
-        len += (size_t)snprintf(out + len, cap - len, "%s{\"u\":%s,\"s\":%s}", i ? "," : "",
-                                esc[i], windows[i]);
+        len += (size_t)snprintf(out + len, cap - len, "%s{\"u\":%s,\"s\":%s}", i ? "," : "", esc[i],
+                                windows[i]);
     out[len++] = ']';
     out[len] = '\0';
 done:
@@ -1373,8 +1374,7 @@ static int deliver_many_fn(struct pool_conn *c, void *arg)
     return rc;
 }
 
-int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u,
-                              size_t n)
+int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         u[i].rows = NULL;

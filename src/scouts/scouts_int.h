@@ -237,8 +237,7 @@ struct scouts_pass_user {
 };
 /* scouts_deliver_fetch for n distinct users in one statement, each by the same rules;
  * on failure no user has rows. */
-int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u,
-                              size_t n);
+int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u, size_t n);
 /* Acks proposal pid for user from device. *found false: unknown or another user's.
  * *changed: this call flipped it (and queued the cross-instance notification). */
 int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
