@@ -133,6 +133,56 @@ def test_storm_of_1000_hellos_costs_few_statements(make_server, fresh_db_url):
                            "AND delivery_attempts = 1").fetchone()[0] == n
 
 
+def test_catch_up_after_listener_reconnect_is_grouped(make_server, fresh_db_url):
+    """300 connected devices of 300 users, each user then given a proposal nobody was told
+    about: when the notification listener reconnects, its catch-up delivers each device its
+    own proposal in a couple of grouped pass statements, not one per user."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    n = 300
+    srv = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        people = mk_users(sql, n, uuid.uuid4().hex[:8], proposals=False)
+
+    async def body():
+        sem = asyncio.Semaphore(100)
+
+        async def one(dev, tok):
+            async with sem:
+                return await Device.hello(srv, {'device_id': dev, 'token': tok})
+
+        conns = await asyncio.gather(*(one(dev, tok) for _, dev, tok, _ in people))
+        # hello_ok goes out before the batch's pass: wait for the last passes to be over
+        last = -1
+        while (now := counter(srv, 'scouts_pass_statements_total')) != last:
+            last = now
+            await asyncio.sleep(0.5)
+        with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+            # queued without a notification: only a catch-up finds them
+            pids = dict(sql.execute(
+                "INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
+                "expires_at) SELECT gen_random_uuid(), u, 'gmail', 'late-' || u, "
+                "now() + interval '1 day' FROM unnest(%s::text[]) u RETURNING user_id, id::text",
+                ([u for u, _, _, _ in people],)).fetchall())
+            await asyncio.gather(*(c.nothing(0.5) for c in conns[:20]))
+            p0 = counter(srv, 'scouts_pass_statements_total')
+            listeners = sql.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND query LIKE 'LISTEN%%' "
+                "AND pid <> pg_backend_pid()").fetchall()
+            assert listeners
+        got = await asyncio.gather(*(c.proposal(timeout=20) for c in conns))
+        for p, (user, _, _, _) in zip(got, people):
+            assert p['id'] == pids[user] and p['source_msg_ref'] == f'late-{user}'
+        passes = counter(srv, 'scouts_pass_statements_total') - p0
+        print(f'\ncatch-up of {n} users: {passes} pass statements')
+        assert 1 <= passes <= 6, passes
+        await asyncio.gather(*(c.close() for c in conns))
+
+    run(body())
+
+
 # ------------------------------------------------------------------------ mixed batches
 
 
