@@ -46,6 +46,7 @@ struct config {
     int ws_max_frames_per_s;
     int ws_max_frames_in_flight;
     int worker_queue_max;
+    int ws_hello_batch;
     int http_max_connections;
     int http_max_connections_per_address;
     int http_header_timeout_s;

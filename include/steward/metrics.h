@@ -49,6 +49,8 @@ enum metrics_counter {
     MC_WS_QUEUE_FULL,               /* acks refused because the work queue was full */
     MC_PRESENCE_RELEASE_STATEMENTS, /* statements releasing devices whose sockets closed */
     MC_PRESENCE_RELEASED,           /* devices those statements carried */
+    MC_WS_HELLO_STATEMENTS,         /* token-check statements, each for a batch of hellos */
+    MC_PASS_STATEMENTS,             /* delivery pass statements (one user or a group) */
     MC_COUNT
 };
 

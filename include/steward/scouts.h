@@ -30,6 +30,7 @@ struct scouts_settings {
     int ws_heartbeat_s;        /* STEWARD_WS_HEARTBEAT_S */
     int ws_max_frames_in_flight; /* STEWARD_WS_MAX_FRAMES_IN_FLIGHT (0: no cap) */
     int worker_queue_max;        /* STEWARD_WORKER_QUEUE_MAX (0: no bound) */
+    int ws_hello_batch;          /* STEWARD_WS_HELLO_BATCH */
     const char *database_listen_url; /* STEWARD_DATABASE_LISTEN_URL (copied) */
 };
 

@@ -255,6 +255,7 @@ static int create_capabilities(struct app *app)
         .ws_heartbeat_s = app->cfg.ws_heartbeat_s,
         .ws_max_frames_in_flight = app->cfg.ws_max_frames_in_flight,
         .worker_queue_max = app->cfg.worker_queue_max,
+        .ws_hello_batch = app->cfg.ws_hello_batch,
         .database_listen_url = app->cfg.database_listen_url,
     };
     app->scouts =

@@ -234,6 +234,12 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Statements that released devices whose last socket here closed (grouped)."},
         {MC_PRESENCE_RELEASED, "presence_released_total",
          "Devices carried by those statements."},
+        {MC_WS_HELLO_STATEMENTS, "ws_hello_statements_total",
+         "Token-check statements run for device hellos; each checks a batch of up to "
+         "STEWARD_WS_HELLO_BATCH hellos."},
+        {MC_PASS_STATEMENTS, "scouts_pass_statements_total",
+         "Delivery pass statements run, each for one user or a group of up to "
+         "STEWARD_WS_HELLO_BATCH users."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

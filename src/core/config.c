@@ -113,6 +113,11 @@ static const struct setting settings[] = {
      "jobs waiting for the workers beyond which an ack is refused (close 1013); hellos and "
      "the timers' jobs are never refused, and hellos run ahead of waiting acks; 0 means no "
      "bound"},
+    {"STEWARD_WS_HELLO_BATCH", K_INT, OFF(ws_hello_batch), "256", 1, 10000,
+     "device hellos whose tokens are checked in one statement: hellos arriving while one "
+     "batch is checked wait for the next (a lone hello never waits), and their first "
+     "delivery passes, as well as the catch-up after the notification listener "
+     "reconnected, run as one statement per this many users"},
     {"STEWARD_HTTP_MAX_CONNECTIONS", K_INT, OFF(http_max_connections), "16384", 1, 1000000,
      "open REST connections; lowered at start-up when the open-file limit cannot hold it"},
     {"STEWARD_HTTP_MAX_CONNECTIONS_PER_ADDRESS", K_INT, OFF(http_max_connections_per_address),

@@ -36,6 +36,32 @@ char *scouts_windows_json(const struct scouts_window *w, size_t n);
 int scouts_parse_sessions(const char *list, size_t nsess, int **out, size_t *n);
 
 #define SCOUTS_USER_MAX USERS_ID_MAX /* characters of a user id (the rule of src/users) */
+
+/* The users of a grouped delivery pass (scouts_deliver_fetch_many): each user's id and
+ * windows JSON text (scouts_windows_json) as {"u": user, "s": windows}, in order, in one
+ * JSON array (malloc'd), or NULL when out of memory. User ids are escaped; windows are
+ * taken as they are. */
+char *scouts_users_json(const char *const *users, const char *const *windows, size_t n);
+
+/* A PostgreSQL array literal {a,b,...} of n items (malloc'd), or NULL when out of memory.
+ * Only for items that need no quoting: canonical uuids and hex digests. */
+char *scouts_pg_array(const char *const *items, size_t n);
+
+/* One device_hello of a batch (scouts_devices_hello). */
+struct scouts_hello_check {
+    const char *device_id;              /* in: a canonical uuid */
+    const char *token;                  /* in: as the device sent it (borrowed) */
+    char hash[65];                      /* the token's SHA-256 in hex */
+    bool ok;                            /* out: the token matches the device's */
+    char user[SCOUTS_USER_MAX * 4 + 1]; /* out: the device's user, when ok */
+    long long seen;                     /* out: the last_seen_at written (us), when ok */
+};
+
+/* The statement's answer that device's token has the digest and belongs to user: marks
+ * every hello of the n that names that device with that digest (a device may be named
+ * twice, by two sockets, with the same or another token). */
+void scouts_hello_mark(struct scouts_hello_check *h, size_t n, const char *device,
+                       const char *digest, const char *user, long long seen);
 #define SCOUTS_BUCKETS 16384 /* of each registry table */
 
 /* One device session on this instance whose device_hello checked out; guarded by
@@ -99,6 +125,11 @@ struct scouts {
     size_t noffline, capoffline;
     bool offline_running;
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
+    /* device_hellos waiting for their token check (scouts_ws.c): a list that one job at
+     * a time drains, in batches of at most set.ws_hello_batch */
+    pthread_mutex_t hmu;
+    struct scouts_hello_wait *hello_head, *hello_tail;
+    bool hello_draining; /* a drain job is submitted or running */
 
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
@@ -189,12 +220,12 @@ int scouts_devices_list(struct scouts *s, const char *user_id, int limit, int64_
                         int64_t cur_b, bool has_cursor, json_t **out);
 int scouts_device_delete(struct scouts *s, const char *id, const char *actor);
 
-/* A device_hello: checks the device's token and, when it matches, marks the device seen
- * and held by this instance, in one statement; fills user (SCOUTS_USER_MAX*4+1 bytes)
- * and *seen (the last_seen_at written, in microseconds: what the close compares).
- * ST_ENOTFOUND for an unknown device or a wrong token. */
-int scouts_device_hello(struct scouts *s, const char *device_id, const char *token, char *user,
-                        size_t ucap, long long *seen);
+/* A batch of device_hellos: checks every device's token and marks the devices whose
+ * token matches seen and held by this instance, all in one statement; sets ok, user and
+ * seen (the last_seen_at written, in microseconds: what the close compares) of each
+ * hello (an unknown device or a wrong token stays !ok). Returns ST_OK, or the failure
+ * (then no hello is ok). */
+int scouts_devices_hello(struct scouts *s, struct scouts_hello_check *h, size_t n);
 /* Releases devices whose last local socket closed, in one statement: ids and seen are
  * PostgreSQL array texts of the same length (uuids; the *seen of each one's latest hello
  * here). A device that said hello again since, here or elsewhere, is left alone. */
@@ -217,6 +248,18 @@ int scouts_devices_gone(struct scouts *s, const char *ids, json_t **gone);
 int scouts_deliver_fetch(struct scouts *s, const char *user_id, int window, const char *windows,
                          size_t nsess, struct scouts_pending **rows, size_t *n);
 void scouts_pending_free(struct scouts_pending *rows, size_t n);
+
+/* One user of a grouped delivery pass. */
+struct scouts_pass_user {
+    const char *user_id;         /* in */
+    const char *windows;         /* in: its sessions' windows (scouts_windows_json) */
+    size_t nsess;                /* in: how many sessions windows holds */
+    struct scouts_pending *rows; /* out: as scouts_deliver_fetch's (scouts_pending_free) */
+    size_t n;
+};
+/* scouts_deliver_fetch for n distinct users in one statement, each by the same rules;
+ * on failure no user has rows. */
+int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u, size_t n);
 /* Acks proposal pid for user from device. *found false: unknown or another user's.
  * *changed: this call flipped it (and queued the cross-instance notification). */
 int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
@@ -251,7 +294,7 @@ void scouts_offline_flush(struct scouts *s);
 /* Submits a job (arg is one malloc'd block, freed after the job) counted for
  * shutdown; returns 0 or -1 (arg freed then). */
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
-/* Frees the session registry (at scouts_free). */
+/* Frees the session registry and the hellos still waiting (at scouts_free). */
 void scouts_sessions_free(struct scouts *s);
 
 #endif

@@ -59,9 +59,11 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     crypto_hex(rnd, sizeof(rnd), s->instance);
     s->wake_pipe[0] = s->wake_pipe[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->hmu, NULL);
     pthread_mutex_init(&s->tmu, NULL);
     if (clock_cond_init(&s->tcv) != 0) {
         pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->hmu);
         pthread_mutex_destroy(&s->tmu);
         free(s->listen_url);
         free(s);
@@ -351,6 +353,7 @@ void scouts_free(struct scouts *s)
         if (s->wake_pipe[i] >= 0)
             close(s->wake_pipe[i]);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->hmu);
     pthread_mutex_destroy(&s->tmu);
     pthread_cond_destroy(&s->tcv);
     free(s->listen_url);

@@ -281,39 +281,29 @@ static bool row_for(const struct scouts_pending *row, size_t i)
     return false;
 }
 
-/* One pass: what each session of the user here is owed, within its window, fetched and
- * marked delivered in one statement (scouts_deliver_fetch). */
-static int pass_once(struct scouts *s, const char *user_id)
+/* The in-flight windows of the snapshot's sessions as JSON text (malloc'd), or NULL. */
+static char *snap_windows(const struct snap *sn, size_t nsn)
 {
-    int window = s->set.max_inflight;
-    size_t nsn = 0, nrows = 0;
-    struct scouts_pending *rows = NULL;
-    struct scouts_window *wins = NULL;
-    char *windows = NULL;
-    bool *send = NULL; /* nsn x nrows */
-    struct snap *sn = snapshot(s, user_id, &nsn);
-    if (!sn)
-        return ST_OK;
-    int rc = ST_ENOMEM;
-    wins = calloc(nsn, sizeof(*wins));
+    struct scouts_window *wins = calloc(nsn ? nsn : 1, sizeof(*wins));
     if (!wins)
-        goto done;
+        return NULL;
     for (size_t i = 0; i < nsn; i++)
         wins[i] = (struct scouts_window){(const char(*)[SCOUTS_ID_LEN + 1])sn[i].sent,
                                          sn[i].nsent};
-    if (!(windows = scouts_windows_json(wins, nsn)))
-        goto done;
-    rc = scouts_deliver_fetch(s, user_id, window, windows, nsn, &rows, &nrows);
-    if (rc != ST_OK)
-        goto done;
-    send = calloc(nsn * (nrows ? nrows : 1), sizeof(bool));
-    if (!send) {
-        rc = ST_ENOMEM;
-        goto done;
-    }
+    char *windows = scouts_windows_json(wins, nsn);
+    free(wins);
+    return windows;
+}
 
-    /* record the windows, then send outside the lock (frames of a user only ever go
-     * out from the one pass that owns the user, so their order holds) */
+/* What a pass fetched for the snapshot's sessions: records the windows, then sends
+ * outside the lock (frames of a user only ever go out from the one pass that owns the
+ * user, so their order holds). */
+static int pass_apply(struct scouts *s, const struct snap *sn, size_t nsn,
+                      const struct scouts_pending *rows, size_t nrows)
+{
+    bool *send = calloc(nsn * (nrows ? nrows : 1), sizeof(bool)); /* nsn x nrows */
+    if (!send)
+        return ST_ENOMEM;
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < nsn; i++) {
         struct scouts_sess *x = sess_find_locked(s, sn[i].sid);
@@ -335,10 +325,26 @@ static int pass_once(struct scouts *s, const char *user_id)
         for (size_t r = 0; r < nrows; r++)
             if (send[i * nrows + r])
                 send_text(s, sn[i].sid, rows[r].frame, rows[r].len, MC_WS_FRAMES_OUT_PROPOSAL);
-done:
     free(send);
+    return ST_OK;
+}
+
+/* One pass: what each session of the user here is owed, within its window, fetched and
+ * marked delivered in one statement (scouts_deliver_fetch). */
+static int pass_once(struct scouts *s, const char *user_id)
+{
+    size_t nsn = 0, nrows = 0;
+    struct scouts_pending *rows = NULL;
+    struct snap *sn = snapshot(s, user_id, &nsn);
+    if (!sn)
+        return ST_OK;
+    int rc = ST_ENOMEM;
+    char *windows = snap_windows(sn, nsn);
+    if (windows)
+        rc = scouts_deliver_fetch(s, user_id, s->set.max_inflight, windows, nsn, &rows, &nrows);
+    if (rc == ST_OK)
+        rc = pass_apply(s, sn, nsn, rows, nrows);
     free(windows);
-    free(wins);
     scouts_pending_free(rows, nrows);
     snaps_free(sn, nsn);
     return rc;
@@ -434,6 +440,109 @@ static void pass_now(struct scouts *s, const char *user_id)
         pass_loop(s, user_id);
 }
 
+/* After a grouped pass: the user goes on in pass_loop when something changed meanwhile
+ * (and its pass worked), else its claim ends. */
+static void group_finish(struct scouts *s, const char *user_id, int rc)
+{
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, user_id);
+    bool again = rc == ST_OK && u->dirty && u->sessions && !atomic_load(&s->stopping);
+    if (!again) {
+        u->running = false;
+        u->dirty = false;
+        user_maybe_free_locked(s, u);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (again)
+        pass_loop(s, user_id);
+}
+
+/* One pass for each of n distinct users, all in one statement
+ * (scouts_deliver_fetch_many); the caller claimed every one of them. Each user's frames
+ * go out as pass_once's would; users made dirty meanwhile then run pass_loop, one after
+ * the other on this thread. */
+static void pass_group(struct scouts *s, char *const *users, size_t n)
+{
+    struct group_user {
+        struct snap *sn;
+        size_t nsn;
+        char *windows;
+        int rc;
+    } *g = calloc(n ? n : 1, sizeof(*g));
+    struct scouts_pass_user *pu = calloc(n ? n : 1, sizeof(*pu));
+    size_t m = 0;
+    int rc = g && pu ? ST_OK : ST_ENOMEM;
+    for (size_t i = 0; i < n && rc == ST_OK; i++) {
+        g[i].sn = snapshot(s, users[i], &g[i].nsn);
+        if (!g[i].sn)
+            continue; /* no live session: nothing to fetch */
+        if (!(g[i].windows = snap_windows(g[i].sn, g[i].nsn)))
+            rc = ST_ENOMEM;
+        else
+            pu[m++] = (struct scouts_pass_user){users[i], g[i].windows, g[i].nsn, NULL, 0};
+    }
+    if (rc == ST_OK && m > 0)
+        rc = scouts_deliver_fetch_many(s, s->set.max_inflight, pu, m);
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (rc != ST_OK || !g[i].sn)
+            continue;
+        if ((g[i].rc = pass_apply(s, g[i].sn, g[i].nsn, pu[k].rows, pu[k].n)) != ST_OK &&
+            rc == ST_OK)
+            atomic_store(&s->retry_all, true);
+        k++;
+    }
+    if (rc != ST_OK) {
+        /* the database is away: the timer retries every user once it answers */
+        atomic_store(&s->retry_all, true);
+        struct log_line l;
+        log_begin(&l, s->lg, LOG_WARN, "proposal delivery pass failed");
+        log_str(&l, "error", st_strerror(rc));
+        log_int(&l, "users", (long long)n);
+        log_end(&l);
+    }
+    for (size_t i = 0; i < n; i++)
+        group_finish(s, users[i], rc != ST_OK ? rc : g[i].rc);
+    for (size_t k = 0; k < m; k++)
+        scouts_pending_free(pu[k].rows, pu[k].n);
+    for (size_t i = 0; g && i < n; i++) {
+        free(g[i].windows);
+        snaps_free(g[i].sn, g[i].nsn);
+    }
+    free(pu);
+    free(g);
+}
+
+/* The users of a grouped pass job, in one block (freed with the job). */
+struct group_arg {
+    size_t n;
+    char *users[]; /* into the same block */
+};
+
+static struct group_arg *group_arg_new(char *const *users, size_t n)
+{
+    size_t size = sizeof(struct group_arg) + n * sizeof(char *);
+    for (size_t i = 0; i < n; i++)
+        size += strlen(users[i]) + 1;
+    struct group_arg *a = malloc(size);
+    if (!a)
+        return NULL;
+    a->n = n;
+    char *p = (char *)&a->users[n];
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(users[i]) + 1;
+        memcpy(p, users[i], len);
+        a->users[i] = p;
+        p += len;
+    }
+    return a;
+}
+
+static void group_job(struct scouts *s, void *arg)
+{
+    struct group_arg *a = arg;
+    pass_group(s, a->users, a->n);
+}
+
 static size_t local_users(struct scouts *s, char ***out)
 {
     pthread_mutex_lock(&s->mu);
@@ -451,14 +560,34 @@ static size_t local_users(struct scouts *s, char ***out)
     return n;
 }
 
+/* In jobs of at most ws_hello_batch users, each one grouped pass (users whose pass is
+ * running get it rerun instead). */
 void scouts_catch_up(struct scouts *s)
 {
     char **users;
     size_t n = local_users(s, &users);
-    for (size_t i = 0; i < n; i++) {
-        scouts_request_pass(s, users[i]);
-        free(users[i]);
+    size_t per = s->set.ws_hello_batch > 0 ? (size_t)s->set.ws_hello_batch : 1;
+    for (size_t from = 0; from < n && !atomic_load(&s->stopping); from += per) {
+        size_t to = from + per < n ? from + per : n, m = 0;
+        for (size_t i = from; i < to; i++) {
+            if (!claim(s, users[i]))
+                continue;
+            /* the claimed ones to the front of the range */
+            char *tmp = users[from + m];
+            users[from + m++] = users[i];
+            users[i] = tmp;
+        }
+        if (m == 0)
+            continue;
+        struct group_arg *a = group_arg_new(users + from, m);
+        if (!a || submit(s, group_job, a, false) != 0) {
+            for (size_t i = from; i < from + m; i++)
+                release_claim(s, users[i]);
+            atomic_store(&s->retry_all, true);
+        }
     }
+    for (size_t i = 0; i < n; i++)
+        free(users[i]);
     free(users);
 }
 
@@ -765,7 +894,9 @@ static void hello_unused_locked(struct scouts *s, const char *user, const char *
 
 /* ------------------------------------------------------------ device_hello */
 
-struct hello_arg {
+/* A hello waiting for its token check (in scouts->hello_head). */
+struct scouts_hello_wait {
+    struct scouts_hello_wait *next; /* in the pending list */
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     char token[TOKEN_MAX + 1];
@@ -795,7 +926,7 @@ static bool client_field_ok(const char *v)
  * ...} of a device_hello. Never a reason to refuse the hello: clients older than the
  * field sent other shapes, which steward ignored. Only checked values are logged: a name
  * that is missing or not one is "invalid", a version that is not one is left out. */
-static void hello_client(const json_t *frame, struct hello_arg *a)
+static void hello_client(const json_t *frame, struct scouts_hello_wait *a)
 {
     const json_t *c = json_object_get(frame, "client");
     const char *name = json_string_value(json_object_get(c, "name"));
@@ -836,36 +967,21 @@ static void reject_hello(struct scouts *s, uint64_t sid)
     ws_close(s->ws, sid, WS_CLOSE_UNAUTHORIZED, "unauthorized");
 }
 
-static void hello_check(struct scouts *s, struct hello_arg *a);
-
-static void hello_job(struct scouts *s, void *arg)
+/* Answers one hello of a checked batch (rc: the batch statement's outcome, ok, user and
+ * seen: this hello's); returns true when its session went live, so its user is owed a pass. */
+static bool hello_answer(struct scouts *s, struct scouts_hello_wait *a, int rc, bool ok,
+                         const char *user, long long seen)
 {
-    struct hello_arg *a = arg;
-    const struct log_scope *prev = log_scope_set(&a->scope);
-    hello_check(s, a);
-    log_scope_set(prev);
-}
-
-static void hello_check(struct scouts *s, struct hello_arg *a)
-{
-    char user[SCOUTS_USER_MAX * 4 + 1];
-    long long seen = 0;
-    /* the device counts online only once this instance's lease row exists: written by
-     * the presence tick, and here until it was */
-    if (!atomic_load(&s->lease_renewed))
-        scouts_lease_renew(s);
-    int rc = scouts_device_hello(s, a->device_id, a->token, user, sizeof(user), &seen);
-    explicit_bzero(a->token, sizeof(a->token));
-    if (rc == ST_ENOTFOUND) {
+    if (rc == ST_OK && !ok) {
         hello_refused(s, MC_WS_HELLO_REJECTED_TOKEN, "bad_token", a->device_id);
         reject_hello(s, a->sid);
-        return;
+        return false;
     }
     if (rc != ST_OK) {
         hello_refused(s, MC_WS_HELLO_REJECTED_BUSY, "unavailable", a->device_id);
         send_error(s, a->sid, "unavailable", NULL);
         ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "try again later");
-        return;
+        return false;
     }
     /* Linked before ws_session_accept, not live yet (no pass sends to it before its
      * hello_ok); the closed callback only fires for accepted sessions, so one that dies
@@ -876,7 +992,7 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
          * presence all the same */
         hello_unused_locked(s, user, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        return;
+        return false;
     }
     struct scouts_user *u = user_get_locked(s, user);
     struct scouts_sess *x = u ? calloc(1, sizeof(*x)) : NULL;
@@ -887,7 +1003,7 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
         pthread_mutex_unlock(&s->mu);
         send_error(s, a->sid, "unavailable", NULL);
         ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "out of memory");
-        return;
+        return false;
     }
     x->sid = a->sid;
     snprintf(x->device_id, sizeof(x->device_id), "%s", a->device_id);
@@ -904,7 +1020,7 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
         if (sess_remove_locked(s, x))
             offline_push_locked(s, a->device_id, seen);
         pthread_mutex_unlock(&s->mu);
-        return;
+        return false;
     }
     /* x is the session's now: on_closed may free it at any moment, so it is found
      * again by sid below and not used directly */
@@ -912,11 +1028,11 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     char sess_id[48], now[32];
     snprintf(sess_id, sizeof(sess_id), "%s-%llu", s->instance, (unsigned long long)a->sid);
     jtime_format(jtime_now_us(), now);
-    json_t *ok = json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
-                           "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s);
-    if (ok && a->traceparent[0])
-        json_object_set_new(ok, "traceparent", json_string(a->traceparent));
-    send_json(s, a->sid, ok, MC_WS_FRAMES_OUT_HELLO_OK);
+    json_t *okf = json_pack("{s:s, s:s, s:s, s:i}", "type", "hello_ok", "session_id", sess_id,
+                            "server_time", now, "heartbeat_s", s->set.ws_heartbeat_s);
+    if (okf && a->traceparent[0])
+        json_object_set_new(okf, "traceparent", json_string(a->traceparent));
+    send_json(s, a->sid, okf, MC_WS_FRAMES_OUT_HELLO_OK);
     struct log_line l;
     log_begin(&l, s->lg, LOG_INFO, "device connected");
     log_str(&l, "device_id", a->device_id);
@@ -931,8 +1047,141 @@ static void hello_check(struct scouts *s, struct hello_arg *a)
     if (mine)
         mine->live = true;
     pthread_mutex_unlock(&s->mu);
-    if (mine)
-        pass_now(s, user);
+    return mine != NULL;
+}
+
+static void hellos_free(struct scouts_hello_wait *list)
+{
+    while (list) {
+        struct scouts_hello_wait *next = list->next;
+        explicit_bzero(list->token, sizeof(list->token));
+        free(list);
+        list = next;
+    }
+}
+
+/* Takes up to ws_hello_batch waiting hellos (oldest first); when none is left the
+ * draining job ends (returns NULL). */
+static struct scouts_hello_wait *hellos_take(struct scouts *s, size_t *n)
+{
+    size_t max = s->set.ws_hello_batch > 0 ? (size_t)s->set.ws_hello_batch : 1;
+    *n = 0;
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_hello_wait *head = s->hello_head, *last = NULL;
+    for (struct scouts_hello_wait *a = head; a && *n < max; a = a->next) {
+        last = a;
+        (*n)++;
+    }
+    if (last) {
+        s->hello_head = last->next;
+        if (!s->hello_head)
+            s->hello_tail = NULL;
+        last->next = NULL;
+    } else {
+        s->hello_draining = false;
+    }
+    pthread_mutex_unlock(&s->hmu);
+    return head;
+}
+
+/* Every waiting hello is answered 1013 (no job could be started to check them). */
+static void hellos_refuse_all(struct scouts *s)
+{
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_hello_wait *list = s->hello_head;
+    s->hello_head = s->hello_tail = NULL;
+    s->hello_draining = false;
+    pthread_mutex_unlock(&s->hmu);
+    for (struct scouts_hello_wait *a = list; a; a = a->next)
+        ws_close(s->ws, a->sid, WS_CLOSE_TRY_AGAIN, "busy");
+    hellos_free(list);
+}
+
+static void hello_drain_job(struct scouts *s, void *arg);
+
+/* Called when a batch's statement was answered: hellos that arrived meanwhile go to a
+ * job of their own, whose statement then runs while this job answers its batch and runs
+ * the batch's passes. Returns true when this job has to drain them itself (no job could
+ * be started), false when it stops after its batch. */
+static bool hellos_hand_over(struct scouts *s)
+{
+    pthread_mutex_lock(&s->hmu);
+    bool more = s->hello_head != NULL;
+    if (!more)
+        s->hello_draining = false;
+    pthread_mutex_unlock(&s->hmu);
+    /* still draining when more: nobody else submits meanwhile */
+    return more && submit_how(s, hello_drain_job, NULL, false, JOB_URGENT) != 0;
+}
+
+/* Adds user to the n distinct users in users (cap entries) unless there. */
+static void user_once(char **users, size_t *n, char *user)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(users[i], user) == 0)
+            return;
+    users[(*n)++] = user;
+}
+
+/* One batch: every token in one statement, then each hello answered as alone (under its
+ * own trace scope), then one grouped pass for the users whose sessions went live. Returns
+ * hellos_hand_over's answer, asked as soon as the statement was answered. */
+static bool hello_batch(struct scouts *s, struct scouts_hello_wait *batch, size_t n)
+{
+    struct scouts_hello_check *h = calloc(n, sizeof(*h));
+    char **users = calloc(n, sizeof(*users));
+    int rc = ST_ENOMEM;
+    if (h && users) {
+        size_t i = 0;
+        for (struct scouts_hello_wait *a = batch; a; a = a->next, i++) {
+            h[i].device_id = a->device_id;
+            h[i].token = a->token;
+        }
+        /* the devices count online only once this instance's lease row exists: written
+         * by the presence tick, and here until it was */
+        if (!atomic_load(&s->lease_renewed))
+            scouts_lease_renew(s);
+        rc = scouts_devices_hello(s, h, n);
+    }
+    bool drain_more = hellos_hand_over(s);
+    size_t i = 0, nu = 0;
+    for (struct scouts_hello_wait *a = batch; a; a = a->next, i++) {
+        explicit_bzero(a->token, sizeof(a->token));
+        const struct log_scope *prev = log_scope_set(&a->scope);
+        bool ok = h && h[i].ok;
+        if (hello_answer(s, a, rc, ok, ok ? h[i].user : "", ok ? h[i].seen : 0) && users)
+            user_once(users, &nu, h[i].user);
+        log_scope_set(prev);
+    }
+    /* their first passes, grouped: users whose pass is running get it rerun instead */
+    size_t m = 0;
+    for (size_t k = 0; k < nu; k++)
+        if (claim(s, users[k]))
+            users[m++] = users[k];
+    if (m > 0)
+        pass_group(s, users, m);
+    free(users);
+    if (h)
+        for (size_t k = 0; k < n; k++)
+            explicit_bzero(h[k].hash, sizeof(h[k].hash));
+    free(h);
+    return drain_more;
+}
+
+/* Drains the waiting hellos, a batch at a time; at most one such job runs. */
+static void hello_drain_job(struct scouts *s, void *arg)
+{
+    (void)arg;
+    for (;;) {
+        size_t n;
+        struct scouts_hello_wait *batch = hellos_take(s, &n);
+        if (!batch)
+            return;
+        bool more = hello_batch(s, batch, n);
+        hellos_free(batch);
+        if (!more)
+            return;
+    }
 }
 
 static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
@@ -953,7 +1202,7 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
         reject_hello(s, sid);
         return;
     }
-    struct hello_arg *a = malloc(sizeof(*a));
+    struct scouts_hello_wait *a = malloc(sizeof(*a));
     if (!a) {
         reject_hello(s, sid);
         return;
@@ -971,9 +1220,21 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
         a->scope.trace_id[0] = '\0';
         a->traceparent[0] = '\0';
     }
-    /* ahead of other sessions' acks and passes: a flood elsewhere never delays it */
-    if (submit_how(s, hello_job, a, false, JOB_URGENT) != 0)
-        ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
+    /* Queued for the draining job, which checks the tokens of every hello waiting in one
+     * statement; a hello that finds no job draining starts one, ahead of other sessions'
+     * acks and passes (a flood elsewhere never delays it). */
+    a->next = NULL;
+    pthread_mutex_lock(&s->hmu);
+    if (s->hello_tail)
+        s->hello_tail->next = a;
+    else
+        s->hello_head = a;
+    s->hello_tail = a;
+    bool start = !s->hello_draining;
+    s->hello_draining = true;
+    pthread_mutex_unlock(&s->hmu);
+    if (start && submit_how(s, hello_drain_job, NULL, false, JOB_URGENT) != 0)
+        hellos_refuse_all(s);
 }
 
 /* ------------------------------------------------------------ acks */
@@ -1077,7 +1338,7 @@ static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, j
 
 /* ------------------------------------------------------------ closes */
 
-/* Service thread: tag is the session's struct scouts_sess (see hello_job); the sid is
+/* Service thread: tag is the session's struct scouts_sess (see hello_answer); the sid is
  * already unknown to ws, so nothing sends to it any more. */
 static void on_closed(void *ctx, struct ws_server *ws, uint64_t sid, void *tag)
 {
@@ -1108,6 +1369,12 @@ int scouts_ws_register(struct ws_server *ws, struct scouts *s)
 
 void scouts_sessions_free(struct scouts *s)
 {
+    /* hellos no job checked (the workers stopped first) */
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_hello_wait *waiting = s->hello_head;
+    s->hello_head = s->hello_tail = NULL;
+    pthread_mutex_unlock(&s->hmu);
+    hellos_free(waiting);
     pthread_mutex_lock(&s->mu);
     struct hash_iter it = hash_iter(&s->by_sid);
     for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)

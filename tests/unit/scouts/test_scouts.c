@@ -69,9 +69,71 @@ static void parse_sessions(void)
     }
 }
 
+static void users_json(void)
+{
+    char *t = scouts_users_json(NULL, NULL, 0);
+    CHECK(t && strcmp(t, "[]") == 0);
+    free(t);
+    /* user ids are escaped, windows taken as they are, in order */
+    const char *users[] = {"alice", "b\"o\\b\n", "carol"};
+    const char *wins[] = {"[[]]", "[[\"0b7e2c1a-3f4d-4e5f-8a9b-0c1d2e3f4a5b\"],[]]", "[]"};
+    t = scouts_users_json(users, wins, 3);
+    CHECK(t != NULL);
+    json_error_t err;
+    json_t *v = t ? json_loads(t, 0, &err) : NULL;
+    CHECK(v && json_is_array(v) && json_array_size(v) == 3);
+    for (size_t i = 0; v && i < 3; i++) {
+        json_t *e = json_array_get(v, i);
+        CHECK(json_object_size(e) == 2);
+        CHECK_STR(json_string_value(json_object_get(e, "u")), users[i]);
+        json_t *w = json_loads(wins[i], 0, &err);
+        CHECK(json_equal(json_object_get(e, "s"), w));
+        json_decref(w);
+    }
+    json_decref(v);
+    free(t);
+}
+
+static void pg_array(void)
+{
+    char *t = scouts_pg_array(NULL, 0);
+    CHECK(t && strcmp(t, "{}") == 0);
+    free(t);
+    const char *items[] = {ids[0], ids[1], ids[0]};
+    t = scouts_pg_array(items, 3);
+    char want[200];
+    snprintf(want, sizeof(want), "{%s,%s,%s}", ids[0], ids[1], ids[0]);
+    CHECK(t && strcmp(t, want) == 0);
+    free(t);
+}
+
+static void hello_mark(void)
+{
+    /* device 0 twice with the right token, device 0 with a wrong one, device 1 unknown */
+    struct scouts_hello_check h[4] = {{0}};
+    const char *dev[] = {ids[0], ids[0], ids[0], ids[1]};
+    const char *dig[] = {"aa", "bb", "aa", "aa"};
+    for (int i = 0; i < 4; i++) {
+        h[i].device_id = dev[i];
+        snprintf(h[i].hash, sizeof(h[i].hash), "%s", dig[i]);
+    }
+    scouts_hello_mark(h, 4, ids[0], "aa", "user-1", 1234567);
+    CHECK(h[0].ok && h[2].ok && !h[1].ok && !h[3].ok);
+    CHECK_STR(h[0].user, "user-1");
+    CHECK_STR(h[2].user, "user-1");
+    CHECK(h[0].seen == 1234567 && h[2].seen == 1234567 && h[1].seen == 0);
+    CHECK(h[1].user[0] == '\0' && h[3].user[0] == '\0');
+    /* a row naming no hello changes nothing */
+    scouts_hello_mark(h, 4, ids[2], "aa", "user-2", 7);
+    CHECK(!h[1].ok && !h[3].ok);
+}
+
 int main(void)
 {
     windows_json();
     parse_sessions();
+    users_json();
+    pg_array();
+    hello_mark();
     return unit_done();
 }
