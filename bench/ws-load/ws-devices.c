@@ -5,12 +5,18 @@
  *   {"id":1,"cmd":"connect","concurrency":200}  opens the sockets (device_hello, hello_ok)
  *   {"id":2,"cmd":"phase","prefix":"x-i-"}     resets the counters; proposals must now
  *                                               carry prefix + the device's index
+ *   {"id":2,"cmd":"phase","prefix":"x-i-","expect":[3,9]}  the same, but only the
+ *                                               devices listed (indices, this process's
+ *                                               or not) expect one; a proposal reaching
+ *                                               any other device counts as stray
  *   count    the phase's counters so far
  *   report   waits (bounded) for the acks, returns per-device arrival times
- *   open     reconnects every device at once (the storm), no limit
+ *   open     reconnects every device at once (the storm), no limit; "timeout_ms"
+ *            bounds the wait for every hello_ok (default 60000)
  *   close    closes every socket
  *   exit
- * and {"ev":"delivered"} once every device holds its proposal.
+ * and {"ev":"delivered"} once every device that expects one holds its proposal (at once
+ * when none of this process's devices expects one).
  *
  * usage: ws-devices URL DEVICES_JSON N PROC PROCS
  *   devices idx < N with idx % PROCS == PROC are this process's.
@@ -52,6 +58,7 @@ struct dev {
     bool authed;
     int attempts;
     struct buf in, out;
+    bool expect; /* this phase, one proposal is owed to this device */
     int got;
     double got_at;
 };
@@ -63,9 +70,11 @@ struct gen {
     json_t *all; /* the devices file: device ids and tokens point into it */
     struct dev *d;
     int n;
+    int proc, procs; /* this process's devices are idx % procs == proc */
     int ep;
     char *prefix; /* the phase's: proposals must carry it + the device's index */
     long delivered, acked, wrong, dup, stray;
+    long expected; /* devices that expect a proposal this phase */
     json_t *problems;
     struct buf cin; /* stdin, a line at a time */
     /* the command in progress */
@@ -295,9 +304,12 @@ static void on_text(struct gen *g, struct dev *d, const char *p, size_t n, doubl
         } else if (atoi(ref + pl) != d->idx) {
             problem(g, "device %d: got the proposal %s", d->idx, ref);
             g->wrong++;
+        } else if (!d->expect) {
+            problem(g, "device %d: its proposal %s was not expected", d->idx, ref);
+            g->stray++;
         } else if (++d->got == 1) {
             d->got_at = t;
-            if (++g->delivered == g->n)
+            if (++g->delivered == g->expected)
                 emit(json_pack("{s:s}", "ev", "delivered"));
         } else {
             g->dup++;
@@ -583,14 +595,33 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
         free(g->prefix);
         g->prefix = prefix ? strdup(prefix) : NULL;
         g->delivered = g->acked = g->wrong = g->dup = g->stray = 0;
+        json_t *expect = json_object_get(m, "expect");
         for (int i = 0; i < g->n; i++) {
             g->d[i].got = 0;
             g->d[i].got_at = 0;
+            g->d[i].expect = !json_is_array(expect);
         }
+        if (json_is_array(expect)) {
+            /* this process's devices are idx = proc + k * procs, at g->d[k] */
+            size_t k;
+            json_t *v;
+            json_array_foreach(expect, k, v)
+            {
+                json_int_t idx = json_integer_value(v);
+                if (idx >= g->proc && (idx - g->proc) % g->procs == 0 &&
+                    (idx - g->proc) / g->procs < g->n)
+                    g->d[(idx - g->proc) / g->procs].expect = true;
+            }
+        }
+        g->expected = 0;
+        for (int i = 0; i < g->n; i++)
+            g->expected += g->d[i].expect;
         memset(g->hist, 0, sizeof(g->hist));
         g->batches = 0;
         g->batch_max = 0;
-        reply(g, json_object());
+        if (g->expected == 0)
+            emit(json_pack("{s:s}", "ev", "delivered"));
+        reply(g, json_pack("{s:I}", "expected", (json_int_t)g->expected));
     } else if (strcmp(cmd, "count") == 0) {
         reply(g, json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "delivered", (json_int_t)g->delivered,
                            "acked", (json_int_t)g->acked, "wrong", (json_int_t)g->wrong, "dup",
@@ -601,7 +632,8 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
         g->cmd_deadline = t + 10000;
     } else if (strcmp(cmd, "open") == 0) {
         g->cmd = C_OPEN;
-        g->cmd_deadline = t + 60000;
+        json_int_t tmo = json_integer_value(json_object_get(m, "timeout_ms"));
+        g->cmd_deadline = t + (tmo > 0 ? (double)tmo : 60000);
         g->in_flight = 0;
         g->failures = 0;
         g->last_hello = 0;
@@ -673,6 +705,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ws-devices: cannot read %s\n", argv[2]);
         return 2;
     }
+    g.proc = proc;
+    g.procs = procs;
     g.d = calloc((size_t)n / (size_t)procs + 1, sizeof(*g.d));
     g.retry = calloc((size_t)n / (size_t)procs + 1, sizeof(*g.retry));
     if (!g.d || !g.retry) {
