@@ -277,6 +277,11 @@ function cpuTable(c, stewardsLabel) {
   }
   p();
 }
+// A storm's sessions the server closed before hello_ok (each connects again 1-2 s later,
+// as a device would) and the sessions that never had hello_ok in time.
+const closes = (st) => `${int(st.closed_before_hello_ok)} sessions closed by the server before hello_ok` +
+  `${st.close_codes && Object.keys(st.close_codes).length ? ` (close codes ${JSON.stringify(st.close_codes)}, 0: no close frame)` : ''}` +
+  ` and connected again (${int(st.reconnects)} reconnects), ${st.connect_failures ?? 'n/a'} without hello_ok in the end`;
 function problemsOf(x) {
   if (x.error) p(`- **the step stopped: ${x.error}**`);
   if (x.problems && x.problems.length) p(`- problems: ${x.problems.slice(0, 8).join('; ')}`);
@@ -310,7 +315,7 @@ if (ce) {
   p(`- connect: ${int(c.authenticated)} authenticated, ${int(c.failures)} failures${c.timed_out ? ', **timed out**' : ''}; ` +
     `storm: sockets closed and the gauge at 0 in ${f(st.close_seconds)} s (drained: ${st.server_drained}), ` +
     `proposals queued through SQL (scouts_ingest, ${st.queued ? st.queued.statements : 'n/a'} statement(s)), ` +
-    `${st.connect_failures ?? 'n/a'} reconnect failures, bounded at ${int(st.timeout_s)} s; at the end RSS ${int(end.rss_kib)} KiB, ${int(end.fds)} fds, ` +
+    `${closes(st)}, bounded at ${int(st.timeout_s)} s; at the end RSS ${int(end.rss_kib)} KiB, ${int(end.fds)} fds, ` +
     `${int(end.ws_connections)} sessions; the device process spent p99 / max ${f(st.generator && st.generator.devices && st.generator.devices.loop_delay_p99_ms)} / ` +
     `${f(st.generator && st.generator.devices && st.generator.devices.loop_delay_max_ms)} ms on one batch of socket events`);
   problemsOf(ce);
@@ -372,7 +377,7 @@ if (fl) {
       `${st.queued ? `${int(st.queued.queued)} of ${int(st.queued.items)} proposals queued through SQL (scouts_ingest, the function the ingest route calls, ` +
         `${st.queued.statements} statements of up to 10,000) in ${f(st.queue_seconds)} s` : `queueing failed: ${JSON.stringify(st.queued)}`}; ` +
       `then all reconnected at once: every hello_ok after ${f(st.all_hello_ok_seconds)} s, **every hello_ok and own proposal after ${f(st.all_done_seconds)} s** ` +
-      `(bounded at ${int(st.timeout_s)} s); exactly own: ${own2(st)}; ${st.connect_failures ?? 'n/a'} reconnect failures`);
+      `(bounded at ${int(st.timeout_s)} s); exactly own: ${own2(st)}; ${closes(st)}`);
     if (r) {
       p(`  bond reads during the storm (GET /v1/bonds/{user_id}, ${int(r.rate)}/s open loop over the ${I} instances, ${f(r.seconds)} s): ` +
         `${int(r.answered)} of ${int(r.sent)} answered, status ${JSON.stringify(r.status)}, ${int(r.errors)} transport errors, ` +

@@ -392,7 +392,9 @@ async function storm() {
   const ms = bound(Number(args['storm-timeout']) * 1000);
   const stormDelivered = waitDelivered(ms);
   const ts = nowMs();
-  const opens = within(callAll('open', { timeout_ms: Math.round(ms) }), ms + 2000, null);
+  // a device the server closes before its hello_ok connects again 1-2 s later, as a real
+  // device would; how many did, and with which close codes, is reported
+  const opens = within(callAll('open', { timeout_ms: Math.round(ms), retry: true }), ms + 2000, null);
   const ok = await stormDelivered;
   const op = await opens;
   const reads = reader ? await within(reader.call('stop'), 10000, null) : null;
@@ -401,6 +403,8 @@ async function storm() {
   const g = await gather(null);
   const failed = op ? op.reduce((a, o) => a + o.failures, 0) : null;
   const lastHello = op ? Math.max(...op.map((o) => o.last_hello_at)) : null;
+  const codes = {};
+  for (const o of op || []) for (const [k, v] of Object.entries(o.close_codes || {})) codes[k] = (codes[k] || 0) + v;
   let lastGot = 0;
   if (g) for (const x of g.gotAt) if (x > lastGot) lastGot = x;
   Object.assign(out.storm, { timeout_s: round(ms / 1000, 0),
@@ -408,7 +412,8 @@ async function storm() {
     all_delivered_seconds: ok && g ? round((lastGot - ts) / 1000, 2) : null,
     // every device has hello_ok and its own proposal: the later of the two
     all_done_seconds: ok && g && op && !failed ? round((Math.max(lastGot, lastHello) - ts) / 1000, 2) : null,
-    connect_failures: failed, all_delivered: ok, ...(g ? g.ex : {}),
+    connect_failures: failed, closed_before_hello_ok: op ? op.reduce((a, o) => a + o.closed_early, 0) : null,
+    reconnects: op ? op.reduce((a, o) => a + o.retries, 0) : null, close_codes: codes, all_delivered: ok, ...(g ? g.ex : {}),
     generator: { devices: g ? g.worst : null }, reads });
   if (!ok) problem(`storm: not every device had its proposal within ${round(ms / 1000, 0)} s`);
 }

@@ -12,7 +12,9 @@
  *   count    the phase's counters so far
  *   report   waits (bounded) for the acks, returns per-device arrival times
  *   open     reconnects every device at once (the storm), no limit; "timeout_ms"
- *            bounds the wait for every hello_ok (default 60000)
+ *            bounds the wait for every hello_ok (default 60000); with "retry":true a
+ *            device closed before its hello_ok connects again 1-2 s later, as a device
+ *            would (counted in the reply: closed_early, retries)
  *   close    closes every socket
  *   exit
  * and {"ev":"delivered"} once every device that expects one holds its proposal (at once
@@ -58,7 +60,9 @@ struct dev {
     bool authed;
     int attempts;
     struct buf in, out;
-    bool expect; /* this phase, one proposal is owed to this device */
+    bool expect;     /* this phase, one proposal is owed to this device */
+    int close_code;  /* of the server's close frame, 0 when none came */
+    double retry_at; /* storm with retries: when to connect again */
     int got;
     double got_at;
 };
@@ -84,6 +88,9 @@ struct gen {
     int next_connect, in_flight, concurrency, failures, open_fds;
     int *retry, nretry; /* devices whose handshake failed, to try again */
     double last_hello;
+    bool open_retry;            /* storm: reconnect a device closed before hello_ok */
+    long closed_early, retries; /* storm: closed before hello_ok, connects again */
+    json_t *close_codes;        /* storm: how many of those closes per code (0: no frame) */
     /* loop monitor: how long each batch of events took, in 0.1 ms buckets up to 1 s */
     long hist[10001];
     long batches;
@@ -239,11 +246,20 @@ static void dev_closed(struct gen *g, struct dev *d)
     buf_free(&d->out);
     if (was_handshaking && (g->cmd == C_CONNECT || g->cmd == C_OPEN)) {
         g->in_flight--;
+        if (g->cmd == C_OPEN)
+            g->closed_early++;
         if (g->cmd == C_CONNECT && d->attempts < 3) {
             g->retry[g->nretry++] = (int)(d - g->d); /* tried again behind the others */
+        } else if (g->cmd == C_OPEN && g->open_retry) {
+            char code[16];
+            snprintf(code, sizeof(code), "%d", d->close_code);
+            json_t *c = json_object_get(g->close_codes, code);
+            json_object_set_new(g->close_codes, code, json_integer(json_integer_value(c) + 1));
+            d->retry_at = now_ms() + 1000 + rnd32(g) % 1000;
+            g->retry[g->nretry++] = (int)(d - g->d);
         } else {
             g->failures++;
-            problem(g, "device %d: closed before hello_ok", d->idx);
+            problem(g, "device %d: closed (code %d) before hello_ok", d->idx, d->close_code);
         }
     }
 }
@@ -251,6 +267,7 @@ static void dev_closed(struct gen *g, struct dev *d)
 static int dev_open(struct gen *g, struct dev *d)
 {
     d->attempts++;
+    d->close_code = 0;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
@@ -357,6 +374,7 @@ static bool on_frames(struct gen *g, struct dev *d, double t)
         } else if (op == 1) {
             on_text(g, d, pl, (size_t)len, t);
         } else if (op == 8) {
+            d->close_code = len >= 2 ? ((unsigned char)pl[0] << 8 | (unsigned char)pl[1]) : 1005;
             if (d->st != D_CLOSING)
                 send_frame(g, d, 8, pl, len >= 2 ? 2 : 0);
             flush_out(g, d);
@@ -496,6 +514,7 @@ static void gen_exit(struct gen *g, int code)
     free(g->prefix);
     buf_free(&g->cin);
     json_decref(g->problems);
+    json_decref(g->close_codes);
     json_decref(g->all);
     close(g->ep);
     exit(code);
@@ -532,9 +551,27 @@ static void progress(struct gen *g, double t)
         }
         break;
     case C_OPEN:
-        if (g->in_flight == 0 || t > g->cmd_deadline)
+        for (int k = 0; k < g->nretry;) {
+            struct dev *d = &g->d[g->retry[k]];
+            if (d->retry_at > t) {
+                k++;
+                continue;
+            }
+            g->retry[k] = g->retry[--g->nretry];
+            g->retries++;
+            if (dev_open(g, d) != 0) {
+                d->retry_at = t + 1000;
+                g->retry[g->nretry++] = (int)(d - g->d);
+            }
+        }
+        if ((g->in_flight == 0 && g->nretry == 0) || t > g->cmd_deadline) {
+            /* at the deadline, whatever has no hello_ok yet has failed */
+            g->failures += g->in_flight + g->nretry;
             reply(g,
-                  json_pack("{s:i, s:f}", "failures", g->failures, "last_hello_at", g->last_hello));
+                  json_pack("{s:i, s:f, s:I, s:I, s:O}", "failures", g->failures, "last_hello_at",
+                            g->last_hello, "closed_early", (json_int_t)g->closed_early, "retries",
+                            (json_int_t)g->retries, "close_codes", g->close_codes));
+        }
         break;
     case C_CLOSE:
     case C_EXIT: {
@@ -637,6 +674,10 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
         g->in_flight = 0;
         g->failures = 0;
         g->last_hello = 0;
+        g->open_retry = json_is_true(json_object_get(m, "retry"));
+        g->nretry = 0;
+        g->closed_early = g->retries = 0;
+        json_object_clear(g->close_codes);
         for (int i = 0; i < g->n; i++) {
             g->d[i].attempts = 0;
             if (g->d[i].fd < 0 && dev_open(g, &g->d[i]) != 0) {
@@ -722,6 +763,7 @@ int main(int argc, char **argv)
         d->fd = -1;
     }
     g.problems = json_array();
+    g.close_codes = json_object();
     g.rnd = (uint64_t)now_ms() * 2654435761u + (uint64_t)getpid();
     g.ep = epoll_create1(EPOLL_CLOEXEC);
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
