@@ -307,12 +307,13 @@ if (ce) {
   p();
   p('| sessions after hello | connect s | RSS before KiB | RSS after KiB | KiB per session | open fds before | open fds after | storm: queued (s) | storm: all hello_ok s | storm: all hello_ok and own proposal s | storm exactly own |');
   p('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
-  const kib = before.rss_kib != null && after.rss_kib != null ? (after.rss_kib - before.rss_kib) / ce.n : null;
+  const kib = before.rss_kib != null && after.rss_kib != null && c.ws_connections_total
+    ? (after.rss_kib - before.rss_kib) / c.ws_connections_total : null;
   p(`| ${int(c.ws_connections_total)} | ${f(c.seconds)} | ${int(before.rss_kib)} | ${int(after.rss_kib)} | ${f(kib)} | ` +
     `${int(before.fds)} | ${int(after.fds)} | ${st.queued ? `${int(st.queued.queued)} (${f(st.queue_seconds)})` : 'n/a'} | ` +
     `${f(st.all_hello_ok_seconds)} | ${f(st.all_done_seconds)} | ${own2(st)} |`);
   p();
-  p(`- connect: ${int(c.authenticated)} authenticated, ${int(c.failures)} failures${c.timed_out ? ', **timed out**' : ''}; ` +
+  p(`- connect: ${int(c.authenticated)} authenticated, ${int(c.failures)} failures${c.timed_out ? `, **not all within ${int(c.timeout_s)} s**` : ''}; ` +
     `storm: sockets closed and the gauge at 0 in ${f(st.close_seconds)} s (drained: ${st.server_drained}), ` +
     `proposals queued through SQL (scouts_ingest, ${st.queued ? st.queued.statements : 'n/a'} statement(s)), ` +
     `${closes(st)}, bounded at ${int(st.timeout_s)} s; at the end RSS ${int(end.rss_kib)} KiB, ${int(end.fds)} fds, ` +
@@ -353,7 +354,7 @@ if (fl) {
   p();
   p(`- **connect**: ${int(c.ws_connections_total)} sessions in total (sum of the instances' ws_connections), ${int(c.authenticated)} ` +
     `hello_ok in ${f(c.seconds)} s (${int(c.concurrency_per_proc)} handshakes in flight per process), ${int(c.failures)} failures` +
-    `${c.timed_out ? ', **timed out**' : ''}`);
+    `${c.timed_out ? `, **not all within ${int(c.timeout_s)} s**: the step went on with the sessions there were` : ''}`);
   if (id) {
     p(`- **idle** over ${f(id.seconds)} s with every device connected: ${f(id.stewards_cpu_s)} CPU s in the ${I} stewards, ` +
       `${f(id.postgres_cpu_s)} in PostgreSQL: **${f(id.pct_of_one_core, 1)}% of one core** (heartbeat ${fl.heartbeat_s || 30} s, presence refresh every half heartbeat)`);

@@ -9,7 +9,10 @@
  *                                               devices listed (indices, this process's
  *                                               or not) expect one; a proposal reaching
  *                                               any other device counts as stray
- *   count    the phase's counters so far
+ *   count    the phase's counters so far and how many sockets have hello_ok (ends a
+ *            connect still in progress: the orchestrator's way to stop one that ran out
+ *            of time)
+ *   authed   the indices of the devices whose socket has hello_ok
  *   report   waits (bounded) for the acks, returns per-device arrival times
  *   open     reconnects every device at once (the storm), no limit; "timeout_ms"
  *            bounds the wait for every hello_ok (default 60000); with "retry":true a
@@ -660,10 +663,20 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
             emit(json_pack("{s:s}", "ev", "delivered"));
         reply(g, json_pack("{s:I}", "expected", (json_int_t)g->expected));
     } else if (strcmp(cmd, "count") == 0) {
-        reply(g, json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "delivered", (json_int_t)g->delivered,
-                           "acked", (json_int_t)g->acked, "wrong", (json_int_t)g->wrong, "dup",
-                           (json_int_t)g->dup, "stray", (json_int_t)g->stray, "problems",
+        long authed = 0;
+        for (int i = 0; i < g->n; i++)
+            authed += g->d[i].authed;
+        reply(g, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "delivered",
+                           (json_int_t)g->delivered, "acked", (json_int_t)g->acked, "wrong",
+                           (json_int_t)g->wrong, "dup", (json_int_t)g->dup, "stray",
+                           (json_int_t)g->stray, "authed", (json_int_t)authed, "problems",
                            take_problems(g)));
+    } else if (strcmp(cmd, "authed") == 0) {
+        json_t *idx = json_array();
+        for (int i = 0; i < g->n; i++)
+            if (g->d[i].authed)
+                json_array_append_new(idx, json_integer(g->d[i].idx));
+        reply(g, json_pack("{s:o}", "idx", idx));
     } else if (strcmp(cmd, "report") == 0) {
         g->cmd = C_REPORT;
         g->cmd_deadline = t + 10000;
