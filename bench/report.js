@@ -280,8 +280,9 @@ function cpuTable(c, stewardsLabel) {
 // A storm's sessions the server closed before hello_ok (each connects again 1-2 s later,
 // as a device would) and the sessions that never had hello_ok in time.
 const closes = (st) => `${int(st.closed_before_hello_ok)} sessions closed by the server before hello_ok` +
-  `${st.close_codes && Object.keys(st.close_codes).length ? ` (close codes ${JSON.stringify(st.close_codes)}, 0: no close frame)` : ''}` +
-  ` and connected again (${int(st.reconnects)} reconnects), ${st.connect_failures ?? 'n/a'} without hello_ok in the end`;
+  `${st.close_codes && Object.keys(st.close_codes).length ? ` (why: ${JSON.stringify(st.close_codes)})` : ''}` +
+  ` and connected again (${int(st.reconnects)} reconnects), ${st.connect_failures ?? 'n/a'} without hello_ok in the end` +
+  `${st.hello_ok_at_reply != null ? ` (${int(st.hello_ok_at_reply)} sessions had it)` : ''}`;
 function problemsOf(x) {
   if (x.error) p(`- **the step stopped: ${x.error}**`);
   if (x.problems && x.problems.length) p(`- problems: ${x.problems.slice(0, 8).join('; ')}`);

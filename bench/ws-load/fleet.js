@@ -429,7 +429,8 @@ async function storm() {
     // every device has hello_ok and its own proposal: the later of the two
     all_done_seconds: ok && g && op && !failed ? round((Math.max(lastGot, lastHello) - ts) / 1000, 2) : null,
     connect_failures: failed, closed_before_hello_ok: op ? op.reduce((a, o) => a + o.closed_early, 0) : null,
-    reconnects: op ? op.reduce((a, o) => a + o.retries, 0) : null, close_codes: codes, all_delivered: ok, ...(g ? g.ex : {}),
+    reconnects: op ? op.reduce((a, o) => a + o.retries, 0) : null, close_codes: codes,
+    hello_ok_at_reply: op ? op.reduce((a, o) => a + o.authed, 0) : null, all_delivered: ok, ...(g ? g.ex : {}),
     generator: { devices: g ? g.worst : null }, reads });
   if (!ok) problem(`storm: not every device had its proposal within ${round(ms / 1000, 0)} s`);
 }

@@ -64,7 +64,7 @@ struct dev {
     int attempts;
     struct buf in, out;
     bool expect;     /* this phase, one proposal is owed to this device */
-    int close_code;  /* of the server's close frame, 0 when none came */
+    char why[64];    /* why the socket ended: the server's close frame, eof, an error */
     double retry_at; /* storm with retries: when to connect again */
     int got;
     double got_at;
@@ -93,7 +93,7 @@ struct gen {
     double last_hello;
     bool open_retry;            /* storm: reconnect a device closed before hello_ok */
     long closed_early, retries; /* storm: closed before hello_ok, connects again */
-    json_t *close_codes;        /* storm: how many of those closes per code (0: no frame) */
+    json_t *close_codes;        /* storm: how many of those closes for each reason */
     /* loop monitor: how long each batch of events took, in 0.1 ms buckets up to 1 s */
     long hist[10001];
     long batches;
@@ -254,15 +254,15 @@ static void dev_closed(struct gen *g, struct dev *d)
         if (g->cmd == C_CONNECT && d->attempts < 3) {
             g->retry[g->nretry++] = (int)(d - g->d); /* tried again behind the others */
         } else if (g->cmd == C_OPEN && g->open_retry) {
-            char code[16];
-            snprintf(code, sizeof(code), "%d", d->close_code);
-            json_t *c = json_object_get(g->close_codes, code);
-            json_object_set_new(g->close_codes, code, json_integer(json_integer_value(c) + 1));
+            const char *why = d->why[0] ? d->why : "unknown";
+            json_t *c = json_object_get(g->close_codes, why);
+            json_object_set_new(g->close_codes, why, json_integer(json_integer_value(c) + 1));
             d->retry_at = now_ms() + 1000 + rnd32(g) % 1000;
             g->retry[g->nretry++] = (int)(d - g->d);
         } else {
             g->failures++;
-            problem(g, "device %d: closed (code %d) before hello_ok", d->idx, d->close_code);
+            problem(g, "device %d: closed (%s) before hello_ok", d->idx,
+                    d->why[0] ? d->why : "unknown");
         }
     }
 }
@@ -270,7 +270,7 @@ static void dev_closed(struct gen *g, struct dev *d)
 static int dev_open(struct gen *g, struct dev *d)
 {
     d->attempts++;
-    d->close_code = 0;
+    d->why[0] = '\0';
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
@@ -377,7 +377,8 @@ static bool on_frames(struct gen *g, struct dev *d, double t)
         } else if (op == 1) {
             on_text(g, d, pl, (size_t)len, t);
         } else if (op == 8) {
-            d->close_code = len >= 2 ? ((unsigned char)pl[0] << 8 | (unsigned char)pl[1]) : 1005;
+            snprintf(d->why, sizeof(d->why), "close frame %d",
+                     len >= 2 ? ((unsigned char)pl[0] << 8 | (unsigned char)pl[1]) : 1005);
             if (d->st != D_CLOSING)
                 send_frame(g, d, 8, pl, len >= 2 ? 2 : 0);
             flush_out(g, d);
@@ -395,6 +396,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
         int e = 0;
         socklen_t el = sizeof(e);
         if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0) {
+            snprintf(d->why, sizeof(d->why), "connect: %s", strerror(e ? e : errno));
             dev_closed(g, d);
             return;
         }
@@ -416,6 +418,10 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 break;
             if (r <= 0) {
+                if (r == 0)
+                    snprintf(d->why, sizeof(d->why), "eof");
+                else
+                    snprintf(d->why, sizeof(d->why), "recv: %s", strerror(errno));
                 dev_closed(g, d);
                 return;
             }
@@ -428,6 +434,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
             if (end) {
                 if (d->in.len < 12 || memcmp(d->in.p, "HTTP/1.1 101", 12) != 0) {
                     problem(g, "device %d: upgrade refused", d->idx);
+                    snprintf(d->why, sizeof(d->why), "upgrade refused");
                     dev_closed(g, d);
                     return;
                 }
@@ -446,6 +453,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
     }
     if (d->out.len > d->out.off) {
         if (!flush_out(g, d)) {
+            snprintf(d->why, sizeof(d->why), "send: %s", strerror(errno));
             dev_closed(g, d);
             return;
         }
@@ -570,10 +578,13 @@ static void progress(struct gen *g, double t)
         if ((g->in_flight == 0 && g->nretry == 0) || t > g->cmd_deadline) {
             /* at the deadline, whatever has no hello_ok yet has failed */
             g->failures += g->in_flight + g->nretry;
-            reply(g,
-                  json_pack("{s:i, s:f, s:I, s:I, s:O}", "failures", g->failures, "last_hello_at",
-                            g->last_hello, "closed_early", (json_int_t)g->closed_early, "retries",
-                            (json_int_t)g->retries, "close_codes", g->close_codes));
+            long authed = 0;
+            for (int i = 0; i < g->n; i++)
+                authed += g->d[i].authed;
+            reply(g, json_pack("{s:i, s:f, s:I, s:I, s:O, s:I}", "failures", g->failures,
+                               "last_hello_at", g->last_hello, "closed_early",
+                               (json_int_t)g->closed_early, "retries", (json_int_t)g->retries,
+                               "close_codes", g->close_codes, "authed", (json_int_t)authed));
         }
         break;
     case C_CLOSE:
