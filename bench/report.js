@@ -372,6 +372,12 @@ if (fl) {
         `longest GC ${f(gen.sender.gc_max_ms)} ms; device processes p99 / max ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms per batch of socket events`);
     }
     if (fl.ingest_warmup) p(`  warm-up before it (not measured): ${int(fl.ingest_warmup.items)} items, all delivered and acked: ${fl.ingest_warmup.all_delivered}`);
+    const ci = fl.cpu && fl.cpu.ingest;
+    if (ci && ing.n) {
+      p(`  CPU per ingested proposal (the measured ingest phase's CPU over its proposals, deliveries and acks included): ` +
+        `stewards ${f((1000 * ci.stewards_s) / ing.n)} ms (instance 0, which takes the POSTs, ${f((1000 * ci.steward_s[0]) / ing.n)} ms), ` +
+        `PostgreSQL ${f((1000 * ci.postgres_s) / ing.n)} ms`);
+    }
   }
   if (fl.storm) {
     const r = st.reads;
