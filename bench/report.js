@@ -256,6 +256,168 @@ for (const [k, label] of [['bond_read', 'GET /v1/bonds/{user_id}'], ['plan', 'PO
 p();
 }
 
+// ---- ceiling and fleet (bench/run steps; ws-load/fleet.js) ----
+const own2 = (x) => (!x || x.exactly_once === undefined ? 'n/a' : x.exactly_once ? 'yes'
+  : `NO (${x.missing} missing, ${x.wrong_device} wrong, ${x.duplicates} dup, ${x.stray} stray)`);
+const budgetOf = (b) => (b && b.nofile ? `nofile ${int(b.nofile)}, reserve ${int(b.reserve)}, HTTP max ${int(b.http_max_connections)}, ` +
+  `WS max ${int(b.ws_max_connections)}` : 'n/a');
+// Per-phase CPU seconds of every component, from fleet.js's cpu marks.
+function cpuTable(c, stewardsLabel) {
+  if (!c) return;
+  const names = { connect: 'connect', settle: 'settle (1 s)', idle: 'idle', ingest: 'ingest (measured)',
+    before_ingest: 'ingest warm-up', close: 'close + drain', queue: 'queue (SQL)', storm: 'storm', aborted: 'until aborted' };
+  p(`| phase | wall s | ${stewardsLabel} CPU s | PostgreSQL CPU s | servers, % of one core | device processes CPU s | ingest sender | bond reader | orchestrator |`);
+  p('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const [k, label] of Object.entries(names)) {
+    const x = c[k];
+    if (!x) continue;
+    p(`| ${label} | ${f(x.wall_s)} | ${f(x.stewards_s)}${x.steward_s.length > 1 ? ` (${x.steward_s.map((v) => f(v)).join(' / ')})` : ''} | ` +
+      `${f(x.postgres_s)} | ${f(x.servers_pct_of_one_core, 1)}% | ${f(x.generator_s.devices_total)} | ${f(x.generator_s.sender)} | ` +
+      `${f(x.generator_s.reader)} | ${f(x.generator_s.orchestrator)} |`);
+  }
+  p();
+}
+// A storm's sessions the server closed before hello_ok (each connects again 1-2 s later,
+// as a device would) and the sessions that never had hello_ok in time.
+const closes = (st) => `${int(st.closed_before_hello_ok)} sessions closed by the server before hello_ok` +
+  `${st.close_codes && Object.keys(st.close_codes).length ? ` (why: ${JSON.stringify(st.close_codes)})` : ''}` +
+  ` and connected again (${int(st.reconnects)} reconnects), ${st.connect_failures ?? 'n/a'} without hello_ok in the end` +
+  `${st.hello_ok_at_reply != null ? ` (${int(st.hello_ok_at_reply)} sessions had it)` : ''}`;
+function problemsOf(x) {
+  if (x.error) p(`- **the step stopped: ${x.error}**`);
+  if (x.problems && x.problems.length) p(`- problems: ${x.problems.slice(0, 8).join('; ')}`);
+}
+const kern = g('kernel');
+const kernLine = kern ? `Kernel: net.ipv4.ip_local_port_range ${kern.ip_local_port_range}, tcp_tw_reuse ${kern.tcp_tw_reuse}, ` +
+  `somaxconn ${kern.somaxconn}, tcp_max_syn_backlog ${kern.tcp_max_syn_backlog}, fs.file-max ${int(kern.file_max)}, ` +
+  `ulimit -n ${kern.nofile_soft} (hard ${kern.nofile_hard})${kern.changed ? `; changed by bench/run: ${kern.changed}` : ''}.` : null;
+
+const ce = g('ceiling');
+if (ce) {
+  const c = ce.connect || {}; const st = ce.storm || {};
+  const before = (ce.instances_before || [])[0] || {}; const after = (c.instances_after || [])[0] || {};
+  const end = (ce.instances_end || [])[0] || {};
+  p(`## One instance at its fd ceiling: ${int(ce.n)} device sessions`);
+  p();
+  p(`A fresh release steward (\`${ce.steward_env || ''}\`; descriptor budget at start: ${budgetOf((ce.descriptor_budgets || [])[0])}). ` +
+    'steward splits its open-file limit between HTTP and WebSocket connections in proportion to their maxima ' +
+    '(src/app/sizing.c): with the default HTTP maximum (16,384) WebSocket would get about 11,000 of the 20,000 files, ' +
+    'with 1,000 still 18,976, so the HTTP maximum is 900 here. ' +
+    `${ce.seed ? `${int(ce.seed.users)} users (bond, scout, device) inserted through SQL in ${f(ce.seed.seconds)} s. ` : ''}` +
+    'One C device process holds every socket.');
+  p();
+  p('| sessions after hello | connect s | RSS before KiB | RSS after KiB | KiB per session | open fds before | open fds after | storm: queued (s) | storm: all hello_ok s | storm: all hello_ok and own proposal s | storm exactly own |');
+  p('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
+  const kib = before.rss_kib != null && after.rss_kib != null && c.ws_connections_total
+    ? (after.rss_kib - before.rss_kib) / c.ws_connections_total : null;
+  p(`| ${int(c.ws_connections_total)} | ${f(c.seconds)} | ${int(before.rss_kib)} | ${int(after.rss_kib)} | ${f(kib)} | ` +
+    `${int(before.fds)} | ${int(after.fds)} | ${st.queued ? `${int(st.queued.queued)} (${f(st.queue_seconds)})` : 'n/a'} | ` +
+    `${f(st.all_hello_ok_seconds)} | ${f(st.all_done_seconds)} | ${own2(st)} |`);
+  p();
+  p(`- connect: ${int(c.authenticated)} authenticated, ${int(c.failures)} failures${c.timed_out ? `, **not all within ${int(c.timeout_s)} s**` : ''}; ` +
+    `storm: sockets closed and the gauge at 0 in ${f(st.close_seconds)} s (drained: ${st.server_drained}), ` +
+    `proposals queued through SQL (scouts_ingest, ${st.queued ? st.queued.statements : 'n/a'} statement(s)), ` +
+    `${closes(st)}, bounded at ${int(st.timeout_s)} s; at the end RSS ${int(end.rss_kib)} KiB, ${int(end.fds)} fds, ` +
+    `${int(end.ws_connections)} sessions; the device process spent p99 / max ${f(st.generator && st.generator.devices && st.generator.devices.loop_delay_p99_ms)} / ` +
+    `${f(st.generator && st.generator.devices && st.generator.devices.loop_delay_max_ms)} ms on one batch of socket events`);
+  problemsOf(ce);
+  p();
+  cpuTable(ce.cpu, 'steward');
+  if (kernLine) { p(kernLine); p(); }
+  const okN = c.ws_connections_total === ce.n && c.failures === 0;
+  target(`one instance: ${int(ce.n)} device sessions after hello, < 8 KiB RSS each`, kib === null ? -1 : kib,
+    kib === null ? 'not measured' : `${int(c.ws_connections_total)} sessions, ${f(kib)} KiB each`, okN && kib < 8);
+  target(`one instance: reconnect storm of ${int(ce.n)}, each with a queued proposal, drained (hello_ok and own) < 6 s`,
+    st.all_done_seconds === undefined ? null : -1,
+    st.all_done_seconds == null ? `not drained${ce.error ? `: ${ce.error}` : ''}` : `${f(st.all_done_seconds)} s, exactly own: ${own2(st)}`,
+    st.all_done_seconds != null && st.all_done_seconds < 6 && st.exactly_once === true);
+}
+
+const fl = g('fleet');
+if (fl) {
+  const c = fl.connect || {}; const id = fl.idle; const ing = fl.ingest; const st = fl.storm || {};
+  const I = fl.instances || 0;
+  p(`## ${I} instances, one PostgreSQL: ${int(fl.n)} devices`);
+  p();
+  p(`${I} fresh release stewards on one database (\`${fl.steward_env || ''}\` each, own ports, one admin key); ` +
+    `${fl.seed ? `${int(fl.seed.users)} users (bond, scout, device) inserted through SQL in ${f(fl.seed.seconds)} s; ` : ''}` +
+    `${I} C device processes, process p holding the devices i with i mod ${I} = p, connected to instance p. ` +
+    `Descriptor budget of instance 0: ${budgetOf((fl.descriptor_budgets || [])[0])}.`);
+  p();
+  p('| instance | sessions (ws_connections) | RSS before KiB | RSS connected KiB | RSS at end KiB | KiB per session | fds before | fds connected | fds at end |');
+  p('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  const b0 = fl.instances_before || []; const a1 = c.instances_after || []; const e2 = fl.instances_end || [];
+  for (let k = 0; k < I; k++) {
+    const b = b0[k] || {}; const a = a1[k] || {}; const e = e2[k] || {};
+    const per = a.ws_connections ? (a.rss_kib - b.rss_kib) / a.ws_connections : null;
+    p(`| ${k} | ${int(a.ws_connections)} | ${int(b.rss_kib)} | ${int(a.rss_kib)} | ${int(e.rss_kib)} | ${f(per)} | ${int(b.fds)} | ${int(a.fds)} | ${int(e.fds)} |`);
+  }
+  p();
+  p(`- **connect**: ${int(c.ws_connections_total)} sessions in total (sum of the instances' ws_connections), ${int(c.authenticated)} ` +
+    `hello_ok in ${f(c.seconds)} s (${int(c.concurrency_per_proc)} handshakes in flight per process), ${int(c.failures)} failures` +
+    `${c.timed_out ? `, **not all within ${int(c.timeout_s)} s**: the step went on with the sessions there were` : ''}`);
+  if (id) {
+    p(`- **idle** over ${f(id.seconds)} s with every device connected: ${f(id.stewards_cpu_s)} CPU s in the ${I} stewards, ` +
+      `${f(id.postgres_cpu_s)} in PostgreSQL: **${f(id.pct_of_one_core, 1)}% of one core** (heartbeat ${fl.heartbeat_s || 30} s, presence refresh every half heartbeat)`);
+  }
+  if (ing) {
+    p(`- **ingest across instances**: ${int(ing.n)} proposals offered at ${int(ing.offered_rate)}/s through instance 0's REST for devices held by instances ` +
+      `${(ing.held_by_instances || []).join(', ')}; sent at ${int(ing.achieved_send_rate)}/s, HTTP ${JSON.stringify(ing.http_status)} ` +
+      `(HTTP p50 ${f(ing.http_p50_ms)} / p99 ${f(ing.http_p99_ms)} ms); POST to frame on the device p50 ${f(ing.latency_p50_ms)} ms, ` +
+      `**p99 ${f(ing.latency_p99_ms)} ms**, max ${f(ing.latency_max_ms)} ms; every device exactly its own: ${own2(ing)}; ` +
+      `devices not ingested received ${int(ing.others_received)}`);
+    const gen = ing.generator;
+    if (gen && gen.sender && gen.devices) {
+      p(`  generator during the ingest: sender event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms, ` +
+        `longest GC ${f(gen.sender.gc_max_ms)} ms; device processes p99 / max ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms per batch of socket events`);
+    }
+    if (fl.ingest_warmup) p(`  warm-up before it (not measured): ${int(fl.ingest_warmup.items)} items, all delivered and acked: ${fl.ingest_warmup.all_delivered}`);
+    const ci = fl.cpu && fl.cpu.ingest;
+    if (ci && ing.n) {
+      p(`  CPU per ingested proposal (the measured ingest phase's CPU over its proposals, deliveries and acks included): ` +
+        `stewards ${f((1000 * ci.stewards_s) / ing.n)} ms (instance 0, which takes the POSTs, ${f((1000 * ci.steward_s[0]) / ing.n)} ms), ` +
+        `PostgreSQL ${f((1000 * ci.postgres_s) / ing.n)} ms`);
+    }
+  }
+  if (fl.storm) {
+    const r = st.reads;
+    p(`- **reconnect storm**: every device closed, every instance's gauge at 0 after ${f(st.close_seconds)} s (drained: ${st.server_drained}); ` +
+      `${st.queued ? `${int(st.queued.queued)} of ${int(st.queued.items)} proposals queued through SQL (scouts_ingest, the function the ingest route calls, ` +
+        `${st.queued.statements} statements of up to 10,000) in ${f(st.queue_seconds)} s` : `queueing failed: ${JSON.stringify(st.queued)}`}; ` +
+      `then all reconnected at once: every hello_ok after ${f(st.all_hello_ok_seconds)} s, **every hello_ok and own proposal after ${f(st.all_done_seconds)} s** ` +
+      `(bounded at ${int(st.timeout_s)} s); exactly own: ${own2(st)}; ${closes(st)}`);
+    if (r) {
+      p(`  bond reads during the storm (GET /v1/bonds/{user_id}, ${int(r.rate)}/s open loop over the ${I} instances, ${f(r.seconds)} s): ` +
+        `${int(r.answered)} of ${int(r.sent)} answered, status ${JSON.stringify(r.status)}, ${int(r.errors)} transport errors, ` +
+        `p50 ${f(r.p50_ms)} ms, **p99 ${f(r.p99_ms)} ms**, max ${f(r.max_ms)} ms (reader's event-loop delay p99 / max ${f(r.loop_delay_p99_ms)} / ${f(r.loop_delay_max_ms)} ms)`);
+    }
+  }
+  problemsOf(fl);
+  p();
+  p('CPU seconds of every component in each phase (the load generator\'s processes included):');
+  p();
+  cpuTable(fl.cpu, 'stewards');
+  if (kernLine) { p(kernLine); p(); }
+  const n = int(fl.n);
+  target(`${I} instances, one PostgreSQL: ${n} device sessions in total`, c.ws_connections_total === undefined ? -1 : c.ws_connections_total,
+    `${int(c.ws_connections_total)} sessions${c.seconds != null ? ` (connected in ${f(c.seconds)} s)` : ''}`,
+    c.ws_connections_total === fl.n && !c.timed_out);
+  if (ing) {
+    target(`ingest across instances: p99 < 50 ms at ${int(ing.offered_rate)} proposals/s through one instance, every device exactly its own`,
+      ing.latency_p99_ms === undefined ? -1 : ing.latency_p99_ms, `${f(ing.latency_p99_ms)} ms, exactly own: ${own2(ing)}`,
+      ing.latency_p99_ms < 50 && ing.exactly_once === true);
+  } else target('ingest across instances: p99 < 50 ms at 1,000 proposals/s', -1, 'not run', false);
+  target(`reconnect storm of ${n}: hello_ok and own proposal < 60 s, none wrong, none missing`,
+    -1, st.all_done_seconds == null ? `not drained${fl.error ? `: ${fl.error}` : ''}` : `${f(st.all_done_seconds)} s, exactly own: ${own2(st)}`,
+    st.all_done_seconds != null && st.all_done_seconds < 60 && st.exactly_once === true);
+  target(`idle cost with ${n} connected: all instances + PostgreSQL < 25% of one core`, -1,
+    id ? `${f(id.pct_of_one_core, 1)}% over ${f(id.seconds, 0)} s` : 'not measured', !!id && id.pct_of_one_core < 25);
+  const r = st.reads;
+  target('a REST bond read during the storm: p99 < 100 ms', -1,
+    r ? `${f(r.p99_ms)} ms (${int(r.answered)} reads, ${int(r.errors)} errors)` : 'not measured',
+    !!r && r.p99_ms < 100 && r.errors === 0 && r.unanswered === 0 && Object.keys(r.status).every((k) => k === '200'));
+}
+
 p('## Targets');
 p();
 p('| target | measured | met |');

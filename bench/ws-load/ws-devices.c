@@ -5,12 +5,23 @@
  *   {"id":1,"cmd":"connect","concurrency":200}  opens the sockets (device_hello, hello_ok)
  *   {"id":2,"cmd":"phase","prefix":"x-i-"}     resets the counters; proposals must now
  *                                               carry prefix + the device's index
- *   count    the phase's counters so far
+ *   {"id":2,"cmd":"phase","prefix":"x-i-","expect":[3,9]}  the same, but only the
+ *                                               devices listed (indices, this process's
+ *                                               or not) expect one; a proposal reaching
+ *                                               any other device counts as stray
+ *   count    the phase's counters so far and how many sockets have hello_ok (ends a
+ *            connect still in progress: the orchestrator's way to stop one that ran out
+ *            of time)
+ *   authed   the indices of the devices whose socket has hello_ok
  *   report   waits (bounded) for the acks, returns per-device arrival times
- *   open     reconnects every device at once (the storm), no limit
+ *   open     reconnects every device at once (the storm), no limit; "timeout_ms"
+ *            bounds the wait for every hello_ok (default 60000); with "retry":true a
+ *            device closed before its hello_ok connects again 1-2 s later, as a device
+ *            would (counted in the reply: closed_early, retries)
  *   close    closes every socket
  *   exit
- * and {"ev":"delivered"} once every device holds its proposal.
+ * and {"ev":"delivered"} once every device that expects one holds its proposal (at once
+ * when none of this process's devices expects one).
  *
  * usage: ws-devices URL DEVICES_JSON N PROC PROCS
  *   devices idx < N with idx % PROCS == PROC are this process's.
@@ -52,6 +63,9 @@ struct dev {
     bool authed;
     int attempts;
     struct buf in, out;
+    bool expect;     /* this phase, one proposal is owed to this device */
+    char why[64];    /* why the socket ended: the server's close frame, eof, an error */
+    double retry_at; /* storm with retries: when to connect again */
     int got;
     double got_at;
 };
@@ -63,9 +77,11 @@ struct gen {
     json_t *all; /* the devices file: device ids and tokens point into it */
     struct dev *d;
     int n;
+    int proc, procs; /* this process's devices are idx % procs == proc */
     int ep;
     char *prefix; /* the phase's: proposals must carry it + the device's index */
     long delivered, acked, wrong, dup, stray;
+    long expected; /* devices that expect a proposal this phase */
     json_t *problems;
     struct buf cin; /* stdin, a line at a time */
     /* the command in progress */
@@ -75,6 +91,9 @@ struct gen {
     int next_connect, in_flight, concurrency, failures, open_fds;
     int *retry, nretry; /* devices whose handshake failed, to try again */
     double last_hello;
+    bool open_retry;            /* storm: reconnect a device closed before hello_ok */
+    long closed_early, retries; /* storm: closed before hello_ok, connects again */
+    json_t *close_codes;        /* storm: how many of those closes for each reason */
     /* loop monitor: how long each batch of events took, in 0.1 ms buckets up to 1 s */
     long hist[10001];
     long batches;
@@ -230,11 +249,20 @@ static void dev_closed(struct gen *g, struct dev *d)
     buf_free(&d->out);
     if (was_handshaking && (g->cmd == C_CONNECT || g->cmd == C_OPEN)) {
         g->in_flight--;
+        if (g->cmd == C_OPEN)
+            g->closed_early++;
         if (g->cmd == C_CONNECT && d->attempts < 3) {
             g->retry[g->nretry++] = (int)(d - g->d); /* tried again behind the others */
+        } else if (g->cmd == C_OPEN && g->open_retry) {
+            const char *why = d->why[0] ? d->why : "unknown";
+            json_t *c = json_object_get(g->close_codes, why);
+            json_object_set_new(g->close_codes, why, json_integer(json_integer_value(c) + 1));
+            d->retry_at = now_ms() + 1000 + rnd32(g) % 1000;
+            g->retry[g->nretry++] = (int)(d - g->d);
         } else {
             g->failures++;
-            problem(g, "device %d: closed before hello_ok", d->idx);
+            problem(g, "device %d: closed (%s) before hello_ok", d->idx,
+                    d->why[0] ? d->why : "unknown");
         }
     }
 }
@@ -242,6 +270,7 @@ static void dev_closed(struct gen *g, struct dev *d)
 static int dev_open(struct gen *g, struct dev *d)
 {
     d->attempts++;
+    d->why[0] = '\0';
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
@@ -295,9 +324,12 @@ static void on_text(struct gen *g, struct dev *d, const char *p, size_t n, doubl
         } else if (atoi(ref + pl) != d->idx) {
             problem(g, "device %d: got the proposal %s", d->idx, ref);
             g->wrong++;
+        } else if (!d->expect) {
+            problem(g, "device %d: its proposal %s was not expected", d->idx, ref);
+            g->stray++;
         } else if (++d->got == 1) {
             d->got_at = t;
-            if (++g->delivered == g->n)
+            if (++g->delivered == g->expected)
                 emit(json_pack("{s:s}", "ev", "delivered"));
         } else {
             g->dup++;
@@ -345,6 +377,8 @@ static bool on_frames(struct gen *g, struct dev *d, double t)
         } else if (op == 1) {
             on_text(g, d, pl, (size_t)len, t);
         } else if (op == 8) {
+            snprintf(d->why, sizeof(d->why), "close frame %d",
+                     len >= 2 ? ((unsigned char)pl[0] << 8 | (unsigned char)pl[1]) : 1005);
             if (d->st != D_CLOSING)
                 send_frame(g, d, 8, pl, len >= 2 ? 2 : 0);
             flush_out(g, d);
@@ -362,6 +396,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
         int e = 0;
         socklen_t el = sizeof(e);
         if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0) {
+            snprintf(d->why, sizeof(d->why), "connect: %s", strerror(e ? e : errno));
             dev_closed(g, d);
             return;
         }
@@ -383,6 +418,10 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 break;
             if (r <= 0) {
+                if (r == 0)
+                    snprintf(d->why, sizeof(d->why), "eof");
+                else
+                    snprintf(d->why, sizeof(d->why), "recv: %s", strerror(errno));
                 dev_closed(g, d);
                 return;
             }
@@ -395,6 +434,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
             if (end) {
                 if (d->in.len < 12 || memcmp(d->in.p, "HTTP/1.1 101", 12) != 0) {
                     problem(g, "device %d: upgrade refused", d->idx);
+                    snprintf(d->why, sizeof(d->why), "upgrade refused");
                     dev_closed(g, d);
                     return;
                 }
@@ -413,6 +453,7 @@ static void on_event(struct gen *g, struct dev *d, uint32_t evs, double t)
     }
     if (d->out.len > d->out.off) {
         if (!flush_out(g, d)) {
+            snprintf(d->why, sizeof(d->why), "send: %s", strerror(errno));
             dev_closed(g, d);
             return;
         }
@@ -484,6 +525,7 @@ static void gen_exit(struct gen *g, int code)
     free(g->prefix);
     buf_free(&g->cin);
     json_decref(g->problems);
+    json_decref(g->close_codes);
     json_decref(g->all);
     close(g->ep);
     exit(code);
@@ -520,9 +562,30 @@ static void progress(struct gen *g, double t)
         }
         break;
     case C_OPEN:
-        if (g->in_flight == 0 || t > g->cmd_deadline)
-            reply(g,
-                  json_pack("{s:i, s:f}", "failures", g->failures, "last_hello_at", g->last_hello));
+        for (int k = 0; k < g->nretry;) {
+            struct dev *d = &g->d[g->retry[k]];
+            if (d->retry_at > t) {
+                k++;
+                continue;
+            }
+            g->retry[k] = g->retry[--g->nretry];
+            g->retries++;
+            if (dev_open(g, d) != 0) {
+                d->retry_at = t + 1000;
+                g->retry[g->nretry++] = (int)(d - g->d);
+            }
+        }
+        if ((g->in_flight == 0 && g->nretry == 0) || t > g->cmd_deadline) {
+            /* at the deadline, whatever has no hello_ok yet has failed */
+            g->failures += g->in_flight + g->nretry;
+            long authed = 0;
+            for (int i = 0; i < g->n; i++)
+                authed += g->d[i].authed;
+            reply(g, json_pack("{s:i, s:f, s:I, s:I, s:O, s:I}", "failures", g->failures,
+                               "last_hello_at", g->last_hello, "closed_early",
+                               (json_int_t)g->closed_early, "retries", (json_int_t)g->retries,
+                               "close_codes", g->close_codes, "authed", (json_int_t)authed));
+        }
         break;
     case C_CLOSE:
     case C_EXIT: {
@@ -583,28 +646,62 @@ static void on_command(struct gen *g, const char *line, size_t n, double t)
         free(g->prefix);
         g->prefix = prefix ? strdup(prefix) : NULL;
         g->delivered = g->acked = g->wrong = g->dup = g->stray = 0;
+        json_t *expect = json_object_get(m, "expect");
         for (int i = 0; i < g->n; i++) {
             g->d[i].got = 0;
             g->d[i].got_at = 0;
+            g->d[i].expect = !json_is_array(expect);
         }
+        if (json_is_array(expect)) {
+            /* this process's devices are idx = proc + k * procs, at g->d[k] */
+            size_t k;
+            json_t *v;
+            json_array_foreach(expect, k, v)
+            {
+                json_int_t idx = json_integer_value(v);
+                if (idx >= g->proc && (idx - g->proc) % g->procs == 0 &&
+                    (idx - g->proc) / g->procs < g->n)
+                    g->d[(idx - g->proc) / g->procs].expect = true;
+            }
+        }
+        g->expected = 0;
+        for (int i = 0; i < g->n; i++)
+            g->expected += g->d[i].expect;
         memset(g->hist, 0, sizeof(g->hist));
         g->batches = 0;
         g->batch_max = 0;
-        reply(g, json_object());
+        if (g->expected == 0)
+            emit(json_pack("{s:s}", "ev", "delivered"));
+        reply(g, json_pack("{s:I}", "expected", (json_int_t)g->expected));
     } else if (strcmp(cmd, "count") == 0) {
-        reply(g, json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "delivered", (json_int_t)g->delivered,
-                           "acked", (json_int_t)g->acked, "wrong", (json_int_t)g->wrong, "dup",
-                           (json_int_t)g->dup, "stray", (json_int_t)g->stray, "problems",
+        long authed = 0;
+        for (int i = 0; i < g->n; i++)
+            authed += g->d[i].authed;
+        reply(g, json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "delivered",
+                           (json_int_t)g->delivered, "acked", (json_int_t)g->acked, "wrong",
+                           (json_int_t)g->wrong, "dup", (json_int_t)g->dup, "stray",
+                           (json_int_t)g->stray, "authed", (json_int_t)authed, "problems",
                            take_problems(g)));
+    } else if (strcmp(cmd, "authed") == 0) {
+        json_t *idx = json_array();
+        for (int i = 0; i < g->n; i++)
+            if (g->d[i].authed)
+                json_array_append_new(idx, json_integer(g->d[i].idx));
+        reply(g, json_pack("{s:o}", "idx", idx));
     } else if (strcmp(cmd, "report") == 0) {
         g->cmd = C_REPORT;
         g->cmd_deadline = t + 10000;
     } else if (strcmp(cmd, "open") == 0) {
         g->cmd = C_OPEN;
-        g->cmd_deadline = t + 60000;
+        json_int_t tmo = json_integer_value(json_object_get(m, "timeout_ms"));
+        g->cmd_deadline = t + (tmo > 0 ? (double)tmo : 60000);
         g->in_flight = 0;
         g->failures = 0;
         g->last_hello = 0;
+        g->open_retry = json_is_true(json_object_get(m, "retry"));
+        g->nretry = 0;
+        g->closed_early = g->retries = 0;
+        json_object_clear(g->close_codes);
         for (int i = 0; i < g->n; i++) {
             g->d[i].attempts = 0;
             if (g->d[i].fd < 0 && dev_open(g, &g->d[i]) != 0) {
@@ -673,6 +770,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ws-devices: cannot read %s\n", argv[2]);
         return 2;
     }
+    g.proc = proc;
+    g.procs = procs;
     g.d = calloc((size_t)n / (size_t)procs + 1, sizeof(*g.d));
     g.retry = calloc((size_t)n / (size_t)procs + 1, sizeof(*g.retry));
     if (!g.d || !g.retry) {
@@ -688,6 +787,7 @@ int main(int argc, char **argv)
         d->fd = -1;
     }
     g.problems = json_array();
+    g.close_codes = json_object();
     g.rnd = (uint64_t)now_ms() * 2654435761u + (uint64_t)getpid();
     g.ep = epoll_create1(EPOLL_CLOEXEC);
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);

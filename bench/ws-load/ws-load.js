@@ -24,9 +24,7 @@
 // Prints one JSON object on stdout. Exits 1 when a check fails or a phase times out.
 const fs = require('fs');
 const path = require('path');
-const readline = require('readline');
-const { fork, spawn } = require('child_process');
-const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round } = require('./lib');
+const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round, Child, LineChild } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
@@ -54,69 +52,6 @@ function problem(msg) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// A child process answering {id, cmd, ...} with {id, reply}; {ev} messages go to onEvent.
-// How messages travel is the subclass's: send(m) writes one, and it calls receive(m) for
-// each that arrives.
-class Peer {
-  constructor(name, proc, onEvent) {
-    this.name = name;
-    this.proc = proc;
-    this.onEvent = onEvent;
-    this.waiters = new Map();
-    this.seq = 0;
-    proc.on('exit', (code) => {
-      for (const w of this.waiters.values()) w.reject(new Error(`${name} exited ${code}`));
-      this.waiters.clear();
-    });
-  }
-
-  receive(m) {
-    if (m.ev) { this.onEvent(m); return; }
-    const w = this.waiters.get(m.id);
-    this.waiters.delete(m.id);
-    if (!w) return;
-    if (m.reply && m.reply.error) w.reject(new Error(`${this.name}: ${m.reply.error}`));
-    else w.resolve(m.reply);
-  }
-
-  call(cmd, extra) {
-    const id = ++this.seq;
-    return new Promise((resolve, reject) => {
-      this.waiters.set(id, { resolve, reject });
-      this.send(Object.assign({ id, cmd }, extra));
-    });
-  }
-
-  exit() {
-    if (this.proc.exitCode === null) this.send({ cmd: 'exit' });
-  }
-}
-
-// A forked Node child, over Node's IPC channel.
-class Child extends Peer {
-  constructor(file, onEvent) {
-    super(file, fork(path.join(__dirname, file), [], { serialization: 'advanced',
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }), onEvent);
-    this.proc.on('message', (m) => this.receive(m));
-  }
-
-  send(m) {
-    if (this.proc.connected) this.proc.send(m);
-  }
-}
-
-// The C device process, over JSON lines on its stdin and stdout.
-class LineChild extends Peer {
-  constructor(bin, argv, onEvent) {
-    super(bin, spawn(bin, argv, { stdio: ['pipe', 'pipe', 'inherit'] }), onEvent);
-    readline.createInterface({ input: this.proc.stdout }).on('line', (line) => this.receive(JSON.parse(line)));
-  }
-
-  send(m) {
-    if (this.proc.stdin.writable) this.proc.stdin.write(JSON.stringify(m) + '\n');
-  }
-}
 
 let slicesDelivered = 0;
 let allDelivered = null;
