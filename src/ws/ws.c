@@ -513,11 +513,19 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         if (lws_write(wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
             return -1;
         pthread_mutex_lock(&ws->mu);
-        bool more = s->qhead != NULL || s->close_code || s->beat_due;
+        bool queued = s->qhead != NULL || s->close_code;
         pthread_mutex_unlock(&ws->mu);
-        if (more)
+        if (queued) {
             lws_callback_on_writable(wsi);
-        return 0;
+            return 0;
+        }
+        /* An idle session is owed both at the same beat (nothing came from it and
+         * nothing went to it for heartbeat_s), so the heartbeat frame follows the ping
+         * in this callback rather than in a second one: a writeable round (two changes
+         * of the poll set and a wake-up) less per idle session and interval. Both are a
+         * few bytes; what the kernel does not take at once, lws keeps and sends first. */
+        if (!s->beat_due)
+            return 0;
     }
     pthread_mutex_lock(&ws->mu);
     struct frame *f = s->qhead;
@@ -669,6 +677,13 @@ static void hello_sweep(uv_timer_t *t)
     hello_arm(ws, now);
 }
 
+/* How often the heartbeat walks the sessions: a quarter of the interval, 0.25 to 5 s. */
+static uint64_t beat_period_ms(const struct ws_server *ws)
+{
+    uint64_t p = (uint64_t)ws->o.heartbeat_s * 1000 / 4;
+    return p < 250 ? 250 : p > 5000 ? 5000 : p;
+}
+
 /* The heartbeat, one timer for every session (lws' own ping and hang-up timers cost a
  * sorted insert into a list of every connection's timers, O(connections), on each
  * connect). A session whose peer sent nothing (no frame, no pong) for heartbeat_s is
@@ -683,6 +698,7 @@ static void beat(uv_timer_t *t)
     int64_t now = clock_now_ms();
     int64_t ping_after = (int64_t)ws->o.heartbeat_s * 1000;
     int64_t drop_after = ((int64_t)ws->o.heartbeat_s * 2 + 5) * 1000;
+    int64_t walk = (int64_t)beat_period_ms(ws);
     struct session *next;
     for (struct session *s = ws->all_head; s; s = next) {
         next = s->all_next; /* a drop unlinks s (its CLOSED runs inside) */
@@ -694,32 +710,31 @@ static void beat(uv_timer_t *t)
             lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
             continue;
         }
-        bool write = false;
-        if (idle >= ping_after && now - s->last_ping_ms >= ping_after) {
-            s->ping_due = true;
-            s->last_ping_ms = now;
-            write = true;
-        }
+        bool beat_now = false;
         if (now - s->last_tx_ms >= ping_after && !s->beat_due) {
             pthread_mutex_lock(&ws->mu);
-            bool authed = s->authed;
+            beat_now = s->authed;
             pthread_mutex_unlock(&ws->mu);
-            if (authed) {
-                s->beat_due = true;
-                s->last_tx_ms = now;
-                write = true;
-            }
         }
-        if (write)
+        /* A session owed a heartbeat frame is pinged with it once silent for all but one
+         * walk of heartbeat_s: its last pong came just after the last ping, so otherwise
+         * the ping would fall one walk behind the frame and take a writeable round of
+         * its own (see on_writeable). */
+        bool ping_now = now - s->last_ping_ms >= ping_after &&
+                        idle >= (beat_now ? ping_after - walk : ping_after);
+        if (ping_now) {
+            s->ping_due = true;
+            s->last_ping_ms = now;
+        }
+        if (beat_now) {
+            s->beat_due = true;
+            s->last_tx_ms = now;
+        }
+        if (ping_now || beat_now)
             lws_callback_on_writable(s->wsi);
     }
 }
 
-static uint64_t beat_period_ms(const struct ws_server *ws)
-{
-    uint64_t p = (uint64_t)ws->o.heartbeat_s * 1000 / 4;
-    return p < 250 ? 250 : p > 5000 ? 5000 : p;
-}
 
 static bool path_ok(struct lws *wsi)
 {
@@ -855,7 +870,12 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     info.options = 0; /* UTF-8 is checked in on_receive */
     if (!strchr(o->bind, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
-    info.fd_limit_per_thread = (unsigned)o->max_connections + 64;
+    /* No fd_limit_per_thread: below the process's open-file limit it makes lws look a
+     * socket up by walking its whole table of descriptors (wsi_from_fd goes from an
+     * index to a scan when the limit is "unrelated to ulimit"), O(sessions) on every
+     * event, accept and close: half of steward's CPU in a storm of 19,000. Sized for the
+     * open-file limit, the table is indexed by descriptor (8 bytes per possible one,
+     * zero pages until used); the session cap is steward's own (max_connections). */
     /* The vhost (the listener) is created on its own below: when it fails, the context
      * is intact and comes down the normal way (a failed default vhost makes lws start
      * destroying the context inside lws_create_context, which on a foreign loop
