@@ -501,6 +501,8 @@ static int on_receive(struct ws_server *ws, struct session *s, struct lws *wsi, 
     return 0;
 }
 
+#define WRITE_BATCH_BYTES 16384 /* queued frames written per writeable callback, at most */
+
 static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi)
 {
     if (s->closing)
@@ -527,25 +529,41 @@ static int on_writeable(struct ws_server *ws, struct session *s, struct lws *wsi
         if (!s->beat_due)
             return 0;
     }
-    pthread_mutex_lock(&ws->mu);
-    struct frame *f = s->qhead;
-    if (f) {
-        s->qhead = f->next;
-        if (!s->qhead)
-            s->qtail = NULL;
-        s->qbytes -= f->len;
-        metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)f->len);
-    }
-    bool more = s->qhead != NULL;
-    int close_code = s->close_code;
-    const char *reason = s->close_reason;
-    pthread_mutex_unlock(&ws->mu);
-    if (f) {
+    /* Queued frames go out several per callback (a hello_ok and the proposals of the
+     * hello's pass are queued together), up to WRITE_BATCH_BYTES: each writeable round
+     * costs two changes of the poll set and a wake-up. What the kernel does not take
+     * at once, lws keeps and sends first; the byte bound keeps that small. */
+    size_t written = 0;
+    bool wrote = false, more = false;
+    int close_code = 0;
+    const char *reason = NULL;
+    for (;;) {
+        pthread_mutex_lock(&ws->mu);
+        struct frame *f = s->qhead;
+        if (f) {
+            s->qhead = f->next;
+            if (!s->qhead)
+                s->qtail = NULL;
+            s->qbytes -= f->len;
+            metrics_gauge_add(ws->o.metrics, MG_WS_QUEUED_BYTES, -(int64_t)f->len);
+        }
+        more = s->qhead != NULL;
+        close_code = s->close_code;
+        reason = s->close_reason;
+        pthread_mutex_unlock(&ws->mu);
+        if (!f)
+            break;
         int n = lws_write(wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
+        written += f->len;
         free(f);
         if (n < 0)
             return -1;
-        s->beat_due = false; /* this frame told the peer we are alive */
+        wrote = true;
+        if (!more || written >= WRITE_BATCH_BYTES)
+            break;
+    }
+    if (wrote) {
+        s->beat_due = false; /* these frames told the peer we are alive */
         s->last_tx_ms = clock_now_ms();
         if (more || close_code)
             lws_callback_on_writable(wsi);
