@@ -237,6 +237,9 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_WS_HELLO_STATEMENTS, "ws_hello_statements_total",
          "Token-check statements run for device hellos; each checks a batch of up to "
          "STEWARD_WS_HELLO_BATCH hellos."},
+        {MC_INGEST_STATEMENTS, "scouts_ingest_statements_total",
+         "Statements that wrote single ingests (POST /v1/scouts/{id}/items); concurrent ones "
+         "share one statement and one commit."},
         {MC_PASS_STATEMENTS, "scouts_pass_statements_total",
          "Delivery pass statements run, each for one user or a group of up to "
          "STEWARD_WS_HELLO_BATCH users."},

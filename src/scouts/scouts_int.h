@@ -125,6 +125,13 @@ struct scouts {
     size_t noffline, capoffline;
     bool offline_running;
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
+    /* single ingests waiting to be written together (scouts_ingest, group commit):
+     * one of the waiting callers at a time runs the statement for all of them */
+    pthread_mutex_t imu;
+    pthread_cond_t icv;
+    struct scouts_ingest_wait *ingest_head, *ingest_tail;
+    bool ingest_leader; /* a caller is running a group's statement */
+
     /* device_hellos waiting for their token check (scouts_ws.c): a list that one job at
      * a time drains, in batches of at most set.ws_hello_batch */
     pthread_mutex_t hmu;

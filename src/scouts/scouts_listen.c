@@ -60,10 +60,14 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     s->wake_pipe[0] = s->wake_pipe[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->hmu, NULL);
+    pthread_mutex_init(&s->imu, NULL);
+    pthread_cond_init(&s->icv, NULL);
     pthread_mutex_init(&s->tmu, NULL);
     if (clock_cond_init(&s->tcv) != 0) {
         pthread_mutex_destroy(&s->mu);
         pthread_mutex_destroy(&s->hmu);
+        pthread_mutex_destroy(&s->imu);
+        pthread_cond_destroy(&s->icv);
         pthread_mutex_destroy(&s->tmu);
         free(s->listen_url);
         free(s);
@@ -354,6 +358,8 @@ void scouts_free(struct scouts *s)
             close(s->wake_pipe[i]);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->hmu);
+    pthread_mutex_destroy(&s->imu);
+    pthread_cond_destroy(&s->icv);
     pthread_mutex_destroy(&s->tmu);
     pthread_cond_destroy(&s->tcv);
     free(s->listen_url);
