@@ -240,6 +240,9 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_PASS_STATEMENTS, "scouts_pass_statements_total",
          "Delivery pass statements run, each for one user or a group of up to "
          "STEWARD_WS_HELLO_BATCH users."},
+        {MC_WS_ACK_STATEMENTS, "ws_ack_statements_total",
+         "Ack statements run for scout_proposal_ack frames; each acks a batch of up to "
+         "STEWARD_WS_HELLO_BATCH acks."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},
