@@ -229,7 +229,7 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_WS_SESSIONS_LIMITED, "ws_sessions_limited_total",
          "Device sessions closed 1008 for too many frames in flight or per second."},
         {MC_WS_QUEUE_FULL, "ws_work_refused_total",
-         "Acks refused (close 1013) because the work queue held STEWARD_WORKER_QUEUE_MAX jobs."},
+         "Acks refused (close 1013) because STEWARD_WORKER_QUEUE_MAX acks (or jobs) waited."},
         {MC_PRESENCE_RELEASE_STATEMENTS, "presence_release_statements_total",
          "Statements that released devices whose last socket here closed (grouped)."},
         {MC_PRESENCE_RELEASED, "presence_released_total",
