@@ -298,3 +298,42 @@ def test_database_stopped_during_an_ack_batch(own_pg):
         status = srv.stop()
         assert not srv.sanitizer_reports()
         assert status == 0
+
+
+def test_acks_beyond_the_queue_bound_are_refused(make_server, fresh_db_url):
+    """With STEWARD_WORKER_QUEUE_MAX=2 and one batch's statement waiting on a lock, two more
+    acks wait for the next batch and a third is refused: unavailable and close 1013, counted
+    in ws_work_refused_total; the waiting ones are answered ack_ok once the lock goes."""
+    srv = make_server(fresh_db_url, STEWARD_WORKER_QUEUE_MAX='2')
+    db_url = fresh_db_url
+    with psycopg.connect(db_url, autocommit=True) as sql:
+        people = mk_users(sql, 4, uuid.uuid4().hex[:8])
+    f0 = counter(srv, 'ws_work_refused_total')
+    lock = psycopg.connect(db_url)
+
+    async def body():
+        conns = await online(srv, people)
+        pids = [pid for _, _, _, pid in people]
+        n0 = acks_in(srv)
+        block(lock, pids[0])
+        await conns[0].ack(pids[0])
+        assert wait_for(lambda: steward_waits_on_lock(db_url), timeout=10)
+        await conns[1].ack(pids[1])
+        await conns[2].ack(pids[2])
+        wait_acks(srv, n0 + 3)
+        await conns[3].ack(pids[3])
+        code, frames = await conns[3].closed()
+        assert (code, frames) == (1013, [{'type': 'error', 'code': 'unavailable'}])
+        lock.commit()
+        for c, pid in zip(conns[:3], pids):
+            assert await c.recv() == ok(pid)
+            await c.nothing(0.2)
+            await c.close()
+        with psycopg.connect(db_url, autocommit=True) as sql:
+            assert state(sql, pids[3])[0] == 'delivered'
+
+    try:
+        run(body())
+    finally:
+        lock.close()
+    assert counter(srv, 'ws_work_refused_total') - f0 == 1
