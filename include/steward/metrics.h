@@ -52,6 +52,7 @@ enum metrics_counter {
     MC_WS_HELLO_STATEMENTS,         /* token-check statements, each for a batch of hellos */
     MC_PASS_STATEMENTS,             /* delivery pass statements (one user or a group) */
     MC_INGEST_STATEMENTS,           /* statements writing single ingests (each a group) */
+    MC_WS_ACK_STATEMENTS,           /* ack statements, each for a batch of acks */
     MC_COUNT
 };
 

@@ -229,7 +229,7 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_WS_SESSIONS_LIMITED, "ws_sessions_limited_total",
          "Device sessions closed 1008 for too many frames in flight or per second."},
         {MC_WS_QUEUE_FULL, "ws_work_refused_total",
-         "Acks refused (close 1013) because the work queue held STEWARD_WORKER_QUEUE_MAX jobs."},
+         "Acks refused (close 1013) because STEWARD_WORKER_QUEUE_MAX acks (or jobs) waited."},
         {MC_PRESENCE_RELEASE_STATEMENTS, "presence_release_statements_total",
          "Statements that released devices whose last socket here closed (grouped)."},
         {MC_PRESENCE_RELEASED, "presence_released_total",
@@ -243,6 +243,9 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_PASS_STATEMENTS, "scouts_pass_statements_total",
          "Delivery pass statements run, each for one user or a group of up to "
          "STEWARD_WS_HELLO_BATCH users."},
+        {MC_WS_ACK_STATEMENTS, "ws_ack_statements_total",
+         "Ack statements run for scout_proposal_ack frames; each acks a batch of up to "
+         "STEWARD_WS_HELLO_BATCH acks."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -110,14 +110,16 @@ static const struct setting settings[] = {
      "acks of one session submitted and not answered yet; one more closes it 1008; 0 means "
      "no cap"},
     {"STEWARD_WORKER_QUEUE_MAX", K_INT, OFF(worker_queue_max), "20000", 0, 10000000,
-     "jobs waiting for the workers beyond which an ack is refused (close 1013); hellos and "
-     "the timers' jobs are never refused, and hellos run ahead of waiting acks; 0 means no "
-     "bound"},
+     "acks waiting for their statement (or jobs waiting for the workers, when an ack has "
+     "to start the job that takes them) beyond which an ack is refused (close 1013); "
+     "hellos and the timers' jobs are never refused, and hellos run ahead of waiting acks; "
+     "0 means no bound"},
     {"STEWARD_WS_HELLO_BATCH", K_INT, OFF(ws_hello_batch), "256", 1, 10000,
      "device hellos whose tokens are checked in one statement: hellos arriving while one "
      "batch is checked wait for the next (a lone hello never waits), and their first "
      "delivery passes, as well as the catch-up after the notification listener "
-     "reconnected, run as one statement per this many users"},
+     "reconnected, run as one statement per this many users; acks are taken in batches "
+     "of this many as well"},
     {"STEWARD_HTTP_MAX_CONNECTIONS", K_INT, OFF(http_max_connections), "16384", 1, 1000000,
      "open REST connections; lowered at start-up when the open-file limit cannot hold it"},
     {"STEWARD_HTTP_MAX_CONNECTIONS_PER_ADDRESS", K_INT, OFF(http_max_connections_per_address),

@@ -276,22 +276,36 @@ static const struct db_stmt st_deliver_many = {
     "FROM c LEFT JOIN sent USING (ui, id) ORDER BY c.ui, c.triaged_at, c.seq",
     2};
 
-/* The ack and, when it flipped the proposal, the notification other instances act on
- * (a|instance|proposal|device|user, $4 the instance), sent at commit; one autocommitted
- * statement. scouts_ack_notify (migrations/0016_presence_leases.sql) sends it only when
- * another device of the user is held by another instance: only there are sessions to
- * tell (docs/architecture.md). The ids are text parameters, cast to uuid where compared,
- * so that the notification carries the parameters' own text. */
-static const struct db_stmt st_ack = {
-    "scouts_ack",
-    "WITH p AS (SELECT id FROM proposals WHERE id = $1::text::uuid AND user_id = $2::text), "
-    "u AS (UPDATE proposals SET status = 'acked', acked_at = now(), "
-    "acked_device_id = $3::text::uuid, raw_subject = NULL, raw_snippet = NULL "
-    "WHERE id = $1::text::uuid AND user_id = $2::text "
-    "AND status IN ('queued', 'delivered', 'failed') RETURNING id), "
-    "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($4::text, $1::text, $3::text, $2::text)) "
-    "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
-    4};
+/* A batch of acks in one autocommitted statement: $1 is a JSON array of {"p": proposal,
+ * "u": user, "d": device}, one per ack in arrival order (k, 1-based). Per distinct
+ * (proposal, user) the first ack flips it (a proposal acked twice in the batch, by two
+ * sockets of its user, flips once, for the device that acked first); the rows are locked
+ * in id order first, so that two batches naming the same proposals wait for each other
+ * instead of deadlocking. Each flip sends, at commit, the notification other instances
+ * act on (a|instance|proposal|device|user, $2 the instance): scouts_ack_notify
+ * (migrations/0016_presence_leases.sql) sends it only when another device of the user is
+ * held by another instance, since only there are sessions to tell
+ * (docs/architecture.md). One row per ack, in order: whether the proposal is the user's
+ * (as of the statement's snapshot; else the ack is not_found) and whether this ack
+ * flipped it. The ids travel as text and are cast to uuid where compared, so that the
+ * notification carries the client's canonical text. */
+static const struct db_stmt st_acks = {
+    "scouts_acks",
+    "WITH a AS (SELECT t.k, t.e->>'p' AS pid, t.e->>'u' AS uid, t.e->>'d' AS dev "
+    "FROM json_array_elements($1::json) WITH ORDINALITY AS t(e, k)), "
+    "f AS (SELECT DISTINCT ON (pid, uid) k, pid, uid, dev FROM a ORDER BY pid, uid, k), "
+    "l AS (SELECT f.k, f.pid, f.uid, f.dev, pr.id FROM proposals pr "
+    "JOIN f ON pr.id = f.pid::uuid AND pr.user_id = f.uid "
+    "WHERE pr.status IN ('queued', 'delivered', 'failed') ORDER BY pr.id FOR UPDATE OF pr), "
+    "u AS (UPDATE proposals pr SET status = 'acked', acked_at = now(), "
+    "acked_device_id = l.dev::uuid, raw_subject = NULL, raw_snippet = NULL FROM l "
+    "WHERE pr.id = l.id AND pr.status IN ('queued', 'delivered', 'failed') "
+    "RETURNING l.k, l.pid, l.uid, l.dev), "
+    "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($2::text, u.pid, u.dev, u.uid)) "
+    "SELECT a.k, pr.id IS NOT NULL, u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
+    "LEFT JOIN proposals pr ON pr.id = a.pid::uuid AND pr.user_id = a.uid "
+    "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
+    2};
 
 static const struct db_stmt st_notify_users = {"scouts_notify_users",
                                                "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_QUEUED
@@ -1613,43 +1627,68 @@ int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_u
     return ST_OK;
 }
 
-struct ack_arg {
-    struct scouts *s;
-    const char *pid, *user_id, *device_id;
-    bool found, changed;
+struct acks_arg {
+    const char *params[2];
+    struct scouts_ack_item *a;
+    size_t n;
 };
 
-static int ack_fn(struct pool_conn *c, void *arg)
+static int acks_fn(struct pool_conn *c, void *arg)
 {
-    struct ack_arg *a = arg;
-    a->found = a->changed = false;
-    /* other instances hear of the ack and tell their sessions */
-    const char *p[] = {a->pid, a->user_id, a->device_id, a->s->instance};
+    struct acks_arg *x = arg;
+    for (size_t i = 0; i < x->n; i++)
+        x->a[i].found = x->a[i].changed = false;
     PGresult *r;
-    int rc = run(c, &st_ack, p, &r);
+    int rc = run(c, &st_acks, x->params, &r);
     if (rc != ST_OK)
         return rc;
-    a->found = sql_ll(r, 0, 0) > 0;
-    a->changed = sql_ll(r, 0, 1) > 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        long long k = sql_ll(r, i, 0);
+        if (k < 1 || (size_t)k > x->n)
+            continue;
+        x->a[k - 1].found = sql_bool(r, i, 1);
+        x->a[k - 1].changed = sql_bool(r, i, 2);
+    }
     PQclear(r);
     return ST_OK;
 }
 
-int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
-               bool *found, bool *changed)
+int scouts_acks(struct scouts *s, struct scouts_ack_item *a, size_t n)
 {
-    *found = *changed = false;
-    if (!scouts_uuid_valid(pid))
+    for (size_t i = 0; i < n; i++)
+        a[i].found = a[i].changed = false;
+    if (n == 0)
         return ST_OK;
-    struct ack_arg a = {s, pid, user_id, device_id, false, false};
-    int rc = pool_with(s->pool, ack_fn, &a);
-    if (rc != ST_OK)
-        return rc;
-    *found = a.found;
-    *changed = a.changed;
-    if (a.changed)
-        metrics_count(s->metrics, MC_PROPOSALS_ACKED, 1);
-    return ST_OK;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        /* the form is checked before an ack is queued; this keeps the casts safe
+         * whoever calls (the nil uuid names no proposal) */
+        const char *pid = scouts_uuid_valid(a[i].pid) ? a[i].pid : NIL_UUID;
+        const char *dev = scouts_uuid_valid(a[i].device_id) ? a[i].device_id : NIL_UUID;
+        if (json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:s}", "p", pid, "u", a[i].user_id, "d", dev)) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    char *text = arr ? json_text(arr, NULL) : NULL;
+    json_decref(arr);
+    if (!text)
+        return ST_ENOMEM;
+    /* other instances hear of each flip and tell their sessions */
+    struct acks_arg x = {{text, s->instance}, a, n};
+    metrics_count(s->metrics, MC_WS_ACK_STATEMENTS, 1);
+    int rc = pool_with(s->pool, acks_fn, &x);
+    free(text);
+    size_t flipped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rc != ST_OK)
+            a[i].found = a[i].changed = false;
+        flipped += a[i].changed;
+    }
+    if (flipped)
+        metrics_count(s->metrics, MC_PROPOSALS_ACKED, flipped);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- healer steps */
@@ -1842,7 +1881,8 @@ static int warm_conn(struct scouts *s, struct pool_conn *c)
     const char *pd[] = {"", sql_fmt_ll(lim, 1), "[[]]"};
     const char *ph[] = {"{" NIL_UUID "}", "{\"\"}", s->instance};
     const char *pm[] = {"[{\"u\": \"\", \"s\": [[]]}]", lim};
-    const char *pk[] = {NIL_UUID, "", NIL_UUID, "warm"};
+    const char *pk[] = {"[{\"p\": \"" NIL_UUID "\", \"u\": \"\", \"d\": \"" NIL_UUID "\"}]",
+                        "warm"};
     const char *pg[] = {"[]", ttl};
     int rc = run_discard(c, &st_ingest, pi);
     if (rc == ST_OK)
@@ -1854,7 +1894,7 @@ static int warm_conn(struct scouts *s, struct pool_conn *c)
     if (rc == ST_OK)
         rc = run_discard(c, &st_deliver_many, pm);
     if (rc == ST_OK)
-        rc = run_discard(c, &st_ack, pk);
+        rc = run_discard(c, &st_acks, pk);
     return rc;
 }
 

@@ -137,6 +137,11 @@ struct scouts {
     pthread_mutex_t hmu;
     struct scouts_hello_wait *hello_head, *hello_tail;
     bool hello_draining; /* a drain job is submitted or running */
+    /* scout_proposal_acks waiting for their statement (scouts_ws.c), under hmu as well:
+     * one job at a time drains them, in batches of at most set.ws_hello_batch */
+    struct scouts_ack_wait *ack_head, *ack_tail;
+    size_t nack;       /* how many wait (bounded by set.worker_queue_max) */
+    bool ack_draining; /* a drain job is submitted or running */
 
     atomic_bool stopping;
     atomic_bool retry_all; /* a pass failed: rerun every local user on the next tick */
@@ -267,10 +272,18 @@ struct scouts_pass_user {
 /* scouts_deliver_fetch for n distinct users in one statement, each by the same rules;
  * on failure no user has rows. */
 int scouts_deliver_fetch_many(struct scouts *s, int window, struct scouts_pass_user *u, size_t n);
-/* Acks proposal pid for user from device. *found false: unknown or another user's.
- * *changed: this call flipped it (and queued the cross-instance notification). */
-int scouts_ack(struct scouts *s, const char *pid, const char *user_id, const char *device_id,
-               bool *found, bool *changed);
+/* One ack of a batch (scouts_acks). */
+struct scouts_ack_item {
+    const char *pid;       /* in: a canonical uuid */
+    const char *user_id;   /* in: the acking session's user */
+    const char *device_id; /* in: its device, a canonical uuid */
+    bool found;            /* out: false: unknown or another user's */
+    bool changed;          /* out: this ack flipped it (and queued the notification) */
+};
+/* Acks n proposals in one statement, each as if alone, in order: of acks naming the same
+ * proposal of the same user the first flips it, the others find it acked. On failure
+ * nothing changed and every ack has found and changed false. */
+int scouts_acks(struct scouts *s, struct scouts_ack_item *a, size_t n);
 
 /* Warms the pool for the ingest and delivery paths: checks out every connection free
  * now at once (which opens those not open yet) and runs on each the statements of

@@ -433,13 +433,6 @@ void scouts_request_pass(struct scouts *s, const char *user_id)
     }
 }
 
-/* From a job: run the pass here unless one is running (then it reruns). */
-static void pass_now(struct scouts *s, const char *user_id)
-{
-    if (claim(s, user_id))
-        pass_loop(s, user_id);
-}
-
 /* After a grouped pass: the user goes on in pass_loop when something changed meanwhile
  * (and its pass worked), else its claim ends. */
 static void group_finish(struct scouts *s, const char *user_id, int rc)
@@ -1239,7 +1232,9 @@ static void on_hello(void *ctx, struct ws_server *ws, uint64_t sid, bool authed,
 
 /* ------------------------------------------------------------ acks */
 
-struct ack_arg {
+/* An ack waiting for its statement (in scouts->ack_head). */
+struct scouts_ack_wait {
+    struct scouts_ack_wait *next; /* in the pending list */
     uint64_t sid;
     char pid[SCOUTS_ID_LEN + 1];
     char device_id[SCOUTS_ID_LEN + 1];
@@ -1256,25 +1251,125 @@ static void ack_done(struct scouts *s, uint64_t sid)
     pthread_mutex_unlock(&s->mu);
 }
 
-static void ack_job(struct scouts *s, void *arg)
+static void acks_free(struct scouts_ack_wait *list)
 {
-    struct ack_arg *a = arg;
-    bool found = false, changed = false;
-    int rc = scouts_ack(s, a->pid, a->user_id, a->device_id, &found, &changed);
-    ack_done(s, a->sid);
-    if (rc != ST_OK) {
-        /* nothing changed; the device acks again when the proposal comes back */
-        send_error(s, a->sid, "unavailable", a->pid);
-        return;
+    while (list) {
+        struct scouts_ack_wait *next = list->next;
+        free(list);
+        list = next;
     }
-    if (!found) {
-        send_error(s, a->sid, "not_found", a->pid);
-        return;
+}
+
+/* Takes up to ws_hello_batch waiting acks (oldest first); when none is left the
+ * draining job ends (returns NULL). */
+static struct scouts_ack_wait *acks_take(struct scouts *s, size_t *n)
+{
+    size_t max = s->set.ws_hello_batch > 0 ? (size_t)s->set.ws_hello_batch : 1;
+    *n = 0;
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_ack_wait *head = s->ack_head, *last = NULL;
+    for (struct scouts_ack_wait *a = head; a && *n < max; a = a->next) {
+        last = a;
+        (*n)++;
     }
-    send_json(s, a->sid, json_pack("{s:s, s:s}", "type", "ack_ok", "proposal_id", a->pid),
-              MC_WS_FRAMES_OUT_ACK_OK);
-    if (changed && resolved(s, a->user_id, a->pid, a->device_id))
-        pass_now(s, a->user_id);
+    if (last) {
+        s->ack_head = last->next;
+        if (!s->ack_head)
+            s->ack_tail = NULL;
+        last->next = NULL;
+        s->nack -= *n;
+    } else {
+        s->ack_draining = false;
+    }
+    pthread_mutex_unlock(&s->hmu);
+    return head;
+}
+
+static void ack_drain_job(struct scouts *s, void *arg);
+
+/* Called once a batch is answered: acks that arrived meanwhile go to a job of their own,
+ * whose statement then runs while this job runs the batch's passes. Returns true when
+ * this job has to drain them itself (no job could be started), false when it stops after
+ * its batch. Only now, so that the acks of one session are answered in arrival order. */
+static bool acks_hand_over(struct scouts *s)
+{
+    pthread_mutex_lock(&s->hmu);
+    bool more = s->ack_head != NULL;
+    if (!more)
+        s->ack_draining = false;
+    pthread_mutex_unlock(&s->hmu);
+    /* still draining when more: nobody else submits meanwhile */
+    return more && submit_how(s, ack_drain_job, NULL, false, JOB_BOUNDED) != 0;
+}
+
+/* One batch: every ack in one statement, then each answered as alone, in arrival order
+ * (ack_ok, or not_found, or unavailable for all when the database is away; a flip tells
+ * the user's other devices here), then one grouped pass for the users whose windows were
+ * full. Returns acks_hand_over's answer. */
+static bool ack_batch(struct scouts *s, struct scouts_ack_wait *batch, size_t n)
+{
+    struct scouts_ack_item *items = calloc(n, sizeof(*items));
+    char **users = calloc(n, sizeof(*users));
+    int rc = ST_ENOMEM;
+    if (items) {
+        size_t i = 0;
+        for (struct scouts_ack_wait *a = batch; a; a = a->next, i++)
+            items[i] = (struct scouts_ack_item){a->pid, a->user_id, a->device_id, false, false};
+        rc = scouts_acks(s, items, n);
+    }
+    size_t i = 0, nu = 0;
+    for (struct scouts_ack_wait *a = batch; a; a = a->next, i++) {
+        ack_done(s, a->sid);
+        if (rc != ST_OK) {
+            /* nothing changed; the device acks again when the proposal comes back */
+            send_error(s, a->sid, "unavailable", a->pid);
+            continue;
+        }
+        if (!items[i].found) {
+            send_error(s, a->sid, "not_found", a->pid);
+            continue;
+        }
+        send_json(s, a->sid, json_pack("{s:s, s:s}", "type", "ack_ok", "proposal_id", a->pid),
+                  MC_WS_FRAMES_OUT_ACK_OK);
+        if (items[i].changed && resolved(s, a->user_id, a->pid, a->device_id) && users)
+            user_once(users, &nu, a->user_id);
+    }
+    free(items);
+    bool drain_more = acks_hand_over(s);
+    /* the room the acks made, filled in one grouped pass: users whose pass is running
+     * get it rerun instead */
+    size_t m = 0;
+    for (size_t k = 0; k < nu; k++)
+        if (claim(s, users[k]))
+            users[m++] = users[k];
+    if (m > 0)
+        pass_group(s, users, m);
+    free(users);
+    return drain_more;
+}
+
+/* Drains the waiting acks, a batch at a time; at most one such job runs. */
+static void ack_drain_job(struct scouts *s, void *arg)
+{
+    (void)arg;
+    for (;;) {
+        size_t n;
+        struct scouts_ack_wait *batch = acks_take(s, &n);
+        if (!batch)
+            return;
+        bool more = ack_batch(s, batch, n);
+        acks_free(batch);
+        if (!more)
+            return;
+    }
+}
+
+/* The queue is full: session sid's ack is refused and the session closed 1013. */
+static void ack_refused(struct scouts *s, uint64_t sid)
+{
+    metrics_count(s->metrics, MC_WS_QUEUE_FULL, 1);
+    send_error(s, sid, "unavailable", NULL);
+    ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
 }
 
 static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, json_t *frame)
@@ -1297,9 +1392,10 @@ static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, j
         send_error(s, sid, "not_found", shown);
         return;
     }
-    struct ack_arg *a = malloc(sizeof(*a));
+    struct scouts_ack_wait *a = malloc(sizeof(*a));
     if (!a)
         return;
+    a->next = NULL;
     a->sid = sid;
     snprintf(a->pid, sizeof(a->pid), "%s", pid);
     scouts_uuid_canon(a->pid);
@@ -1325,15 +1421,49 @@ static void on_ack(void *ctx, struct ws_server *ws, uint64_t sid, bool authed, j
         }
         return;
     }
-    int rc = submit_how(s, ack_job, a, false, JOB_BOUNDED);
-    if (rc != 0) {
-        ack_done(s, sid);
-        if (rc == -2) {
-            metrics_count(s->metrics, MC_WS_QUEUE_FULL, 1);
-            send_error(s, sid, "unavailable", NULL);
-            ws_close(s->ws, sid, WS_CLOSE_TRY_AGAIN, "busy");
-        }
+    /* Queued for the draining job, which acks every ack waiting in one statement; an ack
+     * that finds no job draining starts one, behind hellos. The acks waiting count
+     * against STEWARD_WORKER_QUEUE_MAX as the jobs of single acks did. */
+    int max = s->set.worker_queue_max;
+    pthread_mutex_lock(&s->hmu);
+    bool full = max > 0 && s->nack >= (size_t)max;
+    bool start = false;
+    if (!full) {
+        if (s->ack_tail)
+            s->ack_tail->next = a;
+        else
+            s->ack_head = a;
+        s->ack_tail = a;
+        s->nack++;
+        start = !s->ack_draining;
+        s->ack_draining = true;
     }
+    pthread_mutex_unlock(&s->hmu);
+    if (full) {
+        free(a);
+        ack_done(s, sid);
+        ack_refused(s, sid);
+        return;
+    }
+    if (!start)
+        return;
+    int rc = submit_how(s, ack_drain_job, NULL, false, JOB_BOUNDED);
+    if (rc == 0)
+        return;
+    /* no job: nothing drains, so every ack waiting (this one and any that came since it
+     * was queued) is refused */
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_ack_wait *list = s->ack_head;
+    s->ack_head = s->ack_tail = NULL;
+    s->nack = 0;
+    s->ack_draining = false;
+    pthread_mutex_unlock(&s->hmu);
+    for (struct scouts_ack_wait *w = list; w; w = w->next) {
+        ack_done(s, w->sid);
+        if (rc == -2)
+            ack_refused(s, w->sid);
+    }
+    acks_free(list);
 }
 
 /* ------------------------------------------------------------ closes */
@@ -1369,12 +1499,18 @@ int scouts_ws_register(struct ws_server *ws, struct scouts *s)
 
 void scouts_sessions_free(struct scouts *s)
 {
-    /* hellos no job checked (the workers stopped first) */
+    /* hellos and acks no job took (the workers stopped first) */
     pthread_mutex_lock(&s->hmu);
     struct scouts_hello_wait *waiting = s->hello_head;
     s->hello_head = s->hello_tail = NULL;
     pthread_mutex_unlock(&s->hmu);
     hellos_free(waiting);
+    pthread_mutex_lock(&s->hmu);
+    struct scouts_ack_wait *acks = s->ack_head;
+    s->ack_head = s->ack_tail = NULL;
+    s->nack = 0;
+    pthread_mutex_unlock(&s->hmu);
+    acks_free(acks);
     pthread_mutex_lock(&s->mu);
     struct hash_iter it = hash_iter(&s->by_sid);
     for (struct hash_node *h; (h = hash_iter_next(&it)) != NULL;)
