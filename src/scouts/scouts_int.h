@@ -299,6 +299,21 @@ int scouts_warm(struct scouts *s, int *warmed);
 
 /* Runs (or flags for a rerun) a delivery pass for the user's sessions here. */
 void scouts_request_pass(struct scouts *s, const char *user_id);
+/* The same for n users, in grouped passes of up to ws_hello_batch users (one statement
+ * each); reorders users. */
+void scouts_request_passes(struct scouts *s, char **users, size_t n);
+
+/* The notifications one read of the listener's connection brought: the users owed a
+ * pass are gathered (each once) and their passes run grouped, so a burst of ingests
+ * costs a statement per group rather than per proposal; the rest is handled at once. */
+#define SCOUTS_DRAIN_MAX 256
+struct scouts_drain {
+    char *users[SCOUTS_DRAIN_MAX];
+    size_t n;
+};
+void scouts_drain_add(struct scouts *s, struct scouts_drain *d, const char *payload);
+/* Requests the gathered passes and empties d. */
+void scouts_drain_flush(struct scouts *s, struct scouts_drain *d);
 /* Runs a pass for every user with sessions here (after the listener reconnected). */
 void scouts_catch_up(struct scouts *s);
 /* Handles a payload received on the notification channel. */

@@ -275,16 +275,18 @@ static void *listen_main(void *arg)
                 continue;
             }
             PGnotify *nt;
+            struct scouts_drain d = {.n = 0};
             while ((nt = PQnotifies(c)) != NULL) {
                 if (nt->extra[0] == 'p' && strcmp(nt->extra, s->probe) == 0) {
                     if (probe_warned)
                         log_msg(s->lg, LOG_INFO, "notification probe heard", NULL);
                     atomic_store(&s->probe_since_ms, 0);
                 } else {
-                    scouts_on_notify(s, nt->extra);
+                    scouts_drain_add(s, &d, nt->extra);
                 }
                 PQfreemem(nt);
             }
+            scouts_drain_flush(s, &d);
         }
     }
     PQfinish(c);

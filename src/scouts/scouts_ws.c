@@ -288,8 +288,8 @@ static char *snap_windows(const struct snap *sn, size_t nsn)
     if (!wins)
         return NULL;
     for (size_t i = 0; i < nsn; i++)
-        wins[i] = (struct scouts_window){(const char(*)[SCOUTS_ID_LEN + 1])sn[i].sent,
-                                         sn[i].nsent};
+        wins[i] =
+            (struct scouts_window){(const char(*)[SCOUTS_ID_LEN + 1]) sn[i].sent, sn[i].nsent};
     char *windows = scouts_windows_json(wins, nsn);
     free(wins);
     return windows;
@@ -365,8 +365,8 @@ static void pass_loop(struct scouts *s, const char *user_id)
         if (rc != ST_OK) {
             /* the database is away: the timer retries every user once it answers */
             atomic_store(&s->retry_all, true);
-            log_msg(s->lg, LOG_WARN, "proposal delivery pass failed", "error",
-                    st_strerror(rc), NULL);
+            log_msg(s->lg, LOG_WARN, "proposal delivery pass failed", "error", st_strerror(rc),
+                    NULL);
         }
         pthread_mutex_lock(&s->mu);
         u = user_find_locked(s, user_id);
@@ -553,12 +553,12 @@ static size_t local_users(struct scouts *s, char ***out)
     return n;
 }
 
-/* In jobs of at most ws_hello_batch users, each one grouped pass (users whose pass is
- * running get it rerun instead). */
-void scouts_catch_up(struct scouts *s)
+void scouts_request_passes(struct scouts *s, char **users, size_t n)
 {
-    char **users;
-    size_t n = local_users(s, &users);
+    if (n == 1) {
+        scouts_request_pass(s, users[0]);
+        return;
+    }
     size_t per = s->set.ws_hello_batch > 0 ? (size_t)s->set.ws_hello_batch : 1;
     for (size_t from = 0; from < n && !atomic_load(&s->stopping); from += per) {
         size_t to = from + per < n ? from + per : n, m = 0;
@@ -579,6 +579,18 @@ void scouts_catch_up(struct scouts *s)
             atomic_store(&s->retry_all, true);
         }
     }
+}
+
+/* In jobs of at most ws_hello_batch users, each one grouped pass (users whose pass is
+ * running get it rerun instead). */
+void scouts_catch_up(struct scouts *s)
+{
+    char **users;
+    size_t n = local_users(s, &users);
+    if (n > 1)
+        scouts_request_passes(s, users, n);
+    else if (n == 1)
+        scouts_request_pass(s, users[0]);
     for (size_t i = 0; i < n; i++)
         free(users[i]);
     free(users);
@@ -636,6 +648,42 @@ static bool resolved(struct scouts *s, const char *user_id, const char *pid,
                   json_pack("{s:s, s:s}", "type", "scout_proposal_resolved", "proposal_id", pid),
                   MC_WS_FRAMES_OUT_RESOLVED);
     return full;
+}
+
+void scouts_drain_add(struct scouts *s, struct scouts_drain *d, const char *payload)
+{
+    struct scouts_notify n;
+    if (scouts_notify_parse(payload, &n) != 0 || n.kind != SCOUTS_NOTIFY_QUEUED) {
+        scouts_on_notify(s, payload);
+        return;
+    }
+    /* only users held here: the others' notifications cost nothing more */
+    pthread_mutex_lock(&s->mu);
+    struct scouts_user *u = user_find_locked(s, n.user);
+    bool held = u && u->sessions;
+    pthread_mutex_unlock(&s->mu);
+    if (!held)
+        return;
+    for (size_t i = 0; i < d->n; i++)
+        if (strcmp(d->users[i], n.user) == 0)
+            return; /* once per drain: a second claim would only mark it to run again */
+    char *copy = strdup(n.user);
+    if (!copy) {
+        scouts_request_pass(s, n.user);
+        return;
+    }
+    d->users[d->n++] = copy;
+    if (d->n == SCOUTS_DRAIN_MAX)
+        scouts_drain_flush(s, d);
+}
+
+void scouts_drain_flush(struct scouts *s, struct scouts_drain *d)
+{
+    if (d->n > 0)
+        scouts_request_passes(s, d->users, d->n);
+    for (size_t i = 0; i < d->n; i++)
+        free(d->users[i]);
+    d->n = 0;
 }
 
 void scouts_on_notify(struct scouts *s, const char *payload)
@@ -893,8 +941,8 @@ struct scouts_hello_wait {
     uint64_t sid;
     char device_id[SCOUTS_ID_LEN + 1];
     char token[TOKEN_MAX + 1];
-    struct log_scope scope; /* from the hello's traceparent: every line of the check */
-    char traceparent[56];   /* echoed in hello_ok when valid */
+    struct log_scope scope;            /* from the hello's traceparent: every line of the check */
+    char traceparent[56];              /* echoed in hello_ok when valid */
     char client[CLIENT_FIELD_MAX + 1]; /* "unknown" when the hello named none */
     char client_version[CLIENT_FIELD_MAX + 1]; /* empty unless given and valid */
 };
@@ -925,7 +973,9 @@ static void hello_client(const json_t *frame, struct scouts_hello_wait *a)
     const char *name = json_string_value(json_object_get(c, "name"));
     const char *version = json_string_value(json_object_get(c, "version"));
     snprintf(a->client, sizeof(a->client), "%s",
-             !c ? "unknown" : client_field_ok(name) ? name : "invalid");
+             !c                      ? "unknown"
+             : client_field_ok(name) ? name
+                                     : "invalid");
     snprintf(a->client_version, sizeof(a->client_version), "%s",
              c && client_field_ok(version) ? version : "");
 }

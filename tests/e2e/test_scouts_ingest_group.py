@@ -75,3 +75,54 @@ def test_a_lone_ingest_is_not_delayed(server, keys):
     took = time.monotonic() - t0
     assert r.status_code == 201 and r.json()['queued'] is True
     assert took < 0.5, took
+
+
+def test_a_burst_of_notifications_gets_grouped_passes(make_server, fresh_db_url):
+    """200 devices of 200 users are connected; one transaction queues a proposal for each
+    (as a group of ingests does), so the listener reads 200 notifications at once: the
+    passes run grouped (far fewer pass statements than users) and every device gets
+    exactly its own proposal."""
+    import asyncio
+    import uuid
+
+    from test_scouts_hello_batch import connect, hello, mk_users
+    n = 200
+    srv = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        people = mk_users(sql, n, uuid.uuid4().hex[:8], proposals=False)
+
+    async def body():
+        conns = [await connect(srv) for _ in range(n)]
+        for c, (_, dev, tok, _) in zip(conns, people):
+            await hello(c, dev, tok)
+        for c in conns:
+            assert (await c.recv(timeout=30))['type'] == 'hello_ok'
+        # the hellos' own first passes (after hello_ok) are over
+        p0 = -1
+        while p0 != counter(srv, 'scouts_pass_statements_total'):
+            p0 = counter(srv, 'scouts_pass_statements_total')
+            await asyncio.sleep(0.5)
+        with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+            with sql.transaction():
+                sql.execute(
+                    "INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
+                    "raw_subject, raw_snippet, expires_at) SELECT gen_random_uuid(), u, 'gmail', "
+                    "'burst-' || u, 's', 'n', now() + interval '1 day' FROM unnest(%s::text[]) u",
+                    ([u for u, _, _, _ in people],))
+                sql.execute("SELECT steward_notify('q', u) FROM unnest(%s::text[]) u",
+                            ([u for u, _, _, _ in people],))
+        got = await asyncio.gather(*(c.proposal(timeout=30) for c in conns))
+        for p, (user, _, _, _) in zip(got, people):
+            assert p['source_msg_ref'] == f'burst-{user}'
+        extra = await asyncio.gather(*(c.nothing(0.5) for c in conns))
+        assert extra == [None] * n
+        p1 = -1
+        while p1 != counter(srv, 'scouts_pass_statements_total'):
+            p1 = counter(srv, 'scouts_pass_statements_total')
+            await asyncio.sleep(0.5)
+        passes = p1 - p0
+        assert passes < n / 4, passes
+        await asyncio.gather(*(c.close() for c in conns))
+
+    from test_scouts import run
+    run(body())
