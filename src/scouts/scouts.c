@@ -288,7 +288,10 @@ static const struct db_stmt st_deliver_many = {
  * (docs/architecture.md). One row per ack, in order: whether the proposal is the user's
  * (as of the statement's snapshot; else the ack is not_found) and whether this ack
  * flipped it. The ids travel as text and are cast to uuid where compared, so that the
- * notification carries the client's canonical text. */
+ * notification carries the client's canonical text. Proposals are found by primary key
+ * (= ANY of the batch's ids, and one lookup per ack for the answer): joined with the
+ * batch, the planner took a scan of the whole table, 13 ms per statement with 11,000
+ * proposals (pg_stat_statements in the fleet bench). */
 static const struct db_stmt st_acks = {
     "scouts_acks",
     "WITH a AS (SELECT t.k, t.e->>'p' AS pid, t.e->>'u' AS uid, t.e->>'d' AS dev "
@@ -296,14 +299,16 @@ static const struct db_stmt st_acks = {
     "f AS (SELECT DISTINCT ON (pid, uid) k, pid, uid, dev FROM a ORDER BY pid, uid, k), "
     "l AS (SELECT f.k, f.pid, f.uid, f.dev, pr.id FROM proposals pr "
     "JOIN f ON pr.id = f.pid::uuid AND pr.user_id = f.uid "
-    "WHERE pr.status IN ('queued', 'delivered', 'failed') ORDER BY pr.id FOR UPDATE OF pr), "
+    "WHERE pr.id = ANY (ARRAY(SELECT f.pid::uuid FROM f)) "
+    "AND pr.status IN ('queued', 'delivered', 'failed') ORDER BY pr.id FOR UPDATE OF pr), "
     "u AS (UPDATE proposals pr SET status = 'acked', acked_at = now(), "
     "acked_device_id = l.dev::uuid, raw_subject = NULL, raw_snippet = NULL FROM l "
-    "WHERE pr.id = l.id AND pr.status IN ('queued', 'delivered', 'failed') "
+    "WHERE pr.id = l.id AND pr.id = ANY (ARRAY(SELECT l.id FROM l)) "
+    "AND pr.status IN ('queued', 'delivered', 'failed') "
     "RETURNING l.k, l.pid, l.uid, l.dev), "
     "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($2::text, u.pid, u.dev, u.uid)) "
-    "SELECT a.k, pr.id IS NOT NULL, u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
-    "LEFT JOIN proposals pr ON pr.id = a.pid::uuid AND pr.user_id = a.uid "
+    "SELECT a.k, EXISTS (SELECT 1 FROM proposals pr WHERE pr.id = a.pid::uuid "
+    "AND pr.user_id = a.uid), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
     "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
     2};
 
