@@ -289,9 +289,10 @@ static const struct db_stmt st_deliver_many = {
  * (as of the statement's snapshot; else the ack is not_found) and whether this ack
  * flipped it. The ids travel as text and are cast to uuid where compared, so that the
  * notification carries the client's canonical text. Proposals are found by primary key
- * (= ANY of the batch's ids, and one lookup per ack for the answer): joined with the
- * batch, the planner took a scan of the whole table, 13 ms per statement with 11,000
- * proposals (pg_stat_statements in the fleet bench). */
+ * (= ANY of the batch's ids, and a LATERAL lookup with LIMIT per ack for the answer):
+ * joined with the batch, or as an EXISTS (which the planner turns into a hashed subplan
+ * over the whole table), they cost a scan of every proposal, 13 ms per statement with
+ * 11,000 proposals (pg_stat_statements in the fleet bench). */
 static const struct db_stmt st_acks = {
     "scouts_acks",
     "WITH a AS (SELECT t.k, t.e->>'p' AS pid, t.e->>'u' AS uid, t.e->>'d' AS dev "
@@ -307,8 +308,9 @@ static const struct db_stmt st_acks = {
     "AND pr.status IN ('queued', 'delivered', 'failed') "
     "RETURNING l.k, l.pid, l.uid, l.dev), "
     "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($2::text, u.pid, u.dev, u.uid)) "
-    "SELECT a.k, EXISTS (SELECT 1 FROM proposals pr WHERE pr.id = a.pid::uuid "
-    "AND pr.user_id = a.uid), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
+    "SELECT a.k, x.one IS NOT NULL, u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
+    "LEFT JOIN LATERAL (SELECT 1 AS one FROM proposals pr WHERE pr.id = a.pid::uuid "
+    "AND pr.user_id = a.uid LIMIT 1) x ON true "
     "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
     2};
 
