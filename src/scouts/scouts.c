@@ -621,6 +621,20 @@ static json_t *item_result(const PGresult *r, int i, int col, int *status)
     return NULL;
 }
 
+/* One item's answer from its row (outcome, proposal id, archive at columns col..col+2
+ * of row i): ST_OK with *status and *out, else ST_ENOTFOUND (no such scout),
+ * ST_ECONFLICT (disabled, or the item collided with a proposal that was gone again) or
+ * ST_ENOMEM. */
+static int item_outcome(const PGresult *r, int i, int col, int *status, json_t **out)
+{
+    *out = item_result(r, i, col, status);
+    if (*out)
+        return ST_OK;
+    if (*status)
+        return ST_ENOMEM;
+    return strcmp(sql_str(r, i, col), "not_found") == 0 ? ST_ENOTFOUND : ST_ECONFLICT;
+}
+
 struct ingest_arg {
     struct scouts *s;
     const char *scout_id;
@@ -648,13 +662,7 @@ static int ingest_fn(struct pool_conn *c, void *arg)
     int rc = run(c, &st_ingest, p, &r);
     if (rc != ST_OK)
         return rc;
-    const char *outcome = sql_str(r, 0, 0);
-    t->out = item_result(r, 0, 0, &t->status);
-    if (!t->out && t->status)
-        rc = ST_ENOMEM;
-    else if (!t->out)
-        /* disabled, or the item collided with a proposal that was gone again */
-        rc = strcmp(outcome, "not_found") == 0 ? ST_ENOTFOUND : ST_ECONFLICT;
+    rc = item_outcome(r, 0, 0, &t->status, &t->out);
     PQclear(r);
     return rc;
 }
@@ -692,20 +700,6 @@ static const struct db_stmt st_ingest_group = {
     "$2::int) AS o ORDER BY i.k",
     2};
 
-/* The outcome of one item from its row (columns col..col+2 of row i). */
-static void ingest_settle(struct scouts_ingest_wait *w, const PGresult *r, int i, int col)
-{
-    const char *outcome = sql_str(r, i, col);
-    w->out = item_result(r, i, col, &w->status);
-    if (!w->out && w->status)
-        w->rc = ST_ENOMEM;
-    else if (!w->out)
-        /* disabled, or the item collided with a proposal that was gone again */
-        w->rc = strcmp(outcome, "not_found") == 0 ? ST_ENOTFOUND : ST_ECONFLICT;
-    else
-        w->rc = ST_OK;
-}
-
 struct group_arg {
     struct scouts_ingest_wait **w;
     size_t n;
@@ -728,7 +722,7 @@ static int group_fn(struct pool_conn *c, void *arg)
     for (int i = 0; i < PQntuples(r); i++) {
         long long k = sql_ll(r, i, 0);
         if (k >= 1 && (size_t)k <= g->n)
-            ingest_settle(g->w[k - 1], r, i, 1);
+            g->w[k - 1]->rc = item_outcome(r, i, 1, &g->w[k - 1]->status, &g->w[k - 1]->out);
     }
     PQclear(r);
     return ST_OK;
