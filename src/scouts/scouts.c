@@ -289,7 +289,9 @@ static const struct db_stmt st_deliver_many = {
  * (as of the statement's snapshot; else the ack is not_found) and whether this ack
  * flipped it. The ids travel as text and are cast to uuid where compared, so that the
  * notification carries the client's canonical text. Proposals are found by primary key
- * (= ANY of the batch's ids, and a LATERAL lookup with LIMIT per ack for the answer):
+ * (= ANY of the batch's ids, and a LATERAL lookup by id alone per ack for the answer,
+ * the user compared in its output: with the user in its condition the planner took the
+ * user's index and read every proposal of the user):
  * joined with the batch, or as an EXISTS (which the planner turns into a hashed subplan
  * over the whole table), they cost a scan of every proposal, 13 ms per statement with
  * 11,000 proposals (pg_stat_statements in the fleet bench). */
@@ -308,9 +310,9 @@ static const struct db_stmt st_acks = {
     "AND pr.status IN ('queued', 'delivered', 'failed') "
     "RETURNING l.k, l.pid, l.uid, l.dev), "
     "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($2::text, u.pid, u.dev, u.uid)) "
-    "SELECT a.k, x.one IS NOT NULL, u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
-    "LEFT JOIN LATERAL (SELECT 1 AS one FROM proposals pr WHERE pr.id = a.pid::uuid "
-    "AND pr.user_id = a.uid LIMIT 1) x ON true "
+    "SELECT a.k, coalesce(x.mine, false), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
+    "LEFT JOIN LATERAL (SELECT pr.user_id = a.uid AS mine FROM proposals pr "
+    "WHERE pr.id = a.pid::uuid) x ON true "
     "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
     2};
 
@@ -668,14 +670,21 @@ static int ingest_fn(struct pool_conn *c, void *arg)
 }
 
 /* Concurrent single ingests are written together (a group commit): a caller queues its
- * item and, when no other caller is running a group's statement, runs one for every
- * item waiting (at most INGEST_GROUP_MAX), in one transaction. A lone ingest waits for
- * nothing. Each committed transaction that notified wakes every instance's listener
- * (PostgreSQL signals every LISTENing backend of the database on each commit that
- * notified), so with several instances one commit per group rather than per item is
- * what keeps a steady ingest from costing the database a wake-up of every listener per
- * proposal; identical notifications of a group (one user's) are folded into one. */
+ * item and, when fewer than INGEST_LEADERS callers are running a group's statement, runs
+ * one for every item waiting (at most INGEST_GROUP_MAX), in one transaction. A lone
+ * ingest waits for nothing. Each committed transaction that notified wakes every
+ * instance's listener (PostgreSQL signals every LISTENing backend of the database on each
+ * commit that notified), so with several instances one commit per group rather than per
+ * item is what keeps a steady ingest from costing the database a wake-up of every
+ * listener per proposal; identical notifications of a group (one user's) are folded into
+ * one. Two groups in flight rather than one: the items arriving while one group's
+ * statement runs form the next group meanwhile, instead of waiting for it (with one
+ * leader, a steady stream of 1,000 ingests/s through one instance waited a whole group
+ * statement in the queue; bench/README.md). A group writes its items in the order of
+ * their (scout, ref) keys, so two groups naming the same keys wait for each other in the
+ * unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
+#define INGEST_LEADERS 2
 
 struct scouts_ingest_wait {
     const char *scout_id;
@@ -728,14 +737,27 @@ static int group_fn(struct pool_conn *c, void *arg)
     return ST_OK;
 }
 
+/* Orders a group's items by their unique key (scout, ref); see INGEST_LEADERS. */
+static int wait_key_cmp(const void *a, const void *b)
+{
+    const struct scouts_ingest_wait *x = *(const struct scouts_ingest_wait *const *)a;
+    const struct scouts_ingest_wait *y = *(const struct scouts_ingest_wait *const *)b;
+    int c = strcmp(x->scout_id, y->scout_id);
+    return c ? c : strcmp(x->in->source_msg_ref, y->in->source_msg_ref);
+}
+
 /* Writes the n items of the group (a list) and sets each one's outcome. */
 static void ingest_group(struct scouts *s, struct scouts_ingest_wait *head, size_t n)
 {
     struct scouts_ingest_wait **w = calloc(n, sizeof(*w));
     json_t *arr = json_array();
     size_t k = 0;
-    for (struct scouts_ingest_wait *x = head; x && w && arr; x = x->next) {
+    for (struct scouts_ingest_wait *x = head; x && w; x = x->next)
         w[k++] = x;
+    if (w)
+        qsort(w, n, sizeof(*w), wait_key_cmp);
+    for (k = 0; w && arr && k < n; k++) {
+        const struct scouts_ingest_wait *x = w[k];
         const struct scouts_item_in *in = x->in;
         json_t *o = json_pack("{s:s, s:s, s:b}", "scout", x->scout_id, "ref", in->source_msg_ref,
                               "spam", in->spam);
@@ -799,13 +821,14 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
         s->ingest_head = &w;
     s->ingest_tail = &w;
     while (!w.done) {
-        if (s->ingest_leader) {
+        /* w is taken by a running group when it is no longer queued */
+        if (s->ingest_leaders >= INGEST_LEADERS || !s->ingest_head) {
             pthread_cond_wait(&s->icv, &s->imu);
             continue;
         }
-        /* lead: everything waiting, oldest first (w may lie beyond the first group:
-         * then it leads again below) */
-        s->ingest_leader = true;
+        /* lead: everything waiting, oldest first (w may lie beyond this group, or have
+         * been taken by another: then it waits or leads again below) */
+        s->ingest_leaders++;
         struct scouts_ingest_wait *head = s->ingest_head, *last = head;
         size_t n = 1;
         while (last->next && n < INGEST_GROUP_MAX) {
@@ -824,7 +847,7 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
             next = x->next;
             x->done = true;
         }
-        s->ingest_leader = false;
+        s->ingest_leaders--;
         pthread_cond_broadcast(&s->icv);
     }
     pthread_mutex_unlock(&s->imu);

@@ -126,11 +126,12 @@ struct scouts {
     bool offline_running;
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
     /* single ingests waiting to be written together (scouts_ingest, group commit):
-     * one of the waiting callers at a time runs the statement for all of them */
+     * up to INGEST_LEADERS of the waiting callers at a time run a statement for the
+     * items waiting when each began */
     pthread_mutex_t imu;
     pthread_cond_t icv;
     struct scouts_ingest_wait *ingest_head, *ingest_tail;
-    bool ingest_leader; /* a caller is running a group's statement */
+    int ingest_leaders; /* callers running a group's statement */
 
     /* device_hellos waiting for their token check (scouts_ws.c): a list that one job at
      * a time drains, in batches of at most set.ws_hello_batch */
@@ -221,8 +222,8 @@ int scouts_ingest_batch(struct scouts *s, const char *scout_id, const struct sco
 int scouts_scout_run(struct scouts *s, const char *id, bool set_cursor, const char *cursor,
                      json_t **out);
 /* Scouts newest first, of one user (user_id NULL: all), enabled 1 / 0 / -1 (any). */
-int scouts_scouts_list(struct scouts *s, const char *user_id, int enabled, int limit,
-                       int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
+int scouts_scouts_list(struct scouts *s, const char *user_id, int enabled, int limit, int64_t cur_a,
+                       int64_t cur_b, bool has_cursor, json_t **out);
 int scouts_proposals_list(struct scouts *s, const char *user_id, const char *status, int limit,
                           int64_t cur_a, int64_t cur_b, bool has_cursor, json_t **out);
 
