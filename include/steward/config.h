@@ -44,6 +44,7 @@ struct config {
     int ws_hello_timeout_s;
     int ws_max_connections;
     int ws_max_frames_per_s;
+    int ws_max_handshakes;
     int ws_max_frames_in_flight;
     int worker_queue_max;
     int ws_hello_batch;

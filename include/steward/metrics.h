@@ -33,15 +33,15 @@ enum metrics_counter {
     MC_PROPOSALS_FAILED,
     MC_HEAL_RUNS,
     MC_LESSONS_RECORDED,
-    MC_HEAL_SKIPPED,     /* sweeps this instance skipped because the turn was taken */
-    MC_HEAL_FAILURES,    /* sweep steps that failed */
-    MC_PERF_REPORTS,     /* performance reports written by this instance */
-    MC_HTTP_PARKED,      /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
-    MC_LESSONS_DEFERRED, /* internal lessons queued for a background retry */
-    MC_LESSONS_DROPPED,  /* internal lessons lost because the retry queue was full */
-    MC_DELIVERY_FIRST,   /* proposals sent to a device for the first time */
-    MC_DELIVERY_LAG_US,  /* their summed time from triage to that first send, in us */
-    MC_LESSONS_FAILED,   /* lessons that could not be written (the journal is failing) */
+    MC_HEAL_SKIPPED,                /* sweeps this instance skipped because the turn was taken */
+    MC_HEAL_FAILURES,               /* sweep steps that failed */
+    MC_PERF_REPORTS,                /* performance reports written by this instance */
+    MC_HTTP_PARKED,                 /* loop requests suspended after waiting STEWARD_HTTP_PARK_MS */
+    MC_LESSONS_DEFERRED,            /* internal lessons queued for a background retry */
+    MC_LESSONS_DROPPED,             /* internal lessons lost because the retry queue was full */
+    MC_DELIVERY_FIRST,              /* proposals sent to a device for the first time */
+    MC_DELIVERY_LAG_US,             /* their summed time from triage to that first send, in us */
+    MC_LESSONS_FAILED,              /* lessons that could not be written (the journal is failing) */
     MC_WS_HELLO_REJECTED_MALFORMED, /* hellos without a device id and token of the right form */
     MC_WS_HELLO_REJECTED_TOKEN,     /* hellos naming no device with that token */
     MC_WS_HELLO_REJECTED_BUSY,      /* hellos refused because the database was away */
@@ -53,6 +53,7 @@ enum metrics_counter {
     MC_PASS_STATEMENTS,             /* delivery pass statements (one user or a group) */
     MC_INGEST_STATEMENTS,           /* statements writing single ingests (each a group) */
     MC_WS_ACK_STATEMENTS,           /* ack statements, each for a batch of acks */
+    MC_WS_ACCEPT_REFUSED,           /* connections closed at accept: handshakes at their cap */
     MC_COUNT
 };
 

@@ -222,6 +222,7 @@ static int create_ws(struct app *app)
         .max_queue_bytes = app->cfg.ws_max_queue_bytes,
         .max_connections = app->fdb.ws_max_connections,
         .max_frames_per_s = app->cfg.ws_max_frames_per_s,
+        .max_handshakes = app->cfg.ws_max_handshakes,
         .lg = &app->log,
         .metrics = app->metrics,
     };

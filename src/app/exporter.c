@@ -232,8 +232,7 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Acks refused (close 1013) because STEWARD_WORKER_QUEUE_MAX acks (or jobs) waited."},
         {MC_PRESENCE_RELEASE_STATEMENTS, "presence_release_statements_total",
          "Statements that released devices whose last socket here closed (grouped)."},
-        {MC_PRESENCE_RELEASED, "presence_released_total",
-         "Devices carried by those statements."},
+        {MC_PRESENCE_RELEASED, "presence_released_total", "Devices carried by those statements."},
         {MC_WS_HELLO_STATEMENTS, "ws_hello_statements_total",
          "Token-check statements run for device hellos; each checks a batch of up to "
          "STEWARD_WS_HELLO_BATCH hellos."},
@@ -246,6 +245,9 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_WS_ACK_STATEMENTS, "ws_ack_statements_total",
          "Ack statements run for scout_proposal_ack frames; each acks a batch of up to "
          "STEWARD_WS_HELLO_BATCH acks."},
+        {MC_WS_ACCEPT_REFUSED, "ws_accept_refused_total",
+         "WebSocket connections closed right after accept because STEWARD_WS_MAX_HANDSHAKES "
+         "handshakes were already in progress; the client retries after its backoff."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

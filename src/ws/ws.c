@@ -52,21 +52,22 @@ struct session {
     struct session *pending_next;
     struct hash_node sid_node; /* in ws->by_sid */
     void *tag;                 /* the acceptor's, from ws_session_accept */
-    const char *close_reason; /* a literal or NULL; guarded by ws->mu */
+    const char *close_reason;  /* a literal or NULL; guarded by ws->mu */
     /* service thread only */
     unsigned char *rx;
     size_t rx_len;
     struct ws_hello_node hello;
-    int64_t last_rx_ms;   /* the peer's last frame or pong */
+    int64_t last_rx_ms; /* the peer's last frame or pong */
     int64_t last_ping_ms;
     int64_t last_tx_ms; /* our last text frame, or the heartbeat's decision to send one */
     bool ping_due;
     bool beat_due; /* a {"type":"heartbeat"} frame is owed, unless another frame goes first */
     struct session *all_prev, *all_next; /* ws->all_head: every established session */
-    bool closing; /* the close frame is set: further input is ignored */
-    int64_t rate_window_ms; /* over_rate's window start and its count */
+    bool closing;                        /* the close frame is set: further input is ignored */
+    int64_t rate_window_ms;              /* over_rate's window start and its count */
     int rate_count;
     bool close_listed;
+    bool upgraded; /* ESTABLISHED came: no longer counted in ws->handshakes */
     struct session *close_prev, *close_next;
 };
 
@@ -105,6 +106,7 @@ struct ws_server {
     bool wakeable; /* the context takes lws_cancel_service (until it is destroyed) */
     uint64_t next_sid;
     int connections; /* admission and stop read it; metrics' ws gauges mirror it */
+    int handshakes;  /* service thread only: see admit_connection */
     struct session *pending_head;
     struct hash_table by_sid; /* struct session by sid */
 };
@@ -753,12 +755,37 @@ static void beat(uv_timer_t *t)
     }
 }
 
-
 static bool path_ok(struct lws *wsi)
 {
     char uri[128];
     int n = lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI);
     return n > 0 && strcmp(uri, WS_PATH) == 0;
+}
+
+/* The cap on handshakes in progress. libwebsockets keeps every connection's timeouts in
+ * one list sorted by deadline, and a connection in its handshake takes two of them, each
+ * inserted by walking the list from its head: with thousands of handshakes at once (a
+ * reconnect storm fills the accept queue, and lws accepts all of it in one go) that walk
+ * was a quarter of the whole machine's CPU in the 100,000-device storm (perf, bench/run's
+ * fleet step). So a connection arriving while max_handshakes are in progress (accepted,
+ * not yet upgraded to a WebSocket or closed) is closed at once, before lws creates
+ * anything for it, and the client retries after its backoff: a storm is taken in waves.
+ * The count follows lws' create and destroy notifications of every accepted connection;
+ * only a failed adoption (out of memory inside lws) frees one silently, and the count
+ * never goes below zero. */
+static bool admit_connection(struct ws_server *ws)
+{
+    int cap = ws->o.max_handshakes > 0 ? ws->o.max_handshakes : 1024;
+    if (ws->handshakes < cap && !atomic_load(&ws->stopping))
+        return true;
+    metrics_count(ws->o.metrics, MC_WS_ACCEPT_REFUSED, 1);
+    return false;
+}
+
+static void handshake_done(struct ws_server *ws)
+{
+    if (ws->handshakes > 0)
+        ws->handshakes--;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -767,6 +794,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct ws_server *ws = lws_context_user(lws_get_context(wsi));
     struct session *s = user;
     switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        return admit_connection(ws) ? 0 : 1;
+    case LWS_CALLBACK_WSI_CREATE:
+        ws->handshakes++;
+        return 0;
+    case LWS_CALLBACK_WSI_DESTROY:
+        /* user is the session only once the upgrade bound it (else NULL or zeroed) */
+        if (!s || !s->upgraded)
+            handshake_done(ws);
+        return 0;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         pthread_mutex_lock(&ws->mu);
         bool full = ws->connections >= ws->o.max_connections;
@@ -774,7 +811,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return full || !path_ok(wsi) || atomic_load(&ws->stopping) ? 1 : 0;
     }
     case LWS_CALLBACK_ESTABLISHED:
+        handshake_done(ws);
         session_register(ws, s, wsi);
+        s->upgraded = true;
         hello_expect(ws, s);
         s->last_rx_ms = s->last_tx_ms = clock_now_ms();
         all_link(ws, s);
