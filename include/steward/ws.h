@@ -47,7 +47,7 @@ struct ws_server_opts {
     int max_queue_bytes;
     int max_connections;
     int max_frames_per_s; /* per session; more closes it WS_CLOSE_POLICY (0: no limit) */
-    int max_handshakes;   /* accepted, not yet upgraded; more are closed at accept (0: 1024) */
+    int max_handshakes;   /* accepted, not yet upgraded; more are closed at accept (0: no cap) */
     const struct logger *lg;
     struct metrics *metrics; /* frame counters; the MG_WS_* gauges (may be NULL) */
 };

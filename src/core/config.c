@@ -104,10 +104,10 @@ static const struct setting settings[] = {
      "device sockets per instance; lowered at start-up when the open-file limit "
      "(`RLIMIT_NOFILE`) cannot hold it next to the HTTP connections (the `descriptor "
      "budget` log line gives the split)"},
-    {"STEWARD_WS_MAX_HANDSHAKES", K_INT, OFF(ws_max_handshakes), "1024", 1, 100000,
+    {"STEWARD_WS_MAX_HANDSHAKES", K_INT, OFF(ws_max_handshakes), "0", 0, 100000,
      "device connections accepted and not yet upgraded to a WebSocket; a connection "
      "beyond it is closed at once (the client retries after its backoff), so that a "
-     "reconnect storm is taken in waves rather than all at once"},
+     "reconnect storm is taken in waves rather than all at once; 0 means no cap"},
     {"STEWARD_WS_MAX_FRAMES_PER_S", K_INT, OFF(ws_max_frames_per_s), "1000", 0, 1000000,
      "frames a device session may send per second; more closes it 1008; 0 means no limit"},
     {"STEWARD_WS_MAX_FRAMES_IN_FLIGHT", K_INT, OFF(ws_max_frames_in_flight), "64", 0, 100000,
