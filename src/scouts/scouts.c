@@ -680,7 +680,7 @@ static int ingest_fn(struct pool_conn *c, void *arg)
  * one. Two groups in flight rather than one: the items arriving while one group's
  * statement runs form the next group meanwhile, instead of waiting for it (with one
  * leader, a steady stream of 1,000 ingests/s through one instance waited a whole group
- * statement in the queue; bench/README.md). A group writes its items in the order of
+ * statement in the queue; docs/performance.md). A group writes its items in the order of
  * their (scout, ref) keys, so two groups naming the same keys wait for each other in the
  * unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
