@@ -45,6 +45,8 @@ struct config {
     int ws_max_connections;
     int ws_max_frames_per_s;
     int ws_max_handshakes;
+    int ws_listen_backlog;
+    int ws_accept_rate;
     int ws_max_frames_in_flight;
     int worker_queue_max;
     int ws_hello_batch;

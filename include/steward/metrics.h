@@ -53,7 +53,7 @@ enum metrics_counter {
     MC_PASS_STATEMENTS,             /* delivery pass statements (one user or a group) */
     MC_INGEST_STATEMENTS,           /* statements writing single ingests (each a group) */
     MC_WS_ACK_STATEMENTS,           /* ack statements, each for a batch of acks */
-    MC_WS_ACCEPT_REFUSED,           /* connections closed at accept: handshakes at their cap */
+    MC_WS_ACCEPT_PAUSED,            /* accepts paused: handshakes at their cap */
     MC_COUNT
 };
 

@@ -47,7 +47,9 @@ struct ws_server_opts {
     int max_queue_bytes;
     int max_connections;
     int max_frames_per_s; /* per session; more closes it WS_CLOSE_POLICY (0: no limit) */
-    int max_handshakes;   /* accepted, not yet upgraded; more are closed at accept (0: no cap) */
+    int max_handshakes;   /* accepted, not yet upgraded; at it accepts pause (0: no cap) */
+    int listen_backlog;   /* the kernel's accept queue (0: lws' own, SOMAXCONN) */
+    int accept_rate;      /* connections accepted per second at most (0: no limit) */
     const struct logger *lg;
     struct metrics *metrics; /* frame counters; the MG_WS_* gauges (may be NULL) */
 };

@@ -223,6 +223,8 @@ static int create_ws(struct app *app)
         .max_connections = app->fdb.ws_max_connections,
         .max_frames_per_s = app->cfg.ws_max_frames_per_s,
         .max_handshakes = app->cfg.ws_max_handshakes,
+        .listen_backlog = app->cfg.ws_listen_backlog,
+        .accept_rate = app->cfg.ws_accept_rate,
         .lg = &app->log,
         .metrics = app->metrics,
     };

@@ -245,9 +245,10 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
         {MC_WS_ACK_STATEMENTS, "ws_ack_statements_total",
          "Ack statements run for scout_proposal_ack frames; each acks a batch of up to "
          "STEWARD_WS_HELLO_BATCH acks."},
-        {MC_WS_ACCEPT_REFUSED, "ws_accept_refused_total",
-         "WebSocket connections closed right after accept because STEWARD_WS_MAX_HANDSHAKES "
-         "handshakes were already in progress; the client retries after its backoff."},
+        {MC_WS_ACCEPT_PAUSED, "ws_accept_pauses_total",
+         "Times the device port stopped accepting because STEWARD_WS_MAX_HANDSHAKES "
+         "handshakes were in progress; new connections waited in the kernel's accept queue "
+         "until half of them were done."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

@@ -104,10 +104,19 @@ static const struct setting settings[] = {
      "device sockets per instance; lowered at start-up when the open-file limit "
      "(`RLIMIT_NOFILE`) cannot hold it next to the HTTP connections (the `descriptor "
      "budget` log line gives the split)"},
-    {"STEWARD_WS_MAX_HANDSHAKES", K_INT, OFF(ws_max_handshakes), "0", 0, 100000,
-     "device connections accepted and not yet upgraded to a WebSocket; a connection "
-     "beyond it is closed at once (the client retries after its backoff), so that a "
-     "reconnect storm is taken in waves rather than all at once; 0 means no cap"},
+    {"STEWARD_WS_MAX_HANDSHAKES", K_INT, OFF(ws_max_handshakes), "256", 0, 100000,
+     "device connections accepted and not yet upgraded to a WebSocket; at it the instance "
+     "stops accepting until half of them are done, and further connections wait in the "
+     "kernel's accept queue (`STEWARD_WS_LISTEN_BACKLOG`), so that a reconnect storm is "
+     "taken at the pace the instance can serve; 0 means no cap"},
+    {"STEWARD_WS_LISTEN_BACKLOG", K_INT, OFF(ws_listen_backlog), "65535", 0, 1000000,
+     "connections the kernel queues for the device port before they are accepted; Linux "
+     "bounds it by `net.core.somaxconn` (4096 unless raised); 0 keeps libwebsockets' own "
+     "(4096)"},
+    {"STEWARD_WS_ACCEPT_RATE", K_INT, OFF(ws_accept_rate), "0", 0, 1000000,
+     "device connections accepted per second at most; the others wait in the kernel's "
+     "accept queue, so that a reconnect storm leaves the database room for other work "
+     "(with several instances on one database, each takes its share); 0 means no limit"},
     {"STEWARD_WS_MAX_FRAMES_PER_S", K_INT, OFF(ws_max_frames_per_s), "1000", 0, 1000000,
      "frames a device session may send per second; more closes it 1008; 0 means no limit"},
     {"STEWARD_WS_MAX_FRAMES_IN_FLIGHT", K_INT, OFF(ws_max_frames_in_flight), "64", 0, 100000,

@@ -15,12 +15,14 @@
 
 #include <errno.h>
 #include <libwebsockets.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -105,8 +107,16 @@ struct ws_server {
     pthread_mutex_t mu;
     bool wakeable; /* the context takes lws_cancel_service (until it is destroyed) */
     uint64_t next_sid;
-    int connections; /* admission and stop read it; metrics' ws gauges mirror it */
-    int handshakes;  /* service thread only: see admit_connection */
+    int connections;      /* admission and stop read it; metrics' ws gauges mirror it */
+    int handshakes;       /* service thread only: see admit_connection */
+    struct lws *listener; /* service thread only: lws' listening connection, once known */
+    /* service thread only, see accept_pause: why the listener is not polled (PAUSE_*
+     * bits), since when, and the accept rate's bucket */
+    unsigned paused;
+    int64_t paused_at_ms;
+    double tokens;
+    int64_t tokens_at_ms;
+    uv_timer_t accept_timer;
     struct session *pending_head;
     struct hash_table by_sid; /* struct session by sid */
 };
@@ -698,6 +708,118 @@ static void hello_sweep(uv_timer_t *t)
 }
 
 /* How often the heartbeat walks the sessions: a quarter of the interval, 0.25 to 5 s. */
+/* The cap on handshakes in progress. libwebsockets keeps every connection's timeouts in
+ * one list sorted by deadline, and a connection in its handshake takes two of them, each
+ * inserted by walking the list from its head: with thousands of handshakes at once (a
+ * reconnect storm fills the accept queue, and lws accepts all of it in one go) that walk
+ * was a quarter of the whole machine's CPU in the 100,000-device storm (perf, bench/run's
+ * fleet step), and lws' handshake timeout (5 s) then reset the connections it had
+ * accepted and not yet read, so their clients came again and the work was done twice.
+ * So once max_handshakes are in progress (accepted, not yet upgraded to a WebSocket or
+ * closed), the listener stops being polled: further connections wait in the kernel's
+ * accept queue (listen_backlog deep, as far as net.core.somaxconn allows) and are
+ * accepted when half of the handshakes are done. Nobody is refused. The same pause
+ * holds the accepts to accept_rate per second when that is set (a token bucket of a
+ * tenth of a second's accepts), so that a storm leaves the database room for other
+ * work. lws accepts everything queued in one loop, which polls the listener's events
+ * again after each accept, so a pause takes effect at once. The count follows lws'
+ * create and destroy notifications of every accepted connection; a handshake ends
+ * within lws' timeout, so a pause for handshakes that outlasts ACCEPT_STALL_MS means a
+ * count that went wrong (a failed adoption inside lws frees one silently): beat then
+ * resets it. */
+enum { ACCEPT_STALL_MS = 15000, PAUSE_HANDSHAKES = 1, PAUSE_RATE = 2 };
+
+static void accept_pause(struct ws_server *ws, unsigned why, bool pause)
+{
+    unsigned was = ws->paused;
+    unsigned now = pause ? was | why : was & ~why;
+    if (!ws->listener || !was == !now) {
+        ws->paused = ws->listener ? now : 0;
+        return;
+    }
+    if (lws_rx_flow_control(ws->listener, now ? 0 : 1) < 0)
+        return;
+    ws->paused = now;
+    if (now) {
+        ws->paused_at_ms = clock_now_ms();
+        metrics_count(ws->o.metrics, MC_WS_ACCEPT_PAUSED, 1);
+    }
+}
+
+static void accept_resume_rate(uv_timer_t *t)
+{
+    accept_pause(t->data, PAUSE_RATE, false);
+}
+
+static void admit_connection(struct ws_server *ws, struct lws *listener)
+{
+    ws->listener = listener; /* the filter callback runs on the listening connection */
+    /* this connection is counted by its create notification, right after */
+    if (ws->o.max_handshakes > 0 && ws->handshakes + 1 >= ws->o.max_handshakes)
+        accept_pause(ws, PAUSE_HANDSHAKES, true);
+    if (ws->o.accept_rate <= 0)
+        return;
+    int64_t now = clock_now_ms();
+    double burst = ws->o.accept_rate / 10.0 < 1 ? 1 : ws->o.accept_rate / 10.0;
+    ws->tokens += (double)(now - ws->tokens_at_ms) * ws->o.accept_rate / 1000.0;
+    if (ws->tokens > burst)
+        ws->tokens = burst;
+    ws->tokens_at_ms = now;
+    ws->tokens -= 1;
+    if (ws->tokens < 1) {
+        uint64_t wait = (uint64_t)((1 - ws->tokens) * 1000.0 / ws->o.accept_rate) + 1;
+        accept_pause(ws, PAUSE_RATE, true);
+        uv_timer_start(&ws->accept_timer, accept_resume_rate, wait, 0);
+    }
+}
+
+static void handshake_done(struct ws_server *ws)
+{
+    if (ws->handshakes > 0)
+        ws->handshakes--;
+    if ((ws->paused & PAUSE_HANDSHAKES) && ws->handshakes <= ws->o.max_handshakes / 2)
+        accept_pause(ws, PAUSE_HANDSHAKES, false);
+}
+
+static void accept_watch(struct ws_server *ws, int64_t now)
+{
+    if (!(ws->paused & PAUSE_HANDSHAKES) || now - ws->paused_at_ms < ACCEPT_STALL_MS)
+        return;
+    char n[24];
+    snprintf(n, sizeof(n), "%d", ws->handshakes);
+    log_msg(ws->o.lg, LOG_WARN, "device accepts paused too long: handshake count reset",
+            "handshakes", n, NULL);
+    ws->handshakes = 0;
+    accept_pause(ws, PAUSE_HANDSHAKES, false);
+}
+
+/* The kernel's queue of connections not yet accepted: lws listens with SOMAXCONN
+ * (4096); a reconnect storm of more devices than that per instance would have the rest
+ * of their connection attempts dropped and retried by their TCP stack a second, then
+ * three, then seven seconds later. listen() again on the listening socket sets the
+ * deeper queue (Linux bounds it by net.core.somaxconn). lws does not hand out its
+ * listening socket, so it is the one of ours listening on the port it reports. */
+static void deepen_backlog(struct ws_server *ws)
+{
+    if (ws->o.listen_backlog <= 0)
+        return;
+    for (int fd = 0; fd < 1024; fd++) {
+        int on = 0;
+        socklen_t olen = sizeof(on);
+        struct sockaddr_storage a;
+        socklen_t alen = sizeof(a);
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) != 0 || !on ||
+            getsockname(fd, (struct sockaddr *)&a, &alen) != 0)
+            continue;
+        int port = a.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&a)->sin_port)
+                   : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port)
+                                             : -1;
+        if (port == ws->port && listen(fd, ws->o.listen_backlog) != 0)
+            log_msg(ws->o.lg, LOG_WARN, "cannot deepen the device accept queue", "error",
+                    strerror(errno), NULL);
+    }
+}
+
 static uint64_t beat_period_ms(const struct ws_server *ws)
 {
     uint64_t p = (uint64_t)ws->o.heartbeat_s * 1000 / 4;
@@ -719,6 +841,7 @@ static void beat(uv_timer_t *t)
     int64_t ping_after = (int64_t)ws->o.heartbeat_s * 1000;
     int64_t drop_after = ((int64_t)ws->o.heartbeat_s * 2 + 5) * 1000;
     int64_t walk = (int64_t)beat_period_ms(ws);
+    accept_watch(ws, now);
     struct session *next;
     for (struct session *s = ws->all_head; s; s = next) {
         next = s->all_next; /* a drop unlinks s (its CLOSED runs inside) */
@@ -762,34 +885,6 @@ static bool path_ok(struct lws *wsi)
     return n > 0 && strcmp(uri, WS_PATH) == 0;
 }
 
-/* The cap on handshakes in progress. libwebsockets keeps every connection's timeouts in
- * one list sorted by deadline, and a connection in its handshake takes two of them, each
- * inserted by walking the list from its head: with thousands of handshakes at once (a
- * reconnect storm fills the accept queue, and lws accepts all of it in one go) that walk
- * was a quarter of the whole machine's CPU in the 100,000-device storm (perf, bench/run's
- * fleet step). So a connection arriving while max_handshakes are in progress (accepted,
- * not yet upgraded to a WebSocket or closed) is closed at once, before lws creates
- * anything for it, and the client retries after its backoff: a storm is taken in waves.
- * Off by default (max_handshakes 0): with the benchmark's clients, which retry 1-2 s
- * later, the cap halved the stewards' CPU in that storm but not its length, and a storm
- * of 10,000 that lws absorbs in 3 s would wait for the clients' backoff instead. The
- * count follows lws' create and destroy notifications of every accepted connection;
- * only a failed adoption (out of memory inside lws) frees one silently, and the count
- * never goes below zero. */
-static bool admit_connection(struct ws_server *ws)
-{
-    if (ws->o.max_handshakes <= 0 || ws->handshakes < ws->o.max_handshakes)
-        return true;
-    metrics_count(ws->o.metrics, MC_WS_ACCEPT_REFUSED, 1);
-    return false;
-}
-
-static void handshake_done(struct ws_server *ws)
-{
-    if (ws->handshakes > 0)
-        ws->handshakes--;
-}
-
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
@@ -797,7 +892,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct session *s = user;
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        return admit_connection(ws) ? 0 : 1;
+        admit_connection(ws, wsi);
+        return 0;
     case LWS_CALLBACK_WSI_CREATE:
         ws->handshakes++;
         return 0;
@@ -873,6 +969,9 @@ static void on_stop_async(uv_async_t *a)
     uv_timer_stop(&ws->beat_timer);
     if (!uv_is_closing((uv_handle_t *)&ws->beat_timer))
         uv_close((uv_handle_t *)&ws->beat_timer, NULL);
+    uv_timer_stop(&ws->accept_timer);
+    if (!uv_is_closing((uv_handle_t *)&ws->accept_timer))
+        uv_close((uv_handle_t *)&ws->accept_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&ws->stop_async))
         uv_close((uv_handle_t *)&ws->stop_async, NULL);
 }
@@ -960,6 +1059,8 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     ws->close_idle.data = ws;
     uv_timer_init(&ws->loop, &ws->beat_timer);
     ws->beat_timer.data = ws;
+    uv_timer_init(&ws->loop, &ws->accept_timer);
+    ws->accept_timer.data = ws;
     ws->ctx = lws_create_context(&info);
     ws->vhost = ws->ctx ? lws_create_vhost(ws->ctx, &info) : NULL;
     if (!ws->vhost) {
@@ -975,6 +1076,7 @@ struct ws_server *ws_server_new(const struct ws_server_opts *o, char *err, size_
     }
     ws->wakeable = true;
     ws->port = lws_get_vhost_listen_port(ws->vhost);
+    deepen_backlog(ws);
     return ws;
 }
 
