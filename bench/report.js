@@ -214,7 +214,7 @@ if (wsKeys.length) {
     'warm-up), whose proposals are delivered and acked before it starts. "exactly own": every device received exactly one proposal, ' +
     'its own, and nothing else. Storm: every device closes, one proposal per user is queued while they ' +
     'are away, then all devices reconnect at once; the time runs from the first connect until the last ' +
-    'device holds its proposal.');
+    'device holds its proposal.' + measureNote(wsKeys.map(g)));
   p();
   const big = g('ws_10000') || g(wsKeys[wsKeys.length - 1]);
   if (big && big.connect && big.ingest) {
@@ -286,6 +286,11 @@ const closes = (st) => `${int(st.closed_before_hello_ok)} sessions closed by the
 function problemsOf(x) {
   if (x.error) p(`- **the step stopped: ${x.error}**`);
   if (x.problems && x.problems.length) p(`- problems: ${x.problems.slice(0, 8).join('; ')}`);
+}
+function measureNote(figs) {
+  const nice = (figs.find((x) => x && x.measure_nice !== undefined) || {}).measure_nice;
+  return nice ? ` The processes that take the measurements (the ingest sender, and the fleet's bond reader) ran at nice ${nice}, ` +
+    'the device processes and the servers at the default priority (bench/README.md).' : '';
 }
 const kern = g('kernel');
 const kernLine = kern ? `Kernel: net.ipv4.ip_local_port_range ${kern.ip_local_port_range}, tcp_tw_reuse ${kern.tcp_tw_reuse}, ` +
@@ -397,6 +402,7 @@ if (fl) {
   p('CPU seconds of every component in each phase (the load generator\'s processes included):');
   p();
   cpuTable(fl.cpu, 'stewards');
+  if (measureNote([fl])) { p(measureNote([fl]).trim()); p(); }
   if (kernLine) { p(kernLine); p(); }
   const n = int(fl.n);
   target(`${I} instances, one PostgreSQL: ${n} device sessions in total`, c.ws_connections_total === undefined ? -1 : c.ws_connections_total,

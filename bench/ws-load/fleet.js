@@ -23,7 +23,7 @@
 // Prints one JSON object on stdout; exits 1 when a check failed, 2 on the budget.
 const fs = require('fs');
 const { execFileSync, spawn } = require('child_process');
-const { parseArgs, Api, percentile, nowMs, rssKiB, round, Child, LineChild } = require('./lib');
+const { parseArgs, Api, percentile, nowMs, rssKiB, round, Child, LineChild, measuring } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   'http-urls': '', 'ws-urls': '', pids: '', 'pg-pidfile': '', key: '', devices: 'devices.json',
@@ -318,6 +318,7 @@ async function ingest() {
   }
   const rate = Number(args.rate);
   sender = new Child('ws-ingest.js', () => {});
+  out.measure_nice = measuring(sender);
   const items = (ids) => ids.map((i) => ({ idx: i, scout_id: devs[i].scout_id }));
   const send = (prefix, ids) => sender.call('ingest', { url: HTTP[0], key: args.key, rate, prefix, preconnect: 8, items: items(ids) });
   // warm-up: the same ingest for the first W targets, delivered and acked before the
@@ -401,6 +402,7 @@ async function storm() {
   const readRate = Number(args['read-rate']);
   if (readRate > 0) {
     reader = new Child('reader.js', () => {});
+    out.measure_nice = measuring(reader);
     await reader.call('start', { urls: HTTP, key: args.key, rate: readRate, users: devs.map((d) => d.user_id) });
     await sleep(1000); // its first second (first runs of its code) is not measured
     await reader.call('reset');

@@ -24,7 +24,7 @@
 // Prints one JSON object on stdout. Exits 1 when a check fails or a phase times out.
 const fs = require('fs');
 const path = require('path');
-const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round, Child, LineChild } = require('./lib');
+const { parseArgs, Api, runPool, percentile, nowMs, rssKiB, round, Child, LineChild, measuring } = require('./lib');
 
 const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
@@ -69,6 +69,7 @@ for (let p = 0; p < PROCS; p++) {
     [args['ws-url'], args.devices, String(N), String(p), String(PROCS)], onEvent));
 }
 const sender = new Child('ws-ingest.js', () => {});
+const measureNice = measuring(sender);
 const callAll = (cmd, extra) => Promise.all(procs.map((c) => c.call(cmd, extra)));
 
 function waitDelivered(ms) {
@@ -156,7 +157,7 @@ function worst(monitors) {
     gc_max_ms: max('gc_max_ms'), gc_total_ms: round(ms.reduce((a, m) => a + m.gc_total_ms, 0)) };
 }
 
-const out = { n: N, rate: RATE, device_procs: PROCS };
+const out = { n: N, rate: RATE, device_procs: PROCS, measure_nice: measureNice };
 
 // Has the sender post one item for each of devs[0, n) at RATE, refs prefix + index.
 function ingestBy(prefix, n) {
