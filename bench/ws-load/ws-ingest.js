@@ -21,7 +21,7 @@ function item(i, ref) {
 let api = null;
 
 async function ingest(m) {
-  if (!api) api = new Api(m.url, m.key, 64);
+  if (!api) api = new Api(m.url, m.key, Number(process.env.BENCH_INGEST_SOCKETS || 64));
   const n = m.items.length;
   const sent = new Float64Array(n);
   const httpAt = new Float64Array(n);
