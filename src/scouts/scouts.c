@@ -670,31 +670,25 @@ static int ingest_fn(struct pool_conn *c, void *arg)
 }
 
 /* Concurrent single ingests are written together (a group commit): a caller queues its
- * item and, when fewer than INGEST_LEADERS callers are running a group's statement, runs
- * one for every item waiting (at most INGEST_GROUP_MAX), in one transaction. A lone
- * ingest waits for nothing. Each committed transaction that notified wakes every
- * instance's listener (PostgreSQL signals every LISTENing backend of the database on each
- * commit that notified), so with several instances one commit per group rather than per
- * item is what keeps a steady ingest from costing the database a wake-up of every
- * listener per proposal; identical notifications of a group (one user's) are folded into
- * one. Two groups in flight rather than one: the items arriving while one group's
- * statement runs form the next group meanwhile, instead of waiting for it (with one
- * leader, a steady stream of 1,000 ingests/s through one instance waited a whole group
- * statement in the queue; docs/performance.md). A group writes its items in the order of
- * their (scout, ref) keys, so two groups naming the same keys wait for each other in the
+ * item (scouts_ingest_submit) and, when fewer than INGEST_LEADERS groups are being
+ * written, starts a leader on a worker thread, which writes every item waiting (at most
+ * INGEST_GROUP_MAX) in one statement and one transaction, then the items that came
+ * meanwhile, until none waits. A lone ingest waits for nothing but the hand-over to the
+ * worker. The caller does not wait in a thread of its own (the HTTP route answers when
+ * its item's group is written, see scouts_http.c), so how many ingests one group takes
+ * is not bounded by the HTTP handler threads (with 4 of them, a steady 1,000 ingests/s
+ * through one instance queued in them; docs/performance.md). Each committed
+ * transaction that notified wakes every instance's listener (PostgreSQL signals every
+ * LISTENing backend of the database on each commit that notified), so with several
+ * instances one commit per group rather than per item is what keeps a steady ingest from
+ * costing the database a wake-up of every listener per proposal; identical
+ * notifications of a group (one user's) are folded into one. Two groups in flight rather
+ * than one: the items arriving while one group's statement runs form the next group
+ * meanwhile, instead of waiting for it. A group writes its items in the order of their
+ * (scout, ref) keys, so two groups naming the same keys wait for each other in the
  * unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
 #define INGEST_LEADERS 2
-
-struct scouts_ingest_wait {
-    const char *scout_id;
-    const struct scouts_item_in *in;
-    int rc; /* ST_OK, then status and out; else the failure */
-    int status;
-    json_t *out;
-    bool done;
-    struct scouts_ingest_wait *next;
-};
 
 /* scouts_ingest for every element of $1 (a JSON array of {"scout", "ref", "spam",
  * "type", "reason", "subject", "snippet"}), in their order, in one statement and so in
@@ -808,27 +802,12 @@ static void ingest_group(struct scouts *s, struct scouts_ingest_wait *head, size
     free(w);
 }
 
-int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
-                  int *status, json_t **out)
+/* Writes groups of the waiting ingests until none is left, then stops leading. Each
+ * item's done callback runs after its group, outside imu. */
+static void ingest_lead(struct scouts *s)
 {
-    if (!scouts_uuid_valid(scout_id))
-        return ST_ENOTFOUND;
-    struct scouts_ingest_wait w = {scout_id, in, ST_EINTERNAL, 0, NULL, false, NULL};
     pthread_mutex_lock(&s->imu);
-    if (s->ingest_tail)
-        s->ingest_tail->next = &w;
-    else
-        s->ingest_head = &w;
-    s->ingest_tail = &w;
-    while (!w.done) {
-        /* w is taken by a running group when it is no longer queued */
-        if (s->ingest_leaders >= INGEST_LEADERS || !s->ingest_head) {
-            pthread_cond_wait(&s->icv, &s->imu);
-            continue;
-        }
-        /* lead: everything waiting, oldest first (w may lie beyond this group, or have
-         * been taken by another: then it waits or leads again below) */
-        s->ingest_leaders++;
+    while (s->ingest_head) {
         struct scouts_ingest_wait *head = s->ingest_head, *last = head;
         size_t n = 1;
         while (last->next && n < INGEST_GROUP_MAX) {
@@ -841,24 +820,83 @@ int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_it
         last->next = NULL;
         pthread_mutex_unlock(&s->imu);
         ingest_group(s, head, n);
-        pthread_mutex_lock(&s->imu);
-        /* next is read before done: a waiter set done may return and its item go */
+        /* next is read before done: done may free its item */
         for (struct scouts_ingest_wait *x = head, *next; x; x = next) {
             next = x->next;
-            x->done = true;
+            if (x->rc == ST_OK && x->status == 201)
+                metrics_count(s->metrics, MC_PROPOSALS_QUEUED, 1);
+            x->done(x);
         }
-        s->ingest_leaders--;
-        pthread_cond_broadcast(&s->icv);
+        pthread_mutex_lock(&s->imu);
     }
+    s->ingest_leaders--;
     pthread_mutex_unlock(&s->imu);
-    if (w.rc != ST_OK) {
-        json_decref(w.out);
-        return w.rc;
+}
+
+static void ingest_lead_job(struct scouts *s, void *arg)
+{
+    (void)arg;
+    ingest_lead(s);
+}
+
+void scouts_ingest_submit(struct scouts *s, struct scouts_ingest_wait *w)
+{
+    w->rc = ST_EINTERNAL;
+    w->status = 0;
+    w->out = NULL;
+    w->next = NULL;
+    if (!scouts_uuid_valid(w->scout_id)) {
+        w->rc = ST_ENOTFOUND;
+        w->done(w);
+        return;
     }
-    if (w.status == 201)
-        metrics_count(s->metrics, MC_PROPOSALS_QUEUED, 1);
-    *status = w.status;
-    *out = w.out;
+    pthread_mutex_lock(&s->imu);
+    if (s->ingest_tail)
+        s->ingest_tail->next = w;
+    else
+        s->ingest_head = w;
+    s->ingest_tail = w;
+    bool lead = s->ingest_leaders < INGEST_LEADERS;
+    if (lead)
+        s->ingest_leaders++;
+    pthread_mutex_unlock(&s->imu);
+    /* on a worker; when none can take it (stopping, out of memory), here */
+    if (lead && scouts_submit_always(s, ingest_lead_job, NULL) != 0)
+        ingest_lead(s);
+}
+
+/* scouts_ingest's wait: the caller's thread sleeps on icv until its item is written. */
+struct sync_wait {
+    struct scouts_ingest_wait w; /* first: done gets &w */
+    struct scouts *s;
+    bool finished;
+};
+
+static void sync_done(struct scouts_ingest_wait *w)
+{
+    struct sync_wait *sw = (struct sync_wait *)w;
+    struct scouts *s = sw->s;
+    pthread_mutex_lock(&s->imu);
+    sw->finished = true;
+    pthread_cond_broadcast(&s->icv);
+    pthread_mutex_unlock(&s->imu);
+}
+
+int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
+                  int *status, json_t **out)
+{
+    struct sync_wait sw = {{.scout_id = scout_id, .in = in, .done = sync_done}, s, false};
+    scouts_ingest_submit(s, &sw.w);
+    pthread_mutex_lock(&s->imu);
+    while (!sw.finished)
+        pthread_cond_wait(&s->icv, &s->imu);
+    pthread_mutex_unlock(&s->imu);
+    if (sw.w.rc != ST_OK) {
+        json_decref(sw.w.out);
+        return sw.w.rc;
+    }
+    *status = sw.w.status;
+    *out = sw.w.out;
     return ST_OK;
 }
 

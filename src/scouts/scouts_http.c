@@ -69,8 +69,8 @@ static void scout_create(void *ctx, const struct http_req *req, struct http_resp
 {
     if (!http_body_object(req, resp, true))
         return;
-    static const char *const allowed[] = {"user_id", "provider", "enabled", "auto_trash_spam",
-                                          "device_inactivity_pause_days", NULL};
+    static const char *const allowed[] = {
+        "user_id", "provider", "enabled", "auto_trash_spam", "device_inactivity_pause_days", NULL};
     json_t *errs = json_array();
     struct scouts_scout_in in = {NULL, NULL, -1, -1, -1};
     jv_unknown_fields(req->body, allowed, "", errs);
@@ -104,8 +104,8 @@ static void scout_patch(void *ctx, const struct http_req *req, struct http_resp 
 {
     if (!http_body_object(req, resp, true))
         return;
-    static const char *const allowed[] = {"provider", "enabled", "auto_trash_spam",
-                                          "device_inactivity_pause_days", "user_id", NULL};
+    static const char *const allowed[] = {
+        "provider", "enabled", "auto_trash_spam", "device_inactivity_pause_days", "user_id", NULL};
     json_t *errs = json_array();
     struct scouts_scout_in in = {NULL, NULL, -1, -1, -1};
     jv_unknown_fields(req->body, allowed, "", errs);
@@ -142,8 +142,8 @@ static void scout_delete(void *ctx, const struct http_req *req, struct http_resp
 static void parse_item(const json_t *obj, const char *prefix, struct scouts_item_in *in,
                        json_t *errs)
 {
-    static const char *const allowed[] = {"source_msg_ref", "verdict", "reason", "subject",
-                                          "snippet", "source_type", NULL};
+    static const char *const allowed[] = {"source_msg_ref", "verdict",     "reason", "subject",
+                                          "snippet",        "source_type", NULL};
     memset(in, 0, sizeof(*in));
     if (!json_is_object(obj)) {
         jv_error(errs, prefix, "must be a JSON object");
@@ -167,6 +167,73 @@ static void parse_item(const json_t *obj, const char *prefix, struct scouts_item
     jv_string(obj, "source_type", prefix, false, 1, 64, &in->source_type, errs);
 }
 
+static void item_answer(struct http_resp *resp, int rc, int status, json_t *out)
+{
+    if (rc == ST_ENOTFOUND)
+        http_error(resp, rc, "no such scout");
+    else if (rc == ST_ECONFLICT)
+        http_problem_slug(resp, 409, "scout-disabled", "the scout is disabled");
+    else if (rc != ST_OK)
+        http_error(resp, rc, NULL);
+    else
+        http_json(resp, status, out);
+}
+
+/* An ingest answered when its group is written (scouts_ingest_submit): the item and the
+ * strings it points to, copied out of the request, in one block with the token. */
+struct item_later {
+    struct scouts_ingest_wait w; /* first: done gets &w */
+    struct scouts_item_in in;
+    struct http_deferred *d;
+    char strings[];
+};
+
+static void item_done(struct scouts_ingest_wait *w)
+{
+    struct item_later *l = (struct item_later *)w;
+    if (w->rc != ST_OK) {
+        json_decref(w->out);
+        w->out = NULL;
+    }
+    item_answer(http_deferred_resp(l->d), w->rc, w->status, w->out);
+    http_deferred_finish(l->d);
+    free(l);
+}
+
+/* Copies src into *at and points *dst at the copy (NULL stays NULL). */
+static void copy_str(char **at, const char **dst, const char *src)
+{
+    if (!src)
+        return;
+    size_t n = strlen(src) + 1;
+    memcpy(*at, src, n);
+    *dst = *at;
+    *at += n;
+}
+
+static struct item_later *item_later_new(const char *scout_id, const struct scouts_item_in *in)
+{
+    const char *all[] = {scout_id,    in->source_msg_ref, in->reason,
+                         in->subject, in->snippet,        in->source_type};
+    size_t size = sizeof(struct item_later);
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        size += all[i] ? strlen(all[i]) + 1 : 0;
+    struct item_later *l = calloc(1, size);
+    if (!l)
+        return NULL;
+    char *at = l->strings;
+    l->in.spam = in->spam;
+    copy_str(&at, &l->w.scout_id, scout_id);
+    copy_str(&at, &l->in.source_msg_ref, in->source_msg_ref);
+    copy_str(&at, &l->in.reason, in->reason);
+    copy_str(&at, &l->in.subject, in->subject);
+    copy_str(&at, &l->in.snippet, in->snippet);
+    copy_str(&at, &l->in.source_type, in->source_type);
+    l->w.in = &l->in;
+    l->w.done = item_done;
+    return l;
+}
+
 static void item_post(void *ctx, const struct http_req *req, struct http_resp *resp)
 {
     if (!http_body_object(req, resp, true))
@@ -179,17 +246,18 @@ static void item_post(void *ctx, const struct http_req *req, struct http_resp *r
         return;
     }
     json_decref(errs);
+    const char *scout_id = http_param(req, "id");
+    /* in the server, the thread is not held while the item's group is written */
+    struct item_later *l = req->transport ? item_later_new(scout_id, &in) : NULL;
+    if (l && (l->d = http_defer(req, resp)) != NULL) {
+        scouts_ingest_submit(ctx, &l->w);
+        return;
+    }
+    free(l);
     int status = 0;
     json_t *out = NULL;
-    int rc = scouts_ingest(ctx, http_param(req, "id"), &in, &status, &out);
-    if (rc == ST_ENOTFOUND)
-        http_error(resp, rc, "no such scout");
-    else if (rc == ST_ECONFLICT)
-        http_problem_slug(resp, 409, "scout-disabled", "the scout is disabled");
-    else if (rc != ST_OK)
-        http_error(resp, rc, NULL);
-    else
-        http_json(resp, status, out);
+    int rc = scouts_ingest(ctx, scout_id, &in, &status, &out);
+    item_answer(resp, rc, status, out);
 }
 
 /* Problems reported for a batch at most; past that the 422 says how many more. */

@@ -125,13 +125,12 @@ struct scouts {
     size_t noffline, capoffline;
     bool offline_running;
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
-    /* single ingests waiting to be written together (scouts_ingest, group commit):
-     * up to INGEST_LEADERS of the waiting callers at a time run a statement for the
-     * items waiting when each began */
+    /* single ingests waiting to be written together (scouts_ingest_submit, group
+     * commit): up to INGEST_LEADERS worker jobs at a time write the items waiting */
     pthread_mutex_t imu;
     pthread_cond_t icv;
     struct scouts_ingest_wait *ingest_head, *ingest_tail;
-    int ingest_leaders; /* callers running a group's statement */
+    int ingest_leaders; /* leaders started and not finished */
 
     /* device_hellos waiting for their token check (scouts_ws.c): a list that one job at
      * a time drains, in batches of at most set.ws_hello_batch */
@@ -205,9 +204,24 @@ struct scouts_item_in {
     const char *source_type;
 };
 /* Ingests one verdict. *status gets 201 or 200 and *out the body. ST_ENOTFOUND for an
- * unknown scout, ST_ECONFLICT for a disabled one. */
+ * unknown scout, ST_ECONFLICT for a disabled one. Waits in the caller's thread. */
 int scouts_ingest(struct scouts *s, const char *scout_id, const struct scouts_item_in *in,
                   int *status, json_t **out);
+
+/* The same without waiting: the caller fills scout_id, in and done, which must stay
+ * valid until done(w) is called, exactly once, from whichever thread wrote the item's
+ * group (or from this call, for an invalid id). done then reads rc (ST_OK or the
+ * failure, as scouts_ingest returns it), status and out (owned by done from then on). */
+struct scouts_ingest_wait {
+    const char *scout_id;
+    const struct scouts_item_in *in;
+    void (*done)(struct scouts_ingest_wait *w);
+    int rc;
+    int status;
+    json_t *out;
+    struct scouts_ingest_wait *next; /* the queue (imu) */
+};
+void scouts_ingest_submit(struct scouts *s, struct scouts_ingest_wait *w);
 /* Ingests n verdicts in one statement, each exactly as scouts_ingest would, in input
  * order. *out gets {"results": [one {"status", ...single route body} per item],
  * "queued": n}; an item that collided with a proposal gone again is status 409
@@ -330,6 +344,9 @@ void scouts_offline_flush(struct scouts *s);
 /* Submits a job (arg is one malloc'd block, freed after the job) counted for
  * shutdown; returns 0 or -1 (arg freed then). */
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
+/* The same for a job that must run even while the instance stops (someone waits for
+ * it), ahead of the others. */
+int scouts_submit_always(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
 /* Frees the session registry and the hellos still waiting (at scouts_free). */
 void scouts_sessions_free(struct scouts *s);
 

@@ -195,6 +195,11 @@ int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *a
     return submit(s, fn, arg, false);
 }
 
+int scouts_submit_always(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg)
+{
+    return submit_how(s, fn, arg, true, JOB_URGENT);
+}
+
 static void send_text(struct scouts *s, uint64_t sid, const char *text, size_t len,
                       enum metrics_counter c)
 {

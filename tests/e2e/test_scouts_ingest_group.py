@@ -14,9 +14,9 @@ from test_scouts_hello_batch import counter
 
 def test_concurrent_ingests_share_statements_and_each_gets_its_own_answer(make_server, keys,
                                                                         db_url):
-    # 16 handler threads: the ingests waiting at once are what a group can take, and two
-    # groups run at a time, so with the default 4 few of them would share a statement
-    server = make_server(db_url, STEWARD_HTTP_THREADS=16)
+    # 4 handler threads (the default): an ingest waiting for its group does not hold one,
+    # so a group takes every ingest waiting, however few threads there are
+    server = make_server(db_url, STEWARD_HTTP_THREADS=4)
     users = [f'ig-{i}-{time.monotonic_ns()}' for i in range(30)]
     scouts = [mk_scout(server, u)['id'] for u in users]
     off = mk_scout(server, f'ig-off-{time.monotonic_ns()}')['id']
@@ -66,10 +66,32 @@ def test_concurrent_ingests_share_statements_and_each_gets_its_own_answer(make_s
         rows = sql.execute('SELECT scout_id::text, source_msg_ref, id::text FROM proposals '
                            'WHERE scout_id = ANY(%s::uuid[])', (scouts,)).fetchall()
     assert {(s, r): i for s, r, i in rows} == {k: v[0][1]['proposal_id'] for k, v in by_item.items()}
-    # 300 requests, written in fewer statements (one per group; at most
-    # STEWARD_HTTP_THREADS, 16 here, wait at once, and two groups are written at a time:
-    # 190-243 in runs of this test); one per request without groups
+    # 300 requests, written in fewer statements (one per group; once the lock is gone the
+    # 64 client threads send one request after another and groups are small: 131-167 in
+    # runs of this test); one per request without groups
     assert statements < 270, statements
+
+
+def test_ingests_waiting_for_their_group_hold_no_handler_thread(make_server, keys, db_url):
+    # 100 ingests at once while the first groups are held: with 4 handler threads, had
+    # each waiting ingest held one, no group could take more than 4 of them (25
+    # statements or more); they all wait in the queue instead, for 2 + 2 groups
+    server = make_server(db_url, STEWARD_HTTP_THREADS=4)
+    scouts = [mk_scout(server, f'ig-wait-{i}-{time.monotonic_ns()}')['id'] for i in range(10)]
+    work = [(scouts[i % 10], f'w-{i}') for i in range(100)]
+    before = counter(server, 'scouts_ingest_statements_total')
+    hold = psycopg.connect(db_url)
+    hold.execute('LOCK TABLE proposals IN SHARE ROW EXCLUSIVE MODE')
+    release = threading.Timer(2.0, hold.rollback)
+    release.start()
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(lambda w: ingest(server, keys['service'], w[0], w[1]), work))
+    release.join()
+    hold.close()
+    statements = counter(server, 'scouts_ingest_statements_total') - before
+    assert [r.status_code for r in answers] == [201] * 100, [r.text for r in answers][:3]
+    assert len({r.json()['proposal_id'] for r in answers}) == 100
+    assert statements <= 8, statements
 
 
 def test_a_lone_ingest_is_not_delayed(server, keys):
