@@ -167,6 +167,7 @@ static void parse_item(const json_t *obj, const char *prefix, struct scouts_item
     jv_string(obj, "source_type", prefix, false, 1, 64, &in->source_type, errs);
 }
 
+/* An ingest's answer: out (stolen) with status, or the failure's problem. */
 static void item_answer(struct http_resp *resp, int rc, int status, json_t *out)
 {
     if (rc == ST_ENOTFOUND)
@@ -307,14 +308,7 @@ static void item_batch(void *ctx, const struct http_req *req, struct http_resp *
     json_t *out = NULL;
     int rc = scouts_ingest_batch(ctx, http_param(req, "id"), in, n, &out);
     free(in);
-    if (rc == ST_ENOTFOUND)
-        http_error(resp, rc, "no such scout");
-    else if (rc == ST_ECONFLICT)
-        http_problem_slug(resp, 409, "scout-disabled", "the scout is disabled");
-    else if (rc != ST_OK)
-        http_error(resp, rc, NULL);
-    else
-        http_json(resp, 200, out);
+    item_answer(resp, rc, 200, out);
 }
 
 static void scout_run(void *ctx, const struct http_req *req, struct http_resp *resp)
