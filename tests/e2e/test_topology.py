@@ -20,10 +20,11 @@ DEVICES = 100
 
 
 def backends(db_url, dbname):
+    # client backends only: an autovacuum worker on the database has no application_name
     with psycopg.connect(db_url, autocommit=True) as c:
         return sorted(r[0] for r in c.execute(
             'SELECT application_name FROM pg_stat_activity WHERE datname = %s '
-            'AND pid <> pg_backend_pid()', (dbname,)))
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", (dbname,)))
 
 
 # ------------------------------------------------------ parameters of the operator
