@@ -75,14 +75,17 @@ def test_concurrent_ingests_share_statements_and_each_gets_its_own_answer(make_s
 def test_ingests_waiting_for_their_group_hold_no_handler_thread(make_server, keys, db_url):
     # 100 ingests at once while the first groups are held: with 4 handler threads, had
     # each waiting ingest held one, no group could take more than 4 of them (25
-    # statements or more); they all wait in the queue instead, for 2 + 2 groups
+    # statements or more); they all wait in the queue instead, for 2 + 2 groups (a few
+    # more when some requests come after the lock is gone)
     server = make_server(db_url, STEWARD_HTTP_THREADS=4)
     scouts = [mk_scout(server, f'ig-wait-{i}-{time.monotonic_ns()}')['id'] for i in range(10)]
     work = [(scouts[i % 10], f'w-{i}') for i in range(100)]
     before = counter(server, 'scouts_ingest_statements_total')
     hold = psycopg.connect(db_url)
     hold.execute('LOCK TABLE proposals IN SHARE ROW EXCLUSIVE MODE')
-    release = threading.Timer(2.0, hold.rollback)
+    # 1.5 s, as above: a hold of 2 s (the pool's acquire timeout) made the first groups
+    # 503 once in CI
+    release = threading.Timer(1.5, hold.rollback)
     release.start()
     with ThreadPoolExecutor(max_workers=100) as pool:
         answers = list(pool.map(lambda w: ingest(server, keys['service'], w[0], w[1]), work))
@@ -91,7 +94,7 @@ def test_ingests_waiting_for_their_group_hold_no_handler_thread(make_server, key
     statements = counter(server, 'scouts_ingest_statements_total') - before
     assert [r.status_code for r in answers] == [201] * 100, [r.text for r in answers][:3]
     assert len({r.json()['proposal_id'] for r in answers}) == 100
-    assert statements <= 8, statements
+    assert statements <= 12, statements
 
 
 def test_a_lone_ingest_is_not_delayed(server, keys):
