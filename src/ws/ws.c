@@ -958,6 +958,11 @@ static void on_stop_async(uv_async_t *a)
     pthread_mutex_lock(&ws->mu);
     ws->wakeable = false;
     pthread_mutex_unlock(&ws->mu);
+    /* lws may free the listener before the connections whose destroy notifications
+     * would resume accepts on it: no pause or resume from here on */
+    ws->listener = NULL;
+    ws->paused = 0;
+    uv_timer_stop(&ws->accept_timer);
     if (ws->ctx)
         lws_context_destroy(ws->ctx);
     uv_timer_stop(&ws->hello_timer);
