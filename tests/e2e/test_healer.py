@@ -580,12 +580,22 @@ def test_sweep_with_database_stopped(own_pg, make_server):
     # (a periodic sweep on the whole second may hold the turn for a moment)
     assert wait_for(lambda: heal(s).status_code == 200, timeout=5)
 
-    # the database stops in the middle of a sweep: the report cannot be stored
-    blocker = psycopg.connect(url)
-    blocker.execute('LOCK TABLE system_events IN EXCLUSIVE MODE')
+    # the database stops in the middle of a sweep: the report cannot be stored. A
+    # periodic sweep may hold the turn, waiting on the same lock: that request is
+    # answered 409 at once, so let the lock go and ask again.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        f = pool.submit(heal, s)
-        time.sleep(0.5)
+        for _ in range(20):
+            blocker = psycopg.connect(url)
+            blocker.execute('LOCK TABLE system_events IN EXCLUSIVE MODE')
+            f = pool.submit(heal, s)
+            try:
+                r = f.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                break  # this sweep holds the turn and waits on the lock
+            blocker.close()
+            assert r.status_code == 409, r.text
+        else:
+            pytest.fail('a periodic sweep held the turn every time')
         own_pg.stop('immediate')
         r = f.result()
     blocker.close()
