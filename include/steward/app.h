@@ -59,7 +59,7 @@ struct app {
     struct workq *workq;
     struct sched *sched; /* the periodic jobs (healer, scouts, auth), run on workq */
     struct http_server *http;
-    int http_loops; /* resolved STEWARD_HTTP_LOOPS */
+    int http_loops;           /* resolved STEWARD_HTTP_LOOPS */
     struct app_fd_budget fdb; /* the connection caps the open-file limit allows */
     struct ws_server *ws;
     struct ops_ctx ops;
@@ -71,7 +71,7 @@ struct app {
     struct users *users;
     struct scouts *scouts;
     struct healer *healer;
-    struct deck *deck; /* the Observation Deck's files and overview */
+    struct deck *deck;                 /* the Observation Deck's files and overview */
     struct healer_route *route_labels; /* how the healer names the metrics' route slots */
 };
 

@@ -803,6 +803,7 @@ static void deepen_backlog(struct ws_server *ws)
 {
     if (ws->o.listen_backlog <= 0)
         return;
+    int found = 0;
     for (int fd = 0; fd < 1024; fd++) {
         int on = 0;
         socklen_t olen = sizeof(on);
@@ -814,10 +815,18 @@ static void deepen_backlog(struct ws_server *ws)
         int port = a.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&a)->sin_port)
                    : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port)
                                              : -1;
-        if (port == ws->port && listen(fd, ws->o.listen_backlog) != 0)
+        if (port != ws->port)
+            continue;
+        found++;
+        if (listen(fd, ws->o.listen_backlog) != 0)
             log_msg(ws->o.lg, LOG_WARN, "cannot deepen the device accept queue", "error",
                     strerror(errno), NULL);
     }
+    if (!found)
+        log_msg(ws->o.lg, LOG_WARN,
+                "device listening socket not found; its accept queue keeps libwebsockets' "
+                "depth",
+                NULL);
 }
 
 static uint64_t beat_period_ms(const struct ws_server *ws)

@@ -77,6 +77,7 @@ def test_the_listen_backlog_is_set_within_somaxconn(make_server, db_url):
         somaxconn = int(f.read())
     s = make_server(db_url, STEWARD_WS_LISTEN_BACKLOG=100)
     assert listen_backlog(s.ws_port) == min(100, somaxconn)
+    assert not [r for r in s.log_records() if 'listening socket not found' in r['msg']]
     s2 = make_server(db_url, STEWARD_WS_LISTEN_BACKLOG=0)
     assert listen_backlog(s2.ws_port) == min(4096, somaxconn)  # lws' own
 
