@@ -671,7 +671,9 @@ static int ingest_fn(struct pool_conn *c, void *arg)
 
 /* Concurrent single ingests are written together (a group commit): a caller queues its
  * item (scouts_ingest_submit) and, when fewer than INGEST_LEADERS groups are being
- * written, starts a leader on a worker thread, which writes every item waiting (at most
+ * written, starts a leader on one of the scouts' own leader threads (not the workers,
+so that delivery passes and hellos never wait behind an ingest, nor ingests behind
+them), which writes every item waiting (at most
  * INGEST_GROUP_MAX) in one statement and one transaction, then the items that came
  * meanwhile, until none waits. A lone ingest waits for nothing but the hand-over to the
  * worker. The caller does not wait in a thread of its own (the HTTP route answers when
@@ -688,7 +690,7 @@ static int ingest_fn(struct pool_conn *c, void *arg)
  * (scout, ref) keys, so two groups naming the same keys wait for each other in the
  * unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
-#define INGEST_LEADERS 2
+#define INGEST_LEADERS SCOUTS_INGEST_LEADERS
 
 /* scouts_ingest for every element of $1 (a JSON array of {"scout", "ref", "spam",
  * "type", "reason", "subject", "snippet"}), in their order, in one statement and so in
@@ -860,8 +862,8 @@ void scouts_ingest_submit(struct scouts *s, struct scouts_ingest_wait *w)
     if (lead)
         s->ingest_leaders++;
     pthread_mutex_unlock(&s->imu);
-    /* on a worker; when none can take it (stopping, out of memory), here */
-    if (lead && scouts_submit_always(s, ingest_lead_job, NULL) != 0)
+    /* on a leader thread; when none can take it (out of memory), here */
+    if (lead && scouts_submit_leader(s, ingest_lead_job, NULL) != 0)
         ingest_lead(s);
 }
 

@@ -104,6 +104,9 @@ struct scouts_offline {
     long long seen;
 };
 
+/* ingest groups written at once, each by a leader thread of its own */
+#define SCOUTS_INGEST_LEADERS 2
+
 struct scouts {
     struct pool *pool;
     const struct logger *lg;
@@ -126,7 +129,9 @@ struct scouts {
     bool offline_running;
     atomic_bool lease_renewed; /* the lease row was written once: hellos need not */
     /* single ingests waiting to be written together (scouts_ingest_submit, group
-     * commit): up to INGEST_LEADERS worker jobs at a time write the items waiting */
+     * commit): up to SCOUTS_INGEST_LEADERS jobs at a time, on threads of their own
+     * (leaders), write the items waiting */
+    struct workq *leaders;
     pthread_mutex_t imu;
     pthread_cond_t icv;
     struct scouts_ingest_wait *ingest_head, *ingest_tail;
@@ -344,9 +349,9 @@ void scouts_offline_flush(struct scouts *s);
 /* Submits a job (arg is one malloc'd block, freed after the job) counted for
  * shutdown; returns 0 or -1 (arg freed then). */
 int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
-/* The same for a job that must run even while the instance stops (someone waits for
- * it), ahead of the others. */
-int scouts_submit_always(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
+/* The same for an ingest group's leader, on the leader threads: it runs even while the
+ * instance stops (someone waits for it). */
+int scouts_submit_leader(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg);
 /* Frees the session registry and the hellos still waiting (at scouts_free). */
 void scouts_sessions_free(struct scouts *s);
 

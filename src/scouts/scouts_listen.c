@@ -48,10 +48,12 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     s->listen_url = strdup(set->database_listen_url ? set->database_listen_url : "");
     s->set.database_listen_url = s->listen_url;
     unsigned char rnd[8];
-    if (!s->listen_url || crypto_random(rnd, sizeof(rnd)) != 0 ||
+    s->leaders = workq_new(SCOUTS_INGEST_LEADERS);
+    if (!s->listen_url || !s->leaders || crypto_random(rnd, sizeof(rnd)) != 0 ||
         hash_init(&s->by_sid, SCOUTS_BUCKETS) != 0 || hash_init(&s->by_user, SCOUTS_BUCKETS) != 0) {
         hash_release(&s->by_sid);
         hash_release(&s->by_user);
+        workq_free(s->leaders);
         free(s->listen_url);
         free(s);
         return NULL;
@@ -69,6 +71,7 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
         pthread_mutex_destroy(&s->imu);
         pthread_cond_destroy(&s->icv);
         pthread_mutex_destroy(&s->tmu);
+        workq_free(s->leaders);
         free(s->listen_url);
         free(s);
         return NULL;
@@ -351,6 +354,7 @@ void scouts_free(struct scouts *s)
 {
     if (!s)
         return;
+    workq_free(s->leaders); /* runs the leaders still queued (scouts_stop waited for them) */
     scouts_sessions_free(s);
     free(s->offline);
     hash_release(&s->by_sid);

@@ -144,7 +144,7 @@ struct job {
     bool when_stopping; /* runs even after scouts_stop (touches no socket) */
 };
 
-enum how { JOB_NORMAL, JOB_URGENT, JOB_BOUNDED };
+enum how { JOB_NORMAL, JOB_URGENT, JOB_BOUNDED, JOB_LEADER };
 
 static void job_run(void *p)
 {
@@ -169,7 +169,9 @@ static int submit_how(struct scouts *s, void (*fn)(struct scouts *, void *), voi
     *j = (struct job){s, fn, arg, when_stopping};
     atomic_fetch_add(&s->jobs, 1);
     int rc;
-    if (how == JOB_URGENT)
+    if (how == JOB_LEADER)
+        rc = workq_submit(s->leaders, job_run, j);
+    else if (how == JOB_URGENT)
         rc = workq_submit_urgent(s->workq, job_run, j);
     else if (how == JOB_BOUNDED)
         rc = workq_submit_bounded(s->workq, job_run, j, s->set.worker_queue_max);
@@ -195,9 +197,9 @@ int scouts_submit(struct scouts *s, void (*fn)(struct scouts *, void *), void *a
     return submit(s, fn, arg, false);
 }
 
-int scouts_submit_always(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg)
+int scouts_submit_leader(struct scouts *s, void (*fn)(struct scouts *, void *), void *arg)
 {
-    return submit_how(s, fn, arg, true, JOB_URGENT);
+    return submit_how(s, fn, arg, true, JOB_LEADER);
 }
 
 static void send_text(struct scouts *s, uint64_t sid, const char *text, size_t len,

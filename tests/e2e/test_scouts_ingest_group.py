@@ -2,14 +2,16 @@
 statement, one transaction and one commit for the ingests waiting at once, so that their
 notifications wake every instance's listener once per group rather than once per item
 (docs/architecture.md, "An ingest"). Each caller still gets its own item's answer."""
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from test_scouts import ingest, mk_scout
-from test_scouts_hello_batch import counter
+from harness.pgcluster import wait_for
+from test_scouts import Device, ingest, mk_device, mk_scout, run
+from test_scouts_hello_batch import counter, steward_waits_on_lock
 
 
 def test_concurrent_ingests_share_statements_and_each_gets_its_own_answer(make_server, keys,
@@ -95,6 +97,44 @@ def test_ingests_waiting_for_their_group_hold_no_handler_thread(make_server, key
     assert [r.status_code for r in answers] == [201] * 100, [r.text for r in answers][:3]
     assert len({r.json()['proposal_id'] for r in answers}) == 100
     assert statements <= 12, statements
+
+
+def test_an_ingest_does_not_wait_behind_the_workers(make_server, keys, db_url):
+    # One worker thread, held by a hello whose statement waits on a lock: the ingest
+    # groups' leaders have threads of their own, so an ingest is answered meanwhile (on
+    # the worker it would wait for the hello, up to the 5 s statement timeout)
+    server = make_server(db_url, STEWARD_WORKER_THREADS=1)
+    user = f'ig-free-{time.monotonic_ns()}'
+    scout = mk_scout(server, user)['id']
+    dev = mk_device(server, user)
+    # (the start-up warming runs a hello statement on every pooled connection at once)
+    assert wait_for(lambda: any(x['msg'] == 'database connections warmed'
+                                for x in server.log_records()), timeout=10)
+    hold = psycopg.connect(db_url)
+    hold.execute('LOCK TABLE devices IN EXCLUSIVE MODE')  # reads pass, the hello waits
+
+    async def body():
+        d = await Device.open(server, dev)
+        try:
+            assert await asyncio.to_thread(wait_for, lambda: steward_waits_on_lock(db_url),
+                                           timeout=5)
+            t0 = time.monotonic()
+            r = await asyncio.to_thread(ingest, server, keys['service'], scout, 'free')
+            took = time.monotonic() - t0
+            assert r.status_code == 201, r.text
+            assert took < 2, took
+            assert steward_waits_on_lock(db_url)  # the hello still waits
+            hold.rollback()
+            assert (await d.recv())['type'] == 'hello_ok'
+            p = await d.proposal()
+            assert p['id'] == r.json()['proposal_id'] and p['source_msg_ref'] == 'free'
+        finally:
+            await d.close()
+
+    try:
+        run(body())
+    finally:
+        hold.close()
 
 
 def test_a_lone_ingest_is_not_delayed(server, keys):
