@@ -328,6 +328,8 @@ def test_a_pass_reads_only_its_users_pending_proposals(make_server, fresh_db_url
                     or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert delta['proposals_expiring'] == (0, 0), delta
+        # no entry read from the expiry index (the periodic expiry sweep may scan it once
+        # and find nothing expired: a pass served from it would read the 510 pending)
+        assert delta['proposals_expiring'][1] == 0, delta
         assert delta['proposals_pending'][0] >= 10 and delta['proposals_pending'][1] < 100, delta
         assert sql.execute("SELECT count(*) FROM proposals WHERE status = 'delivered'").fetchone()[0] == 10
