@@ -670,27 +670,25 @@ static int ingest_fn(struct pool_conn *c, void *arg)
 }
 
 /* Concurrent single ingests are written together (a group commit): a caller queues its
- * item (scouts_ingest_submit) and, when fewer than INGEST_LEADERS groups are being
- * written, starts a leader on one of the scouts' own leader threads (not the workers,
-so that delivery passes and hellos never wait behind an ingest, nor ingests behind
-them), which writes every item waiting (at most
- * INGEST_GROUP_MAX) in one statement and one transaction, then the items that came
- * meanwhile, until none waits. A lone ingest waits for nothing but the hand-over to the
- * worker. The caller does not wait in a thread of its own (the HTTP route answers when
- * its item's group is written, see scouts_http.c), so how many ingests one group takes
- * is not bounded by the HTTP handler threads (with 4 of them, a steady 1,000 ingests/s
- * through one instance queued in them; docs/performance.md). Each committed
- * transaction that notified wakes every instance's listener (PostgreSQL signals every
- * LISTENing backend of the database on each commit that notified), so with several
- * instances one commit per group rather than per item is what keeps a steady ingest from
- * costing the database a wake-up of every listener per proposal; identical
- * notifications of a group (one user's) are folded into one. Two groups in flight rather
- * than one: the items arriving while one group's statement runs form the next group
- * meanwhile, instead of waiting for it. A group writes its items in the order of their
- * (scout, ref) keys, so two groups naming the same keys wait for each other in the
- * unique index instead of deadlocking. */
+ * item (scouts_ingest_submit) and, when fewer than SCOUTS_INGEST_LEADERS groups are
+ * being written, starts a leader on one of the scouts' own leader threads (not the
+ * workers, so that hellos and delivery passes never wait behind an ingest, nor ingests
+ * behind them), which writes every item waiting (at most INGEST_GROUP_MAX) in one
+ * statement and one transaction, then the items that came meanwhile, until none waits. A
+ * lone ingest waits for nothing but the hand-over to the leader thread. The caller does
+ * not wait in a thread of its own (the HTTP route answers when its item's group is
+ * written, see scouts_http.c), so how many ingests one group takes is not bounded by the
+ * HTTP handler threads (with 4 of them, a steady 1,000 ingests/s through one instance
+ * queued in them; docs/performance.md). Each committed transaction that notified wakes
+ * every instance's listener (PostgreSQL signals every LISTENing backend of the database
+ * on each commit that notified), so with several instances one commit per group rather
+ * than per item is what keeps a steady ingest from costing the database a wake-up of
+ * every listener per proposal; identical notifications of a group (one user's) are
+ * folded into one. Two groups in flight rather than one: the items arriving while one
+ * group's statement runs form the next group meanwhile, instead of waiting for it. A
+ * group writes its items in the order of their (scout, ref) keys, so two groups naming
+ * the same keys wait for each other in the unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
-#define INGEST_LEADERS SCOUTS_INGEST_LEADERS
 
 /* scouts_ingest for every element of $1 (a JSON array of {"scout", "ref", "spam",
  * "type", "reason", "subject", "snippet"}), in their order, in one statement and so in
@@ -733,7 +731,7 @@ static int group_fn(struct pool_conn *c, void *arg)
     return ST_OK;
 }
 
-/* Orders a group's items by their unique key (scout, ref); see INGEST_LEADERS. */
+/* Orders a group's items by their unique key (scout, ref); see SCOUTS_INGEST_LEADERS. */
 static int wait_key_cmp(const void *a, const void *b)
 {
     const struct scouts_ingest_wait *x = *(const struct scouts_ingest_wait *const *)a;
@@ -858,7 +856,7 @@ void scouts_ingest_submit(struct scouts *s, struct scouts_ingest_wait *w)
     else
         s->ingest_head = w;
     s->ingest_tail = w;
-    bool lead = s->ingest_leaders < INGEST_LEADERS;
+    bool lead = s->ingest_leaders < SCOUTS_INGEST_LEADERS;
     if (lead)
         s->ingest_leaders++;
     pthread_mutex_unlock(&s->imu);
