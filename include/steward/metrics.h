@@ -54,6 +54,7 @@ enum metrics_counter {
     MC_INGEST_STATEMENTS,           /* statements writing single ingests (each a group) */
     MC_WS_ACK_STATEMENTS,           /* ack statements, each for a batch of acks */
     MC_WS_ACCEPT_PAUSED,            /* accepts paused: handshakes at their cap */
+    MC_WS_ACCEPT_REFUSED,           /* connections closed at accept: sockets at their cap */
     MC_COUNT
 };
 

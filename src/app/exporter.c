@@ -249,6 +249,9 @@ static void render_counters(struct buf *b, const struct exporter_sources *src)
          "Times the device port stopped accepting because STEWARD_WS_MAX_HANDSHAKES "
          "handshakes were in progress; new connections waited in the kernel's accept queue "
          "until half of them were done."},
+        {MC_WS_ACCEPT_REFUSED, "ws_accept_refused_total",
+         "Connections to the device port closed as soon as accepted because the instance "
+         "held STEWARD_WS_MAX_CONNECTIONS device sockets (sessions and handshakes)."},
         {MC_HTTP_PARKED, "http_requests_parked_total",
          "Bond reads and consumes whose database answer took longer than "
          "STEWARD_HTTP_PARK_MS, so that their connection was suspended."},

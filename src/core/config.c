@@ -101,7 +101,8 @@ static const struct setting settings[] = {
     {"STEWARD_WS_HELLO_TIMEOUT_S", K_INT, OFF(ws_hello_timeout_s), "10", 1, 600,
      "close 4408 when no `device_hello` arrives within this"},
     {"STEWARD_WS_MAX_CONNECTIONS", K_INT, OFF(ws_max_connections), "20000", 1, 1000000,
-     "device sockets per instance; lowered at start-up when the open-file limit "
+     "device sockets per instance, sessions and handshakes in progress together (one "
+     "past it is closed at accept); lowered at start-up when the open-file limit "
      "(`RLIMIT_NOFILE`) cannot hold it next to the HTTP connections (the `descriptor "
      "budget` log line gives the split)"},
     {"STEWARD_WS_MAX_HANDSHAKES", K_INT, OFF(ws_max_handshakes), "256", 0, 100000,

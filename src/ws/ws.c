@@ -751,14 +751,27 @@ static void accept_resume_rate(uv_timer_t *t)
     accept_pause(t->data, PAUSE_RATE, false);
 }
 
-static void admit_connection(struct ws_server *ws, struct lws *listener)
+/* Whether a connection just accepted may stay: its descriptor, the handshakes' and the
+ * sessions' fit in the instance's share of the open-file limit (max_connections, see
+ * src/app/sizing.c). One past it is closed at once, so that accepts never meet the limit
+ * itself: lws answers EMFILE by returning to the loop with the connection still queued,
+ * and the listener, still readable, brings it straight back (a core spent until a
+ * descriptor frees). A refused connection costs one accept and one close. */
+static bool admit_connection(struct ws_server *ws, struct lws *listener)
 {
     ws->listener = listener; /* the filter callback runs on the listening connection */
+    pthread_mutex_lock(&ws->mu);
+    bool full = ws->connections + ws->handshakes >= ws->o.max_connections;
+    pthread_mutex_unlock(&ws->mu);
+    if (full) {
+        metrics_count(ws->o.metrics, MC_WS_ACCEPT_REFUSED, 1);
+        return false;
+    }
     /* this connection is counted by its create notification, right after */
     if (ws->o.max_handshakes > 0 && ws->handshakes + 1 >= ws->o.max_handshakes)
         accept_pause(ws, PAUSE_HANDSHAKES, true);
     if (ws->o.accept_rate <= 0)
-        return;
+        return true;
     int64_t now = clock_now_ms();
     double burst = ws->o.accept_rate / 10.0 < 1 ? 1 : ws->o.accept_rate / 10.0;
     ws->tokens += (double)(now - ws->tokens_at_ms) * ws->o.accept_rate / 1000.0;
@@ -771,6 +784,7 @@ static void admit_connection(struct ws_server *ws, struct lws *listener)
         accept_pause(ws, PAUSE_RATE, true);
         uv_timer_start(&ws->accept_timer, accept_resume_rate, wait, 0);
     }
+    return true;
 }
 
 static void handshake_done(struct ws_server *ws)
@@ -901,8 +915,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct session *s = user;
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        admit_connection(ws, wsi);
-        return 0;
+        return admit_connection(ws, wsi) ? 0 : 1;
     case LWS_CALLBACK_WSI_CREATE:
         ws->handshakes++;
         return 0;

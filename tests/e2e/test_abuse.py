@@ -338,15 +338,20 @@ def test_ack_flood_is_cut_and_hellos_do_not_wait(make_server, db_url):
 # ---------------------------------------------------------------- item 6
 
 
-def test_descriptor_budget_from_the_open_file_limit(make_server, db_url, monkeypatch):
+def with_nofile(monkeypatch, n):
+    """Makes the next server start under `ulimit -n n` (a wrapper script)."""
     real = os.environ.get('STEWARD_BIN') or os.path.join(
         os.path.dirname(__file__), '..', '..', 'build-test', 'steward')
     d = tempfile.mkdtemp(prefix='steward-nofile-')
     wrapper = os.path.join(d, 'steward')
     with open(wrapper, 'w') as f:
-        f.write(f'#!/bin/sh\nulimit -n 256\nexec {os.path.abspath(real)} "$@"\n')
+        f.write(f'#!/bin/sh\nulimit -n {n}\nexec {os.path.abspath(real)} "$@"\n')
     os.chmod(wrapper, stat.S_IRWXU)
     monkeypatch.setenv('STEWARD_BIN', wrapper)
+
+
+def test_descriptor_budget_from_the_open_file_limit(make_server, db_url, monkeypatch):
+    with_nofile(monkeypatch, 256)
     s = make_server(db_url)
     # more sockets than the descriptors: refused, no spinning and no log flood
     lines0 = len(s.log_lines())
@@ -375,6 +380,44 @@ def test_descriptor_budget_from_the_open_file_limit(make_server, db_url, monkeyp
     assert b['http_max_connections'] + b['ws_max_connections'] + b['reserve'] <= 256
     # libwebsockets' own lines (its accept errors among them) are JSON lines with ts too
     assert all('ts' in r for r in s.log_records())
+
+
+def test_device_port_full_closes_at_accept(make_server, db_url, monkeypatch):
+    # Device sockets past the instance's share of the open-file limit: handshakes
+    # (connections that never send their upgrade) count with the sessions, and one past
+    # the share is closed as soon as accepted, so the process never reaches the limit:
+    # at it, libwebsockets' accept fails and comes straight back (a spinning core), and
+    # the database pool cannot open a connection.
+    with_nofile(monkeypatch, 256)
+    s = make_server(db_url)
+    b = [r for r in s.log_records() if r.get('msg') == 'descriptor budget'][-1]
+    assert b['nofile'] == 256
+    pid = s.proc.pid
+    socks, closed = [], 0
+    for _ in range(300):
+        c = socket.create_connection(('127.0.0.1', s.ws_port), timeout=2)
+        socks.append(c)
+    time.sleep(1)
+    held = len(os.listdir(f'/proc/{pid}/fd'))
+    for c in socks:
+        c.settimeout(0.2)
+        try:
+            closed += c.recv(1) == b''
+        except socket.timeout:
+            pass
+        except ConnectionError:
+            closed += 1
+    for c in socks:
+        c.close()
+    assert held < 256, held
+    # every connection past the share was closed by the instance, the rest held open
+    assert 300 - b['ws_max_connections'] <= closed < 300, (closed, b)
+    assert wait_for(lambda: s.get('/readyz', key=None).status_code == 200, timeout=10)
+    assert metric(s, 'ws_accept_refused_total') >= 300 - b['ws_max_connections']
+    text = '\n'.join(s.log_lines())
+    assert 'Too many open files' not in text and 'accept: errno' not in text
+    # room again once they are gone: a device upgrades
+    assert wait_for(lambda: RawWs(s.ws_port, timeout=5).status == 101, timeout=10)
 
 
 # ---------------------------------------------------------------- item 11
