@@ -62,9 +62,11 @@ bool pool_txn_pooler(const struct pool *p);
 /* Opens a libpq connection on conninfo (a URI or conninfo string) with steward's
  * defaults for whatever it does not set: application_name, connect_timeout, TCP
  * keepalives (idle 5 s, interval 2 s, 3 probes), tcp_user_timeout 10 s and
- * target_session_attrs=read-write. Parameters in conninfo always win. Returns what
- * PQconnectdbParams returns (check PQstatus). */
-PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s);
+ * target_session_attrs=read-write. Parameters in conninfo always win. Its notices go
+ * through lg (pool_log_notices) from the start. Returns the connection (check
+ * PQstatus), or NULL when out of memory or when connect_timeout ran out (logged). */
+PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s,
+                     const struct logger *lg);
 
 /* Marks c to be closed when released (its server is a standby, say). */
 void pool_discard(struct pool_conn *c);

@@ -457,8 +457,7 @@ static bool listen_nap(struct auth *a, int ms)
 static PGconn *listen_connect(struct auth *a)
 {
     /* the URL's own parameters win, as for every connection (pool_connect) */
-    PGconn *c = pool_connect(a->listen_url, "steward-keys", 3);
-    pool_log_notices(c, a->lg);
+    PGconn *c = pool_connect(a->listen_url, "steward-keys", 3, a->lg);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         PQfinish(c);
         return NULL;

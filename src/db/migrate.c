@@ -138,8 +138,7 @@ static int run_locked(PGconn *pg, const struct logger *lg, char *err, size_t err
 
 int migrate_run(const char *conninfo, const struct logger *lg, char *err, size_t errlen)
 {
-    PGconn *pg = pool_connect(conninfo, "steward-migrate", 10);
-    pool_log_notices(pg, lg);
+    PGconn *pg = pool_connect(conninfo, "steward-migrate", 10, lg);
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
         fail_pg(pg, NULL, "connecting to the database", err, errlen);
         PQfinish(pg);

@@ -127,12 +127,74 @@ bool pool_txn_pooler(const struct pool *p)
     return p->txn_pooler;
 }
 
+/* The connect_timeout libpq would use (the URL's, else steward's): at least 2 s as in
+ * libpq, 0 for none. */
+static int effective_timeout_ms(PGconn *pg)
+{
+    PQconninfoOption *o = PQconninfo(pg);
+    int s = 0;
+    for (PQconninfoOption *x = o; x && x->keyword; x++)
+        if (strcmp(x->keyword, "connect_timeout") == 0 && x->val)
+            s = atoi(x->val);
+    PQconninfoFree(o);
+    return s <= 0 ? 0 : s < 2 ? 2000 : s * 1000;
+}
+
+/* Whether conninfo names more than one host (a multi-host URL or host list). */
+static bool multi_host(const char *conninfo)
+{
+    PQconninfoOption *o = PQconninfoParse(conninfo, NULL);
+    bool multi = false;
+    for (PQconninfoOption *x = o; x && x->keyword; x++)
+        if ((strcmp(x->keyword, "host") == 0 || strcmp(x->keyword, "hostaddr") == 0) && x->val &&
+            strchr(x->val, ','))
+            multi = true;
+    PQconninfoFree(o);
+    return multi;
+}
+
+/* Drives a started connection to its end within its connect_timeout. False when that
+ * ran out first. */
+static bool connect_finish(PGconn *pg)
+{
+    int timeout_ms = effective_timeout_ms(pg);
+    int64_t deadline = clock_now_ms() + timeout_ms;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* as libpq asks after a start */
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        struct pollfd pfd = {PQsocket(pg), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+        int wait = -1;
+        if (timeout_ms > 0) {
+            int64_t left = deadline - clock_now_ms();
+            if (left <= 0)
+                return false;
+            wait = (int)left;
+        }
+        int r = poll(&pfd, 1, wait);
+        if (r < 0 && errno != EINTR)
+            return true; /* PQconnectPoll reports the socket's trouble */
+        if (r == 0)
+            return false;
+        st = PQconnectPoll(pg);
+    }
+    return true;
+}
+
 /* steward's defaults, each used only when the operator's URL does not set it: an
  * expanded dbname (the URL) overrides the entries before it in the arrays. Keepalives
  * and tcp_user_timeout notice a primary that vanished without closing its sockets
  * within 5 + 3 x 2 = 11 s when idle and 10 s with data unacknowledged;
- * target_session_attrs=read-write skips standbys of a multi-host URL. */
-PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s)
+ * target_session_attrs=read-write skips standbys of a multi-host URL.
+ *
+ * The notice processor is set before the connection reads anything: an error that
+ * arrives right behind the server's ready message (a backend terminated as it started)
+ * is read in the same pass and, the connection being idle by then, handed to the
+ * processor, which by default prints it raw on stderr. So a single-host connection is
+ * driven here (PQconnectStartParams and PQconnectPoll, within its connect_timeout; a
+ * host name with several addresses gets no second address after a timeout, only after
+ * a refusal); a multi-host one keeps PQconnectdbParams, whose timeout moves on to the
+ * next host (libpq has no call for that), and with it that narrow window. */
+PGconn *pool_connect(const char *conninfo, const char *application_name, int connect_timeout_s,
+                     const struct logger *lg)
 {
     char ct[16];
     snprintf(ct, sizeof(ct), "%d", connect_timeout_s);
@@ -148,7 +210,22 @@ PGconn *pool_connect(const char *conninfo, const char *application_name, int con
                           NULL};
     const char *vals[] = {application_name,         ct,  "1", "5", "2", "3", "10000", "read-write",
                           conninfo ? conninfo : "", NULL};
-    return PQconnectdbParams(keys, vals, 1);
+    if (multi_host(conninfo ? conninfo : "")) {
+        PGconn *pg = PQconnectdbParams(keys, vals, 1);
+        pool_log_notices(pg, lg);
+        return pg;
+    }
+    PGconn *pg = PQconnectStartParams(keys, vals, 1);
+    if (!pg)
+        return NULL;
+    pool_log_notices(pg, lg);
+    if (PQstatus(pg) == CONNECTION_BAD || connect_finish(pg))
+        return pg;
+    if (lg)
+        log_msg(lg, LOG_WARN, "database connection failed", "error",
+                "timeout expired while connecting", NULL);
+    PQfinish(pg);
+    return NULL;
 }
 
 void pool_discard(struct pool_conn *c)
@@ -195,10 +272,9 @@ static int conn_open(struct pool_conn *c)
 {
     struct pool *p = c->pool;
     conn_close(c);
-    c->pg = pool_connect(p->conninfo, "steward", 3);
+    c->pg = pool_connect(p->conninfo, "steward", 3, p->lg);
     if (!c->pg)
         return ST_EUNAVAIL;
-    pool_log_notices(c->pg, p->lg);
     atomic_fetch_add(&p->open, 1);
     if (PQstatus(c->pg) != CONNECTION_OK) {
         char msg[256];

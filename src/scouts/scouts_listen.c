@@ -140,8 +140,7 @@ static PGconn *listen_connect(struct scouts *s)
 {
     /* the URL's own parameters win; a multi-host URL reaches the writable primary (a
      * standby refuses LISTEN anyway) */
-    PGconn *c = pool_connect(s->listen_url, "steward-listen", 3);
-    pool_log_notices(c, s->lg);
+    PGconn *c = pool_connect(s->listen_url, "steward-listen", 3, s->lg);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         PQfinish(c);
         return NULL;

@@ -1,13 +1,17 @@
 /* The connection pool (steward/pool.h) against a real PostgreSQL: checkouts under
  * contention, the acquire timeout when every connection is out, a database that cannot
  * be reached, and a connection whose backend was terminated while idle. */
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "steward/err.h"
 #include "steward/pool.h"
@@ -280,7 +284,7 @@ static void url_parameters_win(void)
     /* nothing listens on port 1: the options are what libpq would have used */
     PGconn *pg = pool_connect("postgresql://127.0.0.1:1/x?application_name=ops-app&"
                               "keepalives_idle=17&target_session_attrs=any",
-                              "steward", 1);
+                              "steward", 1, NULL);
     PQconninfoOption *o = PQconninfo(pg);
     CHECK_STR(conninfo_val(o, "application_name"), "ops-app");
     CHECK_STR(conninfo_val(o, "keepalives_idle"), "17");
@@ -293,7 +297,7 @@ static void url_parameters_win(void)
     CHECK_STR(conninfo_val(o, "dbname"), "x");
     PQconninfoFree(o);
     PQfinish(pg);
-    pg = pool_connect("host=127.0.0.1 port=1 connect_timeout=9", "steward-listen", 3);
+    pg = pool_connect("host=127.0.0.1 port=1 connect_timeout=9", "steward-listen", 3, NULL);
     o = PQconninfo(pg);
     CHECK_STR(conninfo_val(o, "application_name"), "steward-listen");
     CHECK_STR(conninfo_val(o, "connect_timeout"), "9");
@@ -375,11 +379,141 @@ static void txn_pooler(const char *url, const struct logger *lg)
     pool_free(p);
 }
 
+/* ---- an error right behind the server's ready message goes to the log ---- */
+
+/* A one-connection server that answers a startup packet with a complete start (trust,
+ * the parameters libpq looks at, ready) and, in the same write, the error a backend
+ * terminated at that moment sends. */
+struct fake_server {
+    int fd;
+    pthread_t thread;
+};
+
+static size_t put_msg(unsigned char *out, char type, const void *body, size_t n)
+{
+    out[0] = (unsigned char)type;
+    uint32_t len = htonl((uint32_t)(n + 4));
+    memcpy(out + 1, &len, 4);
+    memcpy(out + 5, body, n);
+    return n + 5;
+}
+
+static size_t put_param(unsigned char *out, const char *k, const char *v)
+{
+    char body[128];
+    size_t kn = strlen(k) + 1, vn = strlen(v) + 1;
+    memcpy(body, k, kn);
+    memcpy(body + kn, v, vn);
+    return put_msg(out, 'S', body, kn + vn);
+}
+
+static void *fake_run(void *arg)
+{
+    struct fake_server *f = arg;
+    int c = accept(f->fd, NULL, NULL);
+    if (c < 0)
+        return NULL;
+    unsigned char in[1024];
+    uint32_t len = 0;
+    size_t got = 0;
+    while (got < 4 || got < len) { /* the startup packet: its length, then the rest */
+        ssize_t r = read(c, in + got, sizeof(in) - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        if (got >= 4) {
+            memcpy(&len, in, 4);
+            len = ntohl(len);
+        }
+    }
+    unsigned char out[1024];
+    size_t n = 0;
+    const unsigned char auth_ok[4] = {0, 0, 0, 0};
+    n += put_msg(out + n, 'R', auth_ok, 4);
+    n += put_param(out + n, "server_version", "15.0");
+    n += put_param(out + n, "client_encoding", "UTF8");
+    n += put_param(out + n, "standard_conforming_strings", "on");
+    n += put_param(out + n, "integer_datetimes", "on");
+    n += put_param(out + n, "in_hot_standby", "off");
+    n += put_param(out + n, "default_transaction_read_only", "off");
+    const unsigned char key[8] = {0, 0, 0, 42, 0, 0, 0, 7};
+    n += put_msg(out + n, 'K', key, 8);
+    n += put_msg(out + n, 'Z', "I", 1);
+    static const char fatal[] = "SFATAL\0VFATAL\0C57P01\0"
+                                "Mterminating connection due to administrator command\0";
+    n += put_msg(out + n, 'E', fatal, sizeof(fatal)); /* the closing NUL ends the fields */
+    if (write(c, out, n) != (ssize_t)n)
+        fprintf(stderr, "fake server: short write\n");
+    usleep(200 * 1000);
+    close(c);
+    return NULL;
+}
+
+static void fatal_behind_ready(void)
+{
+    struct fake_server f;
+    f.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    CHECK(f.fd >= 0 && bind(f.fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(f.fd, 1) == 0);
+    CHECK(getsockname(f.fd, (struct sockaddr *)&a, &alen) == 0);
+    CHECK(pthread_create(&f.thread, NULL, fake_run, &f) == 0);
+    char url[160];
+    snprintf(url, sizeof(url),
+             "host=127.0.0.1 port=%d user=u dbname=d sslmode=disable gssencmode=disable",
+             ntohs(a.sin_port));
+    char *buf = NULL;
+    size_t blen = 0;
+    FILE *mem = open_memstream(&buf, &blen);
+    struct logger lg = {LOG_WARN, mem};
+    PGconn *pg = pool_connect(url, "steward", 3, &lg);
+    CHECK(pg && PQstatus(pg) == CONNECTION_OK);
+    PQfinish(pg);
+    pthread_join(f.thread, NULL);
+    close(f.fd);
+    fclose(mem);
+    /* read in the connect's own pass: a JSON line through the logger, not raw stderr */
+    CHECK(buf && strstr(buf, "\"msg\":\"database notice\""));
+    CHECK(buf && strstr(buf, "terminating connection due to administrator command"));
+    free(buf);
+}
+
+/* A server that takes the connection and never answers: connect_timeout ends the
+ * attempt (2 s here), logged, and no connection comes back. */
+static void silent_server_times_out(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 4) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    char url[160];
+    snprintf(url, sizeof(url),
+             "host=127.0.0.1 port=%d user=u dbname=d sslmode=disable gssencmode=disable "
+             "connect_timeout=2",
+             ntohs(a.sin_port));
+    char *buf = NULL;
+    size_t blen = 0;
+    FILE *mem = open_memstream(&buf, &blen);
+    struct logger lg = {LOG_WARN, mem};
+    int64_t t0 = clock_now_ms();
+    PGconn *pg = pool_connect(url, "steward", 3, &lg);
+    int64_t took = clock_now_ms() - t0;
+    CHECK(pg == NULL);
+    CHECK(took >= 1900 && took < 3500);
+    fclose(mem);
+    CHECK(buf && strstr(buf, "timeout expired while connecting"));
+    free(buf);
+    close(fd);
+}
+
 int main(void)
 {
     const char *url = unit_database_url();
     struct logger lg = {LOG_WARN, stderr};
     url_parameters_win();
+    fatal_behind_ready();
+    silent_server_times_out();
     contention(url, &lg);
     exhausted(url, &lg);
     unreachable(&lg);
