@@ -449,19 +449,27 @@ static void *fake_run(void *arg)
     return NULL;
 }
 
+/* A listening socket on a free loopback port; url gets a conninfo for it (plain TCP,
+ * then extra). */
+static int listen_local(char *url, size_t cap, const char *extra)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 4) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    snprintf(url, cap,
+             "host=127.0.0.1 port=%d user=u dbname=d sslmode=disable gssencmode=disable%s",
+             ntohs(a.sin_port), extra);
+    return fd;
+}
+
 static void fatal_behind_ready(void)
 {
     struct fake_server f;
-    f.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    CHECK(f.fd >= 0 && bind(f.fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(f.fd, 1) == 0);
-    CHECK(getsockname(f.fd, (struct sockaddr *)&a, &alen) == 0);
-    CHECK(pthread_create(&f.thread, NULL, fake_run, &f) == 0);
     char url[160];
-    snprintf(url, sizeof(url),
-             "host=127.0.0.1 port=%d user=u dbname=d sslmode=disable gssencmode=disable",
-             ntohs(a.sin_port));
+    f.fd = listen_local(url, sizeof(url), "");
+    CHECK(pthread_create(&f.thread, NULL, fake_run, &f) == 0);
     char *buf = NULL;
     size_t blen = 0;
     FILE *mem = open_memstream(&buf, &blen);
@@ -482,16 +490,8 @@ static void fatal_behind_ready(void)
  * attempt (2 s here), logged, and no connection comes back. */
 static void silent_server_times_out(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 4) == 0);
-    CHECK(getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
     char url[160];
-    snprintf(url, sizeof(url),
-             "host=127.0.0.1 port=%d user=u dbname=d sslmode=disable gssencmode=disable "
-             "connect_timeout=2",
-             ntohs(a.sin_port));
+    int fd = listen_local(url, sizeof(url), " connect_timeout=2");
     char *buf = NULL;
     size_t blen = 0;
     FILE *mem = open_memstream(&buf, &blen);
