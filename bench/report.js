@@ -189,9 +189,11 @@ if (wsKeys.length) {
     }
     const gen = w.ingest && w.ingest.generator;
     if (gen && gen.sender && gen.devices) {
-      p(`  load generator during the ingest (the devices in ${int(w.device_procs)} C process${w.device_procs === 1 ? '' : 'es'}, one Node sender): ` +
-        `event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
-        `and longest GC pause ${f(gen.sender.gc_max_ms)} ms in the sender; the device process spent p99 / max ` +
+      const how = gen.sender.kind === 'c'
+        ? `one C sender): the sender was late on its schedule p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms`
+        : `one Node sender): event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms ` +
+          `and longest GC pause ${f(gen.sender.gc_max_ms)} ms in the sender`;
+      p(`  load generator during the ingest (the devices in ${int(w.device_procs)} C process${w.device_procs === 1 ? '' : 'es'}, ${how}; the device process spent p99 / max ` +
         `${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms on one batch of socket events`);
     }
     const pw = w.ingest && w.ingest.pool_waits;
@@ -209,7 +211,7 @@ if (wsKeys.length) {
   p();
   p('Latency is measured from sending the ingest POST (in the sender process) to the `scout_proposal` ' +
     'frame arriving on the device (in the device process), both stamped with CLOCK_MONOTONIC ' +
-    '(process.hrtime in the Node sender, clock_gettime in the C device process), one clock for every process of the machine. The measured ingest follows a ' +
+    '(clock_gettime in the C sender and device processes, process.hrtime in the Node sender when it is used), one clock for every process of the machine. The measured ingest follows a ' +
     'warm-up of one second of the same ingest for the first users (as every REST run follows its ' +
     'warm-up), whose proposals are delivered and acked before it starts. "exactly own": every device received exactly one proposal, ' +
     'its own, and nothing else. Storm: every device closes, one proposal per user is queued while they ' +
@@ -373,8 +375,10 @@ if (fl) {
       `devices not ingested received ${int(ing.others_received)}`);
     const gen = ing.generator;
     if (gen && gen.sender && gen.devices) {
-      p(`  generator during the ingest: sender event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms, ` +
-        `longest GC ${f(gen.sender.gc_max_ms)} ms; device processes p99 / max ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms per batch of socket events`);
+      const how = gen.sender.kind === 'c'
+        ? `C sender (bench/ws-load/ingest-sender.c) late on its schedule p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms`
+        : `Node sender event-loop delay p99 / max ${f(gen.sender.loop_delay_p99_ms)} / ${f(gen.sender.loop_delay_max_ms)} ms, longest GC ${f(gen.sender.gc_max_ms)} ms`;
+      p(`  generator during the ingest: ${how}; device processes p99 / max ${f(gen.devices.loop_delay_p99_ms)} / ${f(gen.devices.loop_delay_max_ms)} ms per batch of socket events`);
     }
     if (fl.ingest_warmup) p(`  warm-up before it (not measured): ${int(fl.ingest_warmup.items)} items, all delivered and acked: ${fl.ingest_warmup.all_delivered}`);
     const ci = fl.cpu && fl.cpu.ingest;

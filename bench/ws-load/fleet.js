@@ -31,7 +31,7 @@ const args = parseArgs(process.argv.slice(2), {
   rate: '1000', warmup: '1', 'read-rate': '100', 'connect-concurrency': '200',
   'max-per-proc': '19000', budget: '300', 'connect-timeout': '120', 'storm-timeout': '75',
   'ingest-timeout': '30', psql: '', 'ttl-days': '30', 'queue-chunk': '10000', tag: `f${Date.now()}`,
-  raw: '', 'device-bin': '',
+  raw: '', 'device-bin': '', 'ingest-bin': '',
 });
 const HTTP = args['http-urls'].split(',').filter(Boolean);
 const WS = args['ws-urls'].split(',').filter(Boolean);
@@ -317,7 +317,10 @@ async function ingest() {
     if ((I === 1 || i % I !== 0) && (!have || have[i])) targets.push(i);
   }
   const rate = Number(args.rate);
-  sender = new Child('ws-ingest.js', () => {});
+  // the C sender (bench/ws-load/ingest-sender.c) when given, else the Node one: same
+  // commands, same replies
+  sender = args['ingest-bin'] ? new LineChild(args['ingest-bin'], [], () => {})
+    : new Child('ws-ingest.js', () => {});
   out.measure_nice = measuring(sender);
   const items = (ids) => ids.map((i) => ({ idx: i, scout_id: devs[i].scout_id }));
   const send = (prefix, ids) => sender.call('ingest', { url: HTTP[0], key: args.key, rate, prefix, preconnect: 8, items: items(ids) });

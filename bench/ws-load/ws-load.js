@@ -30,7 +30,7 @@ const args = parseArgs(process.argv.slice(2), {
   url: 'http://127.0.0.1:8080', 'ws-url': 'ws://127.0.0.1:8081/v1/devices/ws', key: '',
   devices: 'devices.json', n: '1000', pid: '', rate: '1000', tag: `r${Date.now()}`,
   'connect-concurrency': '200', timeout: '60', storm: 'true', raw: '', 'device-procs': '1',
-  preconnect: '8', warmup: '1',
+  preconnect: '8', warmup: '1', 'ingest-bin': '',
   'device-bin': path.join(__dirname, '..', '..', 'build-release', 'bench-ws-devices'),
 });
 const N = Number(args.n);
@@ -68,7 +68,10 @@ for (let p = 0; p < PROCS; p++) {
   procs.push(new LineChild(args['device-bin'],
     [args['ws-url'], args.devices, String(N), String(p), String(PROCS)], onEvent));
 }
-const sender = new Child('ws-ingest.js', () => {});
+// the C sender (bench/ws-load/ingest-sender.c) when given, else the Node one: same
+// commands, same replies
+const sender = args['ingest-bin'] ? new LineChild(args['ingest-bin'], [], () => {})
+  : new Child('ws-ingest.js', () => {});
 const measureNice = measuring(sender);
 const callAll = (cmd, extra) => Promise.all(procs.map((c) => c.call(cmd, extra)));
 
