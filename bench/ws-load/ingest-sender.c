@@ -88,6 +88,16 @@ static void count_status(struct sender *s, const char *key)
     json_object_set_new(s->status, key, json_integer(v ? json_integer_value(v) + 1 : 1));
 }
 
+/* Whether c->in (NUL-terminated) holds a whole answer: its head and as many bytes of
+ * body as its Content-Length says (steward sends one with every answer). */
+static bool answer_complete(const struct conn *c)
+{
+    const char *end = strstr(c->in, "\r\n\r\n");
+    const char *cl = strcasestr(c->in, "\r\ncontent-length:");
+    return end && cl && cl < end &&
+           c->ilen >= (size_t)(end + 4 - c->in) + strtoul(cl + 17, NULL, 10);
+}
+
 /* A blocking connect, then GET /livez answered, then non-blocking on the epoll set. */
 static int conn_open(struct sender *s, struct conn *c)
 {
@@ -107,9 +117,7 @@ static int conn_open(struct sender *s, struct conn *c)
             return -1;
         c->ilen += (size_t)r;
         c->in[c->ilen] = '\0';
-        char *end = strstr(c->in, "\r\n\r\n");
-        const char *cl = strcasestr(c->in, "\r\ncontent-length:");
-        if (end && cl && c->ilen >= (size_t)(end + 4 - c->in) + strtoul(cl + 17, NULL, 10))
+        if (answer_complete(c))
             break;
     }
     c->ilen = 0;
@@ -243,12 +251,7 @@ static void conn_read(struct sender *s, struct conn *c)
             return;
         }
     }
-    char *end = strstr(c->in, "\r\n\r\n");
-    const char *cl = strcasestr(c->in, "\r\ncontent-length:");
-    if (!end || !cl || cl > end)
-        return;
-    size_t need = (size_t)(end + 4 - c->in) + strtoul(cl + 17, NULL, 10);
-    if (c->ilen < need)
+    if (!answer_complete(c))
         return;
     if (c->k < 0 || strncmp(c->in, "HTTP/1.1 ", 9) != 0) {
         conn_fail(s, c, "an answer nobody asked for");
