@@ -289,12 +289,13 @@ static const struct db_stmt st_deliver_many = {
  * (as of the statement's snapshot; else the ack is not_found) and whether this ack
  * flipped it. The ids travel as text and are cast to uuid where compared, so that the
  * notification carries the client's canonical text. Proposals are found by primary key
- * (= ANY of the batch's ids, and a LATERAL lookup by id alone per ack for the answer,
- * the user compared in its output: with the user in its condition the planner took the
- * user's index and read every proposal of the user):
- * joined with the batch, or as an EXISTS (which the planner turns into a hashed subplan
- * over the whole table), they cost a scan of every proposal, 13 ms per statement with
- * 11,000 proposals (pg_stat_statements in the fleet bench). */
+ * only: = ANY of the batch's ids, and for each ack's answer a scalar subquery by id alone
+ * (the user compared in its output: with the user in its condition the planner took the
+ * user's index and read every proposal of the user). The planner cannot turn a scalar
+ * subquery into a join; a LATERAL lookup, a join with the batch or an EXISTS it can, and
+ * it did: guessing 100 acks in the JSON array, it hashed them against a scan of the whole
+ * table, 8-15 ms per statement with 11,000 proposals (pg_stat_statements in the fleet
+ * bench), more than the rest of a proposal's statements together. */
 static const struct db_stmt st_acks = {
     "scouts_acks",
     "WITH a AS (SELECT t.k, t.e->>'p' AS pid, t.e->>'u' AS uid, t.e->>'d' AS dev "
@@ -310,9 +311,8 @@ static const struct db_stmt st_acks = {
     "AND pr.status IN ('queued', 'delivered', 'failed') "
     "RETURNING l.k, l.pid, l.uid, l.dev), "
     "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($2::text, u.pid, u.dev, u.uid)) "
-    "SELECT a.k, coalesce(x.mine, false), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
-    "LEFT JOIN LATERAL (SELECT pr.user_id = a.uid AS mine FROM proposals pr "
-    "WHERE pr.id = a.pid::uuid) x ON true "
+    "SELECT a.k, coalesce((SELECT pr.user_id = a.uid FROM proposals pr "
+    "WHERE pr.id = a.pid::uuid), false), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
     "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
     2};
 

@@ -117,6 +117,50 @@ def test_storm_of_500_acks_costs_few_statements(make_server, fresh_db_url):
         assert all(st == 'acked' and mine for _, st, mine in rows), rows[:5]
 
 
+def proposals_read(sql):
+    """(sequential scans, tuples updated) of the proposals table, as flushed so far."""
+    return sql.execute("SELECT seq_scan, n_tup_upd FROM pg_stat_user_tables "
+                       "WHERE relname = 'proposals'").fetchone()
+
+
+def test_acks_find_proposals_by_key_only(make_server, fresh_db_url):
+    """Acks look proposals up by primary key and never read the whole table: with 10,000 acked
+    proposals of other users stored and fresh statistics (under which the planner once hashed
+    a batch of acks against a scan of every proposal, guessing 100 acks per batch), 200 acks
+    leave the table's count of sequential scans where it was, and every ack is applied."""
+    raise_nofile()
+    n = 200
+    srv = make_server(fresh_db_url)
+    with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+        sql.execute("INSERT INTO proposals (scout_id, user_id, source_type, source_msg_ref, "
+                    "expires_at, status, delivered_at, acked_at) SELECT gen_random_uuid(), "
+                    "'old-' || (i % 500), 'gmail', 'old-' || i, now() + interval '1 day', "
+                    "'acked', now(), now() FROM generate_series(1, 10000) i")
+        people = mk_users(sql, n, uuid.uuid4().hex[:8])
+        sql.execute("ANALYZE proposals")
+
+    async def body():
+        conns = await online(srv, people)
+        with psycopg.connect(fresh_db_url, autocommit=True) as sql:
+            # every backend's statistics are flushed within a second or two of going idle
+            assert wait_for(lambda: proposals_read(sql)[1] >= n, timeout=15)
+            time.sleep(2)
+            scans0, upd0 = proposals_read(sql)
+            await asyncio.gather(*(c.ack(pid) for c, (_, _, _, pid) in zip(conns, people)))
+            got = await asyncio.gather(*(c.recv(timeout=60) for c in conns))
+            assert got == [ok(pid) for _, _, _, pid in people]
+            assert wait_for(lambda: proposals_read(sql)[1] >= upd0 + n, timeout=15)
+            time.sleep(2)
+            scans, upd = proposals_read(sql)
+            assert (scans - scans0, upd - upd0) == (0, n)
+            acked = sql.execute("SELECT count(*) FROM proposals WHERE status = 'acked' "
+                                "AND user_id = ANY(%s)", ([u for u, _, _, _ in people],))
+            assert acked.fetchone()[0] == n
+        await asyncio.gather(*(c.close() for c in conns))
+
+    run(body())
+
+
 # ------------------------------------------------------------------------ mixed batches
 
 
