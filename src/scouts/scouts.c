@@ -684,9 +684,11 @@ static int ingest_fn(struct pool_conn *c, void *arg)
  * on each commit that notified), so with several instances one commit per group rather
  * than per item is what keeps a steady ingest from costing the database a wake-up of
  * every listener per proposal; identical notifications of a group (one user's) are
- * folded into one. Two groups in flight rather than one: the items arriving while one
- * group's statement runs form the next group meanwhile, instead of waiting for it. A
- * group writes its items in the order of their (scout, ref) keys, so two groups naming
+ * folded into one. One group in flight at a time: the items arriving while a group's
+ * statement runs wait and form a bigger next group. Two at a time (the next one starting
+ * while one is written) made more, smaller groups and so more commits and wake-ups: in
+ * the six-instance benchmark PostgreSQL spent more CPU per proposal and the ingest's
+ * tail was longer (docs/performance.md). A group writes its items in the order of their (scout, ref) keys, so two groups naming
  * the same keys wait for each other in the unique index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
 

@@ -104,8 +104,10 @@ struct scouts_offline {
     long long seen;
 };
 
-/* ingest groups written at once, each by a leader thread of its own */
-#define SCOUTS_INGEST_LEADERS 2
+/* ingest groups written at once, each by a leader thread of its own: one, so that the
+ * items arriving while a group is written wait and make the next group bigger (fewer
+ * commits, each of which wakes every listener of the database; docs/performance.md) */
+#define SCOUTS_INGEST_LEADERS 1
 
 struct scouts {
     struct pool *pool;
