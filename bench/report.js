@@ -297,7 +297,9 @@ function measureNote(figs) {
 const kern = g('kernel');
 const kernLine = kern ? `Kernel: net.ipv4.ip_local_port_range ${kern.ip_local_port_range}, tcp_tw_reuse ${kern.tcp_tw_reuse}, ` +
   `somaxconn ${kern.somaxconn}, tcp_max_syn_backlog ${kern.tcp_max_syn_backlog}, fs.file-max ${int(kern.file_max)}, ` +
-  `ulimit -n ${kern.nofile_soft} (hard ${kern.nofile_hard})${kern.changed ? `; changed by bench/run: ${kern.changed}` : ''}.` : null;
+  `ulimit -n ${kern.nofile_soft} (hard ${kern.nofile_hard})` +
+  (kern.huge_pages !== undefined ? `, vm.nr_hugepages ${kern.huge_pages} (PostgreSQL's shared memory in ${kern.huge_pages_postgres} of them)` : '') +
+  `${kern.changed ? `; changed by bench/run: ${kern.changed}` : ''}.` : null;
 
 const ce = g('ceiling');
 if (ce) {
