@@ -53,6 +53,7 @@ struct app {
     struct dbpipe *dbpipe;               /* pipelined hot-path statements (bonds) */
     struct http_loop_guest dbpipe_guest; /* the dbpipe's lanes on the HTTP loops */
     struct auth *auth;
+    struct listener *listener;     /* the one LISTEN connection (scouts and auth channels) */
     struct auth_verifier verifier; /* auth as the transports see it */
     struct metrics *metrics;
     struct router router;

@@ -18,22 +18,20 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#define AUTH_SECRET_CAP 64 /* buffer size for a generated secret */
+#define AUTH_SECRET_CAP 64          /* buffer size for a generated secret */
 #define AUTH_CHANNEL "steward_keys" /* payload "r|<name>": that key was revoked */
 
 struct auth;
+struct listener;
 struct sched;
 struct router;
 
-/* Creates the cache; call auth_start to load it and schedule its refresh. listen_url
- * (copied; NULL: no listener) is where the revocation listener connects. */
-struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms,
-                      const char *listen_url);
-/* Loads the snapshot once, adds its refresh, every refresh_ms, to sc (which must be
- * stopped before auth_free) and starts the revocation listener. Returns ST_*. */
-int auth_start(struct auth *a, struct sched *sc);
-/* Stops the revocation listener (no hook runs after it returns). Idempotent. */
-void auth_stop(struct auth *a);
+/* Creates the cache; call auth_start to load it and schedule its refresh. */
+struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms);
+/* Loads the snapshot once, adds its refresh, every refresh_ms, to sc and AUTH_CHANNEL to
+ * the listener l (before listener_start; NULL: none), both of which must be stopped
+ * before auth_free. Returns ST_*. */
+int auth_start(struct auth *a, struct sched *sc, struct listener *l);
 
 /* Called with a key's name for every revocation this instance learns of: its own (after
  * the snapshot no longer holds the key) and every instance's or the CLI's (on the
@@ -112,8 +110,7 @@ void auth_sessions_configure(struct auth *a, int ttl_s, bool secure_cookie);
 bool auth_session_secure_cookie(const struct auth *a);
 /* A new session for the key who was checked as (out filled). ST_ENOTFOUND when the key
  * was revoked meanwhile. Expired sessions are pruned on the way. */
-int auth_session_create(struct auth *a, const struct auth_principal *who,
-                        struct auth_session *out);
+int auth_session_create(struct auth *a, const struct auth_principal *who, struct auth_session *out);
 /* The live session with this cookie value (out filled, id included), or ST_ENOTFOUND. */
 int auth_session_get(struct auth *a, const char *id, struct auth_session *out);
 /* Ends the session with this cookie value (ST_OK also when there was none). */

@@ -4,7 +4,7 @@
  * relevant items become proposals queued for the user and delivered to the user's
  * connected devices (device protocol on ws.h), which ack them. PostgreSQL is the source
  * of truth: every instance holds only its own sockets and learns about proposals queued
- * elsewhere through LISTEN/NOTIFY on a dedicated connection. */
+ * elsewhere through LISTEN/NOTIFY on the process's listener (steward/listen.h). */
 #ifndef STEWARD_SCOUTS_H
 #define STEWARD_SCOUTS_H
 
@@ -19,19 +19,19 @@
 struct scouts;
 struct sched;
 struct lessons;
+struct listener;
 struct router;
 struct ws_server;
 
 struct scouts_settings {
-    int proposal_ttl_days;     /* STEWARD_PROPOSAL_TTL_DAYS */
-    int ack_timeout_s;         /* STEWARD_ACK_TIMEOUT_S */
-    int max_delivery_attempts; /* STEWARD_MAX_DELIVERY_ATTEMPTS */
-    int max_inflight;          /* STEWARD_MAX_INFLIGHT */
-    int ws_heartbeat_s;        /* STEWARD_WS_HEARTBEAT_S */
+    int proposal_ttl_days;       /* STEWARD_PROPOSAL_TTL_DAYS */
+    int ack_timeout_s;           /* STEWARD_ACK_TIMEOUT_S */
+    int max_delivery_attempts;   /* STEWARD_MAX_DELIVERY_ATTEMPTS */
+    int max_inflight;            /* STEWARD_MAX_INFLIGHT */
+    int ws_heartbeat_s;          /* STEWARD_WS_HEARTBEAT_S */
     int ws_max_frames_in_flight; /* STEWARD_WS_MAX_FRAMES_IN_FLIGHT (0: no cap) */
     int worker_queue_max;        /* STEWARD_WORKER_QUEUE_MAX (0: no bound) */
     int ws_hello_batch;          /* STEWARD_WS_HELLO_BATCH */
-    const char *database_listen_url; /* STEWARD_DATABASE_LISTEN_URL (copied) */
 };
 
 /* Creates the context. Everything is borrowed and must outlive it; ws and lessons may
@@ -40,12 +40,12 @@ struct scouts_settings {
 struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct metrics *metrics,
                           struct workq *workq, struct ws_server *ws, struct lessons *lessons,
                           const struct scouts_settings *set);
-/* Starts the LISTEN/NOTIFY thread and adds the periodic jobs (ack-timeout sweep,
- * presence refresh, retry of failed passes) to sc, which must be stopped before
- * scouts_stop. Returns 0 or -1. */
-int scouts_start(struct scouts *s, struct sched *sc);
-/* Stops the LISTEN thread, refuses new device work and waits (bounded) for delivery jobs
- * already running, so the WebSocket server can be stopped after it. Idempotent. */
+/* Adds the scouts channel to l (before listener_start) and the periodic jobs
+ * (ack-timeout sweep, presence refresh, retry of failed passes) to sc. Both must be
+ * stopped before scouts_stop. Returns 0 or -1. */
+int scouts_start(struct scouts *s, struct sched *sc, struct listener *l);
+/* Refuses new device work and waits (bounded) for delivery jobs already running, so the
+ * WebSocket server can be stopped after it. Idempotent. */
 void scouts_stop(struct scouts *s);
 /* NULL while the notification listener works; else why not, for /readyz: it has not
  * connected (or LISTENed) for SCOUTS_PROBE_WAIT_MS, or the probe it NOTIFYs through the

@@ -23,6 +23,7 @@
 #include "steward/migrate.h"
 #include "steward/dbpipe.h"
 #include "steward/lessons.h"
+#include "steward/listen.h"
 #include "steward/audit.h"
 
 #include "steward/planner.h"
@@ -259,7 +260,6 @@ static int create_capabilities(struct app *app)
         .ws_max_frames_in_flight = app->cfg.ws_max_frames_in_flight,
         .worker_queue_max = app->cfg.worker_queue_max,
         .ws_hello_batch = app->cfg.ws_hello_batch,
-        .database_listen_url = app->cfg.database_listen_url,
     };
     app->scouts =
         scouts_new(app->pool, &app->log, app->metrics, app->workq, app->ws, app->lessons, &ss);
@@ -331,7 +331,8 @@ static int start_servers(struct app *app)
         return -1;
     }
     if (scouts_ws_register(app->ws, app->scouts) != 0 ||
-        scouts_start(app->scouts, app->sched) != 0) {
+        scouts_start(app->scouts, app->sched, app->listener) != 0 ||
+        listener_start(app->listener) != 0) {
         log_msg(&app->log, LOG_ERROR, "cannot start proposal delivery", NULL);
         return -1;
     }
@@ -459,10 +460,10 @@ static int build(struct app *app)
         .busy = guest_busy,
         .detach = guest_detach,
     };
-    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms,
-                                     app->cfg.database_listen_url)
-                          : NULL;
-    if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth)
+    app->auth = app->pool ? auth_new(app->pool, &app->log, app->cfg.auth_cache_refresh_ms) : NULL;
+    app->listener = listener_new(app->cfg.database_listen_url, &app->log);
+    if (!app->pool || !app->metrics || !app->workq || !app->sched || !app->dbpipe || !app->auth ||
+        !app->listener)
         return -1;
     app->verifier = auth_verifier(app->auth);
     router_init(&app->router);
@@ -471,7 +472,7 @@ static int build(struct app *app)
         log_msg(&app->log, LOG_ERROR, "cannot ensure STEWARD_ADMIN_KEY", NULL);
         return -1;
     }
-    if (auth_start(app->auth, app->sched) != ST_OK || create_ws(app) != 0 ||
+    if (auth_start(app->auth, app->sched, app->listener) != ST_OK || create_ws(app) != 0 ||
         create_capabilities(app) != 0)
         return -1;
     return start_servers(app);
@@ -479,7 +480,8 @@ static int build(struct app *app)
 
 /* Reverse order: no new requests, then the periodic jobs (they call into the
  * capabilities, auth and the pool; a run in progress finishes on the still running work
- * queue), then delivery, then the sockets, then the workers, then everything else. */
+ * queue), then the listener, then delivery, then the sockets, then the workers, then
+ * everything else. */
 static void teardown(struct app *app)
 {
     int ms = app->cfg.shutdown_timeout_s * 1000;
@@ -487,7 +489,7 @@ static void teardown(struct app *app)
     if (app->http)
         http_server_stop(app->http, ms / 2);
     sched_stop(app->sched);
-    auth_stop(app->auth);
+    listener_stop(app->listener);        /* no notification is handled after it */
     healer_instance_retire(app->healer); /* no heartbeat after sched_stop */
     scouts_stop(app->scouts);
     if (app->ws)
@@ -502,6 +504,7 @@ static void teardown(struct app *app)
     users_free(app->users);
     deck_free(app->deck);
     bonds_free(app->bonds);
+    listener_free(app->listener);
     scouts_free(app->scouts);
     planner_free(app->planner);
     lessons_free(app->lessons);

@@ -17,6 +17,7 @@
 #include "steward/clock.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
+#include "steward/listen.h"
 #include "steward/sched.h"
 #include "steward/sql.h"
 
@@ -28,11 +29,9 @@ struct auth {
     int refresh_ms;
     struct auth_snaps snaps;
     struct crypto_md *sha256; /* fetched once: every request hashes its key */
-    /* the revocation listener (AUTH_CHANNEL) */
-    char *listen_url;
-    pthread_t listen_thr;
-    bool listen_started;
-    int wake_pipe[2];
+    /* set while the listener's thread handles one read's revocations: the snapshot was
+     * reloaded for them already */
+    bool reloaded;
     /* called for every revocation this instance learns of; set before auth_start */
     size_t nhooks;
     struct {
@@ -408,26 +407,18 @@ static void refresh_job(void *arg)
     auth_refresh(arg);
 }
 
-struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms,
-                      const char *listen_url)
+struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms)
 {
     struct auth *a = calloc(1, sizeof(*a));
     if (!a)
         return NULL;
-    a->wake_pipe[0] = a->wake_pipe[1] = -1;
-    if (listen_url && !(a->listen_url = strdup(listen_url))) {
-        free(a);
-        return NULL;
-    }
     a->sha256 = crypto_md_sha256();
     if (!a->sha256) {
-        free(a->listen_url);
         free(a);
         return NULL;
     }
     if (auth_snaps_init(&a->snaps) != 0) {
         crypto_md_free(a->sha256);
-        free(a->listen_url);
         free(a);
         return NULL;
     }
@@ -438,39 +429,15 @@ struct auth *auth_new(struct pool *pool, const struct logger *lg, int refresh_ms
     return a;
 }
 
-/* ---- the revocation listener ----
+/* ---- revocations from other instances ----
  *
- * A dedicated connection (outside the pool, on STEWARD_DATABASE_LISTEN_URL) LISTENs on
- * AUTH_CHANNEL. A revocation anywhere (REST on any instance, the CLI) notifies it when
- * its transaction commits; the snapshot is reloaded at once and the revocation hooks run,
- * so a revoked key stops working on every instance within a round trip instead of a
- * refresh period. After a reconnect the snapshot is reloaded too (a revocation may have
- * been missed meanwhile); the periodic refresh stays as the backstop. */
-
-/* Waits up to ms for the stop signal: true when stopping. */
-static bool listen_nap(struct auth *a, int ms)
-{
-    struct pollfd p = {a->wake_pipe[0], POLLIN, 0};
-    return poll(&p, 1, ms) > 0;
-}
-
-static PGconn *listen_connect(struct auth *a)
-{
-    /* the URL's own parameters win, as for every connection (pool_connect) */
-    PGconn *c = pool_connect(a->listen_url, "steward-keys", 3, a->lg);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        PQfinish(c);
-        return NULL;
-    }
-    PGresult *r = PQexec(c, "LISTEN " AUTH_CHANNEL);
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok) {
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
+ * The process's listener (steward/listen.h) LISTENs on AUTH_CHANNEL too. A revocation
+ * anywhere (REST on any instance, the CLI) notifies it when its transaction commits; the
+ * snapshot is reloaded at once and the revocation hooks run, so a revoked key stops
+ * working on every instance within a round trip instead of a refresh period. After a
+ * reconnect the snapshot is reloaded too (a revocation may have been missed meanwhile);
+ * the periodic refresh stays as the backstop. The callbacks run on the listener's
+ * thread. */
 
 static void run_hooks(struct auth *a, const char *name)
 {
@@ -478,65 +445,27 @@ static void run_hooks(struct auth *a, const char *name)
         a->hooks[i].fn(a->hooks[i].ctx, name);
 }
 
-/* Reads the notifications waiting on c: one reload for all of them, then the hooks.
- * false when the connection broke. */
-static bool listen_drain(struct auth *a, PGconn *c)
+static void on_connected(void *ctx, bool first)
 {
-    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
-        return false;
-    PGnotify *first = PQnotifies(c);
-    if (!first)
-        return true;
-    if (auth_refresh(a) != ST_OK)
-        log_msg(a->lg, LOG_WARN, "api key snapshot not reloaded after a revocation", NULL);
-    for (PGnotify *nt = first; nt; nt = PQnotifies(c)) {
-        if (strncmp(nt->extra, "r|", 2) == 0 && auth_name_valid(nt->extra + 2))
-            run_hooks(a, nt->extra + 2);
-        PQfreemem(nt);
-    }
-    return true;
+    if (!first) /* auth_start loaded the first snapshot */
+        auth_refresh(ctx);
 }
 
-static void *listen_main(void *arg)
+/* One reload for all the revocations of one read, before the first one's hooks. */
+static void on_notify(void *ctx, const char *payload)
 {
-    struct auth *a = arg;
-    PGconn *c = NULL;
-    int backoff_ms = 100;
-    bool warned = false;
-    for (;;) {
-        if (!c) {
-            c = listen_connect(a);
-            if (!c) {
-                if (!warned)
-                    log_msg(a->lg, LOG_WARN, "api key listener cannot connect; retrying", NULL);
-                warned = true;
-                if (listen_nap(a, backoff_ms))
-                    break;
-                backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
-                continue;
-            }
-            if (warned) {
-                log_msg(a->lg, LOG_INFO, "api key listener connected", NULL);
-                auth_refresh(a); /* a revocation may have been missed meanwhile */
-            }
-            warned = false;
-            backoff_ms = 100;
-        }
-        struct pollfd fds[2] = {{PQsocket(c), POLLIN, 0}, {a->wake_pipe[0], POLLIN, 0}};
-        int n = poll(fds, 2, 1000);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (fds[1].revents)
-            break;
-        if (n > 0 && fds[0].revents && !listen_drain(a, c)) {
-            log_msg(a->lg, LOG_WARN, "api key listener lost its connection", NULL);
-            PQfinish(c);
-            c = NULL;
-            warned = true;
-        }
-    }
-    PQfinish(c);
-    return NULL;
+    struct auth *a = ctx;
+    if (!a->reloaded && auth_refresh(a) != ST_OK)
+        log_msg(a->lg, LOG_WARN, "api key snapshot not reloaded after a revocation", NULL);
+    a->reloaded = true;
+    if (strncmp(payload, "r|", 2) == 0 && auth_name_valid(payload + 2))
+        run_hooks(a, payload + 2);
+}
+
+static void on_drained(void *ctx)
+{
+    struct auth *a = ctx;
+    a->reloaded = false;
 }
 
 void auth_on_revoke(struct auth *a, auth_revoke_fn fn, void *ctx)
@@ -548,7 +477,7 @@ void auth_on_revoke(struct auth *a, auth_revoke_fn fn, void *ctx)
     }
 }
 
-int auth_start(struct auth *a, struct sched *sc)
+int auth_start(struct auth *a, struct sched *sc, struct listener *l)
 {
     int rc = auth_refresh(a);
     if (rc != ST_OK)
@@ -558,37 +487,22 @@ int auth_start(struct auth *a, struct sched *sc)
         .name = "auth_refresh", .fn = refresh_job, .ctx = a, .period_ms = a->refresh_ms};
     if (sched_add(sc, &job) != 0)
         return ST_EINTERNAL;
-    if (a->listen_url) {
-        if (pipe2(a->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-            return ST_EINTERNAL;
-        if (pthread_create(&a->listen_thr, NULL, listen_main, a) != 0)
-            return ST_EINTERNAL;
-        a->listen_started = true;
-    }
+    const struct listen_channel ch = {.name = AUTH_CHANNEL,
+                                      .ctx = a,
+                                      .connected = on_connected,
+                                      .notify = on_notify,
+                                      .drained = on_drained};
+    if (l && listener_add(l, &ch) != 0)
+        return ST_EINTERNAL;
     return ST_OK;
-}
-
-void auth_stop(struct auth *a)
-{
-    if (!a || !a->listen_started)
-        return;
-    ssize_t w = write(a->wake_pipe[1], "x", 1);
-    (void)w;
-    pthread_join(a->listen_thr, NULL);
-    a->listen_started = false;
 }
 
 void auth_free(struct auth *a)
 {
     if (!a)
         return;
-    auth_stop(a);
-    for (int i = 0; i < 2; i++)
-        if (a->wake_pipe[i] >= 0)
-            close(a->wake_pipe[i]);
     auth_snaps_destroy(&a->snaps);
     crypto_md_free(a->sha256);
-    free(a->listen_url);
     pthread_mutex_destroy(&a->neg_mu);
     free(a);
 }

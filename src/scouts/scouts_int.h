@@ -104,6 +104,13 @@ struct scouts_offline {
     long long seen;
 };
 
+/* The users one read of the listener's connection asked passes for (scouts_drain_add). */
+#define SCOUTS_DRAIN_MAX 256
+struct scouts_drain {
+    char *users[SCOUTS_DRAIN_MAX];
+    size_t n;
+};
+
 /* ingest groups written at once, each by a leader thread of its own: one, so that the
  * items arriving while a group is written wait and make the next group bigger (fewer
  * commits, each of which wakes every listener of the database; docs/performance.md) */
@@ -117,7 +124,6 @@ struct scouts {
     struct ws_server *ws;
     struct lessons *lessons;
     struct scouts_settings set;
-    char *listen_url;
     char instance[17]; /* random, names this process in notifications */
 
     pthread_mutex_t mu;        /* the session registry below */
@@ -158,17 +164,15 @@ struct scouts {
     atomic_llong hello_warn_ms;
     atomic_int hello_warn_skipped;
 
-    pthread_mutex_t tmu; /* listener sleep */
-    pthread_cond_t tcv;
-    bool stop_threads;
-    pthread_t listen_thr;
-    bool listen_started;
-    int wake_pipe[2];
     /* the listener's probe (scouts_listen.c): its payload, and since when it has been
      * awaited (0: heard on the current connection) */
     char probe[64];
     atomic_llong probe_since_ms;
     atomic_bool listen_connected;
+    /* on the listener's thread only: the probe is still to be sent, its warning was
+     * written, and the passes one read of the connection asks for */
+    bool probe_due, probe_warned;
+    struct scouts_drain drain;
 };
 
 /* A pending proposal as a delivery pass sees it. */
@@ -328,11 +332,6 @@ void scouts_request_passes(struct scouts *s, char **users, size_t n);
 /* The notifications one read of the listener's connection brought: the users owed a
  * pass are gathered (each once) and their passes run grouped, so a burst of ingests
  * costs a statement per group rather than per proposal; the rest is handled at once. */
-#define SCOUTS_DRAIN_MAX 256
-struct scouts_drain {
-    char *users[SCOUTS_DRAIN_MAX];
-    size_t n;
-};
 void scouts_drain_add(struct scouts *s, struct scouts_drain *d, const char *payload);
 /* Requests the gathered passes and empties d. */
 void scouts_drain_flush(struct scouts *s, struct scouts_drain *d);

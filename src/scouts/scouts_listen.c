@@ -1,12 +1,12 @@
 /* The scouts threads and lifecycle.
  *
- * Listener: one dedicated libpq connection (outside the pool, on
- * STEWARD_DATABASE_LISTEN_URL so it bypasses a transaction pooler) LISTENs on the
- * scouts channel and turns notifications into delivery passes, resolved frames and
- * socket closes. When the connection breaks (a database restart) it reconnects with
- * backoff, LISTENs again and catches up: every user with a socket here gets a pass,
- * which delivers whatever was queued meanwhile, and the devices held here are looked up
- * for deletions whose notification was missed.
+ * Listener: the process's LISTEN connection (steward/listen.h, shared with the API-key
+ * revocations) LISTENs on the scouts channel too, and its notifications become delivery
+ * passes, resolved frames and socket closes. When the connection breaks (a database
+ * restart) it reconnects with backoff, LISTENs again, and the scouts catch up: every
+ * user with a socket here gets a pass, which delivers whatever was queued meanwhile,
+ * and the devices held here are looked up for deletions whose notification was
+ * missed.
  *
  * Periodic jobs, on the process's scheduler (scouts_start registers them): the
  * ack-timeout sweep every ack_timeout_s/4 (1..30 s), the renewal of this instance's
@@ -27,6 +27,7 @@
 #include "scouts_notify.h"
 #include "steward/crypto.h"
 #include "steward/err.h"
+#include "steward/listen.h"
 #include "steward/sched.h"
 
 #define STOP_WAIT_MS 10000
@@ -45,58 +46,22 @@ struct scouts *scouts_new(struct pool *pool, const struct logger *lg, struct met
     s->ws = ws;
     s->lessons = lessons;
     s->set = *set;
-    s->listen_url = strdup(set->database_listen_url ? set->database_listen_url : "");
-    s->set.database_listen_url = s->listen_url;
     unsigned char rnd[8];
     s->leaders = workq_new(SCOUTS_INGEST_LEADERS);
-    if (!s->listen_url || !s->leaders || crypto_random(rnd, sizeof(rnd)) != 0 ||
+    if (!s->leaders || crypto_random(rnd, sizeof(rnd)) != 0 ||
         hash_init(&s->by_sid, SCOUTS_BUCKETS) != 0 || hash_init(&s->by_user, SCOUTS_BUCKETS) != 0) {
         hash_release(&s->by_sid);
         hash_release(&s->by_user);
         workq_free(s->leaders);
-        free(s->listen_url);
         free(s);
         return NULL;
     }
     crypto_hex(rnd, sizeof(rnd), s->instance);
-    s->wake_pipe[0] = s->wake_pipe[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->hmu, NULL);
     pthread_mutex_init(&s->imu, NULL);
     pthread_cond_init(&s->icv, NULL);
-    pthread_mutex_init(&s->tmu, NULL);
-    if (clock_cond_init(&s->tcv) != 0) {
-        pthread_mutex_destroy(&s->mu);
-        pthread_mutex_destroy(&s->hmu);
-        pthread_mutex_destroy(&s->imu);
-        pthread_cond_destroy(&s->icv);
-        pthread_mutex_destroy(&s->tmu);
-        workq_free(s->leaders);
-        free(s->listen_url);
-        free(s);
-        return NULL;
-    }
     return s;
-}
-
-/* Sleeps up to ms unless asked to stop; returns true when stopping. */
-static bool nap(struct scouts *s, int ms)
-{
-    struct deadline dl = deadline_in_ms(ms);
-    pthread_mutex_lock(&s->tmu);
-    while (!s->stop_threads && clock_cond_wait_until(&s->tcv, &s->tmu, dl) != ETIMEDOUT) {
-    }
-    bool stop = s->stop_threads;
-    pthread_mutex_unlock(&s->tmu);
-    return stop;
-}
-
-static bool stopping_threads(struct scouts *s)
-{
-    pthread_mutex_lock(&s->tmu);
-    bool stop = s->stop_threads;
-    pthread_mutex_unlock(&s->tmu);
-    return stop;
 }
 
 /* The periodic jobs do nothing once scouts_stop began (the scheduler is stopped before
@@ -104,7 +69,7 @@ static bool stopping_threads(struct scouts *s)
  * the devices would leave a lease row behind). */
 static bool jobs_off(struct scouts *s)
 {
-    return atomic_load(&s->stopping) || stopping_threads(s);
+    return atomic_load(&s->stopping);
 }
 
 /* Inline on the scheduler thread: atomic flags, and when set only queues jobs. */
@@ -134,25 +99,6 @@ static void presence_job(void *arg)
     struct scouts *s = arg;
     if (!jobs_off(s))
         scouts_presence_tick(s);
-}
-
-static PGconn *listen_connect(struct scouts *s)
-{
-    /* the URL's own parameters win; a multi-host URL reaches the writable primary (a
-     * standby refuses LISTEN anyway) */
-    PGconn *c = pool_connect(s->listen_url, "steward-listen", 3, s->lg);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        PQfinish(c);
-        return NULL;
-    }
-    PGresult *r = PQexec(c, "LISTEN " SCOUTS_CHANNEL);
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok) {
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
 }
 
 /* At start and after the database came back: the pool's connections (new ones then) are
@@ -216,92 +162,75 @@ const char *scouts_listen_problem(struct scouts *s)
            "listener directly or through a session-mode pool";
 }
 
-static void *listen_main(void *arg)
+/* ---- the scouts channel's callbacks, on the listener's thread ---- */
+
+static void on_connected(void *ctx, bool first)
 {
-    struct scouts *s = arg;
-    PGconn *c = NULL;
-    int backoff_ms = 100;
-    bool warned = false;
-    bool probe_due = false, probe_warned = false;
-    /* not heard yet: readiness fails once this has lasted SCOUTS_PROBE_WAIT_MS */
-    atomic_store(&s->probe_since_ms, clock_now_ms());
-    while (!stopping_threads(s)) {
-        if (!c) {
-            c = listen_connect(s);
-            if (!c) {
-                if (!warned)
-                    log_msg(s->lg, LOG_WARN, "notification listener cannot connect; retrying",
-                            NULL);
-                warned = true;
-                if (nap(s, backoff_ms))
-                    break;
-                backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
-                continue;
-            }
-            log_msg(s->lg, warned ? LOG_INFO : LOG_DEBUG, "notification listener connected", NULL);
-            warned = false;
-            backoff_ms = 100;
-            atomic_store(&s->listen_connected, true);
-            probe_new(s);
-            probe_due = true;
-            probe_warned = false;
-            warm(s);
-            /* whatever was queued while nobody listened is delivered now, and devices
-             * deleted meanwhile (their notification was missed) are closed */
-            scouts_catch_up(s);
-            scouts_recheck_devices(s);
-        }
-        if (probe_due)
-            probe_due = !probe_send(s);
-        int64_t since = atomic_load(&s->probe_since_ms);
-        if (since && !probe_warned && clock_now_ms() - since >= SCOUTS_PROBE_WAIT_MS) {
-            log_msg(s->lg, LOG_WARN, "notification probe not heard", "error",
-                    scouts_listen_problem(s), NULL);
-            probe_warned = true;
-        }
-        struct pollfd fds[2] = {{PQsocket(c), POLLIN, 0}, {s->wake_pipe[0], POLLIN, 0}};
-        int n = poll(fds, 2, 1000);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (fds[1].revents)
-            break;
-        if (n > 0 && fds[0].revents) {
-            if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK) {
-                log_msg(s->lg, LOG_WARN, "notification listener lost its connection", NULL);
-                PQfinish(c);
-                c = NULL;
-                warned = true;
-                atomic_store(&s->listen_connected, false);
-                /* unheard from here on, until the next connection's probe comes back */
-                atomic_store(&s->probe_since_ms, clock_now_ms());
-                continue;
-            }
-            PGnotify *nt;
-            struct scouts_drain d = {.n = 0};
-            while ((nt = PQnotifies(c)) != NULL) {
-                if (nt->extra[0] == 'p' && strcmp(nt->extra, s->probe) == 0) {
-                    if (probe_warned)
-                        log_msg(s->lg, LOG_INFO, "notification probe heard", NULL);
-                    atomic_store(&s->probe_since_ms, 0);
-                } else {
-                    scouts_drain_add(s, &d, nt->extra);
-                }
-                PQfreemem(nt);
-            }
-            scouts_drain_flush(s, &d);
-        }
-    }
-    PQfinish(c);
-    return NULL;
+    (void)first; /* the first connection catches up too: devices may say hello before it */
+    struct scouts *s = ctx;
+    atomic_store(&s->listen_connected, true);
+    probe_new(s);
+    s->probe_due = true;
+    s->probe_warned = false;
+    warm(s);
+    /* whatever was queued while nobody listened is delivered now, and devices deleted
+     * meanwhile (their notification was missed) are closed */
+    scouts_catch_up(s);
+    scouts_recheck_devices(s);
 }
 
-int scouts_start(struct scouts *s, struct sched *sc)
+static void on_lost(void *ctx)
 {
-    if (pipe2(s->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+    struct scouts *s = ctx;
+    atomic_store(&s->listen_connected, false);
+    /* unheard from here on, until the next connection's probe comes back */
+    atomic_store(&s->probe_since_ms, clock_now_ms());
+}
+
+static void on_tick(void *ctx)
+{
+    struct scouts *s = ctx;
+    if (s->probe_due)
+        s->probe_due = !probe_send(s);
+    int64_t since = atomic_load(&s->probe_since_ms);
+    if (since && !s->probe_warned && clock_now_ms() - since >= SCOUTS_PROBE_WAIT_MS) {
+        log_msg(s->lg, LOG_WARN, "notification probe not heard", "error", scouts_listen_problem(s),
+                NULL);
+        s->probe_warned = true;
+    }
+}
+
+static void on_notify(void *ctx, const char *payload)
+{
+    struct scouts *s = ctx;
+    if (payload[0] == 'p' && strcmp(payload, s->probe) == 0) {
+        if (s->probe_warned)
+            log_msg(s->lg, LOG_INFO, "notification probe heard", NULL);
+        atomic_store(&s->probe_since_ms, 0);
+    } else {
+        scouts_drain_add(s, &s->drain, payload);
+    }
+}
+
+static void on_drained(void *ctx)
+{
+    struct scouts *s = ctx;
+    scouts_drain_flush(s, &s->drain);
+}
+
+int scouts_start(struct scouts *s, struct sched *sc, struct listener *l)
+{
+    const struct listen_channel ch = {.name = SCOUTS_CHANNEL,
+                                      .ctx = s,
+                                      .connected = on_connected,
+                                      .lost = on_lost,
+                                      .notify = on_notify,
+                                      .drained = on_drained,
+                                      .tick = on_tick};
+    /* not heard yet: readiness fails once this has lasted SCOUTS_PROBE_WAIT_MS */
+    atomic_store(&s->probe_since_ms, clock_now_ms());
+    if (listener_add(l, &ch) != 0)
         return -1;
-    if (pthread_create(&s->listen_thr, NULL, listen_main, s) != 0)
-        return -1;
-    s->listen_started = true;
     int sweep_ms = s->set.ack_timeout_s * 1000 / 4;
     if (sweep_ms < 1000)
         sweep_ms = 1000;
@@ -329,17 +258,6 @@ void scouts_stop(struct scouts *s)
 {
     if (!s || atomic_load(&s->stopping))
         return;
-    pthread_mutex_lock(&s->tmu);
-    s->stop_threads = true;
-    pthread_cond_broadcast(&s->tcv);
-    pthread_mutex_unlock(&s->tmu);
-    if (s->wake_pipe[1] >= 0) {
-        ssize_t w = write(s->wake_pipe[1], "x", 1);
-        (void)w;
-    }
-    if (s->listen_started)
-        pthread_join(s->listen_thr, NULL);
-    s->listen_started = false;
     /* no new device work; let what is running finish before the sockets go */
     atomic_store(&s->stopping, true);
     struct deadline deadline = deadline_in_ms(STOP_WAIT_MS);
@@ -358,15 +276,9 @@ void scouts_free(struct scouts *s)
     free(s->offline);
     hash_release(&s->by_sid);
     hash_release(&s->by_user);
-    for (int i = 0; i < 2; i++)
-        if (s->wake_pipe[i] >= 0)
-            close(s->wake_pipe[i]);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->hmu);
     pthread_mutex_destroy(&s->imu);
     pthread_cond_destroy(&s->icv);
-    pthread_mutex_destroy(&s->tmu);
-    pthread_cond_destroy(&s->tcv);
-    free(s->listen_url);
     free(s);
 }
