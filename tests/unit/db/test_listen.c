@@ -25,21 +25,25 @@ struct seen {
     int connected, connected_first, lost, drained, ticks;
 };
 
+/* Adds by to a field of s, under its lock. */
+static void bump(struct seen *s, int *field, int by)
+{
+    pthread_mutex_lock(&s->mu);
+    *field += by;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void on_connected(void *ctx, bool first)
 {
     struct seen *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    s->connected++;
-    s->connected_first += first;
-    pthread_mutex_unlock(&s->mu);
+    bump(s, &s->connected, 1);
+    bump(s, &s->connected_first, first);
 }
 
 static void on_lost(void *ctx)
 {
     struct seen *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    s->lost++;
-    pthread_mutex_unlock(&s->mu);
+    bump(s, &s->lost, 1);
 }
 
 static void on_notify(void *ctx, const char *payload)
@@ -54,17 +58,13 @@ static void on_notify(void *ctx, const char *payload)
 static void on_drained(void *ctx)
 {
     struct seen *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    s->drained++;
-    pthread_mutex_unlock(&s->mu);
+    bump(s, &s->drained, 1);
 }
 
 static void on_tick(void *ctx)
 {
     struct seen *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    s->ticks++;
-    pthread_mutex_unlock(&s->mu);
+    bump(s, &s->ticks, 1);
 }
 
 static int get(struct seen *s, const int *field)
