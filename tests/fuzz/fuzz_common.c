@@ -75,7 +75,7 @@ struct fuzz_world *fuzz_world_get(bool with_ws)
     app.planner = planner_new(app.pool, &quiet, app.lessons);
     struct scouts_settings ss = {.proposal_ttl_days = 30, .ack_timeout_s = 300,
                                  .max_delivery_attempts = 10, .max_inflight = 32,
-                                 .ws_heartbeat_s = 30, .database_listen_url = DEAD_DB};
+                                 .ws_heartbeat_s = 30};
     app.scouts = scouts_new(app.pool, &quiet, app.metrics, app.workq, app.ws, app.lessons, &ss);
     app.bonds = bonds_new(app.pool, &quiet, NULL);
     /* erasure's validation is fuzzed with the bonds target (no parts: the database is
