@@ -13,13 +13,9 @@
  * presence lease every heartbeat_s/2 (at least 1 s; the first at once), and, every
  * 250 ms, a retry of the passes that failed while the database was away and the grouped
  * release of the devices whose last socket here closed meanwhile. */
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "scouts_int.h"
