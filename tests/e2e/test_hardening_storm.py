@@ -12,6 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from conftest import finish
@@ -446,6 +447,16 @@ def ws_storm(server, world, problems, stats):
     ws.close()
 
 
+def system_events_up_to(db_url, last_id):
+    """(the last id, an md5 of every row up to it): last_id None takes the newest."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        if last_id is None:
+            last_id = c.execute('SELECT coalesce(max(id), 0) FROM system_events').fetchone()[0]
+        digest = c.execute("SELECT md5(coalesce(string_agg(x::text, chr(10) ORDER BY x.id), '')) "
+                           'FROM system_events x WHERE x.id <= %s', (last_id,)).fetchone()[0]
+    return last_id, digest
+
+
 def test_malformed_input_storm(server, keys, world, db_url):
     rng = random.Random(SEED)
     storm = Storm(server, keys, world['ids'], rng)
@@ -455,9 +466,12 @@ def test_malformed_input_storm(server, keys, world, db_url):
     cases = storm.cases
     rng.shuffle(cases)
     # devices.last_seen_at moves whenever a device connects, which the WS part does
-    # these change on every scheduler tick (device_hosts: the presence lease)
-    skip = {'job_heartbeats', 'instances', 'device_hosts'}
+    # these change on every scheduler tick (device_hosts: the presence lease), and the
+    # healer's sweep and report, due on the wall clock (every 15 minutes by default), may
+    # fall inside the storm: its lease, and its report rows (checked apart below)
+    skip = {'job_heartbeats', 'instances', 'device_hosts', 'healer_leases', 'system_events'}
     before = table_checksums(db_url, skip)
+    events_before = system_events_up_to(db_url, None)
     problems, counts, lock = [], {}, threading.Lock()
     stats = {'ws_frames': 0}
     t0 = time.monotonic()
@@ -482,6 +496,14 @@ def test_malformed_input_storm(server, keys, world, db_url):
         assert after['devices'][0] == before['devices'][0]
         changed.pop('devices')
     assert not changed, f'tables changed: {changed}'
+    # the events that were there are untouched, and the storm added none but the healer's
+    # scheduled reports
+    last_id = events_before[0]
+    assert system_events_up_to(db_url, last_id) == events_before
+    with psycopg.connect(db_url, autocommit=True) as c:
+        added = {r[0] for r in c.execute('SELECT DISTINCT event_type FROM system_events '
+                                         'WHERE id > %s', (last_id,))}
+    assert added <= {'self_healing_report', 'performance_optimization_report'}, added
     print(f'storm: {len(cases)} requests ({generated} distinct), {stats["ws_frames"]} frames, '
           f'{elapsed:.1f} s, statuses {dict(sorted(counts.items()))}')
 
