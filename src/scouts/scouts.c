@@ -228,6 +228,29 @@ static const struct db_stmt st_deliver = {
                                                     "FROM c ORDER BY c.triaged_at, c.seq",
     3};
 
+/* st_deliver when no session has anything in flight (every element of its $3 an empty
+ * array), the usual pass of live delivery: then every session has the whole window as
+ * room and is owed every row of c, so pick is all of c for every session and the JSON,
+ * the windows and the per-row aggregate drop out. $3 is the sessions list every marked
+ * row goes to ("1,2,...,n"). Same recheck, same columns, same order as st_deliver. */
+static const struct db_stmt st_deliver_fresh = {
+    "scouts_deliver_fresh",
+    "WITH c AS (SELECT id, scout_id, source_type, source_msg_ref, raw_subject, raw_snippet, "
+    "triaged_at, expires_at, seq, delivery_attempts FROM proposals "
+    "WHERE user_id = $1 AND status IN ('queued', 'delivered') AND expires_at > now() "
+    "ORDER BY triaged_at, seq LIMIT $2::int), "
+    "upd AS (UPDATE proposals p SET status = 'delivered', delivered_at = now(), "
+    "first_delivered_at = coalesce(p.first_delivered_at, now()), "
+    "delivery_attempts = p.delivery_attempts + 1 "
+    "WHERE p.id IN (SELECT id FROM c) AND p.user_id = $1 "
+    "AND p.triaged_at <= (SELECT max(triaged_at) FROM c) "
+    "AND p.status IN ('queued', 'delivered') AND p.expires_at > now() RETURNING p.id) "
+    "SELECT c.id, c.scout_id, c.source_type, c.source_msg_ref, c.raw_subject, c.raw_snippet, "
+    "CASE WHEN upd.id IS NOT NULL THEN $3 END, " SQL_US("c.triaged_at") ", " SQL_US(
+        "c.expires_at") ", c.delivery_attempts "
+                        "FROM c LEFT JOIN upd ON upd.id = c.id ORDER BY c.triaged_at, c.seq",
+    3};
+
 /* st_deliver for many users in one statement (the first passes after a batch of
  * hellos, the catch-up after the listener reconnected): $1 is a JSON array with one
  * element per user (each user once), {"u": user id, "s": that user's sessions' in-flight
@@ -315,6 +338,23 @@ static const struct db_stmt st_acks = {
     "WHERE pr.id = a.pid::uuid), false), u.k IS NOT NULL, (SELECT count(*) FROM n) FROM a "
     "LEFT JOIN u ON u.k = a.k ORDER BY a.k",
     2};
+
+/* st_acks for a batch of one ack ($1 proposal, $2 user, $3 device, $4 instance), the
+ * usual batch while devices ack as frames arrive: one row needs no lock order and no
+ * dedup, so the UPDATE finds it by primary key directly (a concurrent writer is waited
+ * for and the status rechecked, as in st_acks). The ids are text first, as in st_acks,
+ * so that the notification carries the client's text. One row: found, flipped,
+ * notified. */
+static const struct db_stmt st_ack_one = {
+    "scouts_ack_one",
+    "WITH u AS (UPDATE proposals pr SET status = 'acked', acked_at = now(), "
+    "acked_device_id = $3::text::uuid, raw_subject = NULL, raw_snippet = NULL "
+    "WHERE pr.id = $1::text::uuid AND pr.user_id = $2::text "
+    "AND pr.status IN ('queued', 'delivered', 'failed') RETURNING 1), "
+    "n AS (SELECT 1 FROM u WHERE scouts_ack_notify($4::text, $1::text, $3::text, $2::text)) "
+    "SELECT coalesce((SELECT pr.user_id = $2 FROM proposals pr WHERE pr.id = $1::uuid), false), "
+    "EXISTS (SELECT 1 FROM u), (SELECT count(*) FROM n)",
+    4};
 
 static const struct db_stmt st_notify_users = {"scouts_notify_users",
                                                "SELECT steward_notify(" SCOUTS_NOTIFY_SQL_QUEUED
@@ -688,8 +728,9 @@ static int ingest_fn(struct pool_conn *c, void *arg)
  * statement runs wait and form a bigger next group. Two at a time (the next one starting
  * while one is written) made more, smaller groups and so more commits and wake-ups: in
  * the six-instance benchmark PostgreSQL spent more CPU per proposal and the ingest's
- * tail was longer (docs/performance.md). A group writes its items in the order of their (scout, ref) keys, so two groups naming
- * the same keys wait for each other in the unique index instead of deadlocking. */
+ * tail was longer (docs/performance.md). A group writes its items in the order of their
+ * (scout, ref) keys, so two groups naming the same keys wait for each other in the unique
+ * index instead of deadlocking. */
 #define INGEST_GROUP_MAX 64
 
 /* scouts_ingest for every element of $1 (a JSON array of {"scout", "ref", "spam",
@@ -1523,6 +1564,7 @@ struct deliver_arg {
     const char *user_id;
     int window;
     const char *windows;
+    const char *all; /* st_deliver_fresh's sessions list when nothing is in flight, or NULL */
     size_t nsess;
     struct scouts_pending *rows;
     size_t n;
@@ -1537,9 +1579,9 @@ static int deliver_fn(struct pool_conn *c, void *arg)
     a->n = 0;
     a->t = (struct deliver_tally){0, 0, 0};
     char lim[24];
-    const char *p[] = {a->user_id, sql_fmt_ll(lim, a->window), a->windows};
+    const char *p[] = {a->user_id, sql_fmt_ll(lim, a->window), a->all ? a->all : a->windows};
     PGresult *r;
-    int rc = run(c, &st_deliver, p, &r);
+    int rc = run(c, a->all ? &st_deliver_fresh : &st_deliver, p, &r);
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
@@ -1559,9 +1601,18 @@ static int deliver_fn(struct pool_conn *c, void *arg)
 int scouts_deliver_fetch(struct scouts *s, const char *user_id, int window, const char *windows,
                          size_t nsess, struct scouts_pending **rows, size_t *n)
 {
-    struct deliver_arg a = {user_id, window, windows, nsess, NULL, 0, {0, 0, 0}};
+    /* windows is a JSON array of arrays of ids: nothing in flight anywhere when it has
+     * nothing but brackets and commas */
+    char *all = NULL;
+    if (nsess > 0 && strspn(windows, "[],") == strlen(windows) && (all = malloc(nsess * 21 + 1))) {
+        size_t len = 0;
+        for (size_t i = 1; i <= nsess; i++)
+            len += (size_t)sprintf(all + len, "%s%zu", i > 1 ? "," : "", i);
+    }
+    struct deliver_arg a = {user_id, window, windows, all, nsess, NULL, 0, {0, 0, 0}};
     metrics_count(s->metrics, MC_PASS_STATEMENTS, 1);
     int rc = pool_with(s->pool, deliver_fn, &a);
+    free(all);
     if (rc != ST_OK) {
         scouts_pending_free(a.rows, a.n);
         return rc;
@@ -1717,12 +1768,51 @@ static int acks_fn(struct pool_conn *c, void *arg)
     return ST_OK;
 }
 
+struct ack_one_arg {
+    const char *params[4];
+    struct scouts_ack_item *a;
+};
+
+static int ack_one_fn(struct pool_conn *c, void *arg)
+{
+    struct ack_one_arg *x = arg;
+    x->a->found = x->a->changed = false;
+    PGresult *r;
+    int rc = run(c, &st_ack_one, x->params, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (PQntuples(r) == 1) {
+        x->a->found = sql_bool(r, 0, 0);
+        x->a->changed = sql_bool(r, 0, 1);
+    }
+    PQclear(r);
+    return ST_OK;
+}
+
+/* scouts_acks for one ack: st_ack_one, no JSON. */
+static int ack_one(struct scouts *s, struct scouts_ack_item *a)
+{
+    struct ack_one_arg x = {{scouts_uuid_valid(a->pid) ? a->pid : NIL_UUID, a->user_id,
+                             scouts_uuid_valid(a->device_id) ? a->device_id : NIL_UUID,
+                             s->instance},
+                            a};
+    metrics_count(s->metrics, MC_WS_ACK_STATEMENTS, 1);
+    int rc = pool_with(s->pool, ack_one_fn, &x);
+    if (rc != ST_OK)
+        a->found = a->changed = false;
+    if (a->changed)
+        metrics_count(s->metrics, MC_PROPOSALS_ACKED, 1);
+    return rc;
+}
+
 int scouts_acks(struct scouts *s, struct scouts_ack_item *a, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         a[i].found = a[i].changed = false;
     if (n == 0)
         return ST_OK;
+    if (n == 1)
+        return ack_one(s, a);
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
         /* the form is checked before an ack is queued; this keeps the casts safe

@@ -30,10 +30,11 @@ def ack_statements(server):
 
 
 def steward_waits_on_lock(db_url):
-    """True once a backend of steward waits for a row lock in the ack statement."""
+    """True once a backend of steward waits for a row lock in an ack statement (the batch's
+    or the one-ack form, both set acked_device_id)."""
     with psycopg.connect(db_url, autocommit=True) as c:
         return c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                         "AND query LIKE '%%FOR UPDATE OF pr%%'").fetchone()[0] > 0
+                         "AND query LIKE '%%acked_device_id%%'").fetchone()[0] > 0
 
 
 def wait_acks(server, target):
